@@ -1,1 +1,77 @@
-fn main() {}
+//! warp-inspect: validate a checkpoint completely and list its tensors.
+#[path = "common.rs"]
+mod common;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use warp::io::writer::human_bytes;
+
+/// Validate a checkpoint (every shard header, every offset, the index against the shards) and
+/// print one row per tensor: name, dtype, shape, bytes, shard; then totals. Exits non-zero with
+/// the reason when anything is wrong.
+#[derive(Parser, Debug)]
+#[command(version, name = "warp-inspect")]
+struct Args {
+    /// Folder (model.safetensors or index + shards) or .safetensors file.
+    #[arg(value_name = "CKPT")]
+    checkpoint: String,
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    common::main_with("warp-inspect", || {
+        let ck = warp::io::open_spec(&args.checkpoint)?;
+        for w in &ck.warnings {
+            eprintln!("warning: {w}");
+        }
+        let shard_name = |i: usize| {
+            ck.shards[i]
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let params: u64 = ck.tensors().iter().map(|t| t.numel()).sum();
+        if args.json {
+            let tensors: Vec<_> = ck
+                .tensors()
+                .iter()
+                .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, "bytes": t.nbytes, "shard": shard_name(t.shard)}))
+                .collect();
+            let v = serde_json::json!({
+                "path": ck.path, "layout": ck.layout, "shards": ck.shards.len(),
+                "tensors": tensors, "total_bytes": ck.total_bytes(), "parameters": params,
+                "metadata": ck.shards.first().and_then(|s| s.header.metadata.clone()),
+                "warnings": ck.warnings,
+            });
+            return common::out(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
+        }
+        let mut s = format!(
+            "{:<60} {:>8} {:>20} {:>12}  {}\n",
+            "tensor", "dtype", "shape", "bytes", "shard"
+        );
+        for t in ck.tensors() {
+            s += &format!(
+                "{:<60} {:>8} {:>20} {:>12}  {}\n",
+                t.name,
+                t.dtype.name(),
+                format!("{:?}", t.shape),
+                t.nbytes,
+                shard_name(t.shard)
+            );
+        }
+        s += &format!(
+            "{} tensors, {} parameters, {} ({} bytes) in {} shard(s): OK\n",
+            ck.tensors().len(),
+            params,
+            human_bytes(ck.total_bytes()),
+            ck.total_bytes(),
+            ck.shards.len()
+        );
+        common::out(&s)
+    })
+}

@@ -51,7 +51,11 @@ impl Error {
             msg: msg.into(),
         }
     }
-    pub fn tensor(path: impl AsRef<Path>, tensor: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn tensor(
+        path: impl AsRef<Path>,
+        tensor: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::Tensor {
             path: path.as_ref().to_path_buf(),
             tensor: tensor.into(),

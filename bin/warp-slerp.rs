@@ -1,0 +1,67 @@
+//! warp-slerp: SLERP of task vectors (WARP stage 2), with fused LITI exports (stage 3).
+#[path = "common.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use warp::merge::{slerp::Slerp, Grouping};
+
+/// Merge M ≥ 2 policies fine-tuned from the same init by spherical interpolation of their task
+/// vectors δm = θm − θinit (WARP, Sec. 3.2; M > 2 merged iteratively with λ = 1/m, App. B.3), and
+/// optionally interpolate towards the init (LITI): with several --eta, ONE read of the inputs
+/// writes OUT/eta-0.30/, OUT/eta-1.00/, …
+///
+/// Checkpoints are HF folders (model.safetensors or an index + shards) or .safetensors files.
+#[derive(Parser, Debug)]
+#[command(version, name = "warp-slerp")]
+struct Args {
+    /// The fine-tuned models (two or more), all from the same init.
+    #[arg(required = true, num_args = 2.., value_name = "MODEL")]
+    models: Vec<String>,
+    /// The shared initialization θinit the task vectors are taken from. Its config and tokenizer
+    /// files are copied to the outputs.
+    #[arg(long, value_name = "BASE")]
+    init: String,
+    /// LITI coefficient η: output (1−η)·θinit + η·θslerp. Repeat for several outputs (fused into
+    /// one pass). η > 1 extrapolates. Default: the SLERP merge itself (η = 1), written to -o.
+    #[arg(long = "eta", value_name = "ETA")]
+    etas: Vec<f64>,
+    /// Granularity of the angle Ω: tensor (one per weight tensor), layer (one per transformer
+    /// block `…layers.N.…`), global (one over the whole model; reads the inputs twice).
+    #[arg(long, value_enum, default_value_t = Grouping::Tensor)]
+    angle: Grouping,
+    /// Fall back to LERP when |cos Ω| exceeds this (near-(anti)parallel task vectors, where the
+    /// SLERP formula is ill-conditioned); also when a task vector is zero.
+    #[arg(long, default_value_t = warp::merge::slerp::DEFAULT_THRESHOLD, value_name = "COS")]
+    lerp_threshold: f64,
+    /// Write per-tensor and per-block task-vector norms and angles (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    #[command(flatten)]
+    out: common::OutputArgs,
+    #[command(flatten)]
+    engine: common::EngineArgs,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    common::main_with("warp-slerp", || {
+        let method = Slerp::new(
+            args.models.len(),
+            args.etas.clone(),
+            args.angle,
+            args.lerp_threshold,
+        )?;
+        let mut inputs = vec![(args.init.clone(), "init")];
+        inputs.extend(args.models.iter().map(|m| (m.clone(), "model")));
+        common::run_merge(
+            &method,
+            inputs,
+            &args.out,
+            &args.engine,
+            args.report.as_deref(),
+        )
+    })
+}

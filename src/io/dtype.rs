@@ -1,0 +1,273 @@
+//! Safetensors dtypes and the float conversions the engine computes with.
+//!
+//! Compute is f32. bf16/f16 are rounded to nearest, ties to even (the `half` crate's `from_f32`
+//! does this for f16; bf16 is done here with the classic bit trick so the loop vectorizes).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Names follow the safetensors header spelling.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DType {
+    BOOL,
+    U8,
+    I8,
+    F8_E5M2,
+    F8_E4M3,
+    I16,
+    U16,
+    F16,
+    BF16,
+    I32,
+    U32,
+    F32,
+    F64,
+    I64,
+    U64,
+}
+
+impl DType {
+    pub const ALL: [DType; 15] = [
+        DType::BOOL,
+        DType::U8,
+        DType::I8,
+        DType::F8_E5M2,
+        DType::F8_E4M3,
+        DType::I16,
+        DType::U16,
+        DType::F16,
+        DType::BF16,
+        DType::I32,
+        DType::U32,
+        DType::F32,
+        DType::F64,
+        DType::I64,
+        DType::U64,
+    ];
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::BOOL | DType::U8 | DType::I8 | DType::F8_E5M2 | DType::F8_E4M3 => 1,
+            DType::I16 | DType::U16 | DType::F16 | DType::BF16 => 2,
+            DType::I32 | DType::U32 | DType::F32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+        }
+    }
+
+    /// Whether the merge engine computes on this dtype (others are passed through unchanged).
+    /// fp8 is excluded on purpose: its scaling conventions are not in the file.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::BOOL => "BOOL",
+            DType::U8 => "U8",
+            DType::I8 => "I8",
+            DType::F8_E5M2 => "F8_E5M2",
+            DType::F8_E4M3 => "F8_E4M3",
+            DType::I16 => "I16",
+            DType::U16 => "U16",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I32 => "I32",
+            DType::U32 => "U32",
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::I64 => "I64",
+            DType::U64 => "U64",
+        }
+    }
+
+    /// Parse the dtype string of a safetensors header (exact, upper case).
+    pub fn from_header(s: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The `--dtype` option of the binaries: a float dtype or "same" (keep each tensor's dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutDType {
+    #[default]
+    Same,
+    To(DType),
+}
+
+impl OutDType {
+    /// The dtype a tensor stored as `input` is written as. Non-float tensors never change.
+    pub fn resolve(self, input: DType) -> DType {
+        match self {
+            OutDType::To(d) if input.is_float() => d,
+            _ => input,
+        }
+    }
+}
+
+impl FromStr for OutDType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "same" => Ok(OutDType::Same),
+            "bf16" | "bfloat16" => Ok(OutDType::To(DType::BF16)),
+            "f16" | "fp16" | "float16" => Ok(OutDType::To(DType::F16)),
+            "f32" | "fp32" | "float32" => Ok(OutDType::To(DType::F32)),
+            "f64" | "fp64" | "float64" => Ok(OutDType::To(DType::F64)),
+            _ => Err(format!(
+                "unknown dtype '{s}' (expected bf16, f16, f32, f64 or same)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for OutDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutDType::Same => f.write_str("same"),
+            OutDType::To(d) => write!(f, "{}", d.name().to_ascii_lowercase()),
+        }
+    }
+}
+
+#[inline]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// f32 → bf16 bits, round to nearest, ties to even; NaN stays a (quiet) NaN.
+#[inline]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// Decode `bytes` (little-endian, `dtype`) into `out` as f32. `out.len()` elements are read.
+pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    match dtype {
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes[..n * 4].chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes[..n * 2].chunks_exact(2)) {
+                *o = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes[..n * 2].chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        DType::F64 => {
+            for (o, c) in out.iter_mut().zip(bytes[..n * 8].chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                *o = f64::from_le_bytes(a) as f32;
+            }
+        }
+        other => unreachable!("decode_f32 on non-float dtype {other}"),
+    }
+}
+
+/// Encode f32 values into `out` as `dtype` (round to nearest even). `out.len() == x.len() * size`.
+pub fn encode_f32(dtype: DType, x: &[f32], out: &mut [u8]) {
+    match dtype {
+        DType::F32 => {
+            for (v, c) in x.iter().zip(out.chunks_exact_mut(4)) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (v, c) in x.iter().zip(out.chunks_exact_mut(2)) {
+                c.copy_from_slice(&f32_to_bf16(*v).to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (v, c) in x.iter().zip(out.chunks_exact_mut(2)) {
+                c.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        DType::F64 => {
+            for (v, c) in x.iter().zip(out.chunks_exact_mut(8)) {
+                c.copy_from_slice(&(*v as f64).to_le_bytes());
+            }
+        }
+        other => unreachable!("encode_f32 on non-float dtype {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // Exactly halfway between 0x3F80 and 0x3F81: ties to the even one (0x3F80).
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80);
+        // Halfway between 0x3F81 and 0x3F82: ties to 0x3F82.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F81_8000)), 0x3F82);
+        // Just above halfway rounds up.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8001)), 0x3F81);
+        // Just below halfway rounds down.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_7FFF)), 0x3F80);
+        // Overflow to infinity, as IEEE rounding does.
+        assert_eq!(f32_to_bf16(f32::MAX), 0x7F80);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        assert_eq!(f32_to_bf16(-0.0), 0x8000);
+    }
+
+    #[test]
+    fn bf16_agrees_with_half_crate() {
+        // Independent implementation: half::bf16::from_f32 (RNE). Sweep a spread of bit patterns.
+        let mut s: u32 = 12345;
+        for _ in 0..200_000 {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            let x = f32::from_bits(s);
+            if x.is_nan() {
+                continue;
+            }
+            assert_eq!(f32_to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x:e}");
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let xs = [0.0f32, 1.0, -2.5, 3.140625, 1e-3, -65504.0];
+        for d in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            let mut bytes = vec![0u8; xs.len() * d.size()];
+            encode_f32(d, &xs, &mut bytes);
+            let mut back = vec![0f32; xs.len()];
+            decode_f32(d, &bytes, &mut back);
+            for (a, b) in xs.iter().zip(&back) {
+                let tol = match d {
+                    DType::BF16 => a.abs() / 128.0,
+                    DType::F16 => a.abs() / 1024.0 + 1e-7,
+                    _ => 0.0,
+                };
+                assert!((a - b).abs() <= tol, "{d}: {a} -> {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn out_dtype_parsing() {
+        assert_eq!("BF16".parse::<OutDType>(), Ok(OutDType::To(DType::BF16)));
+        assert_eq!("same".parse::<OutDType>(), Ok(OutDType::Same));
+        assert!("int4".parse::<OutDType>().is_err());
+        assert_eq!(OutDType::To(DType::F32).resolve(DType::I64), DType::I64);
+    }
+}

@@ -1,0 +1,52 @@
+//! LERP / task arithmetic: θinit + Σ λm·δm (λm = 1/M by default), with fused LITI points.
+
+use super::{check_etas, eta_outputs, extrapolation_note, liti_rows, Gram, Method};
+use crate::error::{Error, Result};
+
+pub struct Lerp {
+    pub weights: Vec<f64>,
+    pub etas: Vec<f64>,
+}
+
+impl Lerp {
+    /// `m` task vectors; `weights` empty means 1/M each.
+    pub fn new(m: usize, weights: Vec<f64>, etas: Vec<f64>) -> Result<Lerp> {
+        let weights = if weights.is_empty() {
+            vec![1.0 / m as f64; m]
+        } else {
+            weights
+        };
+        if weights.len() != m {
+            return Err(Error::Usage(format!(
+                "{} --weight values for {m} models: give one per model or none",
+                weights.len()
+            )));
+        }
+        if weights.iter().any(|w| !w.is_finite()) {
+            return Err(Error::Usage("--weight values must be finite".into()));
+        }
+        check_etas(&etas)?;
+        Ok(Lerp { weights, etas })
+    }
+}
+
+impl Method for Lerp {
+    fn name(&self) -> &'static str {
+        "lerp"
+    }
+    fn outputs(&self) -> Vec<String> {
+        eta_outputs(&self.etas)
+    }
+    fn coefficients(&self, _: Option<&Gram>) -> Result<Vec<Vec<f64>>> {
+        Ok(liti_rows(&self.weights, &self.etas))
+    }
+    fn recipe(&self) -> serde_json::Value {
+        serde_json::json!({ "method": "lerp", "weights": self.weights, "eta": self.etas })
+    }
+    fn notes(&self, k: usize) -> Vec<String> {
+        self.etas
+            .get(k)
+            .map(|&e| extrapolation_note(e))
+            .unwrap_or_default()
+    }
+}

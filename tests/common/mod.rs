@@ -1,0 +1,124 @@
+//! Shared test helpers: run the real binaries, craft safetensors files byte by byte, call the
+//! independent Python reference.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin(name: &str) -> PathBuf {
+    // Cargo sets CARGO_BIN_EXE_<name> for integration tests.
+    let var = format!("CARGO_BIN_EXE_{name}");
+    PathBuf::from(std::env::var(&var).unwrap_or_else(|_| panic!("{var} not set")))
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(name: &str, args: &[&str], cwd: &Path) -> Run {
+    let out: Output = Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("spawn binary");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(name: &str, args: &[&str], cwd: &Path) -> String {
+    let r = run(name, args, cwd);
+    assert_eq!(r.code, 0, "{name} {args:?} failed:\n{}", r.stderr);
+    r.stdout
+}
+
+/// Runs, asserts failure with a one-line-ish message containing every `want`, returns stderr.
+pub fn fails(name: &str, args: &[&str], cwd: &Path, want: &[&str]) -> String {
+    let r = run(name, args, cwd);
+    assert_ne!(
+        r.code, 0,
+        "{name} {args:?} should fail; stdout:\n{}",
+        r.stdout
+    );
+    assert!(
+        !r.stderr.contains("panicked"),
+        "{name} panicked:\n{}",
+        r.stderr
+    );
+    for w in want {
+        assert!(
+            r.stderr.contains(w),
+            "{name} {args:?}: stderr lacks '{w}':\n{}",
+            r.stderr
+        );
+    }
+    r.stderr
+}
+
+/// A safetensors file from a raw JSON header and a data section.
+pub fn raw_file(path: &Path, header_json: &str, data: &[u8]) {
+    let mut f = (header_json.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(header_json.as_bytes());
+    f.extend_from_slice(data);
+    std::fs::write(path, f).unwrap();
+}
+
+/// A valid file with f32 tensors `(name, values)`, laid out in order.
+pub fn f32_file(path: &Path, tensors: &[(&str, Vec<f32>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, vals) in tensors {
+        let begin = data.len();
+        for v in vals {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": [vals.len()], "data_offsets": [begin, data.len()]}),
+        );
+    }
+    raw_file(path, &serde_json::to_string(&header).unwrap(), &data);
+}
+
+/// Lists a folder's entries (names), sorted; empty when missing.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python interpreter for reference scripts: $WARP_PYTHON, else python3. The test script
+/// (scripts/test) installs numpy and safetensors; a missing module fails the test loudly.
+pub fn python() -> String {
+    std::env::var("WARP_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+pub fn py(args: &[&str], cwd: &Path) -> String {
+    let out = Command::new(python())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("python3 must be installed (run scripts/test, which sets it up)");
+    assert!(
+        out.status.success(),
+        "python {args:?} failed (scripts/setup-python installs numpy/safetensors):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
