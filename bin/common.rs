@@ -32,6 +32,8 @@ pub struct OutputArgs {
     /// tensor larger than this gets a shard of its own.
     #[arg(long, default_value = "5GB", value_parser = parse_size, value_name = "SIZE")]
     pub max_shard_size: u64,
+    #[command(flatten)]
+    pub hub: warp::hub::PushToHubArgs,
 }
 
 /// Options of the streaming engine.
@@ -186,7 +188,7 @@ pub fn run_merge(
     let progress = Progress::new(eng.quiet);
     let mut opened = Vec::with_capacity(inputs.len());
     for (spec, role) in inputs {
-        let ckpt = warp::io::open_spec(&spec)?;
+        let ckpt = warp::io::open_spec(&spec, &progress)?;
         for w in &ckpt.warnings {
             progress.message(&format!("warning: {w}"));
         }
@@ -263,6 +265,10 @@ pub fn run_merge(
     let mut listing = String::new();
     for o in &summary.outputs {
         listing += &format!("{}\n", o.display());
+    }
+    // Several outputs are pushed as one repo with a sub-folder each (load with `subfolder=`).
+    if let Some(pushed) = warp::hub::push_if_requested(&out.output, &out.hub, &progress)? {
+        listing += &format!("{}\n", pushed.commit_url);
     }
     self::out(&listing)
 }

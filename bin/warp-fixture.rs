@@ -41,6 +41,8 @@ struct Args {
     /// Largest shard file, e.g. 5GB (HF default), 500MB, 2GiB.
     #[arg(long, default_value = "5GB", value_parser = parse_size, value_name = "SIZE")]
     max_shard_size: u64,
+    #[command(flatten)]
+    hub: warp::hub::PushToHubArgs,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -71,6 +73,10 @@ fn main() -> ExitCode {
         let progress = common::Progress::new(args.quiet);
         let shape = write_synthetic(&args.output, &spec, &opts, &progress)?;
         progress.message(&format!("{shape:?}"));
-        common::out(&format!("{}\n", args.output.display()))
+        let mut listing = format!("{}\n", args.output.display());
+        if let Some(pushed) = warp::hub::push_if_requested(&args.output, &args.hub, &progress)? {
+            listing += &format!("{}\n", pushed.commit_url);
+        }
+        common::out(&listing)
     })
 }

@@ -13,7 +13,7 @@ use warp::io::writer::human_bytes;
 #[derive(Parser, Debug)]
 #[command(version, name = "warp-inspect")]
 struct Args {
-    /// Folder (model.safetensors or index + shards) or .safetensors file.
+    /// Folder (model.safetensors or index + shards), .safetensors file, or hub id org/name[@rev].
     #[arg(value_name = "CKPT")]
     checkpoint: String,
     /// Print JSON on stdout instead of a table.
@@ -24,7 +24,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     common::main_with("warp-inspect", || {
-        let ck = warp::io::open_spec(&args.checkpoint)?;
+        let ck = warp::io::open_spec(&args.checkpoint, &common::Progress::new(false))?;
         for w in &ck.warnings {
             eprintln!("warning: {w}");
         }

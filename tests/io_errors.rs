@@ -224,7 +224,7 @@ fn unreadable_paths() {
     bad_checkpoint(
         d.path(),
         "does-not-exist",
-        &["does-not-exist", "No such file"],
+        &["does-not-exist", "neither an existing path nor a hub id"],
     );
     // A "model.safetensors" that is a directory cannot be opened as a file.
     std::fs::create_dir_all(d.path().join("weird/model.safetensors.index.json")).unwrap();

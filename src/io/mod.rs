@@ -10,7 +10,12 @@ pub use dtype::{DType, OutDType};
 pub use reader::{Checkpoint, Layout, TensorInfo};
 pub use writer::{CheckpointWriter, OutTensor, WriterOptions};
 
-/// Opens a checkpoint named on the command line: a local folder or `.safetensors` file.
-pub fn open_spec(spec: &str) -> crate::Result<Checkpoint> {
-    Checkpoint::open(spec)
+/// Opens a checkpoint named on the command line: a local folder or `.safetensors` file, or a hub
+/// id `org/name[@revision]` downloaded into (or, offline, found in) the standard HF cache.
+pub fn open_spec(
+    spec: &str,
+    reporter: &dyn crate::progress::Reporter,
+) -> crate::Result<Checkpoint> {
+    let path = crate::hub::resolve_checkpoint(spec, &crate::hub::HubOptions::from_env(), reporter)?;
+    Checkpoint::open(path)
 }

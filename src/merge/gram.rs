@@ -63,7 +63,8 @@ impl Gram {
                 (0..self.m)
                     .map(|j| {
                         if i == j {
-                            Some(0.0)
+                            // A vector's angle with itself is 0, unless it is zero (undefined).
+                            (self.at(i, i) > 0.0).then_some(0.0)
                         } else {
                             self.angle_deg(i, j)
                         }

@@ -122,3 +122,27 @@ pub fn py(args: &[&str], cwd: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Asserts two checkpoints hold the same tensors with byte-identical data (metadata may differ).
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    let ca = warp::io::Checkpoint::open(a).unwrap();
+    let cb = warp::io::Checkpoint::open(b).unwrap();
+    assert_eq!(
+        ca.tensors().len(),
+        cb.tensors().len(),
+        "{} vs {}",
+        a.display(),
+        b.display()
+    );
+    for ta in ca.tensors() {
+        let tb = cb
+            .get(&ta.name)
+            .unwrap_or_else(|| panic!("{} lacks {}", b.display(), ta.name));
+        assert_eq!((ta.dtype, &ta.shape), (tb.dtype, &tb.shape), "{}", ta.name);
+        assert!(
+            ca.bytes(ta, 0..ta.nbytes) == cb.bytes(tb, 0..tb.nbytes),
+            "{}: data differs",
+            ta.name
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! The HTTP side of the push protocol: one ureq agent, the bearer token attached only to requests
+//! for the hub's own origin (never to presigned storage URLs), and one retry loop used by every
+//! request: exponential backoff on connection errors, 408, 429 and 5xx, honouring `Retry-After`.
+
+use super::RetryPolicy;
+use crate::error::Error;
+use crate::progress::Reporter;
+use serde_json::Value;
+use std::io::Read;
+use std::time::Duration;
+
+/// Largest JSON answer we read (the LFS batch answer for 256 multipart objects is well below).
+const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// A request that failed for good (after retries, or at once for a non-retryable status).
+#[derive(Debug)]
+pub(crate) struct HttpFailure {
+    /// HTTP status; `None` for a connection-level failure.
+    pub status: Option<u16>,
+    /// The hub's `X-Error-Code` (e.g. `RepoNotFound`, `RevisionNotFound`).
+    pub code: Option<String>,
+    /// What the server or the transport said, on one line.
+    pub detail: String,
+    /// An earlier attempt of this request failed in a way that leaves it unknown whether the
+    /// server acted on it (lost response).
+    pub ambiguous_earlier_attempt: bool,
+}
+
+/// Why one attempt did not produce a response: the network/server (maybe retried) or a local
+/// problem such as an unreadable file (never retried).
+pub(crate) enum AttemptError {
+    Http(Box<ureq::Error>),
+    Local(Error),
+}
+
+impl From<ureq::Error> for AttemptError {
+    fn from(e: ureq::Error) -> Self {
+        AttemptError::Http(Box::new(e))
+    }
+}
+
+/// A request that failed for good.
+pub(crate) enum CallError {
+    Http(HttpFailure),
+    Local(Error),
+}
+
+impl CallError {
+    pub fn into_error(self, what: &str) -> Error {
+        match self {
+            CallError::Http(f) => f.into_error(what),
+            CallError::Local(e) => e,
+        }
+    }
+}
+
+impl From<HttpFailure> for CallError {
+    fn from(f: HttpFailure) -> Self {
+        CallError::Http(f)
+    }
+}
+
+impl HttpFailure {
+    pub fn into_error(self, what: &str) -> Error {
+        let hint = match self.status {
+            Some(401) => " (check the token: --token, HF_TOKEN or `hf auth login`)",
+            Some(403) => " (the token lacks write access to this repo or namespace)",
+            _ => "",
+        };
+        match self.status {
+            Some(s) => Error::Hub(format!("{what}: HTTP {s}: {}{hint}", self.detail)),
+            None => Error::Hub(format!("{what}: {}", self.detail)),
+        }
+    }
+}
+
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    endpoint: String,
+    token: Option<String>,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    pub fn new(
+        endpoint: &str,
+        token: Option<String>,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .try_proxy_from_env(true)
+            .timeout_connect(Duration::from_secs(30))
+            .timeout_read(timeout)
+            .timeout_write(timeout)
+            .user_agent(concat!("warp/", env!("CARGO_PKG_VERSION"), "; rust"))
+            .build();
+        Client {
+            agent,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token,
+            retry,
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// A request with the token attached when `url` is on the hub's origin.
+    pub fn request(&self, method: &str, url: &str) -> ureq::Request {
+        let mut req = self.agent.request(method, url);
+        if let Some(token) = &self.token {
+            if same_origin(url, &self.endpoint) {
+                req = req.set("Authorization", &format!("Bearer {token}"));
+            }
+        }
+        req
+    }
+
+    /// Send a JSON body (or none) and parse a JSON answer, with retries.
+    pub fn json(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+        content_type: &str,
+        what: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Value, CallError> {
+        let bytes = match body {
+            Some(v) => serde_json::to_vec(v)
+                .map_err(|e| CallError::Local(Error::Hub(format!("{what}: {e}"))))?,
+            None => Vec::new(),
+        };
+        let resp = self.call(what, reporter, |_| {
+            let req = self
+                .request(method, url)
+                .set("Accept", accept_for(content_type));
+            Ok(if body.is_some() {
+                req.set("Content-Type", content_type).send_bytes(&bytes)?
+            } else {
+                req.call()?
+            })
+        })?;
+        Ok(read_json(resp)?)
+    }
+
+    /// Run `attempt` until it succeeds, fails for good, or the retries are spent. `attempt` gets
+    /// the attempt number and must rebuild its request body each time (a file reader is reopened).
+    pub fn call(
+        &self,
+        what: &str,
+        reporter: &dyn Reporter,
+        attempt: impl FnMut(u32) -> Result<ureq::Response, AttemptError>,
+    ) -> Result<ureq::Response, CallError> {
+        self.call_with(&self.retry, what, reporter, attempt)
+    }
+
+    /// [`Client::call`] under another retry policy.
+    pub fn call_with(
+        &self,
+        policy: &RetryPolicy,
+        what: &str,
+        reporter: &dyn Reporter,
+        mut attempt: impl FnMut(u32) -> Result<ureq::Response, AttemptError>,
+    ) -> Result<ureq::Response, CallError> {
+        let mut ambiguous = false;
+        let mut n = 0u32;
+        loop {
+            let err = match attempt(n) {
+                Ok(resp) => return Ok(resp),
+                Err(AttemptError::Local(e)) => return Err(CallError::Local(e)),
+                Err(AttemptError::Http(e)) => *e,
+            };
+            let (failure, delay, lost_response) = match err {
+                ureq::Error::Status(status, resp) => {
+                    let retry_after = retry_after(&resp);
+                    let mut f = failure_from_response(status, resp);
+                    f.ambiguous_earlier_attempt = ambiguous;
+                    if !retryable_status(status) {
+                        return Err(f.into());
+                    }
+                    // 5xx from a proxy may come after the origin acted; 408/429 mean not served.
+                    let lost = status >= 500;
+                    let delay = match retry_after {
+                        Some(d) => d.min(policy.max_retry_after),
+                        None => policy.backoff(n),
+                    };
+                    (f, delay, lost)
+                }
+                ureq::Error::Transport(t) => {
+                    let kind = t.kind();
+                    let f = HttpFailure {
+                        status: None,
+                        code: None,
+                        detail: transport_detail(&t),
+                        ambiguous_earlier_attempt: ambiguous,
+                    };
+                    if !retryable_transport(kind) {
+                        return Err(f.into());
+                    }
+                    // A refused connection never reached the server; anything later might have.
+                    let lost = kind != ureq::ErrorKind::ConnectionFailed;
+                    (f, policy.backoff(n), lost)
+                }
+            };
+            if n >= policy.max_retries {
+                return Err(failure.into());
+            }
+            ambiguous |= lost_response;
+            n += 1;
+            let reason = match failure.status {
+                Some(s) => format!("HTTP {s}"),
+                None => failure.detail.clone(),
+            };
+            reporter.message(&format!(
+                "{what}: {reason}; retry {n}/{} in {:.1}s",
+                policy.max_retries,
+                delay.as_secs_f64()
+            ));
+            std::thread::sleep(delay);
+        }
+    }
+}
+
+fn accept_for(content_type: &str) -> &str {
+    if content_type.contains("git-lfs") {
+        content_type
+    } else {
+        "application/json"
+    }
+}
+
+pub(crate) fn read_json(resp: ureq::Response) -> Result<Value, HttpFailure> {
+    let status = resp.status();
+    let mut text = String::new();
+    resp.into_reader()
+        .take(MAX_JSON_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| HttpFailure {
+            status: Some(status),
+            code: None,
+            detail: format!("reading the answer: {e}"),
+            ambiguous_earlier_attempt: false,
+        })?;
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| HttpFailure {
+        status: Some(status),
+        code: None,
+        detail: format!("malformed JSON answer ({e}): {}", one_line(&text, 200)),
+        ambiguous_earlier_attempt: false,
+    })
+}
+
+/// 408 (timeout), 429 (rate limit) and server errors other than "not implemented"/"version".
+pub(crate) fn retryable_status(status: u16) -> bool {
+    status == 408
+        || status == 429
+        || ((500..600).contains(&status) && status != 501 && status != 505)
+}
+
+fn retryable_transport(kind: ureq::ErrorKind) -> bool {
+    use ureq::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionFailed | Io | Dns | BadStatus | BadHeader | ProxyConnect
+    )
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare on the hub and treated as absent).
+fn retry_after(resp: &ureq::Response) -> Option<Duration> {
+    let v = resp.header("Retry-After")?.trim();
+    let secs: f64 = v.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// The server's own explanation: `X-Error-Message`, else `{"error": ...}`, else the body text.
+fn failure_from_response(status: u16, resp: ureq::Response) -> HttpFailure {
+    let code = resp.header("X-Error-Code").map(str::to_string);
+    let header_msg = resp.header("X-Error-Message").map(str::to_string);
+    let status_text = resp.status_text().to_string();
+    let mut text = String::new();
+    // The body is only for the message; a body that cannot be read leaves it empty.
+    let _ = resp.into_reader().take(64 << 10).read_to_string(&mut text);
+    let body_msg = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .or_else(|| (!text.trim().is_empty()).then(|| text.clone()));
+    let detail = header_msg
+        .or(body_msg)
+        .map(|m| one_line(&m, 300))
+        .unwrap_or(status_text);
+    HttpFailure {
+        status: Some(status),
+        code,
+        detail,
+        ambiguous_earlier_attempt: false,
+    }
+}
+
+/// A transport error without its URL: presigned URLs carry signatures that do not belong in logs.
+fn transport_detail(t: &ureq::Transport) -> String {
+    let mut s = t.kind().to_string();
+    if let Some(m) = t.message() {
+        s.push_str(": ");
+        s.push_str(m);
+    }
+    if let Some(src) = std::error::Error::source(t) {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+    }
+    one_line(&s, 300)
+}
+
+pub(crate) fn one_line(s: &str, max_chars: usize) -> String {
+    let flat: String = s
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(max_chars)
+        .collect();
+    flat
+}
+
+/// `scheme://host:port` with default ports made explicit, for comparing origins.
+pub(crate) fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
+    let authority = authority.rsplit('@').next()?.to_string();
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let authority = if has_port {
+        authority
+    } else {
+        let port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        format!("{authority}:{port}")
+    };
+    Some(format!("{scheme}://{authority}"))
+}
+
+pub(crate) fn same_origin(a: &str, b: &str) -> bool {
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Percent-encode one path segment (a revision like `refs/pr/1` becomes `refs%2Fpr%2F1`).
+pub(crate) fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Percent-encode a path inside a repo, keeping its `/` separators.
+pub(crate) fn encode_path(p: &str) -> String {
+    p.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The hub answers with URLs on its public endpoint; behind a mirror or proxy (`HF_ENDPOINT`)
+/// they must go to the configured endpoint instead, as the python client does.
+pub(crate) fn fix_endpoint(url: &str, endpoint: &str) -> String {
+    const PUBLIC: &str = super::DEFAULT_ENDPOINT;
+    if endpoint != PUBLIC {
+        if let Some(rest) = url.strip_prefix(PUBLIC) {
+            return format!("{endpoint}{rest}");
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(same_origin(
+            "https://huggingface.co/api/x",
+            "https://huggingface.co"
+        ));
+        assert!(same_origin(
+            "https://HuggingFace.co:443/a",
+            "https://huggingface.co"
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:8000/a",
+            "http://127.0.0.1:8001"
+        ));
+        assert!(!same_origin(
+            "https://cdn.example/a?x=1",
+            "https://huggingface.co"
+        ));
+        assert!(!same_origin(
+            "https://huggingface.co.evil.com/",
+            "https://huggingface.co"
+        ));
+        assert_eq!(origin("notaurl"), None);
+    }
+
+    #[test]
+    fn encoding() {
+        assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode_path("a b/c.json"), "a%20b/c.json");
+        assert_eq!(
+            fix_endpoint("https://huggingface.co/x/y", "http://127.0.0.1:9"),
+            "http://127.0.0.1:9/x/y"
+        );
+        assert_eq!(
+            fix_endpoint("https://cdn/x", "http://127.0.0.1:9"),
+            "https://cdn/x"
+        );
+    }
+
+    #[test]
+    fn retry_classes() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable_status(s), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 412, 501] {
+            assert!(!retryable_status(s), "{s}");
+        }
+    }
+}
