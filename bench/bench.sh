@@ -4,6 +4,7 @@
 #
 #   bench/bench.sh convert 4GB     warp-convert bf16→f32→bf16 vs cat + dd of the same bytes
 #   bench/bench.sh slerp 2GB       warp-slerp M=3, three η, vs cat of the 4 inputs + dd of 3 outputs
+#   bench/bench.sh push 2GB        peak memory of `warp push` to the loopback hub (16 MiB parts)
 #
 # Each measurement runs REPS times (default 3) interleaved with its baseline; medians are printed
 # as a Markdown table. Page cache is warm for every run alike (inputs are read once beforehand).
@@ -67,6 +68,19 @@ slerp)
       --eta 0.3 --eta 0.5 --eta 1.0 -o "$W/out" -q
   done
   echo "inputs: 4 x $(numfmt --to=iec "$(bytes_of "$W"/base/*.safetensors)") bf16, outputs: 3" >> "$res"
+  ;;
+push)
+  cargo build --release --quiet --example hub_server
+  $T/warp-fixture --size "$size" --dtype bf16 --max-shard-size 1GB -o "$W/ck" -q >/dev/null
+  for r in $(seq "$reps"); do
+    # A fresh hub each time, so every run uploads everything.
+    target/release/examples/hub_server 16 > "$W/url.txt" & server=$!
+    for _ in $(seq 100); do [ -s "$W/url.txt" ] && break; sleep 0.1; done
+    measure warp-push env HF_ENDPOINT="$(cat "$W/url.txt")" HF_TOKEN=hf_test_write_token \
+      HF_HOME="$W/home" $T/warp push -q "$W/ck" "org/bench"
+    kill "$server"; wait "$server" 2>/dev/null || true; : > "$W/url.txt"
+  done
+  echo "checkpoint: $(numfmt --to=iec "$(bytes_of "$W"/ck/*.safetensors)") in $(ls "$W"/ck/*.safetensors | wc -l) shards" >> "$res"
   ;;
 *) echo "unknown benchmark $what" >&2; exit 2 ;;
 esac
