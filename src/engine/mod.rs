@@ -401,6 +401,16 @@ fn nonfinite_error(job: &MergeJob, name: &str, nf: NonFinite, offset: u64) -> Er
     )
 }
 
+/// Starts reading the chunk after `range` in every input, to overlap disk reads with compute.
+fn prefetch_next(job: &MergeJob, infos: &[&TensorInfo], range: &std::ops::Range<u64>, step: u64) {
+    let end = (range.end + step).min(infos[0].nbytes);
+    if range.end < end {
+        for (i, ti) in job.inputs.iter().zip(infos) {
+            i.ckpt.prefetch(ti, range.end..end);
+        }
+    }
+}
+
 /// The Gram matrix of one tensor over all its chunks.
 fn tensor_gram(
     job: &MergeJob,
@@ -416,10 +426,10 @@ fn tensor_gram(
     let es = t.dtype.size() as u64;
     let mut acc = vec![0f64; p];
     let mut partial = Vec::new();
-    for range in
-        crate::io::reader::chunks(infos[0].nbytes, es as usize, plan.chunk_elems as u64 * es)
-    {
+    let step = plan.chunk_elems as u64 * es;
+    for range in crate::io::reader::chunks(infos[0].nbytes, es as usize, step) {
         crate::cancel::check()?;
+        prefetch_next(job, &infos, &range, step);
         let slices: Vec<&[u8]> = job
             .inputs
             .iter()
@@ -536,10 +546,13 @@ fn stream(
                 .collect(),
         };
         let check_finite = t.combined && !needs_gram && !job.allow_nonfinite;
-        for range in
-            crate::io::reader::chunks(infos[0].nbytes, es as usize, plan.chunk_elems as u64 * es)
-        {
+        let step = plan.chunk_elems as u64 * es;
+        for range in crate::io::reader::chunks(infos[0].nbytes, es as usize, step) {
             crate::cancel::check()?;
+            // In the combine pass of a kept tensor the pages are already resident.
+            if !(keep && needs_gram) {
+                prefetch_next(job, &infos, &range, step);
+            }
             let slices: Vec<&[u8]> = job
                 .inputs
                 .iter()

@@ -255,6 +255,17 @@ impl Checkpoint {
         };
     }
 
+    /// Asks the kernel to start reading `range` of tensor `t` now (MADV_WILLNEED), so the disk
+    /// works on the next chunk while the current one is being computed.
+    pub fn prefetch(&self, t: &TensorInfo, range: Range<u64>) {
+        let map = &self.shards[t.shard].map;
+        let _ = map.advise_range(
+            Advice::WillNeed,
+            (t.offset + range.start) as usize,
+            (range.end - range.start) as usize,
+        );
+    }
+
     /// A short fingerprint of the checkpoint's layout: sha256 of the index file when sharded,
     /// else of the single file's header (dtype, shapes, offsets, metadata; not the data).
     pub fn fingerprint(&self) -> String {
