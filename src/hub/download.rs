@@ -12,22 +12,11 @@ use hf_hub::{Repo, RepoType};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const INDEX: &str = "model.safetensors.index.json";
-const SINGLE: &str = "model.safetensors";
+use crate::io::reader::{INDEX_FILE as INDEX, SINGLE_FILE as SINGLE};
 
-/// Files copied along with the weights when the repo has them: model config and tokenizer.
-pub const CHECKPOINT_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-];
+/// Files fetched along with the weights when the repo has them: the same config and tokenizer
+/// files the writer copies to every output.
+pub const CHECKPOINT_FILES: &[&str] = crate::io::companion::COMPANION_FILES;
 
 /// A checkpoint argument as a local path: an existing path is returned as is; a hub id
 /// `org/name[@revision]` is fetched (weights: the index and its shards, or `model.safetensors`;
