@@ -13,7 +13,8 @@ use warp::merge::{slerp::Slerp, Grouping};
 /// optionally interpolate towards the init (LITI): with several --eta, ONE read of the inputs
 /// writes OUT/eta-0.30/, OUT/eta-1.00/, …
 ///
-/// Checkpoints are HF folders (model.safetensors or an index + shards) or .safetensors files.
+/// Checkpoints are HF folders (model.safetensors or an index + shards), .safetensors files, or
+/// hub ids org/name[@revision] (downloaded into the HF cache).
 #[derive(Parser, Debug)]
 #[command(version, name = "warp-slerp")]
 struct Args {
