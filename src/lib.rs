@@ -8,5 +8,7 @@ pub mod hub;
 pub mod io;
 pub mod merge;
 pub mod progress;
+#[cfg(feature = "rl")]
+pub mod rl;
 
 pub use error::{Error, Result};
