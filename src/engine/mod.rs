@@ -70,6 +70,9 @@ pub struct Plan {
     pub read_bytes: u64,
     pub write_bytes: u64,
     pub chunk_elems: usize,
+    /// Tensors whose inputs total at most this many bytes keep their pages mapped between the
+    /// statistics and combine passes (read once); larger ones are re-read from the page cache.
+    pub keep_bytes: u64,
     /// Estimated peak working memory (buffers + mapped input pages), bytes.
     pub peak_bytes: u64,
 }
@@ -117,7 +120,17 @@ impl Plan {
         // Scratch of the CPU kernels: per thread, N+1 blocks of f32 and M blocks of f64.
         let scratch =
             rayon::current_num_threads() as u64 * (GRAM_BLOCK * (4 * (n + 1) + 8 * n)) as u64;
-        let peak_bytes = chunk_elems as u64 * per_elem + scratch;
+        // A quarter of the budget holds a whole tensor's inputs between the two passes: with the
+        // default 1 GiB that covers every matrix of a 7B-class model but the embeddings.
+        let keep_bytes = if needs_gram { job.budget / 4 } else { 0 };
+        let largest_kept = base
+            .tensors()
+            .iter()
+            .map(|t| t.nbytes * n as u64)
+            .filter(|&b| b <= keep_bytes)
+            .max()
+            .unwrap_or(0);
+        let peak_bytes = chunk_elems as u64 * per_elem + scratch + largest_kept;
         let outputs = output_paths(&job.dest, &job.method.outputs());
         Ok(Plan {
             method: job.method.name().to_string(),
@@ -126,6 +139,7 @@ impl Plan {
             read_bytes: read,
             write_bytes: write,
             chunk_elems,
+            keep_bytes,
             peak_bytes,
         })
     }
@@ -507,9 +521,9 @@ fn stream(
         let infos = tensor_infos(job, &t.name);
         let es = t.dtype.size() as u64;
         let oes = t.out_dtype.size() as u64;
-        // A tensor that fits in one chunk keeps its pages between the two passes (read once);
+        // A tensor that fits the keep budget stays mapped between the two passes (read once);
         // larger ones drop each chunk as soon as it is done, so memory stays within the budget.
-        let keep = infos[0].numel() <= plan.chunk_elems as u64;
+        let keep = infos.iter().map(|i| i.nbytes).sum::<u64>() <= plan.keep_bytes;
         let coeffs: Option<Vec<Vec<f32>>> = if t.combined {
             let gram = if !needs_gram {
                 None
