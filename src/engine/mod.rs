@@ -560,6 +560,14 @@ fn stream(
                 .collect(),
         };
         let check_finite = t.combined && !needs_gram && !job.allow_nonfinite;
+        // The rows that need arithmetic (the others are copies), fixed for the whole tensor.
+        let compute_rows: Vec<Vec<f32>> = match &coeffs {
+            Some(rows) => (0..rows.len())
+                .filter(|&k| copy_of[k].is_none())
+                .map(|k| rows[k].clone())
+                .collect(),
+            None => Vec::new(),
+        };
         let step = plan.chunk_elems as u64 * es;
         for range in crate::io::reader::chunks(infos[0].nbytes, es as usize, step) {
             crate::cancel::check()?;
@@ -586,31 +594,18 @@ fn stream(
                 }
             }
             let mut bufs: Vec<Vec<u8>> = sinks.iter().map(|s| s.buffer(out_len)).collect();
-            let mut compute_rows = Vec::new();
-            let mut compute_idx = Vec::new();
-            for (k, c) in copy_of.iter().enumerate() {
-                match c {
-                    Some(i) => bufs[k][..out_len].copy_from_slice(slices[*i]),
-                    None => {
-                        compute_rows.push(
-                            coeffs.as_ref().expect("computed rows have coefficients")[k].clone(),
-                        );
-                        compute_idx.push(k);
-                    }
+            for (buf, c) in bufs.iter_mut().zip(&copy_of) {
+                if let Some(i) = c {
+                    buf[..out_len].copy_from_slice(slices[*i]);
                 }
             }
-            if !compute_idx.is_empty() || check_finite {
-                let mut outs: Vec<&mut [u8]> = Vec::with_capacity(compute_idx.len());
-                // Split borrows: take the buffers that need computing.
-                let mut rest: &mut [Vec<u8>] = &mut bufs;
-                let mut taken = 0;
-                for &k in &compute_idx {
-                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(k - taken);
-                    let (head, tail) = tail.split_at_mut(1);
-                    outs.push(&mut head[0][..out_len]);
-                    rest = tail;
-                    taken = k + 1;
-                }
+            if !compute_rows.is_empty() || check_finite {
+                let mut outs: Vec<&mut [u8]> = bufs
+                    .iter_mut()
+                    .zip(&copy_of)
+                    .filter(|(_, c)| c.is_none())
+                    .map(|(b, _)| &mut b[..out_len])
+                    .collect();
                 if let Err(nf) = backend.combine(
                     t.dtype,
                     &slices,

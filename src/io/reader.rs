@@ -151,12 +151,12 @@ impl Checkpoint {
         shards: Vec<Shard>,
         index: Option<(&Path, &[String], &BTreeMap<String, String>)>,
     ) -> Result<Checkpoint> {
-        let mut tensors = Vec::new();
+        let mut tensors: Vec<TensorInfo> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
         for (si, shard) in shards.iter().enumerate() {
             for e in &shard.header.entries {
                 if let Some(&prev) = by_name.get(&e.name) {
-                    let other = &shards[tensors_shard(&tensors, prev)].path;
+                    let other = &shards[tensors[prev].shard].path;
                     return Err(Error::tensor(
                         &shard.path,
                         &e.name,
@@ -280,10 +280,6 @@ impl Checkpoint {
         }
         hex(&h.finalize())
     }
-}
-
-fn tensors_shard(tensors: &[TensorInfo], i: usize) -> usize {
-    tensors[i].shard
 }
 
 pub fn hex(bytes: &[u8]) -> String {
