@@ -27,6 +27,7 @@ struct Cli {
 enum Command {
     Push(PushArgs),
     Download(DownloadArgs),
+    Plot(PlotArgs),
 }
 
 /// Upload a checkpoint folder to a Hugging Face hub model repo as one commit.
@@ -67,12 +68,31 @@ struct DownloadArgs {
     checkpoint: String,
 }
 
+/// Draw the KL–reward Pareto front of an evaluation CSV (from `warp eval`) as an SVG.
+///
+/// LITI curves (one per WARP iteration, η at the markers), RL trajectories (policy solid, EMA
+/// dashed, init-anchored dotted), SLERP (stars) and LERP (squares) merges and the SFT point, with
+/// error bars where the CSV has standard errors. Rows with non-finite KL or reward are skipped
+/// with a warning. The file is written whole or not at all; its path is printed on stdout.
+#[derive(clap::Args)]
+struct PlotArgs {
+    /// Evaluation CSV: label,kind,iteration,run,step,eta,kl,kl_se,reward,reward_se,path.
+    eval: PathBuf,
+    /// Output SVG file (replaced if it exists).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Title above the plot.
+    #[arg(long, default_value = "KL–reward Pareto front")]
+    title: String,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let reporter = BarReporter::new(cli.quiet);
     let result = match &cli.command {
         Command::Push(a) => push(a, &reporter),
         Command::Download(a) => download(a, &reporter),
+        Command::Plot(a) => plot(a, &reporter),
     };
     reporter.clear();
     match result {
@@ -104,6 +124,18 @@ fn push(a: &PushArgs, reporter: &dyn Reporter) -> Result<()> {
 fn download(a: &DownloadArgs, reporter: &dyn Reporter) -> Result<()> {
     let path = hub::resolve_checkpoint(&a.checkpoint, &HubOptions::from_env(), reporter)?;
     print_line(&path.display().to_string())
+}
+
+fn plot(a: &PlotArgs, reporter: &dyn Reporter) -> Result<()> {
+    let table = warp::plot::EvalTable::from_csv(&a.eval)?;
+    let skipped = table.skipped();
+    if skipped > 0 {
+        reporter.message(&format!(
+            "warning: {skipped} row(s) with a non-finite kl or reward not drawn"
+        ));
+    }
+    warp::plot::write_atomic(&a.output, &warp::plot::pareto_svg(&table, &a.title))?;
+    print_line(&a.output.display().to_string())
 }
 
 /// Data on stdout; a closed pipe (`| head`) is not an error.

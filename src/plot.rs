@@ -1,0 +1,938 @@
+//! The KL–reward Pareto front of an evaluation as a standalone SVG (no scripts, no external
+//! resources), read from the CSV that `warp eval` writes.
+//!
+//! # Input
+//! A header row naming the columns `label,kind,iteration,run,step,eta,kl,kl_se,reward,reward_se,path`
+//! (any order; extra columns are ignored), then one row per evaluated model. `kind` is one of
+//! `sft`, `liti`, `policy`, `ema`, `slerp`, `lerp`, `anchor_init`; cells that do not apply are
+//! empty. `kl` and `reward` are required (`nan`/`inf` are accepted and the point is not drawn);
+//! `liti` needs `iteration` and `eta`, `policy`/`ema` need `iteration`, `run` and `step`,
+//! `slerp`/`lerp` need `iteration`, `anchor_init` needs `run` and `step`. Fields are split on
+//! commas (no quoting: labels and paths must not hold commas), so a row whose field count differs
+//! from the header's is an error, as is any bad cell: each names the file, line and column.
+//!
+//! # Pixel mapping
+//! The plot area is the rectangle `[PLOT_LEFT, PLOT_LEFT + PLOT_WIDTH] × [PLOT_TOP, PLOT_TOP +
+//! PLOT_HEIGHT]`, whatever the data (a long legend makes the picture taller, not the plot smaller).
+//! Each axis covers the finite values of the drawn points, error bars included (`v ± se`), from
+//! `lo` to `hi`, padded by `PAD` of the span on both sides: `[lo − PAD·(hi−lo), hi + PAD·(hi−lo)]`.
+//! When all values are equal (span ≤ 1e-9·max|v|) the axis is `c ± max(0.1·|c|, 0.5)` around
+//! their centre `c`. (Ends beyond ±f64::MAX are clamped to it.) Then, with `[x_lo, x_hi]` the KL
+//! axis and `[y_lo, y_hi]` the reward axis:
+//!
+//! ```text
+//! x_px = PLOT_LEFT + (kl − x_lo) / (x_hi − x_lo) · PLOT_WIDTH
+//! y_px = PLOT_TOP  + (y_hi − reward) / (y_hi − y_lo) · PLOT_HEIGHT     (reward grows upwards)
+//! ```
+//!
+//! Every drawn point is a `<g class="point" transform="translate(x_px y_px)">` whose `<title>`
+//! (the tooltip in a browser) gives the label, the numbers and the checkpoint path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Width of the whole picture.
+pub const WIDTH: f64 = 880.0;
+pub const PLOT_LEFT: f64 = 78.0;
+pub const PLOT_TOP: f64 = 56.0;
+pub const PLOT_WIDTH: f64 = 540.0;
+pub const PLOT_HEIGHT: f64 = 420.0;
+/// Fraction of the data span added on each side of an axis.
+pub const PAD: f64 = 0.05;
+
+/// The columns the CSV must have.
+pub const COLUMNS: [&str; 11] = [
+    "label",
+    "kind",
+    "iteration",
+    "run",
+    "step",
+    "eta",
+    "kl",
+    "kl_se",
+    "reward",
+    "reward_se",
+    "path",
+];
+
+/// What an evaluated model is. The order is the legend's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// The starting model (KL 0).
+    Sft,
+    /// A point of the LITI curve of one WARP iteration.
+    Liti,
+    /// The SLERP merge of an iteration.
+    Slerp,
+    /// The LERP merge of an iteration (baseline).
+    Lerp,
+    /// A checkpoint of an RL policy.
+    Policy,
+    /// A checkpoint of the EMA of an RL policy (its anchor).
+    Ema,
+    /// A checkpoint of an RL run anchored to the frozen init (the ablation).
+    AnchorInit,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Sft,
+        Kind::Liti,
+        Kind::Slerp,
+        Kind::Lerp,
+        Kind::Policy,
+        Kind::Ema,
+        Kind::AnchorInit,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sft => "sft",
+            Kind::Liti => "liti",
+            Kind::Slerp => "slerp",
+            Kind::Lerp => "lerp",
+            Kind::Policy => "policy",
+            Kind::Ema => "ema",
+            Kind::AnchorInit => "anchor_init",
+        }
+    }
+    /// Drawing order of the markers: trajectory dots at the bottom, the SFT point on top.
+    fn layer(self) -> u8 {
+        match self {
+            Kind::Policy | Kind::Ema | Kind::AnchorInit => 0,
+            Kind::Liti => 1,
+            Kind::Lerp => 2,
+            Kind::Slerp => 3,
+            Kind::Sft => 4,
+        }
+    }
+    fn is_trajectory(self) -> bool {
+        matches!(self, Kind::Policy | Kind::Ema | Kind::AnchorInit)
+    }
+}
+
+/// One row of the evaluation CSV.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalPoint {
+    pub label: String,
+    pub kind: Kind,
+    pub iteration: Option<u32>,
+    pub run: Option<u32>,
+    pub step: Option<u64>,
+    pub eta: Option<f64>,
+    /// Estimated KL(π ‖ π_sft), nats.
+    pub kl: f64,
+    pub kl_se: Option<f64>,
+    /// Mean reward on held-out prompts.
+    pub reward: f64,
+    pub reward_se: Option<f64>,
+    pub path: String,
+}
+
+impl EvalPoint {
+    fn is_finite(&self) -> bool {
+        self.kl.is_finite() && self.reward.is_finite()
+    }
+}
+
+/// An evaluation: its rows in file order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EvalTable {
+    pub points: Vec<EvalPoint>,
+}
+
+impl EvalTable {
+    /// Reads an evaluation CSV; errors name the file, the line and the column.
+    pub fn from_csv(path: &Path) -> Result<EvalTable> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        EvalTable::parse(&text, path)
+    }
+
+    /// Parses CSV text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<EvalTable> {
+        let at = |line: usize, msg: String| Error::format(origin, format!("line {line}: {msg}"));
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l))
+            .filter(|(_, l)| !l.trim().is_empty());
+        let (hline, header) = lines.next().ok_or_else(|| {
+            Error::format(
+                origin,
+                format!("empty file: expected the header row {}", COLUMNS.join(",")),
+            )
+        })?;
+        let names: Vec<&str> = header.split(',').map(str::trim).collect();
+        let mut col = [0usize; COLUMNS.len()];
+        for (c, want) in col.iter_mut().zip(COLUMNS) {
+            *c = names.iter().position(|n| *n == want).ok_or_else(|| {
+                at(
+                    hline,
+                    format!(
+                        "header lacks column '{want}' (expected {})",
+                        COLUMNS.join(",")
+                    ),
+                )
+            })?;
+        }
+        let mut points = Vec::new();
+        for (n, line) in lines {
+            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+            if cells.len() != names.len() {
+                return Err(at(
+                    n,
+                    format!("{} fields, but the header has {}", cells.len(), names.len()),
+                ));
+            }
+            let cell = |k: usize| Cell {
+                text: cells[col[k]],
+                column: col[k] + 1,
+                name: COLUMNS[k],
+            };
+            points.push(parse_row(cell).map_err(|m| at(n, m))?);
+        }
+        if points.is_empty() {
+            return Err(Error::format(origin, "no data rows after the header"));
+        }
+        Ok(EvalTable { points })
+    }
+
+    /// Rows that cannot be drawn (non-finite kl or reward).
+    pub fn skipped(&self) -> usize {
+        self.points.iter().filter(|p| !p.is_finite()).count()
+    }
+}
+
+/// One field of a row, with what an error message needs.
+struct Cell<'a> {
+    text: &'a str,
+    column: usize,
+    name: &'static str,
+}
+
+impl Cell<'_> {
+    fn err(&self, msg: &str) -> String {
+        format!("column {} ({}): {msg}", self.column, self.name)
+    }
+    fn num<T: std::str::FromStr>(&self, what: &str) -> std::result::Result<Option<T>, String> {
+        if self.text.is_empty() {
+            return Ok(None);
+        }
+        let v = self
+            .text
+            .parse()
+            .map_err(|_| self.err(&format!("'{}' is not {what}", self.text)))?;
+        Ok(Some(v))
+    }
+    fn required<T>(&self, v: Option<T>, kind: Kind) -> std::result::Result<T, String> {
+        v.ok_or_else(|| self.err(&format!("required for kind '{}'", kind.as_str())))
+    }
+}
+
+fn parse_row<'a>(cell: impl Fn(usize) -> Cell<'a>) -> std::result::Result<EvalPoint, String> {
+    let [label, kind, iteration, run, step, eta, kl, kl_se, reward, reward_se, path] =
+        std::array::from_fn(&cell);
+    let k = Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind.text)
+        .ok_or_else(|| {
+            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            kind.err(&format!(
+                "unknown kind '{}' (expected one of {})",
+                kind.text,
+                all.join(", ")
+            ))
+        })?;
+    let se = |c: &Cell| -> std::result::Result<Option<f64>, String> {
+        match c.num::<f64>("a number")? {
+            Some(v) if v < 0.0 => Err(c.err("a standard error cannot be negative")),
+            v => Ok(v),
+        }
+    };
+    let p = EvalPoint {
+        label: label.text.to_string(),
+        kind: k,
+        iteration: iteration.num("a whole number")?,
+        run: run.num("a whole number")?,
+        step: step.num("a whole number")?,
+        eta: eta.num("a number")?,
+        kl: kl.required(kl.num("a number")?, k)?,
+        kl_se: se(&kl_se)?,
+        reward: reward.required(reward.num("a number")?, k)?,
+        reward_se: se(&reward_se)?,
+        path: path.text.to_string(),
+    };
+    let need: &[(&Cell, bool)] = match k {
+        Kind::Sft => &[],
+        Kind::Liti => &[(&iteration, p.iteration.is_some()), (&eta, p.eta.is_some())],
+        Kind::Slerp | Kind::Lerp => &[(&iteration, p.iteration.is_some())],
+        Kind::Policy | Kind::Ema => &[
+            (&iteration, p.iteration.is_some()),
+            (&run, p.run.is_some()),
+            (&step, p.step.is_some()),
+        ],
+        Kind::AnchorInit => &[(&run, p.run.is_some()), (&step, p.step.is_some())],
+    };
+    for (c, present) in need {
+        c.required(present.then_some(()), k)?;
+    }
+    Ok(p)
+}
+
+/// Okabe–Ito colours (distinguishable with the common colour-vision deficiencies), yellow left
+/// out: too pale on white.
+const PALETTE: [&str; 6] = [
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
+];
+const GREY: &str = "#555555";
+const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
+
+/// A group of points drawn as one: one legend entry each. Merges and LITI curves group by
+/// iteration; trajectories by iteration and run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Series {
+    kind: Kind,
+    iteration: Option<u32>,
+    run: Option<u32>,
+}
+
+impl Series {
+    fn of(p: &EvalPoint) -> Series {
+        let traj = p.kind.is_trajectory();
+        Series {
+            kind: p.kind,
+            iteration: if p.kind == Kind::Sft {
+                None
+            } else {
+                p.iteration
+            },
+            run: if traj { p.run } else { None },
+        }
+    }
+    fn legend(&self) -> String {
+        let it = |i: Option<u32>| i.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
+        let run = it(self.run);
+        match self.kind {
+            Kind::Sft => "SFT (init)".into(),
+            Kind::Liti => format!("LITI, iteration {} (η)", it(self.iteration)),
+            Kind::Slerp => format!("SLERP, iteration {}", it(self.iteration)),
+            Kind::Lerp => format!("LERP, iteration {}", it(self.iteration)),
+            Kind::Policy => format!("policy, it. {}, run {run}", it(self.iteration)),
+            Kind::Ema => format!("EMA, it. {}, run {run}", it(self.iteration)),
+            Kind::AnchorInit => match self.iteration {
+                Some(i) => format!("init-anchored, it. {i}, run {run}"),
+                None => format!("init-anchored, run {run}"),
+            },
+        }
+    }
+}
+
+/// One axis: its data range and how it maps to pixels.
+struct Axis {
+    lo: f64,
+    hi: f64,
+}
+
+impl Axis {
+    fn fit(values: impl Iterator<Item = f64>) -> Axis {
+        let (lo, hi) = values
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        if lo > hi {
+            return Axis { lo: 0.0, hi: 1.0 };
+        }
+        // Half-spans stay finite even for values near ±f64::MAX; the ends are clamped to it.
+        let half = hi / 2.0 - lo / 2.0;
+        let (lo, hi) = if half <= 0.5e-9 * lo.abs().max(hi.abs()) {
+            let c = lo / 2.0 + hi / 2.0;
+            let h = (0.1 * c.abs()).max(0.5);
+            (c - h, c + h)
+        } else {
+            (lo - 2.0 * PAD * half, hi + 2.0 * PAD * half)
+        };
+        Axis {
+            lo: lo.max(f64::MIN),
+            hi: hi.min(f64::MAX),
+        }
+    }
+    /// Position in [0, 1] along the axis.
+    fn frac(&self, v: f64) -> f64 {
+        (v / 2.0 - self.lo / 2.0) / (self.hi / 2.0 - self.lo / 2.0)
+    }
+    /// Multiples of a 1-2-5 step inside the range (about 6 of them) and their label precision.
+    fn ticks(&self) -> (Vec<f64>, f64) {
+        let raw = (self.hi / 2.0 - self.lo / 2.0) / 3.0;
+        let mag = 10f64.powf(raw.log10().floor());
+        let step = mag
+            * match raw / mag {
+                f if f < 1.5 => 1.0,
+                f if f < 3.5 => 2.0,
+                f if f < 7.5 => 5.0,
+                _ => 10.0,
+            };
+        let (first, last) = ((self.lo / step).ceil(), (self.hi / step).floor());
+        // Guards against degenerate spans at the edge of f64 precision.
+        if !(step > 0.0 && step.is_finite() && (0.0..=50.0).contains(&(last - first))) {
+            return (Vec::new(), step);
+        }
+        let ticks = (0..=(last - first) as i64)
+            .map(|i| (first + i as f64) * step)
+            .collect();
+        (ticks, step)
+    }
+}
+
+/// A tick label with as many decimals as the step needs; U+2212 for minus, as in typesetting.
+fn tick_label(v: f64, step: f64) -> String {
+    let s = if !(1e-4..1e6).contains(&step) {
+        format!("{v:.1e}")
+    } else {
+        let decimals = (-step.log10().floor()).max(0.0) as usize;
+        format!("{v:.decimals$}")
+    };
+    let zero = s
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.');
+    if zero {
+        s.trim_start_matches('-').to_string()
+    } else {
+        s.replace('-', "−")
+    }
+}
+
+/// A number for labels and tooltips: at most 3 decimals, no trailing zeros.
+fn short(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.replace('-', "−")
+    }
+}
+
+/// Escapes text for XML content and attributes; drops the control characters XML 1.0 forbids.
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Mixes a `#RRGGBB` colour with white: 0 keeps it, 1 gives white.
+fn tint(hex: &str, f: f64) -> String {
+    let ch = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0) as f64;
+    let mix = |c: f64| (c + (255.0 - c) * f).round() as u8;
+    format!("#{:02X}{:02X}{:02X}", mix(ch(1)), mix(ch(3)), mix(ch(5)))
+}
+
+/// Colour and stroke of a series: one hue per iteration; trajectories in lighter shades of it,
+/// a shade per run, the dash telling policy, EMA and init-anchored apart.
+struct Style {
+    color: String,
+    dash: &'static str,
+    width: f64,
+}
+
+impl Style {
+    fn dash_attr(&self) -> String {
+        match self.dash {
+            "" => String::new(),
+            d => format!(r#" stroke-dasharray="{d}""#),
+        }
+    }
+}
+
+fn style(s: &Series, iterations: &[u32], runs: &[u32]) -> Style {
+    let hue = match s
+        .iteration
+        .and_then(|i| iterations.iter().position(|&j| j == i))
+    {
+        Some(k) => PALETTE[k % PALETTE.len()],
+        None => GREY,
+    };
+    if s.kind == Kind::Sft {
+        return Style {
+            color: "#000000".into(),
+            dash: "",
+            width: 0.0,
+        };
+    }
+    if !s.kind.is_trajectory() {
+        return Style {
+            color: hue.into(),
+            dash: "",
+            width: 2.2,
+        };
+    }
+    let shade = s
+        .run
+        .and_then(|r| runs.iter().position(|&q| q == r))
+        .unwrap_or(0)
+        % 3;
+    let dash = match s.kind {
+        Kind::Policy => "",
+        Kind::Ema => "5 3",
+        _ => "1.5 2.5",
+    };
+    Style {
+        color: tint(hue, 0.15 + 0.2 * shade as f64),
+        dash,
+        width: 1.3,
+    }
+}
+
+/// The marker of a point, drawn around (0, 0).
+fn marker(kind: Kind, color: &str) -> String {
+    match kind {
+        Kind::Sft => {
+            r##"<circle r="5.5" fill="#000000" stroke="#FFFFFF" stroke-width="1.5"/>"##.into()
+        }
+        Kind::Liti => {
+            format!(r##"<circle r="4" fill="{color}" stroke="#FFFFFF" stroke-width="1.2"/>"##)
+        }
+        Kind::Slerp => {
+            let pts: Vec<String> = (0..10)
+                .map(|i| {
+                    let r = if i % 2 == 0 { 9.0 } else { 3.8 };
+                    let a = std::f64::consts::PI * (i as f64 / 5.0 - 0.5);
+                    format!("{:.2},{:.2}", r * a.cos(), r * a.sin())
+                })
+                .collect();
+            format!(
+                r##"<polygon points="{}" fill="{color}" stroke="#222222" stroke-width="0.8" stroke-linejoin="round"/>"##,
+                pts.join(" ")
+            )
+        }
+        Kind::Lerp => format!(
+            r##"<rect x="-4.5" y="-4.5" width="9" height="9" fill="{color}" stroke="#222222" stroke-width="0.8"/>"##
+        ),
+        _ => format!(r#"<circle r="1.8" fill="{color}"/>"#),
+    }
+}
+
+/// Half-size of a marker, for label placement.
+fn marker_radius(kind: Kind) -> f64 {
+    match kind {
+        Kind::Sft => 6.0,
+        Kind::Liti => 4.5,
+        Kind::Slerp => 9.0,
+        Kind::Lerp => 5.0,
+        _ => 2.0,
+    }
+}
+
+fn tooltip(p: &EvalPoint) -> String {
+    let mut t = if p.label.is_empty() {
+        p.kind.as_str().to_string()
+    } else {
+        p.label.clone()
+    };
+    let pm = |se: Option<f64>| se.map(|s| format!(" ± {}", short(s))).unwrap_or_default();
+    let _ = write!(t, "\nkind {}", p.kind.as_str());
+    for (name, v) in [("iteration", p.iteration), ("run", p.run)] {
+        if let Some(v) = v {
+            let _ = write!(t, ", {name} {v}");
+        }
+    }
+    if let Some(s) = p.step {
+        let _ = write!(t, ", step {s}");
+    }
+    if let Some(e) = p.eta {
+        let _ = write!(t, ", η {}", short(e));
+    }
+    let _ = write!(
+        t,
+        "\nKL {}{} nats\nreward {}{}",
+        short(p.kl),
+        pm(p.kl_se),
+        short(p.reward),
+        pm(p.reward_se)
+    );
+    if !p.path.is_empty() {
+        let _ = write!(t, "\n{}", p.path);
+    }
+    xml_escape(&t)
+}
+
+/// Where a label goes relative to its point.
+#[derive(Clone, Copy)]
+enum Side {
+    Right,
+    Left,
+    Above,
+    Below,
+    AboveLeft,
+    BelowRight,
+}
+
+/// Text labels placed greedily where they overlap no marker and no earlier label.
+struct Placer {
+    taken: Vec<[f64; 4]>,
+}
+
+impl Placer {
+    fn overlaps(&self, b: &[f64; 4]) -> bool {
+        self.taken
+            .iter()
+            .any(|t| b[0] < t[2] && t[0] < b[2] && b[1] < t[3] && t[1] < b[3])
+    }
+    /// Tries the `sides` of the point (marker radius `r`) in order; `force` takes the first one
+    /// inside the plot when none is free. Returns the `<text>` element (with `attrs`), if placed.
+    fn place(
+        &mut self,
+        (x, y, r): (f64, f64, f64),
+        text: &str,
+        size: f64,
+        sides: &[Side],
+        force: bool,
+        attrs: &str,
+    ) -> Option<String> {
+        // DejaVu Sans averages about 0.6 em a character.
+        let w = text.chars().count() as f64 * size * 0.6;
+        let (g, d) = (r + 3.0, 0.7 * (r + 2.0));
+        // Baseline position, anchor and left edge of the text box for each side.
+        let spot = |side: Side| match side {
+            Side::Right => (x + g, y + 0.35 * size, "start", x + g),
+            Side::Left => (x - g, y + 0.35 * size, "end", x - g - w),
+            Side::Above => (x, y - g, "middle", x - w / 2.0),
+            Side::Below => (x, y + g + 0.8 * size, "middle", x - w / 2.0),
+            Side::AboveLeft => (x - d, y - d, "end", x - d - w),
+            Side::BelowRight => (x + d, y + d + 0.8 * size, "start", x + d),
+        };
+        let bbox = |(_, ty, _, left): (f64, f64, &str, f64)| {
+            [left, ty - 0.8 * size, left + w, ty + 0.2 * size]
+        };
+        let inside = |b: &[f64; 4]| {
+            b[0] >= PLOT_LEFT
+                && b[2] <= PLOT_LEFT + PLOT_WIDTH
+                && b[1] >= PLOT_TOP
+                && b[3] <= PLOT_TOP + PLOT_HEIGHT
+        };
+        let spots: Vec<_> = sides.iter().map(|s| spot(*s)).collect();
+        let pick = spots
+            .iter()
+            .position(|s| inside(&bbox(*s)) && !self.overlaps(&bbox(*s)))
+            .or_else(|| force.then(|| spots.iter().position(|s| inside(&bbox(*s))).unwrap_or(0)))?;
+        self.taken.push(bbox(spots[pick]));
+        let (tx, ty, anchor, _) = spots[pick];
+        Some(format!(
+            r##"<text {attrs} x="{tx:.2}" y="{ty:.2}" text-anchor="{anchor}" font-size="{size}" stroke="#FFFFFF" stroke-width="3" stroke-linejoin="round" paint-order="stroke">{}</text>
+"##,
+            xml_escape(text)
+        ))
+    }
+}
+
+/// The two axes and the pixel mapping of the module docs.
+struct Frame {
+    x: Axis,
+    y: Axis,
+}
+
+impl Frame {
+    fn px(&self, kl: f64) -> f64 {
+        PLOT_LEFT + self.x.frac(kl) * PLOT_WIDTH
+    }
+    fn py(&self, reward: f64) -> f64 {
+        PLOT_TOP + (1.0 - self.y.frac(reward)) * PLOT_HEIGHT
+    }
+    fn at(&self, p: &EvalPoint) -> (f64, f64) {
+        (self.px(p.kl), self.py(p.reward))
+    }
+}
+
+/// The standard error of `v` worth drawing: positive, and `v ± se` finite.
+fn se(v: f64, se: Option<f64>) -> Option<f64> {
+    se.filter(|e| *e > 0.0 && (v - e).is_finite() && (v + e).is_finite())
+}
+
+/// The KL–reward plot of an evaluation as a standalone SVG document (see the module docs for the
+/// layout and the pixel mapping). Rows with a non-finite kl or reward are left out.
+pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
+    let pts: Vec<&EvalPoint> = t.points.iter().filter(|p| p.is_finite()).collect();
+    let spread = |v: f64, e: Option<f64>| {
+        let e = se(v, e).unwrap_or(0.0);
+        [v - e, v + e]
+    };
+    let f = Frame {
+        x: Axis::fit(pts.iter().flat_map(|p| spread(p.kl, p.kl_se))),
+        y: Axis::fit(pts.iter().flat_map(|p| spread(p.reward, p.reward_se))),
+    };
+
+    // Every series of the table, drawable or not, gets a legend entry.
+    let mut series: BTreeMap<Series, Vec<&EvalPoint>> = t
+        .points
+        .iter()
+        .map(|p| (Series::of(p), Vec::new()))
+        .collect();
+    for p in &pts {
+        series.entry(Series::of(p)).or_default().push(p);
+    }
+    for (k, v) in series.iter_mut() {
+        // Curves run along η, trajectories along training steps.
+        let key = |p: &EvalPoint| match k.kind {
+            Kind::Liti => p.eta.unwrap_or(0.0),
+            _ => p.step.unwrap_or(0) as f64,
+        };
+        v.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.kl.total_cmp(&b.kl)));
+    }
+    let distinct = |field: fn(&EvalPoint) -> Option<u32>| -> Vec<u32> {
+        let set: BTreeSet<u32> = t.points.iter().filter_map(field).collect();
+        set.into_iter().collect()
+    };
+    let (iterations, runs) = (distinct(|p| p.iteration), distinct(|p| p.run));
+    let styles: BTreeMap<Series, Style> = series
+        .keys()
+        .map(|k| (*k, style(k, &iterations, &runs)))
+        .collect();
+
+    let row = 19.0;
+    let height = (PLOT_TOP + PLOT_HEIGHT + 62.0).max(PLOT_TOP + 24.0 + row * series.len() as f64);
+    let mut s = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="{FONT}" font-size="11" fill="#222222">
+<title>{title}</title>
+<rect width="100%" height="100%" fill="#FFFFFF"/>
+<text x="{:.2}" y="30" text-anchor="middle" font-size="16" font-weight="bold">{title}</text>
+"##,
+        PLOT_LEFT + PLOT_WIDTH / 2.0,
+        title = xml_escape(title)
+    );
+    axes(&mut s, &f);
+
+    // Layers, bottom to top: trajectories, error bars, LITI curves, markers, labels.
+    for (k, v) in series.iter().filter(|(k, _)| k.kind.is_trajectory()) {
+        polyline(&mut s, &f, v, &styles[k], "trajectory");
+    }
+    for (k, v) in &series {
+        // Trajectories have many points: their bars stay in the background.
+        let c = format!(
+            r#"stroke="{}" stroke-opacity="{}""#,
+            styles[k].color,
+            if k.kind.is_trajectory() { 0.5 } else { 1.0 }
+        );
+        for p in v {
+            let (x, y) = f.at(p);
+            if let Some(e) = se(p.kl, p.kl_se) {
+                let (a, b) = (f.px(p.kl - e), f.px(p.kl + e));
+                let _ = writeln!(
+                    s,
+                    r#"<path class="errorbar" d="M{a:.2},{y:.2}H{b:.2}M{a:.2},{:.2}v6M{b:.2},{:.2}v6" {c} fill="none"/>"#,
+                    y - 3.0,
+                    y - 3.0
+                );
+            }
+            if let Some(e) = se(p.reward, p.reward_se) {
+                let (a, b) = (f.py(p.reward + e), f.py(p.reward - e));
+                let _ = writeln!(
+                    s,
+                    r#"<path class="errorbar" d="M{x:.2},{a:.2}V{b:.2}M{:.2},{a:.2}h6M{:.2},{b:.2}h6" {c} fill="none"/>"#,
+                    x - 3.0,
+                    x - 3.0
+                );
+            }
+        }
+    }
+    for (k, v) in series.iter().filter(|(k, _)| k.kind == Kind::Liti) {
+        polyline(&mut s, &f, v, &styles[k], "liti");
+    }
+    let mut layers: Vec<(&Series, &Vec<&EvalPoint>)> = series.iter().collect();
+    layers.sort_by_key(|(k, _)| k.kind.layer());
+    let mut placer = Placer { taken: Vec::new() };
+    for (k, v) in &layers {
+        for p in v.iter() {
+            let (x, y) = f.at(p);
+            if !k.kind.is_trajectory() {
+                // Labels must not hide the big markers.
+                let r = marker_radius(k.kind);
+                placer.taken.push([x - r, y - r, x + r, y + r]);
+            }
+            let _ = writeln!(
+                s,
+                r#"<g class="point {}" transform="translate({x:.2} {y:.2})"><title>{}</title>{}</g>"#,
+                k.kind.as_str(),
+                tooltip(p),
+                marker(k.kind, &styles[k].color)
+            );
+        }
+    }
+    // The SFT and merge labels always (right of the point if there is room), then the η of the
+    // LITI markers where they fit, preferably above-left: the empty side of a Pareto front.
+    s.push_str("<g class=\"labels\">\n");
+    for (k, v) in layers.iter().rev() {
+        let name = match k.kind {
+            Kind::Sft => "SFT",
+            Kind::Slerp => "SLERP",
+            Kind::Lerp => "LERP",
+            _ => continue,
+        };
+        for p in v.iter() {
+            let text = match (p.label.is_empty(), k.iteration) {
+                (false, _) => p.label.clone(),
+                (true, Some(i)) => format!("{name} {i}"),
+                (true, None) => name.to_string(),
+            };
+            let sides = [Side::Right, Side::Left, Side::Above, Side::Below];
+            let (x, y) = f.at(p);
+            let at = (x, y, marker_radius(k.kind));
+            let attrs = r#"class="label" font-weight="bold""#;
+            s.extend(placer.place(at, &text, 11.0, &sides, true, attrs));
+        }
+    }
+    for (k, v) in series.iter().filter(|(k, _)| k.kind == Kind::Liti) {
+        let attrs = format!(r#"class="eta" fill="{}""#, styles[k].color);
+        let sides = [Side::AboveLeft, Side::BelowRight, Side::Left, Side::Right];
+        for p in v.iter() {
+            let (x, y) = f.at(p);
+            let at = (x, y, marker_radius(Kind::Liti));
+            let text = short(p.eta.unwrap_or(f64::NAN));
+            s.extend(placer.place(at, &text, 9.0, &sides, false, &attrs));
+        }
+    }
+    s.push_str("</g>\n");
+    legend(&mut s, &series, &styles, row);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Frame, light grid, ticks with their labels and the axis titles.
+fn axes(s: &mut String, f: &Frame) {
+    let (right, bottom) = (PLOT_LEFT + PLOT_WIDTH, PLOT_TOP + PLOT_HEIGHT);
+    s.push_str("<g class=\"axes\">\n");
+    let (xt, xstep) = f.x.ticks();
+    for v in xt {
+        let x = f.px(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.2}" y1="{PLOT_TOP}" x2="{x:.2}" y2="{bottom}" stroke="#E6E6E6"/><line x1="{x:.2}" y1="{bottom}" x2="{x:.2}" y2="{:.2}" stroke="#444444"/><text class="xtick" x="{x:.2}" y="{:.2}" text-anchor="middle">{}</text>"##,
+            bottom + 5.0,
+            bottom + 18.0,
+            tick_label(v, xstep)
+        );
+    }
+    let (yt, ystep) = f.y.ticks();
+    for v in yt {
+        let y = f.py(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{PLOT_LEFT}" y1="{y:.2}" x2="{right}" y2="{y:.2}" stroke="#E6E6E6"/><line x1="{:.2}" y1="{y:.2}" x2="{PLOT_LEFT}" y2="{y:.2}" stroke="#444444"/><text class="ytick" x="{:.2}" y="{:.2}" text-anchor="end">{}</text>"##,
+            PLOT_LEFT - 5.0,
+            PLOT_LEFT - 8.0,
+            y + 4.0,
+            tick_label(v, ystep)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<rect x="{PLOT_LEFT}" y="{PLOT_TOP}" width="{PLOT_WIDTH}" height="{PLOT_HEIGHT}" fill="none" stroke="#444444"/>
+<text x="{:.2}" y="{:.2}" text-anchor="middle" font-size="13">KL(π ‖ π<tspan font-size="9" baseline-shift="sub">SFT</tspan>) (nats)</text>
+<text transform="translate({:.2} {:.2}) rotate(-90)" text-anchor="middle" font-size="13">mean reward (held-out)</text>
+<text x="{:.2}" y="{:.2}" fill="#888888" font-style="italic">↖ better</text>
+</g>
+"##,
+        PLOT_LEFT + PLOT_WIDTH / 2.0,
+        bottom + 44.0,
+        PLOT_LEFT - 54.0,
+        PLOT_TOP + PLOT_HEIGHT / 2.0,
+        PLOT_LEFT + 8.0,
+        PLOT_TOP + 16.0
+    );
+}
+
+fn polyline(s: &mut String, f: &Frame, v: &[&EvalPoint], st: &Style, class: &str) {
+    if v.len() < 2 {
+        return;
+    }
+    let xy: Vec<String> = v
+        .iter()
+        .map(|p| format!("{:.2},{:.2}", f.px(p.kl), f.py(p.reward)))
+        .collect();
+    let _ = writeln!(
+        s,
+        r#"<polyline class="{class}" points="{}" fill="none" stroke="{}" stroke-width="{}"{} stroke-linejoin="round" stroke-linecap="round"/>"#,
+        xy.join(" "),
+        st.color,
+        st.width,
+        st.dash_attr()
+    );
+}
+
+/// One entry per series, right of the plot: its line and/or marker, then its name.
+fn legend(
+    s: &mut String,
+    series: &BTreeMap<Series, Vec<&EvalPoint>>,
+    styles: &BTreeMap<Series, Style>,
+    row: f64,
+) {
+    s.push_str("<g class=\"legend\">\n");
+    for (i, (k, v)) in series.iter().enumerate() {
+        let st = &styles[k];
+        let (x, y) = (
+            PLOT_LEFT + PLOT_WIDTH + 22.0,
+            PLOT_TOP + 8.0 + row * i as f64,
+        );
+        let _ = write!(
+            s,
+            r#"<g class="legend-entry" transform="translate({x:.2} {y:.2})">"#
+        );
+        if k.kind.is_trajectory() || k.kind == Kind::Liti {
+            let _ = write!(
+                s,
+                r#"<line x1="0" y1="0" x2="28" y2="0" stroke="{}" stroke-width="{}"{}/>"#,
+                st.color,
+                st.width.max(1.6),
+                st.dash_attr()
+            );
+        }
+        if !k.kind.is_trajectory() {
+            let m = marker(k.kind, &st.color);
+            let _ = write!(s, r#"<g transform="translate(14 0)">{m}</g>"#);
+        }
+        let note = if v.is_empty() { " (not drawn)" } else { "" };
+        let _ = writeln!(
+            s,
+            r#"<text x="36" y="4">{}{note}</text></g>"#,
+            xml_escape(&k.legend())
+        );
+    }
+    s.push_str("</g>\n");
+}
+
+/// Writes `text` to `path` completely or not at all: a temporary file in the same folder, then a
+/// rename (atomic on one file system), so a reader never sees half a picture.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a file path", path.display())))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let res = std::fs::write(&tmp, text)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
