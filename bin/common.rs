@@ -119,6 +119,31 @@ impl Reporter for Progress {
             *b = Some(bar);
         }
     }
+    fn start_steps(&self, label: &str, total: u64) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>6} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        if let Ok(mut b) = self.bar.lock() {
+            *b = Some(bar);
+        }
+    }
+    fn status(&self, msg: &str) {
+        if let Ok(b) = self.bar.lock() {
+            if let Some(bar) = b.as_ref() {
+                bar.set_message(msg.to_string());
+            }
+        }
+    }
     fn advance(&self, bytes: u64) {
         if let Ok(b) = self.bar.lock() {
             if let Some(bar) = b.as_ref() {
@@ -138,8 +163,10 @@ impl Reporter for Progress {
             return;
         }
         match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) => bar.println(msg),
-            None => eprintln!("{msg}"),
+            // A bar drawn on a terminal prints the line above itself; on a pipe or file the bar
+            // is hidden and would drop the line.
+            Some(bar) if !bar.is_hidden() => bar.println(msg),
+            _ => eprintln!("{msg}"),
         }
     }
 }

@@ -2,12 +2,13 @@
 //! A thin shell: parse arguments, call the library, print data on stdout and everything else
 //! (progress, logs, the one-line error) on stderr, exit with `Error::exit_code()`.
 
+#[path = "common.rs"]
+mod common;
+
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use warp::hub::{self, HubOptions, PushOptions};
 use warp::progress::Reporter;
 use warp::{Error, Result};
@@ -28,6 +29,8 @@ enum Command {
     Push(PushArgs),
     Download(DownloadArgs),
     Plot(PlotArgs),
+    Eval(EvalArgs),
+    Run(RunArgs),
 }
 
 /// Upload a checkpoint folder to a Hugging Face hub model repo as one commit.
@@ -86,15 +89,104 @@ struct PlotArgs {
     title: String,
 }
 
+/// Measure checkpoints on held-out prompts: mean reward of sampled completions and
+/// KL(π ‖ π_SFT), estimated on the same samples (per-token KL over the vocabulary, summed over
+/// the completion). Writes the CSV that `warp plot` draws and prints it as a table.
+///
+/// Every checkpoint sees the same prompts and the same random stream, so differences between
+/// checkpoints are not blurred by sampling noise more than necessary. Needs the `rl` feature.
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Checkpoint folders to evaluate (kind "model"); see also --run.
+    checkpoints: Vec<PathBuf>,
+    /// A `warp run` folder: evaluate all its checkpoints (trajectories, LITI grids, merges).
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+    /// The SFT model: KL reference, tokenizer, and the first row.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/arith/model"))]
+    sft: PathBuf,
+    /// Held-out prompts (JSONL).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/arith/heldout.jsonl"))]
+    prompts: PathBuf,
+    /// Use the first N prompts only (0: all).
+    #[arg(long, default_value_t = 0)]
+    max_prompts: usize,
+    #[arg(long, default_value = "verify:arith")]
+    reward: String,
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 2)]
+    samples: usize,
+    /// Sampling temperature of the evaluation (KL is between the tempered distributions).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 8)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// libtorch threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Output CSV (replaced atomically).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+/// Run the iterated WARP pipeline: per iteration, M RL runs with EMA anchors (warp-rl), their
+/// SLERP with fused LITI over an η grid (warp-slerp) and LERP (warp-lerp); the LITI point at
+/// `eta` is the next init. Then evaluate everything (warp eval), draw the front (warp plot) and
+/// print it as a table.
+///
+/// With no CONFIG it runs the built-in task (fixtures/arith) on the CPU. Each step is a command
+/// recorded in OUT/plan.json; complete steps are skipped and interrupted RL runs resumed, so
+/// running it again continues. Keys of CONFIG.toml (all optional): model, prompts, heldout,
+/// reward, output, iterations, runs, steps, mu, beta, eta, etas, seed, checkpoints, rl_args,
+/// init_anchor_runs, jobs, devices, launcher, eval_samples, eval_prompts, threads.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Pipeline settings (TOML).
+    config: Option<PathBuf>,
+    /// Output folder (overrides the config's `output`).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[arg(long)]
+    iterations: Option<u32>,
+    /// RL runs per iteration (M).
+    #[arg(long)]
+    runs: Option<u32>,
+    /// RL steps per run (T).
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long)]
+    mu: Option<f64>,
+    #[arg(long)]
+    beta: Option<f64>,
+    /// LITI η of the next iteration's init.
+    #[arg(long)]
+    eta: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Commands at once.
+    #[arg(long)]
+    jobs: Option<u32>,
+    /// Where the steps run: local.
+    #[arg(long)]
+    launcher: Option<String>,
+    /// Write plan.json and print the commands without running them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let reporter = BarReporter::new(cli.quiet);
+    let reporter = common::Progress::new(cli.quiet);
     let result = match &cli.command {
         Command::Push(a) => push(a, &reporter),
         Command::Download(a) => download(a, &reporter),
         Command::Plot(a) => plot(a, &reporter),
+        Command::Eval(a) => eval(a, &reporter),
+        Command::Run(a) => run(a, &reporter),
     };
-    reporter.clear();
+    reporter.finish();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -139,71 +231,152 @@ fn plot(a: &PlotArgs, reporter: &dyn Reporter) -> Result<()> {
 }
 
 /// Data on stdout; a closed pipe (`| head`) is not an error.
+#[cfg(feature = "rl")]
+fn eval(a: &EvalArgs, reporter: &dyn Reporter) -> Result<()> {
+    use warp::rl::eval::{csv_row, evaluate_points, SampleOptions, CSV_HEADER};
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let mut points = match &a.run {
+        Some(dir) => warp::pipeline::discover(dir)?,
+        None => Vec::new(),
+    };
+    points.extend(a.checkpoints.iter().map(|p| warp::pipeline::Point {
+        label: p.display().to_string(),
+        kind: "model".into(),
+        iteration: None,
+        run: None,
+        step: None,
+        eta: None,
+        path: p.clone(),
+    }));
+    if points.is_empty() {
+        return Err(Error::Usage(
+            "nothing to evaluate: give checkpoint folders or --run DIR".into(),
+        ));
+    }
+    let mut prompts: Vec<String> = warp::rl::data::read_prompts(&a.prompts)?
+        .into_iter()
+        .map(|r| r.prompt)
+        .collect();
+    if a.max_prompts > 0 {
+        prompts.truncate(a.max_prompts);
+    }
+    let mut reward = warp::rl::reward::from_spec(&a.reward)?;
+    let o = SampleOptions {
+        samples: a.samples,
+        temperature: a.temperature,
+        max_new_tokens: a.max_new_tokens,
+        batch: 1024,
+        seed: a.seed,
+    };
+    let rows = evaluate_points(&points, &a.sft, &prompts, reward.as_mut(), &o, reporter)?;
+    let mut csv = format!("{CSV_HEADER}\n");
+    let mut table = format!(
+        "{:<12} {:>4} {:>4} {:>6} {:>5} {:>9} {:>9}  path\n",
+        "kind", "iter", "run", "step", "eta", "KL", "reward"
+    );
+    let o2 = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for (p, r) in &rows {
+        csv += &csv_row(p, r);
+        csv.push('\n');
+        table += &format!(
+            "{:<12} {:>4} {:>4} {:>6} {:>5} {:>9.4} {:>9.4}  {}\n",
+            p.kind,
+            o2(p.iteration.map(|v| v.to_string())),
+            o2(p.run.map(|v| v.to_string())),
+            o2(p.step.map(|v| v.to_string())),
+            o2(p.eta.map(|v| format!("{v:.2}"))),
+            r.kl.map_or(f64::NAN, |k| k.0),
+            r.reward,
+            p.path.display()
+        );
+    }
+    warp::plot::write_atomic(&a.output, &csv)?;
+    print_line(table.trim_end())
+}
+
+#[cfg(not(feature = "rl"))]
+fn eval(_: &EvalArgs, _: &dyn Reporter) -> Result<()> {
+    Err(Error::Usage(
+        "this warp was built without the `rl` feature (cargo build --release --features rl)".into(),
+    ))
+}
+
+fn run(a: &RunArgs, reporter: &dyn Reporter) -> Result<()> {
+    use warp::pipeline::{execute, plan, Local, PipelineConfig};
+    let mut c = match &a.config {
+        Some(p) => PipelineConfig::from_toml(p)?,
+        None => PipelineConfig::default(),
+    };
+    macro_rules! over {
+        ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = v.clone(); } )* };
+    }
+    over!(output, iterations, runs, steps, mu, beta, eta, seed, jobs, launcher);
+    let exe = std::env::current_exe().map_err(|e| Error::io("<current executable>", e))?;
+    let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if a.dry_run {
+        c.check()?;
+        let mut text = String::new();
+        for st in plan(&c, &bin_dir) {
+            text += &format!(
+                "# {} (after: {})\n{}\n",
+                st.id,
+                st.after.join(", "),
+                st.argv.join(" ")
+            );
+        }
+        return print_line(text.trim_end());
+    }
+    for name in ["warp-rl", "warp-slerp", "warp-lerp"] {
+        if !bin_dir.join(name).is_file() {
+            return Err(Error::Usage(format!(
+                "{name} not found next to {} (build all binaries: cargo build --release --features rl)",
+                exe.display()
+            )));
+        }
+    }
+    let launcher = Local {
+        jobs: c.jobs as usize,
+    };
+    execute(&c, &bin_dir, &launcher, reporter)?;
+    let csv = c.output.join("eval.csv");
+    let table = warp::plot::EvalTable::from_csv(&csv)?;
+    let mut text = format!(
+        "KL–reward front ({}; plot: {})\n{:<10} {:>5} {:>9} {:>9}\n",
+        csv.display(),
+        c.output.join("front.svg").display(),
+        "kind",
+        "eta",
+        "KL",
+        "reward"
+    );
+    for p in &table.points {
+        let k = p.kind.as_str();
+        if matches!(k, "sft" | "liti" | "lerp") {
+            let name = match (k, p.iteration) {
+                ("sft", _) => "sft".to_string(),
+                (_, Some(i)) => format!("{k} it{i}"),
+                _ => k.to_string(),
+            };
+            text += &format!(
+                "{:<10} {:>5} {:>9.4} {:>9.4}\n",
+                name,
+                p.eta
+                    .map(|e| format!("{e:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                p.kl,
+                p.reward
+            );
+        }
+    }
+    print_line(text.trim_end())
+}
+
 fn print_line(s: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{s}").and_then(|_| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("<stdout>", e)),
         _ => Ok(()),
-    }
-}
-
-/// Progress bars and log lines on stderr.
-struct BarReporter {
-    quiet: bool,
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl BarReporter {
-    fn new(quiet: bool) -> Self {
-        BarReporter {
-            quiet,
-            bar: Mutex::new(None),
-        }
-    }
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ProgressBar>> {
-        self.bar.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn clear(&self) {
-        if let Some(b) = self.slot().take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl Reporter for BarReporter {
-    fn start(&self, label: &str, total_bytes: u64) {
-        if self.quiet {
-            return;
-        }
-        let bar = ProgressBar::with_draw_target(
-            Some(total_bytes),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(label.to_string());
-        if let Some(old) = self.slot().replace(bar) {
-            old.finish_and_clear();
-        }
-    }
-    fn advance(&self, bytes: u64) {
-        if let Some(b) = self.slot().as_ref() {
-            b.inc(bytes);
-        }
-    }
-    fn finish(&self) {
-        self.clear();
-    }
-    fn message(&self, msg: &str) {
-        if self.quiet {
-            return;
-        }
-        match self.slot().as_ref() {
-            Some(b) => b.println(msg),
-            None => eprintln!("{msg}"),
-        }
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod hub;
 pub mod io;
 pub mod merge;
+pub mod pipeline;
 pub mod plot;
 pub mod progress;
 #[cfg(feature = "rl")]

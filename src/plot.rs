@@ -75,10 +75,12 @@ pub enum Kind {
     Ema,
     /// A checkpoint of an RL run anchored to the frozen init (the ablation).
     AnchorInit,
+    /// Any other checkpoint (e.g. given to `warp eval` by path): a labelled grey point.
+    Model,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Sft,
         Kind::Liti,
         Kind::Slerp,
@@ -86,6 +88,7 @@ impl Kind {
         Kind::Policy,
         Kind::Ema,
         Kind::AnchorInit,
+        Kind::Model,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,6 +99,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Ema => "ema",
             Kind::AnchorInit => "anchor_init",
+            Kind::Model => "model",
         }
     }
     /// Drawing order of the markers: trajectory dots at the bottom, the SFT point on top.
@@ -103,7 +107,7 @@ impl Kind {
         match self {
             Kind::Policy | Kind::Ema | Kind::AnchorInit => 0,
             Kind::Liti => 1,
-            Kind::Lerp => 2,
+            Kind::Lerp | Kind::Model => 2,
             Kind::Slerp => 3,
             Kind::Sft => 4,
         }
@@ -266,7 +270,7 @@ fn parse_row<'a>(cell: impl Fn(usize) -> Cell<'a>) -> std::result::Result<EvalPo
         path: path.text.to_string(),
     };
     let need: &[(&Cell, bool)] = match k {
-        Kind::Sft => &[],
+        Kind::Sft | Kind::Model => &[],
         Kind::Liti => &[(&iteration, p.iteration.is_some()), (&eta, p.eta.is_some())],
         Kind::Slerp | Kind::Lerp => &[(&iteration, p.iteration.is_some())],
         Kind::Policy | Kind::Ema => &[
@@ -317,6 +321,7 @@ impl Series {
         let run = it(self.run);
         match self.kind {
             Kind::Sft => "SFT (init)".into(),
+            Kind::Model => "other checkpoints".into(),
             Kind::Liti => format!("LITI, iteration {} (η)", it(self.iteration)),
             Kind::Slerp => format!("SLERP, iteration {}", it(self.iteration)),
             Kind::Lerp => format!("LERP, iteration {}", it(self.iteration)),
@@ -523,6 +528,9 @@ fn marker(kind: Kind, color: &str) -> String {
                 pts.join(" ")
             )
         }
+        Kind::Model => {
+            format!(r##"<circle r="4" fill="{color}" stroke="#FFFFFF" stroke-width="1"/>"##)
+        }
         Kind::Lerp => format!(
             r##"<rect x="-4.5" y="-4.5" width="9" height="9" fill="{color}" stroke="#222222" stroke-width="0.8"/>"##
         ),
@@ -537,6 +545,7 @@ fn marker_radius(kind: Kind) -> f64 {
         Kind::Liti => 4.5,
         Kind::Slerp => 9.0,
         Kind::Lerp => 5.0,
+        Kind::Model => 4.5,
         _ => 2.0,
     }
 }
@@ -783,6 +792,7 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
             Kind::Sft => "SFT",
             Kind::Slerp => "SLERP",
             Kind::Lerp => "LERP",
+            Kind::Model => "",
             _ => continue,
         };
         for p in v.iter() {

@@ -11,6 +11,12 @@ pub trait Reporter: Send + Sync {
     fn finish(&self) {}
     /// A human-readable log line (the binaries print it on stderr unless --quiet).
     fn message(&self, _msg: &str) {}
+    /// A new phase counted in steps (e.g. training), not bytes.
+    fn start_steps(&self, label: &str, total_steps: u64) {
+        self.start(label, total_steps)
+    }
+    /// A short live status of the current phase (e.g. the current reward), shown beside the bar.
+    fn status(&self, _msg: &str) {}
 }
 
 /// Reports nothing.

@@ -45,10 +45,15 @@ pub struct LlamaConfig {
     pub torch_dtype: Option<String>,
 }
 
+/// `architectures` we read, with their `model_type`. The sequence-classification ones are the
+/// same decoder with a `score` head instead of `lm_head` (reward models, `super::reward_model`).
 const ARCHITECTURES: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("MistralForCausalLM", "mistral"),
     ("Qwen2ForCausalLM", "qwen2"),
+    ("LlamaForSequenceClassification", "llama"),
+    ("MistralForSequenceClassification", "mistral"),
+    ("Qwen2ForSequenceClassification", "qwen2"),
 ];
 
 impl LlamaConfig {

@@ -8,6 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::model::LlamaModel;
+use super::rng::SplitMix64;
 use crate::error::{Error, Result};
 
 /// Sampling settings. `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 switch those filters off.
@@ -105,23 +106,6 @@ fn check_prompts(model: &LlamaModel, prompts: &[Vec<i64>], extra: usize) -> Resu
         )));
     }
     Ok(width)
-}
-
-/// SplitMix64: a tiny, well-mixed generator for the per-call sampling stream.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in the open interval (0, 1).
-    fn next_open01(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
 }
 
 /// Draws one token per row of `logits` `[batch, vocab]`: filters, then inverse-CDF sampling with
@@ -278,6 +262,22 @@ pub struct Scores {
 /// Scores (prompt, completion) pairs in one forward pass: prompts left-padded, completions
 /// right-padded after them, padding masked out of attention. Gradients flow if enabled.
 pub fn score(model: &LlamaModel, pairs: &[(Vec<i64>, Vec<i64>)], pad_id: i64) -> Result<Scores> {
+    score_at(model, pairs, pad_id, 1.0)
+}
+
+/// As [`score`], with log-probs of the distribution sampled at `temperature` (softmax of
+/// logits / temperature); `Scores::logits` stay raw.
+pub fn score_at(
+    model: &LlamaModel,
+    pairs: &[(Vec<i64>, Vec<i64>)],
+    pad_id: i64,
+    temperature: f64,
+) -> Result<Scores> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::Usage(format!(
+            "scoring temperature must be > 0, got {temperature}"
+        )));
+    }
     let prompts: Vec<Vec<i64>> = pairs.iter().map(|(p, _)| p.clone()).collect();
     let cmax = pairs.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
     let width = check_prompts(model, &prompts, cmax)?;
@@ -305,7 +305,11 @@ pub fn score(model: &LlamaModel, pairs: &[(Vec<i64>, Vec<i64>)], pad_id: i64) ->
     let mask = Tensor::cat(&[&pmask, &cmask], 1);
     let logits = model.forward(&ids, &mask, &position_ids(&mask), None)?;
     let logits = logits.narrow(1, width as i64 - 1, cmax as i64);
-    let lp = logits.log_softmax(-1, Kind::Float);
+    let lp = if temperature == 1.0 {
+        logits.log_softmax(-1, Kind::Float)
+    } else {
+        (&logits / temperature).log_softmax(-1, Kind::Float)
+    };
     let fmask = cmask.to_kind(Kind::Float);
     let logprobs = lp.gather(2, &cids.unsqueeze(-1), false).squeeze_dim(-1) * &fmask;
     Ok(Scores {

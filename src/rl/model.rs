@@ -61,6 +61,15 @@ impl KvCache {
     }
 }
 
+/// The output projection to the vocabulary.
+enum LmHead {
+    /// Tied to the input embedding.
+    Tied,
+    Own(Tensor),
+    /// Loaded as a backbone ([`LlamaModel::backbone_from_checkpoint`]): hidden states only.
+    Absent,
+}
+
 /// A loaded policy: config, parameters, and where each tensor came from on disk.
 pub struct LlamaModel {
     pub config: LlamaConfig,
@@ -71,8 +80,7 @@ pub struct LlamaModel {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// `None` when tied to `embed`.
-    lm_head: Option<Tensor>,
+    lm_head: LmHead,
     inv_freq: Tensor,
     /// (HF name, on-disk dtype) of every parameter, in the order they are saved.
     names: Vec<(String, DType)>,
@@ -204,6 +212,36 @@ impl LlamaModel {
         device: Device,
         kind: Kind,
     ) -> Result<LlamaModel> {
+        Self::build(ck, config, device, kind, true)
+    }
+
+    /// Loads the decoder without its LM head, in f32 on `device`: for checkpoints that carry
+    /// another head (a reward model's `score`, see `super::reward_model`). `lm_head.weight` is
+    /// neither needed nor read; [`forward`](Self::forward) is then an error and
+    /// [`hidden_states`](Self::hidden_states) the output.
+    pub fn load_backbone(path: impl AsRef<Path>, device: Device) -> Result<LlamaModel> {
+        let ck = Checkpoint::open(path.as_ref())?;
+        let config = LlamaConfig::from_dir(&ck.dir)?;
+        Self::backbone_from_checkpoint(&ck, config, device, Kind::Float)
+    }
+
+    /// As [`load_backbone`](Self::load_backbone), from an open checkpoint.
+    pub fn backbone_from_checkpoint(
+        ck: &Checkpoint,
+        config: LlamaConfig,
+        device: Device,
+        kind: Kind,
+    ) -> Result<LlamaModel> {
+        Self::build(ck, config, device, kind, false)
+    }
+
+    fn build(
+        ck: &Checkpoint,
+        config: LlamaConfig,
+        device: Device,
+        kind: Kind,
+        with_head: bool,
+    ) -> Result<LlamaModel> {
         let c = &config;
         let vs = nn::VarStore::new(device);
         let h = c.hidden_size as i64;
@@ -236,10 +274,12 @@ impl LlamaModel {
         }
         let norm = l.param("model.norm.weight".into(), &[h])?;
         // Tied: `lm_head.weight` is the embedding (a copy in the file, if any, is ignored).
-        let lm_head = if c.tie_word_embeddings {
-            None
+        let lm_head = if !with_head {
+            LmHead::Absent
+        } else if c.tie_word_embeddings {
+            LmHead::Tied
         } else {
-            Some(l.param("lm_head.weight".into(), &[vocab, h])?)
+            LmHead::Own(l.param("lm_head.weight".into(), &[vocab, h])?)
         };
         let names = l.names;
         let inv_freq = inv_freq(c, device);
@@ -294,10 +334,45 @@ impl LlamaModel {
     /// `position_ids` `[batch, t]`: each token's position in its own sequence (with left padding,
     /// `cumsum(mask) - 1`). With a cache, `input_ids` are appended after its `len()` positions
     /// and the cache grows by `t`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let head = match &self.lm_head {
+            LmHead::Tied => &self.embed,
+            LmHead::Own(w) => w,
+            LmHead::Absent => {
+                return Err(Error::Usage(
+                    "this model was loaded as a backbone, without its LM head: it has hidden \
+                     states, not logits"
+                        .into(),
+                ))
+            }
+        };
+        let x = self.decode(input_ids, attention_mask, position_ids, cache)?;
+        Ok(x.linear::<Tensor>(head, None).to_kind(Kind::Float))
+    }
+
+    /// Final hidden states `[batch, t, hidden]` (after the last RMSNorm, in the model's `kind`)
+    /// for `input_ids` `[batch, t]`, without a cache: what the LM head, or a reward model's
+    /// `score` head, is applied to. Masks and positions as in [`forward`](Self::forward).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+    ) -> Result<Tensor> {
+        self.decode(input_ids, attention_mask, position_ids, None)
+    }
+
+    /// The decoder: embedding, layers, final norm (see [`forward`](Self::forward)).
     // `x = x + y`, not `x += y`: tch's `+=` is in place, which autograd refuses for tensors that
     // the backward pass still needs.
     #[allow(clippy::assign_op_pattern)]
-    pub fn forward(
+    fn decode(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
@@ -399,9 +474,7 @@ impl LlamaModel {
         if let Some(kv) = cache {
             kv.len = total;
         }
-        let x = self.rms_norm(&x, &self.norm);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(x.linear::<Tensor>(head, None).to_kind(Kind::Float))
+        Ok(self.rms_norm(&x, &self.norm))
     }
 
     /// Saves the parameters as a checkpoint at `dest` in HF layout (same tensor names as loaded,

@@ -1,0 +1,81 @@
+//! Rewards: a score for each (prompt, completion) text pair.
+//!
+//! `--reward` specs: `verify:arith` (the built-in task's verifier), `model:PATH` (a reward-model
+//! checkpoint with a scalar head) and `cmd:PROGRAM` (an external scorer over JSONL).
+
+use crate::error::{Error, Result};
+
+pub trait Reward {
+    /// The spec it was made from, for reports and model cards.
+    fn name(&self) -> &str;
+    /// One finite reward per pair, in order.
+    fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>>;
+}
+
+/// `verify:arith`: 1 when the completion is the right sum (see [`super::task`]), else 0.
+pub struct VerifyArith;
+
+impl Reward for VerifyArith {
+    fn name(&self) -> &str {
+        "verify:arith"
+    }
+
+    fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
+        Ok(pairs
+            .iter()
+            .map(|(p, c)| super::task::arith_reward(p, c))
+            .collect())
+    }
+}
+
+/// Settings of the rewards that need them (`model:`, `cmd:`); a spec cannot carry them.
+#[derive(Debug, Clone)]
+pub struct RewardOptions {
+    /// `cmd:`: the longest one `score` call may take (start to exit); past it the program is
+    /// killed and the call fails.
+    pub timeout: std::time::Duration,
+    /// `model:`: where the reward model runs.
+    pub device: tch::Device,
+    /// `model:`: sequences per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for RewardOptions {
+    /// 60 s, CPU, 64 sequences per forward.
+    fn default() -> Self {
+        RewardOptions {
+            timeout: std::time::Duration::from_secs(60),
+            device: tch::Device::Cpu,
+            batch_size: 64,
+        }
+    }
+}
+
+/// Makes the reward named by a `--reward` spec, with default [`RewardOptions`].
+pub fn from_spec(spec: &str) -> Result<Box<dyn Reward>> {
+    from_spec_opts(spec, &RewardOptions::default())
+}
+
+/// Makes the reward named by a `--reward` spec:
+/// - `verify:arith`;
+/// - `model:PATH`: a sequence-classification checkpoint with one label
+///   ([`RewardModel`](super::reward_model::RewardModel));
+/// - `cmd:PROGRAM [ARG…]`: an external scorer over JSONL
+///   ([`CmdReward`](super::reward_cmd::CmdReward); split on whitespace, no shell quoting).
+pub fn from_spec_opts(spec: &str, opts: &RewardOptions) -> Result<Box<dyn Reward>> {
+    match spec.split_once(':') {
+        Some(("verify", "arith")) => Ok(Box::new(VerifyArith)),
+        Some(("verify", other)) => Err(Error::Usage(format!(
+            "unknown verifier '{other}' in --reward {spec} (known: verify:arith)"
+        ))),
+        Some(("model", path)) if !path.is_empty() => Ok(Box::new(
+            super::reward_model::RewardModel::load(path, opts.device, opts.batch_size)?,
+        )),
+        Some(("cmd", program)) if !program.trim().is_empty() => Ok(Box::new(
+            super::reward_cmd::CmdReward::new(program, opts.timeout)?,
+        )),
+        _ => Err(Error::Usage(format!(
+            "unknown reward '{spec}' (use verify:arith, model:PATH or cmd:PROGRAM)"
+        ))),
+    }
+}

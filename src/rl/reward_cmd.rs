@@ -1,0 +1,345 @@
+//! `cmd:PROGRAM [ARG…]` reward: an external scorer, one run per `score` call.
+//!
+//! The command is split on whitespace (no shell, no quoting: wrap anything fancier in a script).
+//! Protocol of one call:
+//! - stdin: one JSON object per pair and line, `{"prompt": "…", "completion": "…"}`, then end of
+//!   file;
+//! - stdout: exactly one finite number per line (surrounding spaces allowed), one line per pair,
+//!   in order;
+//! - exit status 0. Stderr is free for the program's logs: only its tail is kept, for error
+//!   messages.
+//!
+//! Stdin is written by a thread of its own while others drain stdout and stderr, so a program
+//! that answers line by line while still reading cannot deadlock on full pipes. The program runs
+//! in a process group of its own: when a call runs past its timeout (or Ctrl-C is requested) the
+//! whole group is killed (so are children it started, e.g. from a shell script), the program is
+//! reaped, and the call fails. Every error names the command.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::reward::Reward;
+use crate::error::{Error, Result};
+
+/// How much of the program's stderr is kept for error messages.
+const STDERR_TAIL: usize = 4096;
+/// Bytes of stdout allowed per pair (beyond a 1 MiB allowance) before the program is stopped.
+const STDOUT_PER_PAIR: usize = 256;
+/// How long to wait for a killed program to be reaped and its pipes to close.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often the wait checks for Ctrl-C.
+const POLL: Duration = Duration::from_millis(100);
+
+/// An external scorer (see the module docs).
+pub struct CmdReward {
+    /// `cmd:` + the command as given.
+    name: String,
+    program: String,
+    args: Vec<String>,
+    timeout: Duration,
+}
+
+/// What the helper threads of one call report.
+enum Event {
+    Written(std::io::Result<()>),
+    /// Stdout up to end of file, or `None` when the program printed more than the cap.
+    Stdout(std::io::Result<Option<Vec<u8>>>),
+    StderrTail(Vec<u8>),
+    Exited(std::io::Result<ExitStatus>),
+}
+
+#[derive(Default)]
+struct Outcome {
+    written: Option<std::io::Result<()>>,
+    stdout: Option<std::io::Result<Option<Vec<u8>>>>,
+    stderr: Option<Vec<u8>>,
+    status: Option<std::io::Result<ExitStatus>>,
+}
+
+impl Outcome {
+    fn record(&mut self, e: Event) {
+        match e {
+            Event::Written(r) => self.written = Some(r),
+            Event::Stdout(r) => self.stdout = Some(r),
+            Event::StderrTail(t) => self.stderr = Some(t),
+            Event::Exited(r) => self.status = Some(r),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.written.is_some()
+            && self.stdout.is_some()
+            && self.stderr.is_some()
+            && self.status.is_some()
+    }
+
+    /// ", stderr: …" with the kept tail, or nothing when the program wrote none.
+    fn stderr_note(&self) -> String {
+        match self.stderr.as_deref().map(String::from_utf8_lossy) {
+            Some(t) if !t.trim().is_empty() => format!("; its stderr ends with:\n{}", t.trim_end()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The file `program` names: a path when it has a `/`, else the first match on `PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = Path::new(program);
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// SIGKILL to the program's process group (the program itself leads it).
+fn kill_group(pid: u32) {
+    // SAFETY: plain kill(2) calls; `pid` is our child's, which leads its own process group.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// Reads `r` to its end, keeping only the last `keep` bytes.
+fn read_tail(mut r: impl Read, keep: usize) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * keep {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if tail.len() > keep {
+        tail.drain(..tail.len() - keep);
+    }
+    tail
+}
+
+/// Reads `r` to its end, or stops with `None` past `cap` bytes.
+fn read_capped(r: impl Read, cap: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    r.take(cap as u64 + 1).read_to_end(&mut out)?;
+    Ok((out.len() <= cap).then_some(out))
+}
+
+impl CmdReward {
+    /// `command`: the text after `cmd:`, a program and its arguments separated by whitespace.
+    /// The program must exist (a path, or a name on `PATH`); each call to `score` must finish
+    /// within `timeout`.
+    pub fn new(command: &str, timeout: Duration) -> Result<CmdReward> {
+        let name = format!("cmd:{command}");
+        let mut words = command.split_whitespace().map(str::to_string);
+        let program = words
+            .next()
+            .ok_or_else(|| Error::Usage(format!("--reward {name}: no program given")))?;
+        if find_program(&program).is_none() {
+            return Err(Error::Usage(format!(
+                "--reward {name}: program '{program}' not found (neither a file nor on PATH)"
+            )));
+        }
+        if timeout.is_zero() {
+            return Err(Error::Usage(format!(
+                "--reward {name}: the timeout must be positive"
+            )));
+        }
+        Ok(CmdReward {
+            name,
+            program,
+            args: words.collect(),
+            timeout,
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::format(&self.name, msg)
+    }
+
+    /// Runs the program once over `pairs` (see the module docs); one finite reward per pair.
+    pub fn run(&self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut input = Vec::new();
+        for (prompt, completion) in pairs {
+            let line = serde_json::json!({"prompt": prompt, "completion": completion});
+            serde_json::to_writer(&mut input, &line).expect("writing JSON to memory");
+            input.push(b'\n');
+        }
+        let start = Instant::now();
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| self.err(format!("cannot start '{}': {e}", self.program)))?;
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        let (mut stdin, stdout, stderr) = (
+            child.stdin.take().expect("piped stdin"),
+            child.stdout.take().expect("piped stdout"),
+            child.stderr.take().expect("piped stderr"),
+        );
+        let cap = (1 << 20) + STDOUT_PER_PAIR * pairs.len();
+        let t = tx.clone();
+        thread::spawn(move || {
+            let r = stdin.write_all(&input).and_then(|()| stdin.flush());
+            drop(stdin); // end of file for the program
+            let _ = t.send(Event::Written(r));
+        });
+        let t = tx.clone();
+        thread::spawn(move || {
+            let _ = t.send(Event::Stdout(read_capped(stdout, cap)));
+        });
+        let t = tx.clone();
+        thread::spawn(move || {
+            let _ = t.send(Event::StderrTail(read_tail(stderr, STDERR_TAIL)));
+        });
+        // The waiter owns the child and reaps it whatever happens, so no zombie is left.
+        thread::spawn(move || {
+            let _ = tx.send(Event::Exited(child.wait()));
+        });
+
+        let deadline = start + self.timeout;
+        let mut out = Outcome::default();
+        while !out.complete() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(POLL)) {
+                Ok(e) => out.record(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    if crate::cancel::check().is_err() {
+                        self.stop(pid, &rx, &mut out);
+                        return Err(Error::Interrupted);
+                    }
+                    if left.is_zero() {
+                        self.stop(pid, &rx, &mut out);
+                        return Err(self.err(format!(
+                            "did not finish within the timeout of {:?} for {} pairs; killed it{}",
+                            self.timeout,
+                            pairs.len(),
+                            out.stderr_note()
+                        )));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if matches!(out.stdout, Some(Ok(None))) {
+                self.stop(pid, &rx, &mut out);
+                return Err(self.err(format!(
+                    "printed more than {cap} bytes on stdout for {} pairs (one number per line \
+                     expected); stopped it",
+                    pairs.len()
+                )));
+            }
+        }
+        let status = match out.status.take() {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return Err(self.err(format!("cannot wait for it: {e}"))),
+            None => return Err(self.err("lost track of the program")),
+        };
+        if !status.success() {
+            let how = match status.code() {
+                Some(c) => format!("exited with status {c}"),
+                None => format!("was killed ({status})"),
+            };
+            return Err(self.err(format!("{how}{}", out.stderr_note())));
+        }
+        let stdout = match out.stdout.take() {
+            Some(Ok(Some(b))) => b,
+            Some(Err(e)) => return Err(self.err(format!("cannot read its stdout: {e}"))),
+            _ => return Err(self.err("lost its stdout")),
+        };
+        // A program that exits 0 without reading all its input (a broken pipe) is judged by what
+        // it printed; any other failure to write is an error.
+        if let Some(Err(e)) = out.written.take() {
+            if e.kind() != ErrorKind::BrokenPipe {
+                return Err(self.err(format!("cannot write its stdin: {e}")));
+            }
+        }
+        self.parse(&stdout, pairs.len())
+    }
+
+    /// Kills the program's group and waits (a bounded time) until it is reaped and its stderr
+    /// is in.
+    fn stop(&self, pid: u32, rx: &mpsc::Receiver<Event>, out: &mut Outcome) {
+        if out.status.is_none() {
+            kill_group(pid);
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while out.status.is_none() || out.stderr.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(e) => out.record(e),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// One finite number per line, as many lines as pairs.
+    fn parse(&self, stdout: &[u8], n: usize) -> Result<Vec<f64>> {
+        let text = String::from_utf8_lossy(stdout);
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        let lines: Vec<&str> = if text.is_empty() {
+            Vec::new()
+        } else {
+            body.split('\n').collect()
+        };
+        let mut rewards = Vec::with_capacity(n);
+        for (i, line) in lines.iter().enumerate() {
+            let s = line.strip_suffix('\r').unwrap_or(line).trim();
+            match s.parse::<f64>() {
+                Ok(x) if x.is_finite() => rewards.push(x),
+                Ok(_) => {
+                    return Err(self.err(format!(
+                        "line {} of its output, {line:?}, is not a finite number",
+                        i + 1
+                    )))
+                }
+                Err(_) => {
+                    return Err(self.err(format!(
+                        "line {} of its output, {line:?}, is not a number (one number per \
+                         line expected)",
+                        i + 1
+                    )))
+                }
+            }
+        }
+        if rewards.len() != n {
+            return Err(self.err(format!(
+                "printed {} lines for {n} pairs (one number per pair expected)",
+                rewards.len()
+            )));
+        }
+        Ok(rewards)
+    }
+}
+
+impl Reward for CmdReward {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
+        self.run(pairs)
+    }
+}
