@@ -78,7 +78,7 @@ impl Default for PipelineConfig {
             iterations: 2,
             runs: 2,
             steps: 100,
-            mu: 0.01,
+            mu: 0.05,
             beta: 0.1,
             eta: 0.5,
             etas: (0..=10).map(|i| i as f64 / 10.0).collect(),
@@ -375,9 +375,14 @@ pub struct Local {
     pub jobs: usize,
 }
 
+/// Whether an earlier attempt of `st` started and can be continued.
+fn resumable(st: &Step) -> bool {
+    st.resume_argv.is_some() && st.started.as_ref().is_some_and(|p| p.exists())
+}
+
 fn spawn(st: &Step) -> Result<Child> {
-    let argv = match (&st.resume_argv, &st.started) {
-        (Some(r), Some(p)) if p.exists() => r,
+    let argv = match &st.resume_argv {
+        Some(r) if resumable(st) => r,
         _ => &st.argv,
     };
     if let Some(dir) = st.log.parent() {
@@ -409,7 +414,8 @@ impl Launcher for Local {
         while failure.is_none() && (!queue.is_empty() || !running.is_empty()) {
             while running.len() < self.jobs.max(1) {
                 let Some(st) = queue.pop() else { break };
-                reporter.message(&format!("start {}  (log: {})", st.id, st.log.display()));
+                let verb = if resumable(st) { "resume" } else { "start " };
+                reporter.message(&format!("{verb} {}  (log: {})", st.id, st.log.display()));
                 running.push((st, spawn(st)?));
             }
             std::thread::sleep(Duration::from_millis(100));
