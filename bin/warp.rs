@@ -328,6 +328,14 @@ fn run(a: &RunArgs, reporter: &dyn Reporter) -> Result<()> {
         }
         return print_line(text.trim_end());
     }
+    if !cfg!(feature = "rl") {
+        // The evaluation step runs this very binary (`warp eval`).
+        return Err(Error::Usage(
+            "this warp was built without the `rl` feature, which `warp run` needs \
+             (cargo build --release --features rl)"
+                .into(),
+        ));
+    }
     for name in ["warp-rl", "warp-slerp", "warp-lerp"] {
         if !bin_dir.join(name).is_file() {
             return Err(Error::Usage(format!(
