@@ -179,7 +179,11 @@ fn warp_sft_reproduces_the_committed_model() {
     let out = tmp.path().join("sft");
     // One libtorch thread, as the committed model was made (the thread count changes the order
     // of floating-point reductions, hence the trajectory).
-    ok("warp-sft", &["-o", s(&out), "--threads", "1", "-q"], tmp.path());
+    ok(
+        "warp-sft",
+        &["-o", s(&out), "--threads", "1", "-q"],
+        tmp.path(),
+    );
     let got: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("sft.json")).unwrap()).unwrap();
     let acc = got["heldout_sampled_accuracy"].as_f64().unwrap();
