@@ -226,7 +226,10 @@ fn plot(a: &PlotArgs, reporter: &dyn Reporter) -> Result<()> {
             "warning: {skipped} row(s) with a non-finite kl or reward not drawn"
         ));
     }
-    warp::plot::write_atomic(&a.output, &warp::plot::pareto_svg(&table, &a.title))?;
+    warp::io::write_file_atomic(
+        &a.output,
+        warp::plot::pareto_svg(&table, &a.title).as_bytes(),
+    )?;
     print_line(&a.output.display().to_string())
 }
 
@@ -292,7 +295,7 @@ fn eval(a: &EvalArgs, reporter: &dyn Reporter) -> Result<()> {
             p.path.display()
         );
     }
-    warp::plot::write_atomic(&a.output, &csv)?;
+    warp::io::write_file_atomic(&a.output, csv.as_bytes())?;
     print_line(table.trim_end())
 }
 

@@ -473,7 +473,7 @@ pub fn execute(
         "steps": steps,
     });
     let text = serde_json::to_string_pretty(&recorded).unwrap_or_default() + "\n";
-    crate::plot::write_atomic(&plan_path, &text)?;
+    crate::io::write_file_atomic(&plan_path, text.as_bytes())?;
     let mut complete: BTreeSet<String> = steps
         .iter()
         .filter(|st| st.done.exists())

@@ -3,9 +3,9 @@
 //! `source scripts/setup-torch.sh`), plus KV-cache, scoring, sampling and save/load checks.
 #![cfg(feature = "rl")]
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use tch::{Device, Kind, Tensor};
 use warp::io::{Checkpoint, CheckpointWriter, DType, OutTensor, WriterOptions};
@@ -19,15 +19,6 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn torch_python() -> String {
-    std::env::var("WARP_TORCH_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "WARP_TORCH_PYTHON is not set: run `source scripts/setup-torch.sh` (it installs torch \
-             and transformers into a cached venv and exports it), then rerun the tests"
-        )
-    })
-}
-
 /// Logits `[b, t, v]` from transformers for `ids` (and optional mask/positions).
 fn hf_logits(dir: &Path, ids: &Tensor, mask: Option<&Tensor>, pos: Option<&Tensor>) -> Tensor {
     let to_json = |t: &Tensor| -> serde_json::Value {
@@ -39,28 +30,7 @@ fn hf_logits(dir: &Path, ids: &Tensor, mask: Option<&Tensor>, pos: Option<&Tenso
         "attention_mask": mask.map(to_json),
         "position_ids": pos.map(to_json),
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ref/hf_logits.py");
-    let mut child = Command::new(torch_python())
-        .arg(&script)
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run $WARP_TORCH_PYTHON (see scripts/setup-torch.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "hf_logits.py failed (is the venv of scripts/setup-torch.sh in WARP_TORCH_PYTHON?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::torch_ref("hf_logits.py", &[dir], &req);
     let shape: Vec<i64> = serde_json::from_value(v["shape"].clone()).unwrap();
     let logits: Vec<Vec<Vec<f32>>> = serde_json::from_value(v["logits"].clone()).unwrap();
     let flat: Vec<f32> = logits.into_iter().flatten().flatten().collect();

@@ -6,9 +6,9 @@
 //! results in order, every failure mode named, timeouts that kill, no pipe deadlock.
 #![cfg(feature = "rl")]
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warp::rl::reward::{from_spec, from_spec_opts, Reward, RewardOptions};
@@ -23,15 +23,6 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn torch_python() -> String {
-    std::env::var("WARP_TORCH_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "WARP_TORCH_PYTHON is not set: run `source scripts/setup-torch.sh` (it installs torch \
-             and transformers into a cached venv and exports it), then rerun the tests"
-        )
-    })
-}
-
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter()
         .map(|(p, c)| (p.to_string(), c.to_string()))
@@ -41,29 +32,7 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 /// Makes a random reward model in `dir` with tests/ref/hf_seqcls.py and returns its response
 /// (transformers' scores of `req["pairs"]` when the model is a valid one).
 fn hf_seqcls(dir: &Path, req: serde_json::Value) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ref/hf_seqcls.py");
-    let mut child = Command::new(torch_python())
-        .arg(&script)
-        .arg(dir)
-        .arg(fixture("tiny-llama-bf16"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run $WARP_TORCH_PYTHON (see scripts/setup-torch.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "hf_seqcls.py failed (is the venv of scripts/setup-torch.sh in WARP_TORCH_PYTHON?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::torch_ref("hf_seqcls.py", &[dir, &fixture("tiny-llama-bf16")], &req)
 }
 
 fn texts() -> Vec<(String, String)> {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -250,27 +249,8 @@ fn checkpoint_loads_in_warp_and_transformers() {
     let mask = Tensor::ones([1, ids.len() as i64], (Kind::Int64, Device::Cpu));
     let pos = Tensor::arange(ids.len() as i64, (Kind::Int64, Device::Cpu)).view([1, -1]);
     let ours = model.forward(&t, &mask, &pos, None).unwrap();
-    let python = std::env::var("WARP_TORCH_PYTHON")
-        .expect("WARP_TORCH_PYTHON is not set: source scripts/setup-torch.sh");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ref/hf_logits.py");
-    let mut child = Command::new(python)
-        .arg(&script)
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let req = serde_json::json!({ "input_ids": [ids] });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = common::torch_ref("hf_logits.py", &[&dir], &req);
     let theirs: Vec<Vec<Vec<f32>>> = serde_json::from_value(v["logits"].clone()).unwrap();
     let theirs: Vec<f32> = theirs.into_iter().flatten().flatten().collect();
     let ours: Vec<f32> = Vec::try_from(ours.flatten(0, -1)).unwrap();

@@ -8,7 +8,7 @@ pub mod writer;
 
 pub use dtype::{DType, OutDType};
 pub use reader::{Checkpoint, Layout, TensorInfo};
-pub use writer::{CheckpointWriter, OutTensor, WriterOptions};
+pub use writer::{write_file_atomic, CheckpointWriter, OutTensor, WriterOptions};
 
 /// Opens a checkpoint named on the command line: a local folder or `.safetensors` file, or a hub
 /// id `org/name[@revision]` downloaded into (or, offline, found in) the standard HF cache.

@@ -57,18 +57,5 @@ pub fn write_prompts(path: &Path, records: &[PromptRecord]) -> Result<()> {
         text.push_str(&Value::Object(m).to_string());
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
-}
-
-/// `path` gets `bytes` completely or not at all.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("{}: not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    crate::io::write_file_atomic(path, text.as_bytes())
 }

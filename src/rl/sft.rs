@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tch::{Device, Kind};
 
-use super::data::{write_atomic, write_prompts, PromptRecord};
+use super::data::{write_prompts, PromptRecord};
 use super::eval::{evaluate, SampleOptions};
 use super::generate::score;
 use super::model::LlamaModel;
@@ -397,7 +397,7 @@ pub fn train(
         "warp_version": env!("CARGO_PKG_VERSION"),
     });
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n";
-    write_atomic(&staging.path().join("sft.json"), text.as_bytes())?;
+    crate::io::write_file_atomic(&staging.path().join("sft.json"), text.as_bytes())?;
     let done = staging.commit()?;
     Ok((done, report))
 }

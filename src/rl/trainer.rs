@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::data::{read_prompts, write_atomic};
+use super::data::read_prompts;
 use super::eval::token_kl;
 use super::generate::{generate, score_at, GenerateOptions};
 use super::model::{read_tensor, LlamaModel};
@@ -33,7 +33,7 @@ use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
 use crate::io::companion::ModelCard;
 use crate::io::writer::{CheckpointWriter, OutTensor, Staging, WriterOptions};
-use crate::io::{Checkpoint, DType};
+use crate::io::{write_file_atomic, Checkpoint, DType};
 use crate::progress::Reporter;
 
 /// The built-in task (`warp-sft` output committed in the source tree): model/, train.jsonl,
@@ -345,7 +345,7 @@ impl Trainer {
             "config": t.cfg.to_json(),
         }))
         .unwrap_or_default();
-        write_atomic(&out.join("run.json"), (text + "\n").as_bytes())?;
+        write_file_atomic(&out.join("run.json"), (text + "\n").as_bytes())?;
         std::fs::File::create(out.join("metrics.jsonl")).at(out.join("metrics.jsonl"))?;
         Ok(t)
     }
@@ -388,7 +388,7 @@ impl Trainer {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        write_atomic(&mpath, kept.as_bytes())?;
+        write_file_atomic(&mpath, kept.as_bytes())?;
         reporter.message(&format!(
             "resuming {} at step {} of {}",
             out.display(),
@@ -757,7 +757,7 @@ impl Trainer {
             write_f32_tensors(&dir, &named)?;
             let state = json!({"step": self.step, "config": self.cfg.to_json()});
             let text = serde_json::to_string_pretty(&state).unwrap_or_default() + "\n";
-            write_atomic(&dir.join(STATE_FILE), text.as_bytes())?;
+            write_file_atomic(&dir.join(STATE_FILE), text.as_bytes())?;
         }
         staging.commit()
     }

@@ -146,3 +146,42 @@ pub fn assert_same_tensors(a: &Path, b: &Path) {
         );
     }
 }
+
+/// The Python of the venv made by scripts/setup-torch.sh (torch + transformers), for the `rl`
+/// reference scripts.
+pub fn torch_python() -> String {
+    std::env::var("WARP_TORCH_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "WARP_TORCH_PYTHON is not set: run `source scripts/setup-torch.sh` (it installs torch \
+             and transformers into a cached venv and exports it), then rerun the tests"
+        )
+    })
+}
+
+/// Runs the reference script tests/ref/`script` with the torch venv: `req` as JSON on stdin,
+/// the JSON it prints back.
+pub fn torch_ref(script: &str, args: &[&Path], req: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(torch_python())
+        .arg(repo_root().join("tests/ref").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run $WARP_TORCH_PYTHON (see scripts/setup-torch.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(req.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed (is the venv of scripts/setup-torch.sh in WARP_TORCH_PYTHON?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
