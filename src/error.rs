@@ -33,6 +33,24 @@ pub enum Error {
     /// Hugging Face hub: download, upload, protocol.
     #[error("hub: {0}")]
     Hub(String),
+    /// The compute backend (libtorch, CUDA) failed: `context` says what was being done (the
+    /// model, the operation), `msg` what the backend said.
+    #[error("{context}: {msg}")]
+    Backend { context: String, msg: String },
+    /// A reward (`--reward` spec: program, model, verifier) failed or gave unusable values.
+    #[error("reward {spec}: {msg}")]
+    Reward { spec: String, msg: String },
+    /// A step of a pipeline failed: its id, how it ended, its log and the log's last lines.
+    #[error("step {id} failed ({status}); see {}{}", log.display(), if tail.is_empty() { String::new() } else { format!(":\n{tail}") })]
+    Step {
+        id: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    /// A broken internal invariant: a bug in warp, not a problem with the input.
+    #[error("internal error (a bug in warp): {0}")]
+    Internal(String),
     /// Ctrl-C (or another cancellation) was observed; partial output was removed.
     #[error("interrupted; nothing was written at the destination")]
     Interrupted,
@@ -59,6 +77,19 @@ impl Error {
         Error::Tensor {
             path: path.as_ref().to_path_buf(),
             tensor: tensor.into(),
+            msg: msg.into(),
+        }
+    }
+    /// A backend (libtorch, CUDA) failure while doing `context`.
+    pub fn backend(context: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        Error::Backend {
+            context: context.into(),
+            msg: msg.to_string(),
+        }
+    }
+    pub fn reward(spec: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Reward {
+            spec: spec.into(),
             msg: msg.into(),
         }
     }
