@@ -58,11 +58,17 @@ fn text(o: &Output) -> (String, String) {
 /// `accelerate launch` of the entry point, one CPU process, in its own process group (the
 /// SIGTERM of the test callback goes to that group, not to the test harness).
 fn launch(args: &[&str], env: &[(&str, &str)]) -> Output {
+    launch_n(1, args, env)
+}
+
+/// `accelerate launch` with `procs` CPU processes (more than one: data parallel over gloo).
+fn launch_n(procs: u32, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let procs = procs.to_string();
     let mut c = Command::new(trl_venv().join("bin/accelerate"));
     c.args([
         "launch",
         "--num_processes",
-        "1",
+        &procs,
         "--num_machines",
         "1",
         "--mixed_precision",
@@ -610,7 +616,10 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
         serde_json::json!({"reward": "cmd:/nonexistent/scorer"}),
     );
     let out = tmp.path().join("out-missing");
-    let o = python(&["train", s(&cfg), "-o", s(&out), "--threads", "1", "-q"], "");
+    let o = python(
+        &["train", s(&cfg), "-o", s(&out), "--threads", "1", "-q"],
+        "",
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(
         text(&o).1.contains("cmd:/nonexistent/scorer") && text(&o).1.contains("not found"),
@@ -631,7 +640,10 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
         serde_json::json!({"reward": format!("cmd:{}", crash.display())}),
     );
     let out = tmp.path().join("out-crash");
-    let o = python(&["train", s(&cfg), "-o", s(&out), "--threads", "1", "-q"], "");
+    let o = python(
+        &["train", s(&cfg), "-o", s(&out), "--threads", "1", "-q"],
+        "",
+    );
     let err = text(&o).1;
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
@@ -654,4 +666,51 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("not empty"), "{}", text(&o).1);
+}
+
+#[test]
+fn two_processes_keep_the_ema_anchor() {
+    // Two CPU processes (data parallel over gloo, each generating half of every step's
+    // completions): the reference model still follows the EMA of the policy iterates.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        serde_json::json!({"steps": 3, "save_every": 3, "seed": 7}),
+    );
+    let out = tmp.path().join("run");
+    let steps_dir = tmp.path().join("iterates");
+    let callback = repo_root().join("tests/ref/trl_policy_steps.py");
+    let o = launch_n(
+        2,
+        &[
+            "train",
+            s(&cfg),
+            "-o",
+            s(&out),
+            "--threads",
+            "1",
+            "-q",
+            "--callback",
+            s(&callback),
+        ],
+        &[("WARP_TRL_POLICY_STEPS", s(&steps_dir))],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["world_size"], 2);
+    let it: Vec<_> = (0..=3)
+        .map(|t| tensors(&steps_dir.join(format!("policy-{t}.safetensors"))))
+        .collect();
+    for t in 1..=3 {
+        assert!(
+            max_diff(&it[t], &it[t - 1]) > 1e-4,
+            "step {t} left the policy unchanged"
+        );
+    }
+    let d = max_diff(&tensors(&out.join("final/ema")), &ema_of(&it, 0.3));
+    eprintln!("2 processes: final/ema vs EMA recomputed in f64: {d:.2e}");
+    assert!(d < 1e-6, "{d}");
+    assert_eq!(max_diff(&tensors(&out.join("final/policy")), &it[3]), 0.0);
+    assert_eq!(metrics(&out).len(), 3);
 }
