@@ -911,8 +911,8 @@ def train(a):
         shutil.rmtree(out / ".trl", ignore_errors=True)
         if not a.quiet:
             print(f"{PROG}: done: {out / 'final'}", file=sys.stderr)
+        print(out / "final")
     state.wait_for_everyone()
-    print(out / "final")
 
 
 def clean_for_resume(out, step):

@@ -58,32 +58,30 @@ fn text(o: &Output) -> (String, String) {
 /// `accelerate launch` of the entry point, one CPU process, in its own process group (the
 /// SIGTERM of the test callback goes to that group, not to the test harness).
 fn launch(args: &[&str], env: &[(&str, &str)]) -> Output {
-    launch_n(1, args, env)
-}
-
-/// `accelerate launch` with `procs` CPU processes (more than one: data parallel over gloo).
-fn launch_n(procs: u32, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let procs = procs.to_string();
-    let mut c = Command::new(trl_venv().join("bin/accelerate"));
-    c.args([
-        "launch",
+    let one = [
         "--num_processes",
-        &procs,
+        "1",
         "--num_machines",
         "1",
         "--mixed_precision",
         "no",
         "--dynamo_backend",
         "no",
-        "--num_cpu_threads_per_process",
-        "1",
         "--cpu",
-        "-q",
-    ])
-    .arg(entry())
-    .args(args)
-    .stdin(Stdio::null())
-    .process_group(0);
+    ];
+    launch_with(&one, args, env)
+}
+
+/// `accelerate launch LAUNCH_ARGS python/warp_trl.py ARGS` with one torch thread per process.
+fn launch_with(launch_args: &[&str], args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(trl_venv().join("bin/accelerate"));
+    c.arg("launch")
+        .args(launch_args)
+        .args(["--num_cpu_threads_per_process", "1", "-q"])
+        .arg(entry())
+        .args(args)
+        .stdin(Stdio::null())
+        .process_group(0);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -670,8 +668,8 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
 
 #[test]
 fn two_processes_keep_the_ema_anchor() {
-    // Two CPU processes (data parallel over gloo, each generating half of every step's
-    // completions): the reference model still follows the EMA of the policy iterates.
+    // Two CPU processes (data parallel over gloo, each generating and scoring half of every
+    // step's completions): the reference model still follows the EMA of the policy iterates.
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(
         tmp.path(),
@@ -680,8 +678,17 @@ fn two_processes_keep_the_ema_anchor() {
     let out = tmp.path().join("run");
     let steps_dir = tmp.path().join("iterates");
     let callback = repo_root().join("tests/ref/trl_policy_steps.py");
-    let o = launch_n(
-        2,
+    // accelerate's multi-process launcher (torchrun) with every process on the CPU.
+    let acc = tmp.path().join("two-cpus.yaml");
+    std::fs::write(
+        &acc,
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nuse_cpu: true\n\
+         num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\n\
+         dynamo_backend: 'NO'\nrdzv_backend: static\nsame_network: true\n",
+    )
+    .unwrap();
+    let o = launch_with(
+        &["--config_file", s(&acc)],
         &[
             "train",
             s(&cfg),
