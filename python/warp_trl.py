@@ -167,9 +167,10 @@ def load_config(path):
     return c
 
 
-def read_prompts(path):
+def read_prompts(path, with_lines=False):
     """Prompt records of a JSONL file: {"prompt": text} or {"messages": [{role, content}, ...]}
-    per line; a message list becomes TRL's conversational prompt. Errors name file and line."""
+    per line; a message list becomes TRL's conversational prompt. Errors name file and line.
+    With `with_lines`, (line number, prompt) pairs."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().split("\n")
@@ -200,7 +201,7 @@ def read_prompts(path):
                 if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
                         and isinstance(msg.get("content"), str)):
                     raise at("each message needs a string \"role\" and \"content\"")
-            out.append(m)
+            out.append((i + 1, m))
             continue
         p = v.get("prompt")
         if p is None:
@@ -209,12 +210,12 @@ def read_prompts(path):
             raise at("\"prompt\" is not a string")
         if not p:
             raise at("the prompt is empty")
-        out.append(p)
+        out.append((i + 1, p))
     if not out:
         raise UsageError(f"{path}: no prompts in the file")
-    if len({isinstance(p, list) for p in out}) > 1:
+    if len({isinstance(p, list) for _, p in out}) > 1:
         raise UsageError(f"{path}: mixes \"prompt\" and \"messages\" lines (use one kind per file)")
-    return out
+    return out if with_lines else [p for _, p in out]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,21 +550,22 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    prompts = read_prompts(cfg["prompts"])
+    numbered = read_prompts(cfg["prompts"], with_lines=True)
+    prompts = [p for _, p in numbered]
     tok = AutoTokenizer.from_pretrained(model_path, padding_side="left", truncation_side="left")
     max_pos = getattr(transformers.AutoConfig.from_pretrained(model_path),
                       "max_position_embeddings", None)
-    for i, p in enumerate(prompts):
+    for line, p in numbered:
         if isinstance(p, str):
             n_tok = len(tok(p)["input_ids"])
         else:
             if not tok.chat_template:
-                raise UsageError(f"{cfg['prompts']}: line {i + 1}: a \"messages\" line needs a chat "
+                raise UsageError(f"{cfg['prompts']}: line {line}: a \"messages\" line needs a chat "
                                  f"template, and the tokenizer of {model_path} has none")
             r = tok.apply_chat_template(p, tokenize=True, add_generation_prompt=True)
             n_tok = len(r["input_ids"] if hasattr(r, "keys") else r)
         if max_pos is not None and n_tok + cfg["max_new_tokens"] > max_pos:
-            raise UsageError(f"{cfg['prompts']}: line {i + 1}: prompt of {n_tok} tokens + "
+            raise UsageError(f"{cfg['prompts']}: line {line}: prompt of {n_tok} tokens + "
                              f"max_new_tokens {cfg['max_new_tokens']} exceeds the model's "
                              f"max_position_embeddings {max_pos}")
 
