@@ -76,8 +76,8 @@ DEFAULTS = {
     "reward_timeout": 60.0,
 }
 REQUIRED = ("model", "prompts")
-# Recorded by warp but meaningless here, accepted as they are.
-PASSIVE = ("backend",)
+# Recorded by warp but used by the launcher, not here: accepted as they are.
+PASSIVE = ("backend", "accelerate_config", "trl_args")
 INTS = ("steps", "batch", "n", "max_new_tokens", "warmup", "seed", "save_every")
 FLOATS = ("beta", "mu", "temperature", "lr", "grad_clip", "length_penalty", "reward_timeout")
 STRINGS = ("model", "prompts", "reward", "baseline", "anchor", "dtype", "device", "backend")
@@ -164,6 +164,15 @@ def load_config(path):
     if c.get("backend", "trl") != "trl":
         raise bad("backend", "must be 'trl' for this entry point")
     c["backend"] = "trl"
+    if c.get("accelerate_config") is not None and not isinstance(c["accelerate_config"], str):
+        raise bad("accelerate_config", "is not a string")
+    t = c.get("trl_args")
+    if isinstance(t, str):
+        c["trl_args"] = parse_trl_args(t, f"{path}: field 'trl_args'")
+    elif t is not None and not isinstance(t, dict):
+        raise bad("trl_args", "is not a JSON object")
+    elif isinstance(t, dict):
+        parse_trl_args(json.dumps(t), f"{path}: field 'trl_args'")
     return c
 
 
@@ -844,6 +853,7 @@ def train(a):
         out = Path(a.output)
         cfg = load_config(a.config)
         read_prompts(cfg["prompts"])
+        trl_opts = {**(cfg.get("trl_args") or {}), **trl_opts}
     if cfg["device"].startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg["device"].split(":")[1]
 
@@ -935,18 +945,18 @@ def clean_for_resume(out, step):
         mpath.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def parse_trl_args(text):
+def parse_trl_args(text, what="--trl-args"):
     if not text:
         return {}
     try:
         v = json.loads(text)
     except ValueError as e:
-        raise UsageError(f"--trl-args: not valid JSON: {e}") from None
+        raise UsageError(f"{what}: not valid JSON: {e}") from None
     if not isinstance(v, dict):
-        raise UsageError("--trl-args: not a JSON object")
+        raise UsageError(f"{what}: not a JSON object")
     for k in v:
         if k in FIXED_TRL_ARGS:
-            raise UsageError(f"--trl-args: '{k}' is set from warp's settings and cannot be "
+            raise UsageError(f"{what}: '{k}' is set from warp's settings and cannot be "
                              "overridden")
     return v
 

@@ -15,6 +15,7 @@ pub mod sft;
 pub mod task;
 pub mod tokenizer;
 pub mod trainer;
+pub mod trl;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
