@@ -16,6 +16,12 @@ pub enum Device {
     Cuda(usize),
 }
 
+/// The most CPU threads a command may be given: 4 × the cores available (more only adds
+/// scheduling overhead; a huge number exhausts the machine).
+pub fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl FromStr for Device {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -66,18 +66,12 @@ fn parse_dtype(s: &str) -> std::result::Result<OutDType, String> {
     s.parse()
 }
 
-/// The most threads a `--threads` may ask for: 4 × the cores available (more only adds
-/// scheduling overhead; a huge number would exhaust the machine).
-pub fn threads_limit() -> usize {
-    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// `--threads`: 1 to [`threads_limit`].
+/// `--threads`: 1 to [`crate::device::max_threads`].
 pub fn parse_threads(s: &str) -> std::result::Result<usize, String> {
     let n: usize = s
         .parse()
         .map_err(|_| format!("'{s}' is not a whole number"))?;
-    let max = threads_limit();
+    let max = crate::device::max_threads();
     if n == 0 || n > max {
         return Err(format!(
             "must be between 1 and {max} (4 × the {} core(s) available), got {n}",

@@ -38,7 +38,6 @@ use std::process::ExitCode;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::error::Error;
-pub use common::threads_limit;
 pub use progress::Progress;
 
 /// WARP at checkpoint level: RL with an EMA anchor, SLERP of task vectors, LITI towards the

@@ -145,6 +145,16 @@ impl PipelineConfig {
         if !(self.eta > 0.0 && self.eta <= 1.0) {
             return bad("eta", format!("must be in (0, 1], got {}", self.eta));
         }
+        let max = crate::device::max_threads();
+        if self.threads as usize > max {
+            return bad(
+                "threads",
+                format!(
+                    "must be at most {max} (4 × the cores available), got {}",
+                    self.threads
+                ),
+            );
+        }
         if self.devices.is_empty() {
             return bad("devices", "must not be empty".into());
         }
