@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::device::Device;
+use crate::rl::settings::Backend;
 use crate::error::{Error, IoContext, Result};
 use crate::merge::eta_name;
 use crate::progress::Reporter;
@@ -73,6 +74,9 @@ pub struct PipelineConfig {
     pub devices: Vec<Device>,
     /// `local` (this machine).
     pub launcher: String,
+    /// The RL trainer of every run: `warp` (libtorch, one device) or `trl` (TRL's RLOOTrainer
+    /// under `accelerate launch`: docs/SCALE.md); same run layout either way.
+    pub trainer: Backend,
     /// Evaluation: completions per held-out prompt, and how many prompts (0 = all).
     pub eval_samples: u32,
     pub eval_prompts: u32,
@@ -103,6 +107,7 @@ impl Default for PipelineConfig {
             jobs: 1,
             devices: vec![Device::Auto],
             launcher: "local".into(),
+            trainer: Backend::Warp,
             eval_samples: 2,
             eval_prompts: 500,
             threads: 0,

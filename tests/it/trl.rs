@@ -13,16 +13,12 @@
 //!
 //! Needs `source scripts/setup-trl.sh` (exports WARP_TRL_PYTHON, WARP_TRL_VENV and, through
 //! scripts/setup-torch.sh, WARP_TORCH_PYTHON).
-#![cfg(feature = "rl")]
-
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use common::{ok, repo_root};
+use crate::common::{self, ok, repo_root};
 use tch::{Device, Kind, Tensor};
 use warp::io::Checkpoint;
 use warp::rl::LlamaModel;
