@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::device::Device;
-use crate::rl::settings::Backend;
 use crate::error::{Error, IoContext, Result};
 use crate::merge::eta_name;
 use crate::progress::Reporter;
+use crate::rl::settings::Backend;
 
 pub use eval_table::{EvalRow, EvalTable, Point, PointKind};
 pub use launcher::{Launcher, Local};

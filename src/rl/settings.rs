@@ -234,11 +234,15 @@ impl RlConfig {
         positive("baseline", self.baseline == Baseline::Rloo, || {
             "the trl backend has the leave-one-out baseline only (RLOOTrainer)".into()
         })?;
-        positive("beta", self.anchor != Anchor::Ema || self.beta > 0.0, || {
-            "must be > 0 with the EMA anchor on the trl backend (TRL keeps no reference model, \
+        positive(
+            "beta",
+            self.anchor != Anchor::Ema || self.beta > 0.0,
+            || {
+                "must be > 0 with the EMA anchor on the trl backend (TRL keeps no reference model, \
              hence no EMA, when beta is 0)"
-                .into()
-        })?;
+                    .into()
+            },
+        )?;
         if let Some(j) = &self.trl_args {
             let v: serde_json::Value = serde_json::from_str(j)
                 .map_err(|e| Error::setting("trl_args", format!("not valid JSON: {e}")))?;

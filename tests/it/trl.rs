@@ -788,3 +788,140 @@ fn messages_prompts_use_the_chat_template() {
     );
     assert!(out.join("final/policy/model.safetensors").is_file());
 }
+
+/// `warp` with the trl backend: WARP_TRL_PYTHON (from scripts/setup-trl.sh) is inherited, so
+/// warp finds the `accelerate` beside it.
+#[test]
+fn warp_rl_and_warp_run_with_the_trl_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(
+        std::env::var_os("WARP_TRL_PYTHON").is_some(),
+        "source scripts/setup-trl.sh"
+    );
+    // warp rl --backend trl on the built-in task (embedded files, embedded entry point).
+    let out = tmp.path().join("rl");
+    let args = [
+        "rl",
+        "--backend",
+        "trl",
+        "-o",
+        s(&out),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "-n",
+        "2",
+        "--save-every",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ];
+    let stdout = ok("warp", &args, tmp.path());
+    assert_eq!(stdout.trim(), s(&out.join("final")));
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["backend"], "trl");
+    assert_eq!(run["config"]["backend"], "trl");
+    assert!(run["config"]["model"].as_str().unwrap().ends_with("model"));
+    assert_eq!(
+        common::entries(&out),
+        [
+            "final",
+            "metrics.jsonl",
+            "run.json",
+            "step-000001",
+            "step-000002"
+        ]
+    );
+    // --resume of a complete trl run goes to TRL, which refuses it.
+    let r = common::run("warp", &["rl", "--resume", s(&out), "-q"], tmp.path());
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("complete"), "{}", r.stderr);
+    // What TRL cannot do is refused by warp before anything starts, naming the setting.
+    let bad = tmp.path().join("bad");
+    for (flag, value) in [
+        ("--baseline", "none"),
+        ("--beta", "0"),
+        ("--trl-args", "[1]"),
+    ] {
+        let r = common::run(
+            "warp",
+            &["rl", "--backend", "trl", "-o", s(&bad), flag, value, "-q"],
+            tmp.path(),
+        );
+        assert_eq!(r.code, 2, "{flag}: {}", r.stderr);
+        assert!(r.stderr.contains(flag), "{flag}: {}", r.stderr);
+        assert!(!bad.exists());
+    }
+
+    // The pipeline with trainer = "trl": RL runs (EMA-anchored and init-anchored) through TRL,
+    // then warp's merges, evaluation and plot on their outputs.
+    let cfg = tmp.path().join("trl.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+trainer = "trl"
+iterations = 1
+runs = 2
+steps = 2
+checkpoints = 1
+etas = [0.0, 0.5, 1.0]
+eta = 0.5
+rl_args = ["--batch", "4", "-n", "2"]
+devices = ["cpu"]
+jobs = 2
+eval_prompts = 8
+eval_samples = 1
+threads = 1
+"#,
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("pipeline");
+    let t = Instant::now();
+    let table = ok("warp", &["run", s(&cfg), "-o", s(&run_dir)], tmp.path());
+    eprintln!(
+        "warp run with trainer = trl: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(table.contains("liti it1"), "{table}");
+    for run in ["iter-1/run-1", "iter-1/run-2", "init-anchor/run-1"] {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run_dir.join(run).join("run.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["backend"], "trl", "{run}");
+    }
+    // TRL keeps no EMA with the init anchor: policy folders only.
+    assert_eq!(
+        common::entries(&run_dir.join("init-anchor/run-1/final")),
+        ["policy"]
+    );
+    let csv = std::fs::read_to_string(run_dir.join("eval.csv")).unwrap();
+    let kinds: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    assert_eq!(
+        (
+            count("sft"),
+            count("policy"),
+            count("ema"),
+            count("anchor_init")
+        ),
+        (1, 2, 2, 2),
+        "{csv}"
+    );
+    assert_eq!(
+        (count("liti"), count("slerp"), count("lerp")),
+        (3, 1, 1),
+        "{csv}"
+    );
+    let svg = std::fs::read_to_string(run_dir.join("front.svg")).unwrap();
+    assert!(svg.contains("<svg"));
+}
