@@ -264,7 +264,7 @@ pub fn discover(out: &Path) -> Result<Vec<Point>> {
     let layout = RunLayout::new(out);
     let mut pts = Vec::new();
     let traj = |pts: &mut Vec<Point>, run: &RlRunLayout, it: u32, m: u32, anchor_init: bool| {
-        for (step, d) in run.checkpoints()? {
+        for (step, d) in run.saved_steps()? {
             let which: &[(&str, PointKind)] = if anchor_init {
                 &[("policy", PointKind::AnchorInit)]
             } else {
