@@ -517,7 +517,7 @@ fn unsupported_configs_and_missing_tensors_are_clear_errors() {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-        ("model_type", "gemma".into(), "model_type"),
+        ("model_type", "falcon".into(), "model_type"),
         ("hidden_act", "gelu_pytorch_tanh".into(), "hidden_act"),
         (
             "rope_scaling",

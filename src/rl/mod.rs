@@ -16,7 +16,7 @@ pub mod task;
 pub mod tokenizer;
 pub mod trainer;
 
-pub use config::{LlamaConfig, RopeScaling};
+pub use config::{Family, LlamaConfig, ModelConfig, Rope, RopeScaling};
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
-pub use model::{KvCache, LlamaModel};
+pub use model::{CausalLm, Head, KvCache, LlamaModel, ParamSpec};
 pub use tokenizer::Tokenizer;
