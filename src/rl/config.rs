@@ -307,6 +307,23 @@ impl ModelConfig {
         }
     }
 
+    /// Phi-3 with LongRoPE: transformers' generation drops the KV cache when the (padded)
+    /// sequence first reaches this many cached positions plus the new token, and recomputes it
+    /// with the long factors (`Phi3ForCausalLM.prepare_inputs_for_generation`); our
+    /// generation does the same, so greedy outputs agree.
+    pub fn cache_recompute_at(&self) -> Option<usize> {
+        match (&self.family, &self.rope.scaling) {
+            (
+                Family::Phi3,
+                RopeScaling::LongRope {
+                    original_max_position_embeddings,
+                    ..
+                },
+            ) => Some(*original_max_position_embeddings),
+            _ => None,
+        }
+    }
+
     /// The rotary embedding of layer `layer`.
     pub fn rope_of(&self, layer: usize) -> &Rope {
         match (&self.local_rope, self.layer_types.get(layer)) {

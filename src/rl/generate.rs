@@ -289,6 +289,7 @@ impl<'a> Decoder<'a> {
         };
         let (mut last, mut next_pos, eos, pad, mut finished) = init().map_err(self.backend())?;
         let every = finish_check_interval(dev);
+        let recompute_at = self.model.config.cache_recompute_at().map(|n| n as i64);
         for step in 0..n {
             let tok = self.step(step, &last, &pad, &eos, &mut finished)?;
             let all_done = || -> Result<bool, TchError> {
@@ -301,13 +302,32 @@ impl<'a> Decoder<'a> {
             }
             let total = w + step + 1;
             let mask = self.mask.f_narrow(1, 0, total).map_err(self.backend())?;
-            let ids = tok.f_view([b, 1]).map_err(self.backend())?;
-            let p = next_pos.f_view([b, 1]).map_err(self.backend())?;
-            let logits = self.model.forward(&ids, &mask, &p, Some(&mut self.cache))?;
+            let logits = if recompute_at == Some(self.cache.len()) {
+                self.recompute(step, &mask)?
+            } else {
+                let ids = tok.f_view([b, 1]).map_err(self.backend())?;
+                let p = next_pos.f_view([b, 1]).map_err(self.backend())?;
+                self.model.forward(&ids, &mask, &p, Some(&mut self.cache))?
+            };
             last = logits.f_select(1, -1).map_err(self.backend())?;
             next_pos = next_pos.f_add_scalar(1).map_err(self.backend())?;
         }
         self.finish(prompt_mask)
+    }
+
+    /// Runs the whole sequence so far (prompts and the tokens of steps 0..=`step`) again into an
+    /// emptied cache (see `ModelConfig::cache_recompute_at`); returns its logits.
+    fn recompute(&mut self, step: i64, mask: &Tensor) -> Result<Tensor> {
+        let inputs = || -> Result<_, TchError> {
+            let ids = Tensor::f_cat(
+                &[&self.prompt_ids, &self.tokens.f_narrow(1, 0, step + 1)?],
+                1,
+            )?;
+            Ok((ids, f_position_ids(mask)?))
+        };
+        let (ids, pos) = inputs().map_err(self.backend())?;
+        self.cache.clear();
+        self.model.forward(&ids, mask, &pos, Some(&mut self.cache))
     }
 
     /// Samples step `step` from `last` and records it; returns the tokens `[batch]`.

@@ -48,6 +48,10 @@ impl KvCache {
     pub fn capacity(&self) -> i64 {
         self.capacity
     }
+    /// Forgets every cached position (the buffers stay allocated).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
 }
 
 /// The output projection to the vocabulary.
