@@ -123,8 +123,8 @@ fn batch(prompts: &[Vec<i64>]) -> (Tensor, Tensor, Tensor) {
     let mut ids = Vec::new();
     let mut mask = Vec::new();
     for p in prompts {
-        ids.extend(std::iter::repeat_n(0, w - p.len()).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(0i64, w - p.len()).chain(std::iter::repeat_n(1, p.len())));
+        ids.extend(vec![0; w - p.len()].into_iter().chain(p.iter().copied()));
+        mask.extend(vec![0i64; w - p.len()].into_iter().chain(vec![1; p.len()]));
     }
     let shape = [prompts.len() as i64, w as i64];
     let ids = Tensor::from_slice(&ids).view(shape);

@@ -190,7 +190,8 @@ pub fn generate(
             o.temperature
         )));
     }
-    tch::no_grad(|| Decoder::start(model, prompts, width, o)?.run())
+    let every = finish_check_interval(model.device);
+    tch::no_grad(|| Decoder::start(model, prompts, width, o)?.run(every))
 }
 
 /// The state of one [`generate`] call: buffers preallocated for every step, so a step appends
@@ -267,7 +268,8 @@ impl<'a> Decoder<'a> {
         move |e| Error::backend(format!("model {}: generation", self.model.name()), e)
     }
 
-    fn run(mut self) -> Result<Generation> {
+    /// Decodes, checking whether every sequence ended every `every` steps.
+    fn run(mut self, every: usize) -> Result<Generation> {
         let (b, w, n) = (self.batch, self.width, self.o.max_new_tokens as i64);
         let dev = self.model.device;
         let prompt_mask = self.mask.f_narrow(1, 0, w).map_err(self.backend())?;
@@ -288,7 +290,6 @@ impl<'a> Decoder<'a> {
             ))
         };
         let (mut last, mut next_pos, eos, pad, mut finished) = init().map_err(self.backend())?;
-        let every = finish_check_interval(dev);
         let recompute_at = self.model.config.cache_recompute_at().map(|n| n as i64);
         for step in 0..n {
             let tok = self.step(step, &last, &pad, &eos, &mut finished)?;
@@ -493,4 +494,48 @@ pub fn score_at(
         mask: fmask,
         logits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checking the end every 8 steps (CUDA's interval) decodes past the end but returns what
+    /// checking every step returns, here on the CPU.
+    #[test]
+    fn sparse_end_checks_give_the_same_result() {
+        // The built-in task's model answers in a few tokens, then EOS.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/model");
+        let model = LlamaModel::load(&dir, Device::Cpu).unwrap();
+        let tok = crate::rl::Tokenizer::from_dir(&dir).unwrap();
+        let prompts: Vec<Vec<i64>> = ["37+58=", "1+2=", "99+99="]
+            .iter()
+            .map(|p| tok.encode(p).unwrap())
+            .collect();
+        for temperature in [0.0, 1.0] {
+            let o = GenerateOptions {
+                max_new_tokens: 20,
+                temperature,
+                seed: 7,
+                eos_ids: tok.eos_ids.clone(),
+                pad_id: tok.pad_id,
+                record_logits: true,
+                ..GenerateOptions::default()
+            };
+            let width = check_prompts(&model, &prompts, o.max_new_tokens).unwrap();
+            let run = |every| {
+                tch::no_grad(|| Decoder::start(&model, &prompts, width, &o)?.run(every)).unwrap()
+            };
+            let (a, b) = (run(1), run(8));
+            assert!(
+                a.finished.iter().all(|&f| f),
+                "want every sequence to end early"
+            );
+            assert_eq!(a.completions, b.completions);
+            assert_eq!(a.finished, b.finished);
+            assert!(a.tokens.equal(&b.tokens) && a.attention_mask.equal(&b.attention_mask));
+            let (la, lb) = (a.logits.unwrap(), b.logits.unwrap());
+            assert!(la.equal(&lb), "recorded logits differ");
+        }
+    }
 }
