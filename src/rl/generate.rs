@@ -88,8 +88,8 @@ fn left_pad(
 }
 
 /// Position ids of a left-padded batch: `cumsum(mask) - 1`, 0 on padding.
-pub fn position_ids(mask: &Tensor) -> Tensor {
-    (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0)
+pub fn position_ids(mask: &Tensor) -> Result<Tensor> {
+    f_position_ids(mask).map_err(|e| Error::backend("position ids", e))
 }
 
 fn f_position_ids(mask: &Tensor) -> Result<Tensor, TchError> {

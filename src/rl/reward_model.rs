@@ -138,11 +138,14 @@ impl RewardModel {
                 ),
             ));
         }
+        let score = score
+            .f_view([h])
+            .map_err(|e| Error::backend(format!("{name}: loading"), e))?;
         Ok(RewardModel {
             name,
             model,
             tokenizer,
-            score: score.view([h]),
+            score,
             pad_token_id,
             batch_size,
         })
