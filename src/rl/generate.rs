@@ -274,15 +274,14 @@ impl<'a> Decoder<'a> {
         let dev = self.model.device;
         let prompt_mask = self.mask.f_narrow(1, 0, w).map_err(self.backend())?;
         let pos = f_position_ids(&prompt_mask).map_err(self.backend())?;
-        let logits =
-            self.model
-                .forward(&self.prompt_ids, &prompt_mask, &pos, Some(&mut self.cache))?;
+        let ids = self.prompt_ids.shallow_clone();
+        let first = self.next_logits(&ids, &prompt_mask, &pos)?;
         let init = || -> Result<_, TchError> {
             let eos = Tensor::f_from_slice(&self.o.eos_ids)?.f_to_device(dev)?;
             let pad = Tensor::from(self.o.pad_id).f_to_device(dev)?;
             let finished = Tensor::f_zeros([b], (Kind::Bool, dev))?;
             Ok((
-                logits.f_select(1, -1)?,
+                first,
                 pos.f_select(1, -1)?.f_add_scalar(1)?,
                 eos,
                 pad,
@@ -303,21 +302,20 @@ impl<'a> Decoder<'a> {
             }
             let total = w + step + 1;
             let mask = self.mask.f_narrow(1, 0, total).map_err(self.backend())?;
-            let logits = if recompute_at == Some(self.cache.len()) {
+            last = if recompute_at == Some(self.cache.len()) {
                 self.recompute(step, &mask)?
             } else {
                 let ids = tok.f_view([b, 1]).map_err(self.backend())?;
                 let p = next_pos.f_view([b, 1]).map_err(self.backend())?;
-                self.model.forward(&ids, &mask, &p, Some(&mut self.cache))?
+                self.next_logits(&ids, &mask, &p)?
             };
-            last = logits.f_select(1, -1).map_err(self.backend())?;
             next_pos = next_pos.f_add_scalar(1).map_err(self.backend())?;
         }
         self.finish(prompt_mask)
     }
 
     /// Runs the whole sequence so far (prompts and the tokens of steps 0..=`step`) again into an
-    /// emptied cache (see `ModelConfig::cache_recompute_at`); returns its logits.
+    /// emptied cache (see `ModelConfig::cache_recompute_at`); returns the last position's logits.
     fn recompute(&mut self, step: i64, mask: &Tensor) -> Result<Tensor> {
         let inputs = || -> Result<_, TchError> {
             let ids = Tensor::f_cat(
@@ -328,7 +326,17 @@ impl<'a> Decoder<'a> {
         };
         let (ids, pos) = inputs().map_err(self.backend())?;
         self.cache.clear();
-        self.model.forward(&ids, mask, &pos, Some(&mut self.cache))
+        self.next_logits(&ids, mask, &pos)
+    }
+
+    /// Runs `ids` through the model into the cache; the logits `[batch, vocab]` of the last
+    /// position (the LM head only there: a prompt's other positions need no logits).
+    fn next_logits(&mut self, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let hidden = self
+            .model
+            .hidden_states_cached(ids, mask, pos, &mut self.cache)?;
+        let last = hidden.f_select(1, -1).map_err(self.backend())?;
+        self.model.logits_from_hidden(&last)
     }
 
     /// Samples step `step` from `last` and records it; returns the tokens `[batch]`.

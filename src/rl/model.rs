@@ -332,7 +332,7 @@ impl CausalLm {
     /// the prompt, or positions after a sequence ended); it covers the cached positions too.
     /// `position_ids` `[batch, t]`: each token's position in its own sequence (with left padding,
     /// `cumsum(mask) - 1`). With a cache, `input_ids` are appended after its `len()` positions
-    /// and the cache grows by `t`.
+    /// and the cache grows by `t`. Ids must lie in `0..vocab_size` (not checked on the device).
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -395,6 +395,18 @@ impl CausalLm {
         self.decode(input_ids, attention_mask, position_ids, None)
     }
 
+    /// As [`hidden_states`](Self::hidden_states), appending to `cache` as
+    /// [`forward`](Self::forward) does: generation applies the LM head to the last position only.
+    pub fn hidden_states_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        self.decode(input_ids, attention_mask, position_ids, Some(cache))
+    }
+
     /// Checks the inputs of a forward pass; returns (batch, t, past).
     fn check_inputs(
         &self,
@@ -446,24 +458,17 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let (b, t, past) =
             self.check_inputs(input_ids, attention_mask, position_ids, cache.as_deref())?;
-        let vocab = self.config.vocab_size as i64;
         let dev = self.device;
+        // Token ids are not range-checked here: that would read a flag back from the device at
+        // every decoding step. `generate`, `score` and the reward model check them on the host.
         let prepare = || -> Result<_, TchError> {
-            let ids = input_ids.f_to_device(dev)?;
-            let mask = attention_mask.f_to_device(dev)?;
-            let pos = position_ids.f_to_device(dev)?;
-            // An id outside the table would be a libtorch index error; clamp is not what the
-            // caller meant, so refuse (one reduction, on the device).
-            let out_of_range = ids.f_lt(0)?.f_logical_or(&ids.f_ge(vocab)?)?.f_any()?;
-            Ok((ids, mask, pos, out_of_range))
+            Ok((
+                input_ids.f_to_device(dev)?,
+                attention_mask.f_to_device(dev)?,
+                position_ids.f_to_device(dev)?,
+            ))
         };
-        let (ids, mask, pos, out_of_range) = prepare().map_err(self.backend("forward"))?;
-        if bool::try_from(&out_of_range).unwrap_or(true) {
-            return Err(Error::Internal(format!(
-                "model {}: a token id outside the vocabulary (0..{vocab})",
-                self.name
-            )));
-        }
+        let (ids, mask, pos) = prepare().map_err(self.backend("forward"))?;
         self.run_layers(&ids, &mask, &pos, past, (b, t), cache)
     }
 
