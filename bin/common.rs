@@ -215,7 +215,8 @@ pub fn run_merge(
     let progress = Progress::new(eng.quiet);
     let mut opened = Vec::with_capacity(inputs.len());
     for (spec, role) in inputs {
-        let ckpt = warp::io::open_spec(&spec, &progress)?;
+        let ckpt =
+            warp::hub::open_checkpoint(&spec, &warp::hub::HubOptions::from_env(), &progress)?;
         for w in &ckpt.warnings {
             progress.message(&format!("warning: {w}"));
         }
@@ -230,7 +231,6 @@ pub fn run_merge(
     if let Some(r) = report {
         warp::io::writer::check_destination(r, &paths)?;
     }
-    let allow_nonfinite = eng.allow_nonfinite || method.name() == "convert";
     let job = MergeJob {
         inputs: &opened,
         method,
@@ -239,7 +239,7 @@ pub fn run_merge(
         max_shard_size: out.max_shard_size,
         force: out.force,
         budget: eng.memory_budget,
-        allow_nonfinite,
+        allow_nonfinite: eng.allow_nonfinite,
     };
     let plan = Plan::new(&job)?;
     if eng.dry_run {

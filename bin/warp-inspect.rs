@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use warp::io::writer::human_bytes;
 
-/// Validate a checkpoint (every shard header, every offset, the index against the shards) and
-/// print one row per tensor: name, dtype, shape, bytes, shard; then totals. Exits non-zero with
-/// the reason when anything is wrong.
+/// Validate a checkpoint (every shard header, every offset, the index against the shards and its
+/// total_size, and every float value: no NaN or Inf) and print one row per tensor: name, dtype,
+/// shape, bytes, shard; then totals. Exits non-zero with the reason when anything is wrong.
 #[derive(Parser, Debug)]
 #[command(version, name = "warp-inspect")]
 struct Args {
@@ -24,10 +24,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     common::main_with("warp-inspect", || {
-        let ck = warp::io::open_spec(&args.checkpoint, &common::Progress::new(false))?;
-        for w in &ck.warnings {
-            eprintln!("warning: {w}");
-        }
+        let progress = common::Progress::new(false);
+        let hub = warp::hub::HubOptions::from_env();
+        let ck = warp::hub::open_checkpoint(&args.checkpoint, &hub, &progress)?;
+        ck.check_strict()?;
+        warp::io::verify::check_finite_values(&ck, &progress)?;
         let shard_name = |i: usize| {
             ck.shards[i]
                 .path

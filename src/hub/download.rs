@@ -43,6 +43,16 @@ pub fn resolve_checkpoint(
     }
 }
 
+/// Opens a checkpoint named on the command line: a local folder or `.safetensors` file, or a hub
+/// id `org/name[@revision]` downloaded into (or, offline, found in) the cache `opts` names.
+pub fn open_checkpoint(
+    spec: &str,
+    opts: &HubOptions,
+    reporter: &dyn Reporter,
+) -> Result<crate::io::Checkpoint> {
+    crate::io::Checkpoint::open(resolve_checkpoint(spec, opts, reporter)?)
+}
+
 /// `models--org--name` under the cache.
 fn repo_cache(opts: &HubOptions, id: &HubId) -> PathBuf {
     opts.cache_dir

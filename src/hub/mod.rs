@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use auth::token_from_env;
 pub use cli::{push_if_requested, PushToHubArgs};
-pub use download::{resolve_checkpoint, CHECKPOINT_FILES};
+pub use download::{open_checkpoint, resolve_checkpoint, CHECKPOINT_FILES};
 pub use repo_id::HubId;
 pub use upload::{push_folder, PushOutcome};
 

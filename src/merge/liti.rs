@@ -11,10 +11,13 @@ pub struct Liti {
 impl Liti {
     pub fn new(etas: Vec<f64>) -> Result<Liti> {
         if etas.is_empty() {
-            return Err(Error::Usage("give at least one --eta".into()));
+            return Err(Error::Usage("LITI needs at least one eta".into()));
         }
-        check_etas(&etas)?;
-        Ok(Liti { etas })
+        let liti = Liti {
+            etas: check_etas(&etas)?,
+        };
+        liti.validate(2)?;
+        Ok(liti)
     }
 }
 

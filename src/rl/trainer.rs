@@ -410,7 +410,8 @@ impl Trainer {
         } else {
             Kind::Float
         };
-        let ck = crate::io::open_spec(&cfg.model, reporter)?;
+        let ck =
+            crate::hub::open_checkpoint(&cfg.model, &crate::hub::HubOptions::from_env(), reporter)?;
         let model_dir = ck.dir.clone();
         let config = super::LlamaConfig::from_dir(&model_dir)?;
         let tok = Tokenizer::from_dir(&model_dir)?;
