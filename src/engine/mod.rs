@@ -137,7 +137,16 @@ pub fn run(
         reporter,
         guard: &guard,
     };
-    let report = match stream::stream(&cx, &mut outputs.sinks) {
+    let streamed = stream::stream(&cx, &mut outputs.sinks).and_then(|r| {
+        // A file changed after its last check but before its last read is seen here.
+        for i in job.inputs {
+            for s in &i.ckpt.shards {
+                s.check_unchanged()?;
+            }
+        }
+        Ok(r)
+    });
+    let report = match streamed {
         Ok(r) => r,
         Err(e) => {
             // Dropping the writers and the staging removes every temporary folder.

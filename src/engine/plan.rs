@@ -54,10 +54,13 @@ pub struct Plan {
 }
 
 /// Output buffers alive per output: one being filled, one queued, one being written.
-const BUFS_PER_OUTPUT: u64 = 3;
+pub(super) const BUFS_PER_OUTPUT: u64 = 3;
 /// Larger chunks buy no throughput (each is already MBs of sequential I/O per input) but cost
 /// memory: cap them so the default budget keeps peak RSS well under it.
 const MAX_CHUNK_ELEMS: usize = 4 << 20;
+/// The smallest chunk: below it, per-chunk costs (thread hand-offs, system calls) dominate while
+/// the memory it saves is small next to the inputs' page margins.
+const MIN_CHUNK_ELEMS: usize = 8 * GRAM_BLOCK;
 /// The smallest write buffer per output shard file (small budgets).
 const MIN_WRITE_BUF: u64 = 64 << 10;
 /// Memory of the program itself, outside the working memory: code, libraries, thread stacks,
@@ -96,7 +99,7 @@ impl Memory {
         let per_elem = n64 * max_in as u64 + BUFS_PER_OUTPUT * k64 * max_out as u64;
         let scratch = threads as u64 * (GRAM_BLOCK * (4 * (n + 1) + 8 * n)) as u64;
         let fixed_with = |write_buffer: u64| n64 * 2 * RELEASE_GRAIN + k64 * write_buffer + scratch;
-        let floor = fixed_with(MIN_WRITE_BUF) + GRAM_BLOCK as u64 * per_elem;
+        let floor = fixed_with(MIN_WRITE_BUF) + MIN_CHUNK_ELEMS as u64 * per_elem;
         let budget = requested.max(floor);
         // Larger write buffers (fewer system calls) from what the budget has beyond the floor,
         // at most half of that excess and 1/32 of the budget.
@@ -110,7 +113,7 @@ impl Memory {
         // 1 GiB that covers every matrix of a 7B-class model but the embeddings.
         let keep_bytes = if keeps { avail / 4 } else { 0 };
         let chunk_elems = (((avail - keep_bytes) / per_elem) as usize / GRAM_BLOCK * GRAM_BLOCK)
-            .clamp(GRAM_BLOCK, MAX_CHUNK_ELEMS);
+            .clamp(MIN_CHUNK_ELEMS, MAX_CHUNK_ELEMS);
         let largest_kept = tensor_bytes.filter(|&b| b <= keep_bytes).max().unwrap_or(0);
         Memory {
             budget,
@@ -262,7 +265,7 @@ mod tests {
         let floor = mem(1).floor;
         for b in [1, 64_000, 1_000_000, floor] {
             let m = mem(b);
-            assert_eq!((m.budget, m.chunk_elems), (floor, GRAM_BLOCK), "{b}");
+            assert_eq!((m.budget, m.chunk_elems), (floor, MIN_CHUNK_ELEMS), "{b}");
             assert!(m.peak <= floor, "{b}: {} > {floor}", m.peak);
         }
         // The floor is what the page margins, buffers and scratch need, nothing more.

@@ -17,6 +17,8 @@ pub(super) struct Sink {
     tx: Option<SyncSender<(Vec<u8>, usize)>>,
     back: Receiver<Vec<u8>>,
     handle: Option<JoinHandle<Result<CheckpointWriter>>>,
+    /// Buffers made so far; at most [`super::plan::BUFS_PER_OUTPUT`], then they are reused.
+    made: u64,
 }
 
 impl Sink {
@@ -34,14 +36,30 @@ impl Sink {
             tx: Some(tx),
             back,
             handle: Some(handle),
+            made: 0,
         }
     }
 
-    /// A buffer of at least `len` bytes: one the writer is done with, or a new one.
-    pub(super) fn buffer(&self, len: usize) -> Vec<u8> {
-        match self.back.try_recv() {
-            Ok(b) if b.len() >= len => b,
-            _ => vec![0u8; len],
+    /// A buffer of at least `len` bytes: one the writer is done with (waiting for one when all
+    /// are in use, so memory stays what the plan says), or a new one while there are fewer.
+    pub(super) fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let reused = match self.back.try_recv() {
+            Ok(b) => Some(b),
+            Err(_) if self.made >= super::plan::BUFS_PER_OUTPUT => self.back.recv().ok(),
+            Err(_) => None,
+        };
+        match reused {
+            Some(mut b) => {
+                if b.len() < len {
+                    b.resize(len, 0);
+                }
+                b
+            }
+            None => {
+                // Also when the writer stopped: the next send reports its error.
+                self.made += 1;
+                vec![0u8; len]
+            }
         }
     }
 

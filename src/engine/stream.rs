@@ -131,8 +131,8 @@ impl<'a> TensorInputs<'a> {
     }
 
     /// Starts reading the chunk after `range` in every input, to overlap disk reads with compute.
-    fn prefetch_next(&self, range: &Range<u64>, step: u64) {
-        for s in &self.sweeps {
+    fn prefetch_next(&mut self, range: &Range<u64>, step: u64) {
+        for s in &mut self.sweeps {
             s.prefetch(range.end..range.end + step);
         }
     }
@@ -150,10 +150,17 @@ impl<'a> TensorInputs<'a> {
         }
     }
 
-    /// Whether what was just read can be trusted: every page was readable, and no input file
-    /// was changed in place since it was opened.
-    fn check(&self, guard: &ReadGuard) -> Result<()> {
-        guard.check()?;
+    /// Whether every page just read could be read (a file truncated under its mapping reads as
+    /// zeros and is reported here): checked after each chunk, before its results are used.
+    fn check_readable(&self, guard: &ReadGuard) -> Result<()> {
+        guard.check()
+    }
+
+    /// Whether no input file was changed in place since it was opened. Checked after each
+    /// tensor, and for every file before the outputs are renamed into place: a change before a
+    /// file's last read is always seen (its results are then discarded); checking sooner only
+    /// stops a doomed run earlier.
+    fn check_unchanged(&self) -> Result<()> {
         for (i, t) in self.job.inputs.iter().zip(&self.infos) {
             i.ckpt.shards[t.shard].check_unchanged()?;
         }
@@ -199,7 +206,7 @@ fn tensor_gram(
         let slices = ins.slices(&range);
         partial.clear();
         let res = cx.backend.gram(t.dtype, &slices, &mut partial);
-        ins.check(cx.guard)?;
+        ins.check_readable(cx.guard)?;
         match res {
             Ok(()) => {}
             Err(nf) if !cx.job.allow_nonfinite => {
@@ -218,6 +225,7 @@ fn tensor_gram(
         }
         reporter.advance((range.end - range.start) * cx.job.inputs.len() as u64);
     }
+    ins.check_unchanged()?;
     if release {
         ins.finish();
     }
@@ -308,10 +316,10 @@ fn combine_tensor(
             ins.prefetch_next(&range, step);
         }
         let out_len = ((range.end - range.start) / es * oes) as usize;
-        let mut bufs: Vec<Vec<u8>> = sinks.iter().map(|s| s.buffer(out_len)).collect();
+        let mut bufs: Vec<Vec<u8>> = sinks.iter_mut().map(|s| s.buffer(out_len)).collect();
         let computed = combine_chunk(cx, t, &ins, &range, rows, &mut bufs, out_len);
         // Nothing computed from a chunk that was not read intact is used, errors included.
-        ins.check(cx.guard)?;
+        ins.check_readable(cx.guard)?;
         computed?;
         ins.done(range.end);
         for (s, b) in sinks.iter_mut().zip(bufs) {
@@ -320,6 +328,7 @@ fn combine_tensor(
         cx.reporter
             .advance((range.end - range.start) * cx.job.inputs.len() as u64);
     }
+    ins.check_unchanged()?;
     ins.finish();
     Ok(())
 }
@@ -355,7 +364,20 @@ fn combine_chunk(
             buf[..out_len].copy_from_slice(slices[*i]);
         }
     }
-    if rows.compute.is_empty() && !rows.check_inputs {
+    if rows.compute.is_empty() {
+        // Every output is a copy: nothing for the backend to compute, but the inputs may still
+        // have to be checked.
+        if rows.check_inputs {
+            for (n, x) in slices.iter().enumerate() {
+                if let Some(i) = first_nonfinite_par(t.dtype, x) {
+                    let nf = NonFinite {
+                        input: n,
+                        index: i as u64,
+                    };
+                    return Err(nonfinite_input(ins, &t.name, nf, range.start / es));
+                }
+            }
+        }
         return Ok(());
     }
     let mut outs: Vec<&mut [u8]> = bufs

@@ -304,6 +304,9 @@ pub fn first_nonfinite_par(dtype: DType, bytes: &[u8]) -> Option<usize> {
     const PIECE: usize = 1 << 20;
     let es = dtype.size();
     let piece = PIECE / es * es;
+    if bytes.len() <= piece {
+        return first_nonfinite(dtype, bytes);
+    }
     bytes
         .par_chunks(piece)
         .enumerate()

@@ -103,8 +103,10 @@ impl Shard {
         if (now.dev, now.ino) != (self.stamp.dev, self.stamp.ino) || now == self.stamp {
             return Ok(());
         }
-        let what = if now.len != self.stamp.len {
-            format!("its size went from {} to {} bytes", self.stamp.len, now.len)
+        let what = if now.len < self.stamp.len {
+            format!("truncated from {} to {} bytes", self.stamp.len, now.len)
+        } else if now.len > self.stamp.len {
+            format!("grown from {} to {} bytes", self.stamp.len, now.len)
         } else {
             "it was modified in place".to_string()
         };
@@ -400,6 +402,8 @@ pub struct Sweep<'a> {
     t: &'a TensorInfo,
     /// File offset up to which pages were released (a multiple of the grain).
     released: u64,
+    /// Tensor offset up to which a read-ahead was asked for.
+    prefetched: u64,
 }
 
 impl<'a> Sweep<'a> {
@@ -408,6 +412,7 @@ impl<'a> Sweep<'a> {
             ck,
             t,
             released: t.offset / RELEASE_GRAIN * RELEASE_GRAIN,
+            prefetched: 0,
         }
     }
 
@@ -417,12 +422,17 @@ impl<'a> Sweep<'a> {
     }
 
     /// Asks the kernel to start reading `range` now (MADV_WILLNEED: page cache only, nothing is
-    /// mapped), so the disk works on the next chunk while this one is computed.
-    pub fn prefetch(&self, range: Range<u64>) {
-        let end = range.end.min(self.t.nbytes);
-        if range.start < end {
-            self.ck.prefetch(self.t, range.start..end);
+    /// mapped), so the disk works on the next chunk while this one is computed. Ranges already
+    /// asked for are not asked again, and small ones are widened to a grain (one system call per
+    /// grain at most).
+    pub fn prefetch(&mut self, range: Range<u64>) {
+        let start = range.start.max(self.prefetched);
+        if start >= range.end.min(self.t.nbytes) {
+            return;
         }
+        let end = range.end.max(start + RELEASE_GRAIN).min(self.t.nbytes);
+        self.ck.prefetch(self.t, start..end);
+        self.prefetched = end;
     }
 
     /// The tensor's bytes before `upto` (relative) are processed: releases the whole grains

@@ -26,7 +26,6 @@ pub fn check_finite_values(ck: &Checkpoint, reporter: &dyn Reporter) -> Result<(
             sweep.prefetch(range.end..range.end + step);
             let found = first_nonfinite_par(t.dtype, sweep.bytes(range.clone()));
             guard.check()?;
-            shard.check_unchanged()?;
             if let Some(i) = found {
                 return Err(Error::tensor(
                     &shard.path,
@@ -41,6 +40,7 @@ pub fn check_finite_values(ck: &Checkpoint, reporter: &dyn Reporter) -> Result<(
             reporter.advance(range.end - range.start);
         }
         sweep.finish();
+        shard.check_unchanged()?;
     }
     reporter.finish();
     Ok(())

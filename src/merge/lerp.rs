@@ -1,6 +1,6 @@
 //! LERP / task arithmetic: θinit + Σ λm·δm (λm = 1/M by default), with fused LITI points.
 
-use super::{check_etas, check_rows, eta_outputs, extrapolation_note, liti_rows, Gram, Method};
+use super::{check_etas, check_liti, eta_outputs, extrapolation_note, liti_rows, Gram, Method};
 use crate::error::{Error, Result};
 
 pub struct Lerp {
@@ -46,7 +46,13 @@ impl Method for Lerp {
         serde_json::json!({ "method": "lerp", "weights": self.weights, "eta": self.etas })
     }
     fn validate(&self, inputs: usize) -> Result<()> {
-        check_rows(&self.coefficients(None)?, inputs)
+        if inputs != self.weights.len() + 1 {
+            return Err(Error::Internal(format!(
+                "LERP of {} models given {inputs} inputs",
+                self.weights.len()
+            )));
+        }
+        check_liti(&self.weights, &self.etas)
     }
     fn notes(&self, k: usize) -> Vec<String> {
         self.etas

@@ -141,6 +141,20 @@ pub fn liti_rows(a: &[f64], etas: &[f64]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// Checks the fused-LITI rows of merge weights `a` (over the task vectors) at each η (or the
+/// merge itself when there is none), naming the η or the weights that overflow.
+pub fn check_liti(a: &[f64], etas: &[f64]) -> Result<()> {
+    if etas.is_empty() {
+        return check_rows(&liti_rows(a, &[]), a.len() + 1)
+            .map_err(|e| Error::Usage(format!("weights {a:?}: {e}")));
+    }
+    for &eta in etas {
+        check_rows(&liti_rows(a, &[eta]), a.len() + 1)
+            .map_err(|e| Error::Usage(format!("eta {eta}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Output names for a list of η (just the destination when none is given).
 pub fn eta_outputs(etas: &[f64]) -> Vec<String> {
     if etas.is_empty() {
