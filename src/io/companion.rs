@@ -93,12 +93,10 @@ fn config_with_dtype(bytes: &[u8], d: DType) -> Option<Vec<u8>> {
             };
             match val {
                 serde_json::Value::String(s)
-                    if (k == "torch_dtype" || k == "dtype") && is_float_name(s) =>
+                    if (k == "torch_dtype" || k == "dtype") && is_float_name(s) && s != to =>
                 {
-                    if s != to {
-                        *s = to.to_string();
-                        *changed = true;
-                    }
+                    *s = to.to_string();
+                    *changed = true;
                 }
                 serde_json::Value::Object(_) => visit(val, to, changed),
                 _ => {}

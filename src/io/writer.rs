@@ -90,7 +90,7 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         }
     };
     let bytes = value * mult as f64;
-    if !(bytes >= 1.0) {
+    if bytes.is_nan() || bytes < 1.0 {
         return Err(format!("size '{s}' must be at least 1 byte"));
     }
     // u64::MAX as f64 rounds up to 2^64, which is not a u64.
