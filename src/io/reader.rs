@@ -591,6 +591,96 @@ pub fn parse_index(text: &str, path: &Path) -> Result<Index> {
 mod tests {
     use super::*;
 
+    /// A folder with three small shards (tensors a, b | c | d) for index files to point into.
+    fn shard_folder() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let shard = |file: &str, names: &[&str]| {
+            let entries: Vec<header::Entry> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| header::Entry {
+                    name: n.to_string(),
+                    dtype: DType::F32,
+                    shape: vec![2],
+                    begin: 8 * i as u64,
+                    end: 8 * i as u64 + 8,
+                })
+                .collect();
+            let mut f = header::serialize(&entries, &BTreeMap::new());
+            f.extend(std::iter::repeat_n(1u8, 8 * names.len()));
+            std::fs::write(d.path().join(file), f).unwrap();
+        };
+        shard("s1.safetensors", &["a", "b"]);
+        shard("s2.safetensors", &["c"]);
+        shard("s3.safetensors", &["d"]);
+        d
+    }
+
+    const VALID_INDEX: &str = r#"{"metadata": {"total_size": 32}, "weight_map": {"a": "s1.safetensors", "b": "s1.safetensors", "c": "s2.safetensors", "d": "s3.safetensors"}}"#;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
+
+        // Mutated index files over real shards: never a panic; whatever opens is consistent —
+        // every tensor of the weight map is in the shard it names, every tensor of the opened
+        // shards is in the weight map, and a total_size that disagrees is reported.
+        #[test]
+        fn mutated_index_files_open_consistently_or_not_at_all(
+            edits in proptest::collection::vec(
+                (0u8..5, proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                1..4),
+        ) {
+            thread_local!(static DIR: tempfile::TempDir = shard_folder());
+            let mut text = VALID_INDEX.as_bytes().to_vec();
+            for (kind, pos, byte) in edits {
+                let at = pos % text.len().max(1);
+                match kind {
+                    0 => text[at] = byte,
+                    1 => text.insert(at, byte),
+                    2 => { text.remove(at); }
+                    3 => {
+                        // Point a tensor at another shard, or a shard at another name.
+                        if let Some(i) = (at..text.len()).find(|&i| text[i].is_ascii_digit()) {
+                            text[i] = b'0' + byte % 5;
+                        }
+                    }
+                    _ => text[at] = b"{}[],:\"ab"[usize::from(byte) % 9],
+                }
+            }
+            DIR.with(|d| {
+                let dir = d.path();
+                std::fs::write(dir.join(INDEX_FILE), &text).unwrap();
+                if let Ok(ck) = Checkpoint::open(dir) {
+                    let idx = parse_index(std::str::from_utf8(&text).unwrap(), dir).unwrap();
+                    proptest::prop_assert_eq!(ck.tensors().len(), idx.weight_map.len());
+                    for (name, file) in &idx.weight_map {
+                        let t = ck.get(name);
+                        proptest::prop_assert!(t.is_some(), "{name} missing");
+                        let shard = &ck.shards[t.unwrap().shard].path;
+                        proptest::prop_assert_eq!(shard.file_name().unwrap().to_str().unwrap(), file);
+                    }
+                    let sum = ck.total_bytes();
+                    let warned = ck.warnings.iter().any(|w| w.msg.contains("total_size"));
+                    proptest::prop_assert_eq!(
+                        warned,
+                        idx.total_size.is_some_and(|t| t != sum) || !idx.warnings.is_empty()
+                    );
+                    proptest::prop_assert_eq!(ck.check_strict().is_err(), warned);
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn the_valid_index_opens() {
+        let d = shard_folder();
+        std::fs::write(d.path().join(INDEX_FILE), VALID_INDEX).unwrap();
+        let ck = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(ck.tensors().len(), 4);
+        assert!(ck.warnings.is_empty() && ck.check_strict().is_ok());
+    }
+
     #[test]
     fn chunks_cover_exactly_in_whole_elements() {
         let c: Vec<_> = chunks(10 * 4, 4, 12).collect();
