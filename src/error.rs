@@ -30,9 +30,9 @@ pub enum Error {
     /// Bad command-line arguments or options.
     #[error("{0}")]
     Usage(String),
-    /// Hugging Face hub: download, upload, protocol.
+    /// Hugging Face hub: download, upload, protocol (typed: HTTP status, hub error code, URL).
     #[error("hub: {0}")]
-    Hub(String),
+    Hub(crate::hub::HubError),
     /// The compute backend (libtorch, CUDA) failed: `context` says what was being done (the
     /// model, the operation), `msg` what the backend said.
     #[error("{context}: {msg}")]

@@ -7,7 +7,7 @@
 use super::http::{encode_path, encode_segment, CallError, Client};
 use super::lfs::{self, parse_batch, transfer_all, Upload, LFS_CONTENT_TYPE};
 use super::repo_id::check_repo_id;
-use super::{PushOptions, RetryPolicy};
+use super::{HubError, PushOptions, RetryPolicy};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Reporter;
 use base64::Engine;
@@ -79,11 +79,13 @@ pub fn push_folder(
 ) -> Result<PushOutcome> {
     check_repo_id(repo_id)?;
     if opts.revision.trim().is_empty() {
-        return Err(Error::Usage("--revision must not be empty".into()));
+        return Err(Error::Usage(
+            "the revision to push to must not be empty".into(),
+        ));
     }
     let token = opts.token.clone().ok_or_else(|| {
         Error::Usage(
-            "pushing needs a hub token: pass --token, set HF_TOKEN, or log in with `hf auth login`"
+            "pushing needs a hub token: give one, set HF_TOKEN, or log in with `hf auth login`"
                 .into(),
         )
     })?;
@@ -129,10 +131,10 @@ pub fn push_folder(
     let mut modes = Vec::with_capacity(files.len());
     for f in &files {
         let r = remote.remove(&f.path_in_repo).ok_or_else(|| {
-            Error::Hub(format!(
+            Error::from(HubError::protocol(format!(
                 "preupload: the hub did not answer for '{}'",
                 f.path_in_repo
-            ))
+            )))
         })?;
         // Empty files cannot be LFS objects (storage refuses empty PUTs): commit them inline.
         let mode = if f.size == 0 { Mode::Regular } else { r.mode };
@@ -182,14 +184,15 @@ pub fn push_folder(
             .map_err(|e| e.into_error(&what))?;
         let objects = parse_batch(&answer, &ep)?;
         for (oid, size, i) in chunk {
-            let obj = objects
-                .iter()
-                .find(|o| o.oid == *oid)
-                .ok_or_else(|| Error::Hub(format!("LFS batch: no answer for object {oid}")))?;
+            let obj = objects.iter().find(|o| o.oid == *oid).ok_or_else(|| {
+                Error::from(HubError::protocol(format!(
+                    "LFS batch: no answer for object {oid}"
+                )))
+            })?;
             if obj.size != *size {
-                return Err(Error::Hub(format!(
+                return Err(Error::from(HubError::protocol(format!(
                     "LFS batch: size mismatch for object {oid}"
-                )));
+                ))));
             }
             if obj.upload.is_none() {
                 already += 1;
@@ -409,22 +412,26 @@ fn parse_preupload(answer: &Value, out: &mut BTreeMap<String, Remote>) -> Result
     let files = answer
         .get("files")
         .and_then(Value::as_array)
-        .ok_or_else(|| Error::Hub("preupload: malformed answer (no 'files')".into()))?;
+        .ok_or_else(|| {
+            Error::from(HubError::protocol(
+                "preupload: malformed answer (no 'files')",
+            ))
+        })?;
     for f in files {
         let path = f.get("path").and_then(Value::as_str);
         let mode = match f.get("uploadMode").and_then(Value::as_str) {
             Some("lfs") => Mode::Lfs,
             Some("regular") => Mode::Regular,
             other => {
-                return Err(Error::Hub(format!(
+                return Err(Error::from(HubError::protocol(format!(
                     "preupload: unsupported upload mode {other:?} (only 'lfs' and 'regular' are spoken)"
-                )))
+                ))))
             }
         };
         let Some(path) = path else {
-            return Err(Error::Hub(
-                "preupload: malformed answer (file without path)".into(),
-            ));
+            return Err(Error::from(HubError::protocol(
+                "preupload: malformed answer (file without path)",
+            )));
         };
         out.insert(
             path.to_string(),
@@ -499,7 +506,7 @@ fn read_regular(path: &Path, reporter: &dyn Reporter) -> Result<Hashed> {
     let mut h = Sha1::new();
     h.update(format!("blob {}\0", content.len()).as_bytes());
     h.update(&content);
-    let oid = lfs::hex(&h.finalize());
+    let oid = crate::io::hex(&h.finalize());
     Ok(Hashed::Regular(content, oid))
 }
 
@@ -555,7 +562,7 @@ fn commit(
         opts.revision
     ));
     let resp = client
-        .call_with(&policy, &what, reporter, |_| {
+        .call_with(&policy, &what, &url, reporter, |_| {
             Ok(client
                 .request("POST", &url)
                 .set("Content-Type", "application/x-ndjson")
@@ -566,22 +573,24 @@ fn commit(
             CallError::Http(f)
                 if f.ambiguous_earlier_attempt && matches!(f.status, Some(409 | 412)) =>
             {
-                Error::Hub(format!(
-                    "{what}: HTTP {}: {} (an earlier attempt whose answer was lost may have been \
-                     applied: check {}/{repo_id}/commits/{})",
-                    f.status.unwrap_or(0),
-                    f.detail,
+                Error::from(f.to_hub_error(&what).hint(format!(
+                    " (an earlier attempt whose answer was lost may have been applied: check \
+                     {}/{repo_id}/commits/{})",
                     client.endpoint(),
                     encode_path(&opts.revision)
-                ))
+                )))
             }
             e => e.into_error(&what),
         })?;
-    let answer = super::http::read_json(resp).map_err(|f| f.into_error(&what))?;
+    let answer = super::http::read_json(resp, &url).map_err(|f| f.into_error(&what))?;
     let oid = answer
         .get("commitOid")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::Hub(format!("{what}: answer without commitOid")))?
+        .ok_or_else(|| {
+            Error::from(HubError::protocol(format!(
+                "{what}: answer without commitOid"
+            )))
+        })?
         .to_string();
     let url = answer
         .get("commitUrl")
