@@ -32,7 +32,7 @@ pub enum Error {
     Usage(String),
     /// Hugging Face hub: download, upload, protocol (typed: HTTP status, hub error code, URL).
     #[error("hub: {0}")]
-    Hub(crate::hub::HubError),
+    Hub(Box<crate::hub::HubError>),
     /// The compute backend (libtorch, CUDA) failed: `context` says what was being done (the
     /// model, the operation), `msg` what the backend said.
     #[error("{context}: {msg}")]

@@ -195,35 +195,7 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
         .map_err(|e| api_error(id, &format!("download {file}"), e))
     };
 
-    let mut files: Vec<String> = Vec::new();
-    if present.contains(INDEX) {
-        let index = fetch(INDEX)?;
-        let shards = index_shards(&index)?;
-        for s in &shards {
-            if !present.contains(s.as_str()) {
-                return Err(HubError::protocol(format!(
-                    "{id}: {INDEX} names {s}, which the repo does not contain"
-                ))
-                .into());
-            }
-        }
-        files.extend(shards);
-    } else if present.contains(SINGLE) {
-        files.push(SINGLE.to_string());
-    } else {
-        let some: Vec<&str> = present.iter().take(8).copied().collect();
-        return Err(HubError::protocol(format!(
-            "{id}: no {SINGLE} or {INDEX} in the repo (it has: {})",
-            some.join(", ")
-        ))
-        .into());
-    }
-    files.extend(
-        CHECKPOINT_FILES
-            .iter()
-            .filter(|f| present.contains(**f))
-            .map(|f| f.to_string()),
-    );
+    let files = files_to_fetch(id, &present, &fetch)?;
     for f in &files {
         fetch(f)?;
     }
@@ -244,6 +216,43 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
         .into());
     }
     Ok(snap)
+}
+
+/// What a merge needs from a repo listing `present`: the weights (the index, fetched with
+/// `fetch` to learn its shards, or the single file) and the config and tokenizer files there.
+fn files_to_fetch(
+    id: &HubId,
+    present: &BTreeSet<&str>,
+    fetch: &dyn Fn(&str) -> Result<PathBuf>,
+) -> Result<Vec<String>> {
+    let mut files: Vec<String> = Vec::new();
+    if present.contains(INDEX) {
+        let index = fetch(INDEX)?;
+        let shards = index_shards(&index)?;
+        if let Some(s) = shards.iter().find(|s| !present.contains(s.as_str())) {
+            return Err(HubError::protocol(format!(
+                "{id}: {INDEX} names {s}, which the repo does not contain"
+            ))
+            .into());
+        }
+        files.extend(shards);
+    } else if present.contains(SINGLE) {
+        files.push(SINGLE.to_string());
+    } else {
+        let some: Vec<&str> = present.iter().take(8).copied().collect();
+        return Err(HubError::protocol(format!(
+            "{id}: no {SINGLE} or {INDEX} in the repo (it has: {})",
+            some.join(", ")
+        ))
+        .into());
+    }
+    files.extend(
+        CHECKPOINT_FILES
+            .iter()
+            .filter(|f| present.contains(**f))
+            .map(|f| f.to_string()),
+    );
+    Ok(files)
 }
 
 fn write_ref(path: &Path, sha: &str) -> Result<()> {

@@ -113,7 +113,7 @@ impl std::error::Error for HubError {}
 
 impl From<HubError> for crate::Error {
     fn from(e: HubError) -> crate::Error {
-        crate::Error::Hub(e)
+        crate::Error::Hub(Box::new(e))
     }
 }
 

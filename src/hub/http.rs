@@ -185,7 +185,7 @@ impl HttpFailure {
     }
 
     pub fn into_error(self, what: &str) -> Error {
-        Error::Hub(self.to_hub_error(what))
+        self.to_hub_error(what).into()
     }
 }
 

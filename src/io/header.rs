@@ -423,8 +423,11 @@ mod tests {
         }
     }
 
-    /// What a header says about its tensors, in a form both parsers can be compared on.
-    fn views(file: &[u8]) -> Option<Vec<(String, String, Vec<usize>, Vec<u8>)>> {
+    /// A tensor as both parsers can be compared on: name, dtype, shape, data bytes.
+    type View = (String, String, Vec<usize>, Vec<u8>);
+
+    /// What a header says about its tensors.
+    fn views(file: &[u8]) -> Option<Vec<View>> {
         let n = header_len(file, file.len() as u64).ok()?;
         let h = parse(&file[8..8 + n as usize], n, file.len() as u64 - 8 - n).ok()?;
         let data = &file[h.data_start() as usize..];
