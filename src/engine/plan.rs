@@ -163,7 +163,9 @@ impl Plan {
             (n, k),
             (max_in, max_out),
             rayon::current_num_threads(),
-            needs_gram,
+            // Only per-tensor statistics keep a tensor mapped between its two passes (grouped
+            // ones make a statistics pass over everything first).
+            needs_gram && job.method.grouping() == Grouping::Tensor,
             base.tensors().iter().map(|t| t.nbytes * n as u64),
         );
         let mut notes = Vec::new();

@@ -2,9 +2,10 @@
 //! statistics pass (Gram of the task vectors, f64, fixed block order), then the combine pass
 //! writing K outputs, chunk by chunk from the mapped inputs.
 //!
-//! Every chunk is checked before anything computed from it leaves this module: the inputs were
-//! readable and unchanged (see `io::guard` and `Shard::check_unchanged`), they hold no NaN/Inf
-//! (unless allowed), and so do the outputs.
+//! Every chunk is checked before anything computed from it leaves this module: its input pages
+//! could all be read (`io::guard`), the inputs hold no NaN/Inf (unless allowed), and so do the
+//! outputs. Every input file is checked unchanged since it was opened after each tensor, and
+//! once more before the outputs are renamed into place (`Shard::check_unchanged`).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -43,17 +44,18 @@ pub(super) fn stream(cx: &Ctx, sinks: &mut [Sink]) -> Result<Option<serde_json::
     let method = cx.job.method;
     let needs_gram = method.needs_gram();
     let mut stats = Stats::default();
+    let per_tensor = method.grouping() == Grouping::Tensor;
     // Grouped angles need every tensor of a group before any of it can be combined.
-    if needs_gram && method.grouping() != Grouping::Tensor {
+    if needs_gram && !per_tensor {
         statistics_pass(cx, &mut stats)?;
     }
     cx.reporter
         .start(method.name(), input_bytes(cx, cx.plan.tensors.iter()));
     for t in &cx.plan.tensors {
         let ins = TensorInputs::new(cx.job, &t.name)?;
-        // A tensor that fits the keep budget stays mapped between the two passes (read once);
+        // A tensor that fits the keep budget stays mapped between its two passes (read once);
         // larger ones drop each chunk as soon as it is done, so memory stays within the budget.
-        let keep = needs_gram && ins.bytes() <= cx.plan.keep_bytes;
+        let keep = needs_gram && per_tensor && ins.bytes() <= cx.plan.keep_bytes;
         let rows = coefficient_rows(cx, t, keep, &mut stats)?;
         combine_tensor(cx, t, ins, &rows, keep, sinks)?;
     }
