@@ -496,7 +496,9 @@ fn an_input_rewritten_in_place_mid_run_is_a_clear_error() {
     args.extend_from_slice(SLOW);
     let child = spawn("warp-convert", &args, d.path());
     wait_for_temp(d.path());
-    // Same size, other bytes: no read fails, but the result would mix two versions.
+    // Same size, other bytes: no read fails, but the result would mix two versions. (A pause
+    // first: the check compares modification times, which have the clock tick's granularity.)
+    std::thread::sleep(std::time::Duration::from_millis(30));
     use std::io::{Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
         .write(true)

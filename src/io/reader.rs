@@ -389,9 +389,10 @@ impl Checkpoint {
 
 /// Granularity of page release: the largest page-cache folio (a 2 MiB huge page on x86-64).
 /// A fault on any page of a large folio maps the whole folio into the process, so pages released
-/// one chunk at a time inside a folio come back with the next chunk's fault and pile up (a
-/// kernel behaviour measured here: 16 KiB chunks kept the whole file resident). Releasing only
-/// whole aligned 2 MiB blocks behind the reader cannot be undone that way.
+/// one chunk at a time inside a folio come back with the next chunk's fault and pile up
+/// (`bench/folio_release.py` shows it: 16 KiB chunks released one by one left 407 of 512 MiB
+/// mapped). Releasing only whole aligned 2 MiB blocks behind the reader cannot be undone that
+/// way.
 pub const RELEASE_GRAIN: u64 = 2 << 20;
 
 /// Reads one tensor of one checkpoint front to back, giving the mapped pages behind the reader

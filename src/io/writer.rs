@@ -214,12 +214,17 @@ impl Staging {
         let tag = format!("{}-{}", std::process::id(), unique());
         staging.tmp = parent.join(format!(".{}{TMP_TAG}{tag}", name.to_string_lossy()));
         fs::create_dir(&staging.tmp).at(&staging.tmp)?;
-        let lock_path = staging.tmp.join(LOCK_FILE);
-        let lock = File::create(&lock_path).at(&lock_path)?;
+        // The lock file appears already locked (made aside, then renamed): a reclaimer never
+        // finds it unlocked while this process lives. Until then, the folder has no lock file
+        // and is judged by its pid, which is alive.
+        let aside = staging.tmp.join(format!("{LOCK_FILE}.new"));
+        let lock = File::create(&aside).at(&aside)?;
         // SAFETY: flock on a file descriptor this function owns.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
+            return Err(Error::io(&aside, std::io::Error::last_os_error()));
         }
+        let lock_path = staging.tmp.join(LOCK_FILE);
+        fs::rename(&aside, &lock_path).at(&lock_path)?;
         staging.lock = Some(lock);
         Ok(staging)
     }
