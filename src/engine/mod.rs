@@ -21,7 +21,8 @@ mod stream;
 
 use std::path::PathBuf;
 
-pub use backend::{backend_for, Backend, Device, NonFinite, GRAM_BLOCK};
+pub use crate::device::Device;
+pub use backend::{backend_for, Backend, NonFinite, GRAM_BLOCK};
 pub use plan::{Plan, PlannedTensor, PROGRAM_BYTES};
 
 use crate::error::{Error, Result};

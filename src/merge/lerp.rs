@@ -17,13 +17,16 @@ impl Lerp {
             weights
         };
         if weights.len() != m {
-            return Err(Error::Usage(format!(
-                "{} weight values for {m} models: give one per model or none",
-                weights.len()
-            )));
+            return Err(Error::setting(
+                "weights",
+                format!(
+                    "{} values for {m} models: give one per model or none",
+                    weights.len()
+                ),
+            ));
         }
         if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
-            return Err(Error::Usage(format!("weight {w}: must be finite")));
+            return Err(Error::setting("weights", format!("{w}: must be finite")));
         }
         let etas = check_etas(&etas)?;
         let lerp = Lerp { weights, etas };

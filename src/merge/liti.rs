@@ -11,7 +11,7 @@ pub struct Liti {
 impl Liti {
     pub fn new(etas: Vec<f64>) -> Result<Liti> {
         if etas.is_empty() {
-            return Err(Error::Usage("LITI needs at least one eta".into()));
+            return Err(Error::setting("etas", "LITI needs at least one value"));
         }
         let liti = Liti {
             etas: check_etas(&etas)?,

@@ -142,15 +142,16 @@ pub fn liti_rows(a: &[f64], etas: &[f64]) -> Vec<Vec<f64>> {
 }
 
 /// Checks the fused-LITI rows of merge weights `a` (over the task vectors) at each η (or the
-/// merge itself when there is none), naming the η or the weights that overflow.
+/// merge itself when there is none), naming the η or the weights that overflow. Errors name the
+/// settings by their field (`etas`, `weights`), which the CLI shows as its flags.
 pub fn check_liti(a: &[f64], etas: &[f64]) -> Result<()> {
     if etas.is_empty() {
         return check_rows(&liti_rows(a, &[]), a.len() + 1)
-            .map_err(|e| Error::Usage(format!("weights {a:?}: {e}")));
+            .map_err(|e| Error::setting("weights", format!("{a:?}: {e}")));
     }
     for &eta in etas {
         check_rows(&liti_rows(a, &[eta]), a.len() + 1)
-            .map_err(|e| Error::Usage(format!("eta {eta}: {e}")))?;
+            .map_err(|e| Error::setting("etas", format!("{eta}: {e}")))?;
     }
     Ok(())
 }
@@ -171,17 +172,18 @@ pub fn check_etas(etas: &[f64]) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(etas.len());
     for &e in etas {
         if !e.is_finite() || e < 0.0 {
-            return Err(Error::Usage(format!(
-                "eta {e}: must be a finite number ≥ 0"
-            )));
+            return Err(Error::setting(
+                "etas",
+                format!("{e}: must be a finite number ≥ 0"),
+            ));
         }
         // −0 + 0 is +0 in IEEE arithmetic; every other value is unchanged.
         let e = e + 0.0;
         if !names.insert(eta_name(e)) {
-            return Err(Error::Usage(format!(
-                "eta {e}: given twice (both would be written to {})",
-                eta_name(e)
-            )));
+            return Err(Error::setting(
+                "etas",
+                format!("{e} given twice (both would be written to {})", eta_name(e)),
+            ));
         }
         out.push(e);
     }

@@ -41,9 +41,10 @@ impl Slerp {
             ));
         }
         if !(threshold > 0.0 && threshold <= 1.0) {
-            return Err(Error::Usage(format!(
-                "lerp_threshold {threshold}: must be in (0, 1]"
-            )));
+            return Err(Error::setting(
+                "lerp_threshold",
+                format!("{threshold}: must be in (0, 1]"),
+            ));
         }
         let slerp = Slerp {
             m,
@@ -151,14 +152,17 @@ impl Method for Slerp {
         for &eta in &self.etas {
             let worst = [eta * bound, 1.0 + eta * bound];
             if worst.iter().any(|c| !(*c as f32).is_finite()) {
-                return Err(Error::Usage(format!(
-                    "eta {eta}: SLERP coefficients of {} models (lerp_threshold {}) reach up to \
-                     {bound:.3e}, so this eta takes them beyond the f32 range (±{:e}) the merge \
-                     computes in",
-                    self.m,
-                    self.threshold,
-                    f32::MAX
-                )));
+                return Err(Error::setting(
+                    "etas",
+                    format!(
+                        "{eta}: SLERP coefficients of {} models (LERP threshold {}) reach up to \
+                         {bound:.3e}, so this η takes them beyond the f32 range (±{:e}) the \
+                         merge computes in",
+                        self.m,
+                        self.threshold,
+                        f32::MAX
+                    ),
+                ));
             }
         }
         Ok(())
