@@ -1,6 +1,7 @@
 //! RL side of WARP (feature `rl`, libtorch through tch): the Llama-family policy model, its
 //! tokenizer, batched sampling with a KV cache, scoring, the built-in task and its supervised
 //! model (`warp-sft`). See docs/RL.md.
+pub mod chat;
 pub mod config;
 pub mod data;
 pub mod eval;
@@ -13,6 +14,7 @@ pub mod reward_model;
 pub mod rng;
 pub mod sft;
 pub mod task;
+pub mod textgen;
 pub mod tokenizer;
 pub mod trainer;
 
