@@ -61,6 +61,20 @@ impl std::fmt::Display for TemplateChoice {
     }
 }
 
+/// Written as the string `auto`, `none` or the file, as on the command line.
+impl serde::Serialize for TemplateChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TemplateChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A template's text and where it came from.
 #[derive(Debug, Clone)]
 pub struct TemplateSource {
@@ -753,5 +767,17 @@ mod tests {
             rewrite_generation_tags("{% generations %}"),
             "{% generations %}"
         );
+    }
+
+    #[test]
+    fn template_choice_round_trips_as_a_string() {
+        for s in ["auto", "none", "templates/chat.jinja"] {
+            let c: TemplateChoice = s.parse().unwrap();
+            assert_eq!(c.to_string(), s);
+            let j = serde_json::to_string(&c).unwrap();
+            assert_eq!(j, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<TemplateChoice>(&j).unwrap(), c);
+        }
+        assert!(serde_json::from_str::<TemplateChoice>("\"\"").is_err());
     }
 }
