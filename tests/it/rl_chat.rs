@@ -5,7 +5,7 @@
 //! (tests/ref/chat/*.jinja) were written for these tests in the shapes Llama 3, Gemma and Qwen use.
 #![cfg(feature = "rl")]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
