@@ -42,6 +42,29 @@ impl Prompt {
         }
     }
 
+    /// The plain text; for a conversation the text of its last user message (string content, or
+    /// the `text` of its content blocks joined), empty if it has none. What rewards that read
+    /// plain text (`verify:`) see of a conversation.
+    pub fn user_text(&self) -> String {
+        match self {
+            Prompt::Text(s) => s.clone(),
+            Prompt::Messages(m) => m
+                .iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .map(|m| match m.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(blocks)) => blocks
+                        .iter()
+                        .filter_map(|b| b.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join(""),
+                    _ => String::new(),
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// The plain text, or `None` for a conversation.
     pub fn as_text(&self) -> Option<&str> {
         match self {

@@ -753,3 +753,186 @@ fn greedy_generation_matches_transformers() {
         assert!(generate_texts(&model, &tok, &ids_in, &bad, |_| Ok(())).is_err());
     }
 }
+
+/// The commands: `warp generate --greedy` (the real binary) on a tiny Llama made by transformers
+/// returns transformers' greedy tokens for --prompt (plain and --chat) and --prompts lines
+/// (conversation and plain), with clear errors for bad input; `warp rl` trains on conversation
+/// lines and `warp eval` measures on them, both handing the conversation to a `cmd:` reward.
+#[test]
+fn warp_generate_rl_and_eval_take_conversations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let dir = d.join("m");
+    let conv = conversations()[0].clone();
+    let prompts = d.join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        format!(
+            "{}\n{}\n",
+            json!({"messages": conv}),
+            json!({"prompt": "Hello there"})
+        ),
+    )
+    .unwrap();
+    let n = 10;
+    let user = json!([msg("user", "What is 2+2?")]);
+    let responses = batch(vec![
+        make(&dir, &LLAMA3, &[("default", "llama3")], "jinja"),
+        json!({"cmd": "model", "dir": dir, "seed": 5,
+               "eos_tokens": ["<|end_of_text|>", "<|eot_id|>"]}),
+        json!({"cmd": "generate", "dir": dir, "max_new_tokens": n, "prompts": [
+            {"prompt": "Hello there"}, {"messages": user}, {"messages": conv},
+            {"prompt": "Hello there"}]}),
+    ]);
+    let theirs = &responses[2]["new_ids"];
+    let m = dir.to_str().unwrap();
+    let nt = n.to_string();
+    let base = [
+        "generate",
+        m,
+        "--greedy",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        &nt,
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let p = prompts.to_str().unwrap();
+    let run_warp = |extra: &[&str]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        common::run("warp", &a, d)
+    };
+    let records = |out: &str| -> Vec<Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Plain --prompt, then the file's conversation and plain lines.
+    let r = run_warp(&["--prompt", "Hello there", "--prompts", p, "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let recs = records(&r.stdout);
+    assert_eq!(recs.len(), 3, "{}", r.stdout);
+    for (i, (rec, want)) in recs.iter().zip([0, 2, 3]).enumerate() {
+        assert_eq!(rec["index"], json!(i));
+        assert_eq!(rec["token_ids"], theirs[want], "prompt {i}: {rec}");
+        eprintln!("{rec}");
+    }
+    assert_eq!(recs[0]["prompt"], json!("Hello there"));
+    assert_eq!(recs[1]["messages"], conv);
+    // --chat: the --prompt is a user message rendered with the template.
+    let r = run_warp(&["--prompt", "What is 2+2?", "--chat", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let recs = records(&r.stdout);
+    assert_eq!(recs[0]["token_ids"], theirs[1]);
+    assert_eq!(recs[0]["messages"], user);
+    // Bad input: clear one-line errors.
+    let r = run_warp(&["--prompts", p, "--chat-template", "none"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for w in ["p.jsonl", "line 1", "chat templates are off"] {
+        assert!(r.stderr.contains(w), "{}", r.stderr);
+    }
+    assert!(r.stdout.is_empty());
+    let r = run_warp(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no prompts"), "{}", r.stderr);
+    let r = common::run("warp", &["generate", m, "--prompt", "x", "--top-p", "0"], d);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--top-p"), "{}", r.stderr);
+    let r = run_warp(&["--prompt", "x", "--chat-template", "no-such.jinja"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no-such.jinja"), "{}", r.stderr);
+
+    // warp rl and warp eval on conversation lines, with a cmd: reward that logs what it gets.
+    let log = d.join("seen.jsonl");
+    let script = d.join("reward.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import json, sys\nwith open({:?}, 'a') as log:\n    for line in sys.stdin:\n        \
+             log.write(line)\n        r = json.loads(line)\n        \
+             print(1.0 if 'messages' in r else 0.0)\n",
+            log.display().to_string()
+        ),
+    )
+    .unwrap();
+    let reward = format!("cmd:{} {}", common::python(), script.display());
+    let out = common::ok(
+        "warp",
+        &[
+            "rl",
+            m,
+            "-o",
+            "run",
+            "--prompts",
+            p,
+            "--reward",
+            &reward,
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "-n",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--save-every",
+            "2",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        d,
+    );
+    assert!(out.trim_end().ends_with("final"), "{out}");
+    let run_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/run.json")).unwrap()).unwrap();
+    assert_eq!(
+        run_json["config"]["chat_template"],
+        json!("auto"),
+        "{run_json}"
+    );
+    std::fs::remove_file(&log).unwrap();
+    common::ok(
+        "warp",
+        &[
+            "eval",
+            "run/final/policy",
+            "--sft",
+            m,
+            "--prompts",
+            p,
+            "--reward",
+            &reward,
+            "--samples",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "-o",
+            "e.csv",
+            "-q",
+        ],
+        d,
+    );
+    let seen: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Two checkpoints (the SFT model, the policy) × two prompts × one sample.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen.iter().filter(|r| r["messages"] == conv).count(), 2);
+    assert_eq!(
+        seen.iter()
+            .filter(|r| r["prompt"] == json!("Hello there"))
+            .count(),
+        2
+    );
+    assert!(seen.iter().all(|r| r["completion"].is_string()));
+    let csv = std::fs::read_to_string(d.join("e.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+}
