@@ -80,14 +80,14 @@ pub fn run(_: &Args, _: &Ctx) -> crate::Result<()> {
 }
 
 #[cfg(feature = "rl")]
-pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
+pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
     use crate::error::Error;
     use crate::progress::Reporter;
     use crate::rl::data::{read_prompt_lines, Prompt};
     use crate::rl::textgen::{encode_prompts, generate_texts, TextGenOptions};
     use crate::rl::{LlamaModel, Tokenizer};
 
-    let o = TextGenOptions {
+    let mut o = TextGenOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: if a.greedy { 0.0 } else { a.temperature },
         top_k: a.top_k,
@@ -153,6 +153,38 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
         tch::Kind::Float
     };
     let config = crate::rl::LlamaConfig::from_dir(&ck.dir)?;
+    // Completions must fit the model's positions after the longest prompt: the default limit
+    // shrinks to fit (small models have few positions), a given one that does not fit is an error.
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    let room = config.max_position_embeddings.saturating_sub(longest);
+    if room == 0 {
+        return Err(Error::Usage(format!(
+            "a prompt of {longest} tokens leaves no room in the model's max_position_embeddings {}",
+            config.max_position_embeddings
+        )));
+    }
+    if o.max_new_tokens > room {
+        let given = ctx.matches.value_source("max_new_tokens")
+            == Some(clap::parser::ValueSource::CommandLine);
+        if given {
+            return bad(
+                "--max-new-tokens",
+                format!(
+                    "{} new tokens after a prompt of {longest} exceed the model's \
+                     max_position_embeddings {}",
+                    o.max_new_tokens, config.max_position_embeddings
+                ),
+            );
+        }
+        if !a.quiet {
+            eprintln!(
+                "{}: at most {room} new tokens (the model has {} positions, the longest prompt \
+                 {longest} tokens)",
+                ctx.prog, config.max_position_embeddings
+            );
+        }
+        o.max_new_tokens = room;
+    }
     let model = LlamaModel::from_checkpoint(&ck, config, device, kind)?;
     let total = (prompts.len() * a.samples) as u64;
     progress.start_steps("generate", total);

@@ -844,6 +844,30 @@ fn warp_generate_rl_and_eval_take_conversations() {
     let r = run_warp(&["--prompt", "x", "--chat-template", "no-such.jinja"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("no-such.jinja"), "{}", r.stderr);
+    // The built-in model has 32 positions: the default limit (128) shrinks to fit, a given one
+    // that does not fit is refused.
+    let builtin = [
+        "generate",
+        "builtin:arith/model",
+        "--prompt",
+        "37+58=",
+        "--greedy",
+    ];
+    let r = common::run("warp", &builtin, d);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rec: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(
+        (&rec["completion"], &rec["finish_reason"]),
+        (&json!("95"), &json!("eos"))
+    );
+    assert!(r.stderr.contains("at most 25 new tokens"), "{}", r.stderr);
+    let r = common::run(
+        "warp",
+        &[&builtin[..], &["--max-new-tokens", "50"]].concat(),
+        d,
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--max-new-tokens"), "{}", r.stderr);
 
     // warp rl and warp eval on conversation lines, with a cmd: reward that logs what it gets.
     let log = d.join("seen.jsonl");
