@@ -20,6 +20,7 @@ mod download;
 mod ema;
 mod eval;
 mod fixture;
+mod generate;
 mod inspect;
 mod lerp;
 mod liti;
@@ -66,6 +67,7 @@ pub enum Command {
     Sft(sft::Args),
     Run(run::Args),
     Eval(eval::Args),
+    Generate(generate::Args),
     Plot(plot::Args),
     Push(push::Args),
     Download(download::Args),
@@ -146,6 +148,7 @@ fn interrupt_note(c: &Command) -> &'static str {
         // It printed how to resume.
         Command::Rl(_) => "",
         Command::Run(_) => "; the running steps were stopped: run it again to continue",
+        Command::Generate(_) => "; the lines already printed are complete",
         _ => "; nothing was written at the destination",
     }
 }
@@ -177,6 +180,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Sft(a) => sft::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
         Command::Eval(a) => eval::run(a, ctx),
+        Command::Generate(a) => generate::run(a, ctx),
         Command::Plot(a) => plot::run(a, ctx),
         Command::Push(a) => push::run(a, ctx),
         Command::Download(a) => download::run(a, ctx),
@@ -220,6 +224,7 @@ fn subcommand_name(c: &Command) -> &'static str {
         Command::Sft(_) => "sft",
         Command::Run(_) => "run",
         Command::Eval(_) => "eval",
+        Command::Generate(_) => "generate",
         Command::Plot(_) => "plot",
         Command::Push(_) => "push",
         Command::Download(_) => "download",

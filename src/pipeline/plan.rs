@@ -281,6 +281,9 @@ impl Builder<'_> {
             c.eval_samples.to_string(),
             "--max-prompts".into(),
             c.eval_prompts.to_string(),
+            // Conversation prompts are rendered as the RL runs render them.
+            "--chat-template".into(),
+            self.base.chat_template.to_string(),
             "--device".into(),
             c.devices[0].to_string(),
             "-o".into(),

@@ -21,6 +21,8 @@ mod cuda;
 #[cfg(feature = "rl")]
 mod pipeline;
 #[cfg(feature = "rl")]
+mod rl_chat;
+#[cfg(feature = "rl")]
 mod rl_cli;
 #[cfg(feature = "rl")]
 mod rl_families;
