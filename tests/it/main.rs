@@ -28,3 +28,5 @@ mod rl_model;
 mod rl_reward;
 #[cfg(feature = "rl")]
 mod rl_train;
+#[cfg(feature = "rl")]
+mod trl;
