@@ -122,7 +122,7 @@ fn run_main(cmd: clap::Command, args: Vec<OsString>, prog: &str) -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let Some((_, sub)) = matches.subcommand() else {
+    let Some((name, sub)) = matches.subcommand() else {
         eprintln!("{prog}: error: no command given (see --help)");
         return ExitCode::from(2);
     };
@@ -135,11 +135,7 @@ fn run_main(cmd: clap::Command, args: Vec<OsString>, prog: &str) -> ExitCode {
     let ctx = Ctx { prog, matches: sub };
     let result = dispatch(&cli.command, &ctx);
     let note = interrupt_note(&cli.command);
-    finish(
-        prog,
-        result.map_err(|e| flag_names(e, sub, &cli.command)),
-        note,
-    )
+    finish(prog, result.map_err(|e| flag_names(e, name, sub)), note)
 }
 
 /// What an interruption leaves behind, for the error line.
@@ -190,7 +186,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
 
 /// A setting error about a field that is one of the command's flags and was given on the
 /// command line is reported with the flag's name (`--steps: must be > 0`).
-fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
+fn flag_names(e: Error, name: &str, sub: &ArgMatches) -> Error {
     let Error::Setting { field, msg } = &e else {
         return e;
     };
@@ -200,7 +196,6 @@ fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
         return e;
     }
     let cmd = Cli::command();
-    let name = subcommand_name(c);
     let flag = cmd
         .find_subcommand(name)
         .and_then(|s| s.get_arguments().find(|a| a.get_id() == field.as_str()))
@@ -208,27 +203,6 @@ fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
     match flag {
         Some(f) => Error::Usage(format!("{f}: {msg}")),
         None => e,
-    }
-}
-
-fn subcommand_name(c: &Command) -> &'static str {
-    match c {
-        Command::Slerp(_) => "slerp",
-        Command::Liti(_) => "liti",
-        Command::Lerp(_) => "lerp",
-        Command::Ema(_) => "ema",
-        Command::Convert(_) => "convert",
-        Command::Inspect(_) => "inspect",
-        Command::Fixture(_) => "fixture",
-        Command::Rl(_) => "rl",
-        Command::Sft(_) => "sft",
-        Command::Run(_) => "run",
-        Command::Eval(_) => "eval",
-        Command::Generate(_) => "generate",
-        Command::Plot(_) => "plot",
-        Command::Push(_) => "push",
-        Command::Download(_) => "download",
-        Command::Completions(_) => "completions",
     }
 }
 
