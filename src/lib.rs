@@ -12,5 +12,6 @@ pub mod plot;
 pub mod progress;
 #[cfg(feature = "rl")]
 pub mod rl;
+pub mod slurm;
 
 pub use error::{Error, Result};
