@@ -611,6 +611,27 @@ impl Slurm {
         }
     }
 
+    /// Holds `RUN/slurm.lock` while submitting, so that two submissions for one run folder
+    /// cannot both submit the same steps. Released when the returned file is dropped (also if
+    /// the process dies).
+    fn lock(&self) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.run_dir).at(&self.run_dir)?;
+        let path = self.run_dir.join("slurm.lock");
+        let f = std::fs::File::create(&path).at(&path)?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own and keep open while the lock is needed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            let msg = if e.kind() == std::io::ErrorKind::WouldBlock {
+                "another warp is submitting the jobs of this run".to_string()
+            } else {
+                e.to_string()
+            };
+            return Err(Error::io(&path, std::io::Error::new(e.kind(), msg)));
+        }
+        Ok(f)
+    }
+
     fn save(&self, record: &Record) -> Result<()> {
         let text = serde_json::to_string_pretty(record)
             .map_err(|e| Error::Internal(format!("slurm.json: {e}")))?;
@@ -744,6 +765,7 @@ impl Slurm {
     /// once; Slurm runs the jobs.
     pub fn submit(&self, steps: &[Step], reporter: &dyn Reporter) -> Result<Submission> {
         check_plan(steps)?;
+        let _lock = self.lock()?;
         let mut record = self.record()?;
         let status = self.status_of(steps, &record)?;
         let mut decision: HashMap<&str, Decision> = HashMap::new();
@@ -1342,5 +1364,33 @@ mod tests {
             .contains("same job array"));
         let twice = [step("a", &[], None), step("a", &[], None)];
         assert!(check_plan(&twice).is_err());
+    }
+
+    #[test]
+    fn one_submission_at_a_time_per_run_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let slurm = Slurm::new(SlurmConfig::default(), tmp.path()).unwrap();
+        let held = slurm.lock().unwrap();
+        let steps = [step("a", &[], None)];
+        let e = slurm
+            .submit(&steps, &crate::progress::Silent)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("slurm.lock") && e.contains("another warp is submitting"),
+            "{e}"
+        );
+        drop(held);
+        // Released on drop. (A fork by a test running alongside may briefly share the open
+        // file, and with it the lock, until its exec closes it: hence the retries.)
+        let mut again = slurm.lock();
+        for _ in 0..50 {
+            if again.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            again = slurm.lock();
+        }
+        again.unwrap();
     }
 }
