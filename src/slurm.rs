@@ -228,7 +228,15 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for SlurmConfig {
                     .ok_or_else(|| format!("{key}: expected a number of seconds ≥ 0, got {v}"))?;
             }
         }
-        c.all = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| e.to_string())?;
+        c.all = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| {
+            let e = e.to_string();
+            if e.starts_with("unknown field") {
+                let more = "rl, merge, eval, plot (tables), poll_seconds, marker_grace_seconds";
+                format!("{e}, {more}")
+            } else {
+                e
+            }
+        })?;
         Ok(c)
     }
 }
@@ -289,26 +297,29 @@ impl SlurmConfig {
             for (key, v) in single {
                 if let Some(v) = v {
                     if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '\0') {
-                        return Err(Error::Usage(format!(
-                            "{at}.{key}: '{v}' is not a valid sbatch value (empty or with blanks)"
-                        )));
+                        return Err(Error::setting(
+                            format!("{at}.{key}"),
+                            format!("'{v}' is not a valid sbatch value (empty or with blanks)"),
+                        ));
                     }
                 }
             }
             if r.cpus == Some(0) {
-                return Err(Error::Usage(format!("{at}.cpus must be > 0")));
+                return Err(Error::setting(format!("{at}.cpus"), "must be > 0"));
             }
             for (key, lines) in [("args", &r.args), ("prelude", &r.prelude)] {
                 if let Some(l) = lines.iter().find(|l| l.contains(['\n', '\r', '\0'])) {
-                    return Err(Error::Usage(format!(
-                        "{at}.{key}: {l:?} holds a line break; give one item per line"
-                    )));
+                    return Err(Error::setting(
+                        format!("{at}.{key}"),
+                        format!("{l:?} holds a line break; give one item per line"),
+                    ));
                 }
             }
             if let Some(a) = r.args.iter().find(|a| !a.starts_with('-')) {
-                return Err(Error::Usage(format!(
-                    "{at}.args: '{a}' is not an option (each item is one sbatch option, such as \"--exclusive\" or \"--gres=gpu:1\")"
-                )));
+                return Err(Error::setting(
+                    format!("{at}.args"),
+                    format!("'{a}' is not an option (each item is one sbatch option, such as \"--exclusive\" or \"--gres=gpu:1\")"),
+                ));
             }
         }
         Ok(())
@@ -402,8 +413,11 @@ impl JobInfo {
 pub enum StepState {
     /// Its completion marker exists.
     Done,
-    /// Never submitted.
+    /// Never submitted, nor started.
     Missing,
+    /// Not complete, not submitted, but an attempt started (it resumes when run again): a
+    /// step of the local launcher, or one run before the run folder went to Slurm.
+    Started,
     /// Queued; Slurm's reason (Dependency, Priority, Resources, …).
     Pending(String),
     Running,
@@ -416,6 +430,7 @@ impl std::fmt::Display for StepState {
         match self {
             StepState::Done => f.write_str("done"),
             StepState::Missing => f.write_str("missing"),
+            StepState::Started => f.write_str("started (not complete)"),
             StepState::Pending(r) if r.is_empty() || r == "None" => f.write_str("pending"),
             StepState::Pending(r) => write!(f, "pending ({r})"),
             StepState::Running => f.write_str("running"),
@@ -474,9 +489,13 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 /// A path for the batch script (which is text).
 fn text(p: &Path) -> Result<String> {
     let p = absolute(p)?;
-    p.to_str()
-        .map(String::from)
-        .ok_or_else(|| Error::Usage(format!("{}: a path that is not UTF-8", p.display())))
+    p.to_str().map(String::from).ok_or_else(|| {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a path that is not UTF-8 cannot go into a batch script",
+        );
+        Error::io(&p, e)
+    })
 }
 
 /// One word for bash: as is when it is plain, else single-quoted.
@@ -491,9 +510,10 @@ pub fn shell_quote(s: &str) -> String {
 
 fn quote_all(words: &[String]) -> Result<String> {
     if let Some(w) = words.iter().find(|w| w.contains('\0')) {
-        return Err(Error::Usage(format!(
-            "{w:?}: a NUL byte cannot be passed to a command"
-        )));
+        return Err(Error::setting(
+            "command",
+            format!("{w:?}: a NUL byte cannot be passed to a command"),
+        ));
     }
     Ok(words
         .iter()
@@ -521,6 +541,32 @@ fn tail(path: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn started_or_missing(st: &Step) -> StepState {
+    match &st.resume {
+        Some(r) if r.started.exists() => StepState::Started,
+        _ => StepState::Missing,
+    }
+}
+
+/// Where each step stands from the run folder alone (no scheduler): done, started or missing.
+pub fn folder_status(steps: &[Step]) -> Vec<StepStatus> {
+    steps
+        .iter()
+        .map(|st| StepStatus {
+            id: st.id.clone(),
+            state: if st.done.exists() {
+                StepState::Done
+            } else {
+                started_or_missing(st)
+            },
+            job: None,
+            slurm_state: None,
+            queued: false,
+            log: st.log.clone(),
+        })
+        .collect()
 }
 
 /// Checks what the launcher relies on: unique ids, predecessors earlier in the plan, array
@@ -723,7 +769,7 @@ impl Slurm {
             let info = sub.and_then(|s| jobs.get(&s.job));
             let state = match (st.done.exists(), sub, info) {
                 (true, _, _) => StepState::Done,
-                (false, None, _) => StepState::Missing,
+                (false, None, _) => started_or_missing(st),
                 (false, Some(s), None) => StepState::Failed(format!(
                     "job {} is over and no longer known to Slurm",
                     s.job
@@ -845,11 +891,6 @@ impl Slurm {
             }
             let jobs = self.submit_unit(&unit, &by_id, &deps, &mut record)?;
             for (st, job) in unit.iter().zip(jobs) {
-                reporter.message(&format!(
-                    "submitted {}  (job {job}; log: {})",
-                    st.id,
-                    st.log.display()
-                ));
                 sub.submitted.push((st.id.clone(), job.clone()));
                 decision.insert(&st.id, Decision::Submit(Some(job)));
             }
@@ -1060,92 +1101,112 @@ exec "${warp_argv[@]}"
         }
     }
 
-    /// Cancels the recorded jobs that are still queued or running; returns (step, job) pairs.
+    /// Cancels the recorded jobs that are still queued or running; returns (step, job) pairs
+    /// in the order they were submitted.
     pub fn cancel(&self) -> Result<Vec<(String, String)>> {
         let record = self.record()?;
         let all: Vec<String> = record.steps.values().map(|s| s.job.clone()).collect();
         let jobs = self.query(&all)?;
-        let active: Vec<(String, String)> = record
+        let mut active: Vec<(String, String)> = record
             .steps
             .iter()
             .filter(|(_, s)| jobs.get(&s.job).is_some_and(JobInfo::active))
             .map(|(id, s)| (id.clone(), s.job.clone()))
             .collect();
+        // Job ids count up: "12_1" is array 12, task 1.
+        let order = |job: &str| -> (u64, u64) {
+            let (a, t) = job.split_once('_').unwrap_or((job, "0"));
+            (a.parse().unwrap_or(u64::MAX), t.parse().unwrap_or(0))
+        };
+        active.sort_by_key(|(_, job)| order(job));
         let ids: Vec<String> = active.iter().map(|(_, j)| j.clone()).collect();
         self.scancel(&ids)?;
         Ok(active)
     }
 
-    /// Follows the jobs until every step is complete. A step that fails: the jobs of the steps
-    /// that (transitively) wait for it are cancelled and the error names the step, how its job
-    /// ended and its log. Ctrl-C ([`crate::cancel`]): every recorded job still queued or running
-    /// is cancelled.
+    /// Follows the jobs until every step is complete, with a progress bar of the steps done
+    /// and a line when a step starts running or completes. A step that fails: the jobs of the
+    /// steps that (transitively) wait for it are cancelled and the error names the step, how
+    /// its job ended and its log. On cancellation ([`crate::cancel`]: Ctrl-C, SIGTERM, SIGHUP)
+    /// every recorded job still queued or running is cancelled.
     pub fn wait(&self, steps: &[Step], reporter: &dyn Reporter) -> Result<()> {
+        reporter.start_steps("steps", steps.len() as u64);
+        let r = self.follow(steps, reporter);
+        reporter.finish();
+        r
+    }
+
+    fn follow(&self, steps: &[Step], reporter: &dyn Reporter) -> Result<()> {
         let poll = Duration::from_secs_f64(self.config.poll_seconds.max(0.05));
         let grace = Duration::from_secs_f64(self.config.marker_grace_seconds);
-        let mut shown: HashMap<String, String> = HashMap::new();
+        let mut shown: HashMap<String, &str> = HashMap::new();
         let mut unconfirmed: HashMap<String, Instant> = HashMap::new();
+        let mut first = true;
         loop {
             if crate::cancel::check().is_err() {
                 let cancelled = self.cancel()?;
                 let jobs: Vec<&str> = cancelled.iter().map(|(_, j)| j.as_str()).collect();
-                reporter.message(&format!("cancelled job(s) {}", jobs.join(", ")));
+                if !jobs.is_empty() {
+                    reporter.message(&format!("cancelled job(s) {}", jobs.join(", ")));
+                }
                 return Err(Error::Interrupted);
             }
             let status = self.status(steps)?;
-            let mut counts = [0usize; 3];
+            let (mut done, mut running, mut queued) = (0, 0, 0);
             let mut failed = None;
             for s in &status {
                 let label = match &s.state {
                     StepState::Done => "done",
                     StepState::Running => "running",
-                    StepState::Pending(_) => "pending",
-                    StepState::Failed(_) | StepState::Missing => "failed",
-                };
-                counts[match label {
-                    "done" => 0,
-                    "running" => 1,
-                    _ => 2,
-                }] += 1;
-                if label == "failed" {
-                    // A job that ended well gets time for its marker to show up here.
-                    let since = *unconfirmed.entry(s.id.clone()).or_insert_with(Instant::now);
-                    if s.slurm_state.as_deref() == Some("COMPLETED") && since.elapsed() < grace {
+                    StepState::Pending(_) => "queued",
+                    StepState::Failed(_) | StepState::Missing | StepState::Started => {
+                        // A job that ended well gets time for its marker to show up here.
+                        let since = *unconfirmed.entry(s.id.clone()).or_insert_with(Instant::now);
+                        if s.slurm_state.as_deref() != Some("COMPLETED") || since.elapsed() >= grace
+                        {
+                            failed.get_or_insert(s);
+                        }
                         continue;
                     }
-                    failed.get_or_insert(s);
+                };
+                let job = s.job.as_deref().unwrap_or("-");
+                match label {
+                    "done" => done += 1,
+                    "running" => running += 1,
+                    _ => queued += 1,
+                }
+                if shown.insert(s.id.clone(), label) == Some(label) {
                     continue;
                 }
-                if shown.get(&s.id).map(String::as_str) != Some(label) && label != "pending" {
-                    let job = s.job.as_deref().unwrap_or("-");
-                    reporter.message(&match label {
-                        "running" => {
-                            format!("running {}  (job {job}; log: {})", s.id, s.log.display())
+                match label {
+                    "done" => {
+                        reporter.advance(1);
+                        if !first {
+                            reporter.message(&format!("done    {}", s.id));
                         }
-                        _ => format!("done    {}", s.id),
-                    });
+                    }
+                    "running" => reporter.message(&format!(
+                        "running {}  (job {job}; log: {})",
+                        s.id,
+                        s.log.display()
+                    )),
+                    _ => {}
                 }
-                shown.insert(s.id.clone(), label.to_string());
             }
+            first = false;
             if let Some(f) = failed {
                 let cancelled = self.cancel_dependants(steps, &status, &f.id)?;
                 if !cancelled.is_empty() {
                     reporter.message(&format!(
-                        "{} failed: cancelled the steps waiting for it: {}",
+                        "{} failed; the steps waiting for it are cancelled: {}",
                         f.id,
                         cancelled.join(", ")
                     ));
                 }
                 return Err(self.failure(f));
             }
-            reporter.status(&format!(
-                "{}/{} done, {} running, {} queued",
-                counts[0],
-                status.len(),
-                counts[1],
-                counts[2]
-            ));
-            if counts[0] == status.len() {
+            reporter.status(&format!("{running} running, {queued} queued"));
+            if done == status.len() {
                 return Ok(());
             }
             let until = Instant::now() + poll;
@@ -1155,7 +1216,8 @@ exec "${warp_argv[@]}"
         }
     }
 
-    /// Cancels the queued jobs of the steps that wait, directly or not, for `failed`.
+    /// Cancels the queued jobs of the steps that wait, directly or not, for `failed`; returns
+    /// those steps (that are not complete), whether this cancelled them or Slurm already had.
     fn cancel_dependants(
         &self,
         steps: &[Step],
@@ -1168,14 +1230,18 @@ exec "${warp_argv[@]}"
                 down.insert(&st.id);
             }
         }
-        let (ids, jobs): (Vec<String>, Vec<String>) = status
+        let waiting: Vec<&StepStatus> = status
             .iter()
             .filter(|s| s.id != failed && down.contains(s.id.as_str()))
-            .filter(|s| matches!(s.state, StepState::Pending(_) | StepState::Running))
-            .filter_map(|s| s.job.clone().map(|j| (s.id.clone(), j)))
-            .unzip();
+            .filter(|s| s.state != StepState::Done)
+            .collect();
+        let jobs: Vec<String> = waiting
+            .iter()
+            .filter(|s| s.queued)
+            .filter_map(|s| s.job.clone())
+            .collect();
         self.scancel(&jobs)?;
-        Ok(ids)
+        Ok(waiting.iter().map(|s| s.id.clone()).collect())
     }
 
     /// The error for a failed step: how it ended, its log and the last lines of the log (and of
@@ -1183,7 +1249,7 @@ exec "${warp_argv[@]}"
     fn failure(&self, s: &StepStatus) -> Error {
         let status = match (&s.state, &s.job) {
             (StepState::Failed(why), Some(job)) => format!("Slurm job {job}: {why}"),
-            (StepState::Missing, _) => "never submitted".into(),
+            (StepState::Missing | StepState::Started, _) => "never submitted".into(),
             (state, _) => state.to_string(),
         };
         let mut tail_text = tail(&s.log, 5);

@@ -334,7 +334,7 @@ fn stoppable(run: &Path, tmp: &Path, id: &str, array: Option<&str>) -> (Step, Pa
     let (go, term) = (tmp.join("go"), tmp.join(format!("{slug}.term")));
     let mut st = with(
         step(run, id, &[], StepKind::Rl, array),
-        r#"echo started > "$2"; trap 'echo TERM > "$4"; exit 143' TERM
+        r#"trap 'echo TERM > "$4"; exit 143' TERM; echo started > "$2"
 while [ ! -e "$3" ]; do sleep 0.1; done; MARK=first"#,
         &[&started, &go, &term],
     );
@@ -471,6 +471,8 @@ fn cancel_stops_every_queued_and_running_job() {
     until(&slurm, &steps, 60, "running step", |st| {
         *state(st, "w") == StepState::Running
     });
+    // Its SIGTERM handler is in place once it says it started.
+    wait_file(&steps[0].resume.as_ref().unwrap().started, 30);
     let mut cancelled = slurm.cancel().unwrap();
     cancelled.sort();
     let rec = slurm.record().unwrap();
@@ -568,4 +570,403 @@ fn a_step_whose_predecessor_output_is_missing_does_not_run() {
         "{err}"
     );
     assert!(!steps[1].done.exists());
+}
+
+/// `warp run --launcher slurm`, `warp status` and `warp cancel` against the real cluster, with
+/// the built-in task's small settings (feature `rl`: the steps run `warp rl` and `warp eval`).
+#[cfg(feature = "rl")]
+mod pipeline {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::process::{Command, Output, Stdio};
+
+    /// tests/it/pipeline.rs's tiny settings; the `[slurm]` table only matters to the Slurm
+    /// launcher (it looks at the queue often, so the test does not wait for nothing).
+    const TINY: &str = r#"
+iterations = 2
+runs = 2
+steps = 2
+checkpoints = 1
+etas = [0.0, 0.5, 1.0]
+eta = 0.5
+rl_args = ["--batch", "4", "-n", "2"]
+eval_prompts = 8
+eval_samples = 1
+threads = 1
+[slurm]
+cpus = 1
+poll_seconds = 0.3
+marker_grace_seconds = 5
+"#;
+
+    /// One iteration of 4 RL steps (a checkpoint at each) whose reward, a `cmd:` program, takes
+    /// a second per call inside the RL runs (array tasks), so that a run can be caught midway.
+    fn slow(tmp: &Path, reward: &str) -> PathBuf {
+        let script = tmp.join("reward.sh");
+        std::fs::write(&script, format!("#!/bin/bash\n{reward}\n")).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let cfg = tmp.join("slow.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"iterations = 1
+runs = 2
+steps = 4
+checkpoints = 4
+init_anchor_runs = false
+etas = [0.5, 1.0]
+reward = "cmd:{}"
+rl_args = ["--batch", "4", "-n", "2"]
+eval_prompts = 4
+eval_samples = 1
+threads = 1
+launcher = "slurm"
+[slurm]
+poll_seconds = 0.3
+marker_grace_seconds = 5
+"#,
+                script.display()
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    /// Answers every completion with 1; inside an RL run (an array task) after a second.
+    const SLOW_REWARD: &str = r#"[ -n "${SLURM_ARRAY_TASK_ID:-}" ] && sleep 1
+while IFS= read -r line; do echo 1; done"#;
+
+    fn warp(c: &Cluster, cwd: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_warp"))
+            .args(args)
+            .current_dir(cwd)
+            .env("SLURM_CONF", &c.conf)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn text(o: &[u8]) -> String {
+        String::from_utf8_lossy(o).into_owned()
+    }
+
+    /// Runs warp, asserts success; returns (stdout, stderr).
+    fn ok(c: &Cluster, cwd: &Path, args: &[&str]) -> (String, String) {
+        let o = warp(c, cwd, args);
+        let (out, err) = (text(&o.stdout), text(&o.stderr));
+        assert!(o.status.success(), "warp {args:?} failed:\n{err}\n{out}");
+        (out, err)
+    }
+
+    /// `warp status OUT`, shown in the test's output (for the issue's note).
+    fn status(c: &Cluster, out: &Path, when: &str) -> String {
+        let (table, summary) = ok(c, out, &["status", out.to_str().unwrap()]);
+        eprintln!("warp status {} ({when}):\n{table}{summary}", out.display());
+        table
+    }
+
+    fn row<'a>(table: &'a str, id: &str) -> &'a str {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("no row {id} in\n{table}"))
+    }
+
+    /// Polls `warp status OUT` until `done` holds for its table.
+    fn status_until(c: &Cluster, out: &Path, secs: u64, done: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let (table, _) = ok(c, out, &["status", out.to_str().unwrap()]);
+            if done(&table) {
+                return table;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(secs), "status:\n{table}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn job_of(out: &Path, id: &str) -> String {
+        let rec: serde_json::Value = serde_json::from_str(&read(&out.join("slurm.json"))).unwrap();
+        rec["steps"][id]["job"].as_str().unwrap().to_string()
+    }
+
+    /// A safetensors file as (tensor table, tensor bytes): its header without `__metadata__`,
+    /// the provenance a merge records (its input folders and the hashes of their headers, which
+    /// hold their own provenance), and everything after the header.
+    fn tensors(bytes: &[u8]) -> (serde_json::Value, Vec<u8>) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header.as_object_mut().unwrap().remove("__metadata__");
+        (header, bytes[8 + n..].to_vec())
+    }
+
+    /// Every checkpoint file (`*.safetensors`) under `dir`, by relative path.
+    fn checkpoints(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.extension().is_some_and(|x| x == "safetensors") {
+                    let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                    m.insert(rel, std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn slurm_run_gives_the_local_runs_checkpoints_bit_for_bit() {
+        let Some(c) = cluster("slurm_run_gives_the_local_runs_checkpoints_bit_for_bit") else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("tiny.toml");
+        std::fs::write(&cfg, TINY).unwrap();
+        let (local, slurm) = (tmp.path().join("local"), tmp.path().join("slurm"));
+        let t0 = Instant::now();
+        ok(
+            &c,
+            tmp.path(),
+            &["run", cfg.to_str().unwrap(), "-o", local.to_str().unwrap()],
+        );
+        let t_local = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let (front, err) = ok(
+            &c,
+            tmp.path(),
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "-o",
+                slurm.to_str().unwrap(),
+                "--launcher",
+                "slurm",
+                "--wait",
+            ],
+        );
+        eprintln!(
+            "local launcher {t_local:.1} s, Slurm launcher {:.1} s\n{err}",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(front.contains("liti it2"), "{front}");
+        // The RL runs of an iteration went as one job array.
+        let (a, b) = (
+            job_of(&slurm, "iter-1/run-1"),
+            job_of(&slurm, "iter-1/run-2"),
+        );
+        let array = a.split('_').next().unwrap();
+        assert_eq!((a.clone(), b), (format!("{array}_0"), format!("{array}_1")));
+
+        let (l, s) = (checkpoints(&local), checkpoints(&slurm));
+        assert!(l.len() >= 30, "{:?}", l.keys().collect::<Vec<_>>());
+        assert_eq!(
+            l.keys().collect::<Vec<_>>(),
+            s.keys().collect::<Vec<_>>(),
+            "not the same checkpoints"
+        );
+        let mut same_bytes = 0;
+        for (path, bytes) in &l {
+            let (hl, tl) = tensors(bytes);
+            let (hs, ts) = tensors(&s[path]);
+            assert_eq!(hl, hs, "{}: the tensor tables differ", path.display());
+            assert!(tl == ts, "{}: the tensors differ", path.display());
+            same_bytes += (bytes == &s[path]) as usize;
+        }
+        // And the same evaluation (paths aside).
+        let norm = |dir: &Path| read(&dir.join("eval.csv")).replace(dir.to_str().unwrap(), "OUT");
+        assert_eq!(norm(&local), norm(&slurm));
+        eprintln!(
+            "{} checkpoint files: identical tensors bit for bit ({same_bytes} identical files; \
+             the others differ in the merge recipe of their metadata, which names the run folder)",
+            l.len()
+        );
+        let table = status(&c, &slurm, "after --wait");
+        assert!(
+            table.lines().skip(1).all(|l| l.contains(" done ")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_failing_step_cancels_what_waits_for_it_and_is_named() {
+        let Some(c) = cluster("a_failing_step_cancels_what_waits_for_it_and_is_named") else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        // The reward fails in the second RL run only (array task 1).
+        let cfg = slow(
+            tmp.path(),
+            r#"if [ "${SLURM_ARRAY_TASK_ID:-}" = 1 ]; then echo "reward: no score in task 1" >&2; exit 7; fi
+while IFS= read -r line; do echo 1; done"#,
+        );
+        let out = tmp.path().join("run");
+        let o = warp(
+            &c,
+            tmp.path(),
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--wait",
+            ],
+        );
+        let err = text(&o.stderr);
+        eprintln!("warp run --wait:\n{err}");
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let log = out.join("logs/iter-1-run-2.log");
+        assert!(
+            err.contains("error: step iter-1/run-2 failed (Slurm job ")
+                && err.contains(&format!("see {}", log.display()))
+                && err.contains("no score in task 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "iter-1/run-2 failed; the steps waiting for it are cancelled: \
+                 iter-1/slerp, iter-1/lerp, eval, plot"
+            ),
+            "{err}"
+        );
+        let table = status_until(&c, &out, 30, |t| {
+            ["iter-1/slerp", "iter-1/lerp", "eval", "plot"]
+                .iter()
+                .all(|id| row(t, id).contains("CANCELLED"))
+        });
+        status(&c, &out, "after the failure");
+        assert!(
+            row(&table, "iter-1/run-2").contains("failed (FAILED"),
+            "{table}"
+        );
+        for never in ["iter-1-slerp", "eval", "plot"] {
+            assert!(
+                !out.join(format!("logs/{never}.log")).exists(),
+                "{never} ran"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_killed_midway_is_resubmitted_by_the_next_run_and_the_pipeline_completes() {
+        let Some(c) = cluster(
+            "a_job_killed_midway_is_resubmitted_by_the_next_run_and_the_pipeline_completes",
+        ) else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = slow(tmp.path(), SLOW_REWARD);
+        let out = tmp.path().join("run");
+        let o = out.to_str().unwrap();
+        let (submitted, _) = ok(&c, tmp.path(), &["run", cfg.to_str().unwrap(), "-o", o]);
+        eprintln!("warp run (submit and return):\n{submitted}");
+        assert!(submitted.starts_with("6 step(s) submitted"), "{submitted}");
+        // Queued steps are not submitted twice.
+        let (again, _) = ok(&c, tmp.path(), &["run", o]);
+        assert!(
+            again.starts_with("0 step(s) submitted, 6 still queued"),
+            "{again}"
+        );
+
+        let run1 = out.join("iter-1/run-1");
+        wait_file(&run1.join("step-000001/trainer/state.json"), 120);
+        let job = job_of(&out, "iter-1/run-1");
+        c.run("scancel", &[&job]);
+        let table = status_until(&c, &out, 60, |t| {
+            row(t, "iter-1/run-1").contains("failed") && row(t, "iter-1/slerp").contains("failed")
+        });
+        status(&c, &out, &format!("after scancel {job}"));
+        assert!(row(&table, "iter-1/run-1").contains("CANCELLED"), "{table}");
+        assert!(
+            !run1.join("final").exists(),
+            "the run ended before it was killed"
+        );
+
+        // The next `warp run OUT` resubmits what is missing; the run continues.
+        let (front, err) = ok(&c, tmp.path(), &["run", o, "--wait"]);
+        eprintln!("warp run OUT --wait:\n{err}{front}");
+        assert!(err.contains("submitted iter-1/run-1 "), "{err}");
+        assert!(!err.contains("submitted iter-1/run-2 "), "{err}");
+        assert_ne!(job_of(&out, "iter-1/run-1"), job);
+        let log = read(&out.join("logs/iter-1-run-1.log"));
+        assert!(log.contains("resuming"), "{log}");
+        // Continued, not restarted: one metrics line per step.
+        let m = read(&run1.join("metrics.jsonl"));
+        assert_eq!(m.lines().count(), 4, "{m}");
+        let table = status(&c, &out, "after the resubmission");
+        assert!(
+            table.lines().skip(1).all(|l| l.contains(" done ")),
+            "{table}"
+        );
+        assert!(front.contains("liti it1"), "{front}");
+    }
+
+    #[test]
+    fn ctrl_c_under_wait_and_warp_cancel_cancel_the_jobs() {
+        let Some(c) = cluster("ctrl_c_under_wait_and_warp_cancel_cancel_the_jobs") else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = slow(tmp.path(), SLOW_REWARD);
+        let out = tmp.path().join("run");
+        let o = out.to_str().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warp"))
+            .args(["run", cfg.to_str().unwrap(), "-o", o, "--wait"])
+            .current_dir(tmp.path())
+            .env("SLURM_CONF", &c.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_file(&out.join("iter-1/run-1/run.json"), 120);
+        // SAFETY: kill(2) with the pid of our own child, not yet reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let status_code = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        eprintln!("warp run --wait, Ctrl-C:\n{err}");
+        assert_eq!(status_code.code(), Some(130), "{err}");
+        assert!(
+            err.contains("cancelled job(s)") && err.contains("interrupted by SIGINT"),
+            "{err}"
+        );
+        let table = status_until(&c, &out, 60, |t| {
+            !t.contains(" running ") && !t.contains(" pending")
+        });
+        assert!(row(&table, "iter-1/run-1").contains("CANCELLED"), "{table}");
+        let (nothing, note) = ok(&c, tmp.path(), &["cancel", o]);
+        assert!(
+            nothing.is_empty() && note.contains("nothing to cancel"),
+            "{note}"
+        );
+
+        // Submitted again (the folder's own settings), then cancelled with `warp cancel`.
+        ok(&c, tmp.path(), &["run", o]);
+        let (cancelled, _) = ok(&c, tmp.path(), &["cancel", o]);
+        eprintln!("warp cancel:\n{cancelled}");
+        for id in [
+            "iter-1/run-1",
+            "iter-1/run-2",
+            "iter-1/slerp",
+            "eval",
+            "plot",
+        ] {
+            assert!(
+                cancelled.lines().any(|l| l.starts_with(&format!("{id} "))),
+                "{id} not cancelled:\n{cancelled}"
+            );
+        }
+        let table = status_until(&c, &out, 60, |t| {
+            !t.contains(" running ") && !t.contains(" pending")
+        });
+        status(&c, &out, "after warp cancel");
+        assert!(row(&table, "plot").contains("CANCELLED"), "{table}");
+    }
 }

@@ -13,6 +13,7 @@
 //! This layer holds the terminal concerns (indicatif progress, signals, flag names in messages);
 //! the library below knows none of them.
 
+mod cancel;
 mod common;
 mod completions;
 mod convert;
@@ -31,6 +32,7 @@ mod run;
 mod sft;
 pub mod signals;
 mod slerp;
+mod status;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -65,6 +67,8 @@ pub enum Command {
     Rl(rl::Args),
     Sft(sft::Args),
     Run(run::Args),
+    Status(status::Args),
+    Cancel(cancel::Args),
     Eval(eval::Args),
     Plot(plot::Args),
     Push(push::Args),
@@ -157,6 +161,8 @@ fn cooperative(c: &Command) -> bool {
     !matches!(
         c,
         Command::Inspect(_)
+            | Command::Status(_)
+            | Command::Cancel(_)
             | Command::Plot(_)
             | Command::Push(_)
             | Command::Download(_)
@@ -176,6 +182,8 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Rl(a) => rl::run(a, ctx),
         Command::Sft(a) => sft::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
+        Command::Status(a) => status::run(a, ctx),
+        Command::Cancel(a) => cancel::run(a, ctx),
         Command::Eval(a) => eval::run(a, ctx),
         Command::Plot(a) => plot::run(a, ctx),
         Command::Push(a) => push::run(a, ctx),
@@ -219,6 +227,8 @@ fn subcommand_name(c: &Command) -> &'static str {
         Command::Rl(_) => "rl",
         Command::Sft(_) => "sft",
         Command::Run(_) => "run",
+        Command::Status(_) => "status",
+        Command::Cancel(_) => "cancel",
         Command::Eval(_) => "eval",
         Command::Plot(_) => "plot",
         Command::Push(_) => "push",

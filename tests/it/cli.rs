@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{bin, entries, ok, run, Run};
 
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 17] = [
     "slerp",
     "liti",
     "lerp",
@@ -21,6 +21,8 @@ const COMMANDS: [&str; 15] = [
     "rl",
     "sft",
     "run",
+    "status",
+    "cancel",
     "eval",
     "plot",
     "push",
