@@ -22,7 +22,7 @@ use crate::progress::Reporter;
 /// for. Keys of CONFIG.toml (all optional): model, prompts, heldout, reward, output, iterations,
 /// runs, steps, mu, beta, eta, etas, seed, checkpoints, rl (a table of other `warp rl`
 /// settings), rl_args, init_anchor_runs, jobs, devices, launcher, slurm (a table: resources of
-/// the Slurm jobs), eval_samples, eval_prompts, threads.
+/// the Slurm jobs), trainer (warp or trl), eval_samples, eval_prompts, threads.
 ///
 /// With `--launcher slurm` every step becomes a Slurm batch job (the RL runs of an iteration one
 /// job array, each step waiting for its predecessors with afterok): it submits the steps that

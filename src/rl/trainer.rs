@@ -222,7 +222,7 @@ impl Trainer {
     ) -> Result<Trainer> {
         let device = super::tch_device(cfg.device)?;
         let spec = crate::builtin::resolve_spec(&cfg.model)?;
-        let ck = crate::io::open_spec(&spec, reporter)?;
+        let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
         let model_dir = ck.dir.clone();
         let config = super::LlamaConfig::from_dir(&model_dir)?;
         let tok = Tokenizer::from_dir(&model_dir)?;
