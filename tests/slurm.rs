@@ -727,12 +727,13 @@ while IFS= read -r line; do echo 1; done"#;
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("tiny.toml");
         std::fs::write(&cfg, TINY).unwrap();
-        let (local, slurm) = (tmp.path().join("local"), tmp.path().join("slurm"));
+        let (local, slurm) = (tmp.path().join("local-run"), tmp.path().join("slurm"));
         let t0 = Instant::now();
+        // The local run with a relative run folder, as people type it.
         ok(
             &c,
             tmp.path(),
-            &["run", cfg.to_str().unwrap(), "-o", local.to_str().unwrap()],
+            &["run", cfg.to_str().unwrap(), "-o", "local-run"],
         );
         let t_local = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
@@ -778,8 +779,11 @@ while IFS= read -r line; do echo 1; done"#;
             same_bytes += (bytes == &s[path]) as usize;
         }
         // And the same evaluation (paths aside).
-        let norm = |dir: &Path| read(&dir.join("eval.csv")).replace(dir.to_str().unwrap(), "OUT");
-        assert_eq!(norm(&local), norm(&slurm));
+        let norm = |dir: &Path, name: &str| read(&dir.join("eval.csv")).replace(name, "OUT");
+        assert_eq!(
+            norm(&local, "local-run"),
+            norm(&slurm, slurm.to_str().unwrap())
+        );
         eprintln!(
             "{} checkpoint files: identical tensors bit for bit ({same_bytes} identical files; \
              the others differ in the merge recipe of their metadata, which names the run folder)",
@@ -790,6 +794,23 @@ while IFS= read -r line; do echo 1; done"#;
             table.lines().skip(1).all(|l| l.contains(" done ")),
             "{table}"
         );
+        assert_eq!(table.lines().count(), 1 + 12, "{table}");
+
+        // `warp status` of the local run, from elsewhere: from the files alone. `warp cancel`
+        // has nothing to do with it.
+        let (table, summary) = ok(&c, Path::new("/"), &["status", local.to_str().unwrap()]);
+        assert!(
+            table.lines().skip(1).all(|l| l.contains(" done ")),
+            "{table}"
+        );
+        assert!(
+            summary.contains("12/12 done") && summary.contains("local launcher"),
+            "{summary}"
+        );
+        let o = warp(&c, tmp.path(), &["cancel", "local-run"]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("local launcher"), "{err}");
     }
 
     #[test]
