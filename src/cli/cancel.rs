@@ -7,8 +7,10 @@ use crate::error::{Error, Result};
 use crate::pipeline::read_plan;
 use crate::slurm::Slurm;
 
-/// Cancel the Slurm jobs of a `warp run` folder: scancel of the jobs recorded in OUT/slurm.json
-/// that are still queued or running. Prints each cancelled step and job on stdout.
+/// Cancel the Slurm jobs of a `warp run` folder.
+///
+/// Runs scancel on the jobs recorded in OUT/slurm.json that are still queued or running, and
+/// prints each cancelled step and job on stdout.
 ///
 /// A cancelled RL run keeps its checkpoints: `warp run OUT` submits what is missing again and
 /// the run resumes.

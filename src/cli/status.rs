@@ -7,8 +7,9 @@ use crate::error::{IoContext, Result};
 use crate::pipeline::{read_plan, slurm_steps};
 use crate::slurm::{folder_status, Slurm, StepState};
 
-/// Show each step of a `warp run` folder: done, running, pending (and why), failed (and how) or
-/// missing, with its Slurm job and its log.
+/// Where each step of a `warp run` folder stands, with its Slurm job and its log.
+///
+/// Each step is done, running, pending (and why), failed (and how) or missing.
 ///
 /// Completion is read from the run folder (a step is done when its output exists); for a run
 /// with the Slurm launcher, the state of the jobs recorded in OUT/slurm.json comes from squeue
