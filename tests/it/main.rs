@@ -15,6 +15,8 @@ mod io_errors;
 mod merge_reference;
 mod plot;
 mod roundtrip;
+mod slurm;
+mod slurm_cluster;
 
 #[cfg(feature = "cuda")]
 mod cuda;
