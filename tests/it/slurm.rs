@@ -811,6 +811,92 @@ while IFS= read -r line; do echo 1; done"#;
         assert!(err.contains("local launcher"), "{err}");
     }
 
+    /// Issue 18's combination: the pipeline with trainer = "trl" through the Slurm launcher. The
+    /// RL steps (an array of `accelerate launch … warp_trl.py`) find TRL through WARP_TRL_PYTHON,
+    /// which sbatch passes on from the submitting environment (scripts/setup-trl.sh).
+    #[test]
+    fn trl_trainer_through_the_slurm_launcher() {
+        assert!(
+            std::env::var_os("WARP_TRL_PYTHON").is_some(),
+            "source scripts/setup-trl.sh"
+        );
+        let Some(c) = cluster("trl_trainer_through_the_slurm_launcher") else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("trl.toml");
+        std::fs::write(
+            &cfg,
+            r#"trainer = "trl"
+launcher = "slurm"
+iterations = 1
+runs = 2
+steps = 2
+checkpoints = 1
+init_anchor_runs = false
+etas = [0.0, 0.5, 1.0]
+eta = 0.5
+rl_args = ["--batch", "4", "-n", "2"]
+eval_prompts = 8
+eval_samples = 1
+threads = 1
+[slurm]
+cpus = 1
+poll_seconds = 0.3
+marker_grace_seconds = 5
+"#,
+        )
+        .unwrap();
+        let out = tmp.path().join("run");
+        let t0 = Instant::now();
+        let (front, err) = ok(
+            &c,
+            tmp.path(),
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--wait",
+            ],
+        );
+        eprintln!(
+            "warp run, trainer = trl, Slurm launcher: {:.1} s\n{err}",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(front.contains("liti it1"), "{front}");
+        // The two RL runs went as one job array, and TRL trained them (EMA folders included).
+        let (a, b) = (job_of(&out, "iter-1/run-1"), job_of(&out, "iter-1/run-2"));
+        assert_eq!(a.split('_').next(), b.split('_').next(), "{a} {b}");
+        assert_ne!(a, b);
+        for run in ["iter-1/run-1", "iter-1/run-2"] {
+            let v: serde_json::Value =
+                serde_json::from_str(&read(&out.join(run).join("run.json"))).unwrap();
+            assert_eq!(v["backend"], "trl", "{run}");
+            assert!(
+                out.join(run).join("final/ema/model.safetensors").is_file(),
+                "{run}"
+            );
+        }
+        let csv = read(&out.join("eval.csv"));
+        let kinds: Vec<&str> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap())
+            .collect();
+        let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+        assert_eq!(
+            (count("sft"), count("policy"), count("ema"), count("liti")),
+            (1, 2, 2, 3),
+            "{csv}"
+        );
+        let table = status(&c, &out, "trainer = trl");
+        assert!(
+            table.lines().skip(1).all(|l| l.contains(" done ")),
+            "{table}"
+        );
+    }
+
     #[test]
     fn a_failing_step_cancels_what_waits_for_it_and_is_named() {
         let Some(c) = cluster("a_failing_step_cancels_what_waits_for_it_and_is_named") else {
