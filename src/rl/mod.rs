@@ -1,10 +1,12 @@
 //! RL side of WARP (feature `rl`, libtorch through tch): the Llama-family policy model, its
 //! tokenizer, batched sampling with a KV cache, scoring, the built-in task and its supervised
 //! model (`warp-sft`). See docs/RL.md.
+pub mod chunked;
 pub mod config;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod reward;

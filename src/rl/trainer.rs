@@ -431,7 +431,7 @@ impl Trainer {
             None => {
                 let policy = LlamaModel::from_checkpoint(&ck, config.clone(), device, kind)?;
                 let ema = LlamaModel::from_checkpoint(&ck, config, device, Kind::Float)?;
-                let opt = Adam::new(&policy, adam_config(&cfg));
+                let opt = Adam::new(&policy, adam_config(&cfg))?;
                 (policy, ema, opt, 0)
             }
             Some(dir) => {
@@ -468,7 +468,7 @@ impl Trainer {
                         })?;
                     }
                 }
-                let mut opt = Adam::new(&policy, adam_config(&cfg));
+                let mut opt = Adam::new(&policy, adam_config(&cfg))?;
                 opt.load_state(step, &mut get)?;
                 (policy, ema, opt, step)
             }
@@ -618,7 +618,7 @@ impl Trainer {
         let loss = -(adv.detach() * &seq_lp).mean(Kind::Float);
         loss.backward();
         let info = self.opt.step()?;
-        self.update_ema();
+        self.update_ema()?;
         self.step = step;
 
         let (kl_anchor, kl_init, entropy) = tch::no_grad(|| {
@@ -660,17 +660,23 @@ impl Trainer {
         })
     }
 
-    /// θ_ema ← (1 − μ) θ_ema + μ θ, in f32.
-    fn update_ema(&mut self) {
+    /// θ_ema ← (1 − μ) θ_ema + μ θ, in f32, from the optimizer's exact f32 weights (the master
+    /// copies when the policy trains in bf16: the EMA then averages the trained trajectory, not
+    /// its bf16 rounding, and equals the EMA of the f32 policies the run saves).
+    fn update_ema(&mut self) -> Result<()> {
         let mu = self.cfg.mu;
-        let pol = self.policy.vs.variables();
+        let weights: std::collections::HashMap<&str, Tensor> =
+            self.opt.weights_f32().into_iter().collect();
         tch::no_grad(|| {
             for (name, mut e) in self.ema.vs.variables() {
-                let p = pol[&name].to_kind(Kind::Float);
+                let p = weights.get(name.as_str()).ok_or_else(|| {
+                    Error::Internal(format!("EMA parameter '{name}' is not optimised"))
+                })?;
                 e *= 1.0 - mu;
                 e += p * mu;
             }
-        });
+            Ok(())
+        })
     }
 
     /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts.

@@ -1,0 +1,659 @@
+//! `warp-rl` at scale (feature `rl`): the optimizer's precision (f32 master weights for bf16
+//! parameters, checked against PyTorch's own Adam), memory-bounded scoring (chunked log-probs,
+//! KL and entropy against the full-logits computation, gradients too) and the memory plan's
+//! parameter counts (against transformers).
+#![cfg(feature = "rl")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{torch_python, torch_ref};
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+use warp::rl::chunked::{
+    backward_logprobs, token_stats, Completions, Reference, StatsOptions, TokenStats,
+};
+use warp::rl::eval::token_kl;
+use warp::rl::memory::ModelShape;
+use warp::rl::optim::{Adam, AdamConfig};
+use warp::rl::rng::SplitMix64;
+use warp::rl::{score_at, LlamaModel};
+
+fn builtin_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/model")
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).flatten(0, -1)).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer
+
+/// Named parameters with shapes, from a seeded stream: magnitudes in [lo, hi], random signs.
+fn make_params(seed: u64, lo: f64, hi: f64) -> Vec<(String, Vec<i64>, Vec<f32>)> {
+    let mut rng = SplitMix64::stream(seed, 1);
+    [
+        ("a.weight", vec![4i64, 5]),
+        ("b.bias", vec![7]),
+        ("c.weight", vec![3, 2, 2]),
+    ]
+    .into_iter()
+    .map(|(n, shape)| {
+        let count: i64 = shape.iter().product();
+        let v = (0..count)
+            .map(|_| {
+                let mag = lo + (hi - lo) * rng.next_open01();
+                let sign = if rng.below(2) == 0 { -1.0 } else { 1.0 };
+                (sign * mag) as f32
+            })
+            .collect();
+        (n.to_string(), shape, v)
+    })
+    .collect()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Grads {
+    /// Uniform in ±1, every other step 10× smaller (so clipping at 1 acts on some steps only).
+    Noise,
+    /// A fixed sign per element times a magnitude in [0.5, 1): a consistent training signal,
+    /// so that Adam moves every weight by about lr per step.
+    Signal,
+    /// Multiples of 1/64 in [-1, 1]: exact in bf16, and so are their f32 sums.
+    Exact,
+}
+
+/// Per step, per parameter: gradients of the given kind from a seeded stream.
+fn make_grads(
+    seed: u64,
+    params: &[(String, Vec<i64>, Vec<f32>)],
+    steps: usize,
+    kind: Grads,
+) -> Vec<HashMap<String, Vec<f32>>> {
+    let mut rng = SplitMix64::stream(seed, 2);
+    let signs: Vec<Vec<f32>> = params
+        .iter()
+        .map(|(_, _, v)| {
+            v.iter()
+                .map(|_| if rng.below(2) == 0 { -1.0 } else { 1.0 })
+                .collect()
+        })
+        .collect();
+    (0..steps)
+        .map(|s| {
+            let scale = if s % 2 == 0 { 1.0 } else { 0.1 };
+            params
+                .iter()
+                .zip(&signs)
+                .map(|((n, _, _), sign)| {
+                    let g = sign
+                        .iter()
+                        .map(|sg| {
+                            let u = rng.next_open01();
+                            match kind {
+                                Grads::Noise => (scale * (2.0 * u - 1.0)) as f32,
+                                Grads::Signal => sg * (0.5 + 0.5 * u) as f32,
+                                Grads::Exact => ((2.0 * u - 1.0) * 64.0).round() as f32 / 64.0,
+                            }
+                        })
+                        .collect();
+                    (n.clone(), g)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn shallow(ts: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    ts.iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
+}
+
+fn tensors(params: &[(String, Vec<i64>, Vec<f32>)], kind: Kind) -> Vec<(String, Tensor)> {
+    params
+        .iter()
+        .map(|(n, shape, v)| {
+            let t = Tensor::from_slice(v)
+                .view(shape.as_slice())
+                .to_kind(kind)
+                .set_requires_grad(true);
+            (n.clone(), t)
+        })
+        .collect()
+}
+
+/// Sets the gradients of `params` to `grads` exactly: backward of Σ p·G.
+fn backward_with(params: &[(String, Tensor)], grads: &HashMap<String, Vec<f32>>) {
+    let terms: Vec<Tensor> = params
+        .iter()
+        .map(|(n, p)| {
+            let g = Tensor::from_slice(&grads[n])
+                .view(p.size().as_slice())
+                .to_kind(p.kind());
+            (p * g).sum(Kind::Float)
+        })
+        .collect();
+    Tensor::stack(&terms, 0).sum(Kind::Float).backward();
+}
+
+/// PyTorch's trajectory for the same start, gradients and settings.
+fn torch_adam(
+    params: &[(String, Vec<i64>, Vec<f32>)],
+    grads: &[HashMap<String, Vec<f32>>],
+    lrs: &[f64],
+    cfg: &AdamConfig,
+) -> (HashMap<String, Vec<f32>>, Vec<f64>) {
+    let p: serde_json::Map<String, Value> = params
+        .iter()
+        .map(|(n, s, v)| (n.clone(), json!({"shape": s, "values": v})))
+        .collect();
+    let out = torch_ref(
+        "torch_adam.py",
+        &[],
+        &json!({"params": p, "grads": grads, "lr": lrs, "beta1": cfg.beta1,
+                "beta2": cfg.beta2, "eps": cfg.eps, "weight_decay": cfg.weight_decay,
+                "clip": cfg.grad_clip}),
+    );
+    let finals = out["params"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| {
+            let v: Vec<f32> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            (n.clone(), v)
+        })
+        .collect();
+    let norms = out["norms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    (finals, norms)
+}
+
+fn check_f32_against_torch(cfg: AdamConfig, steps: usize) {
+    let params = make_params(1, 0.0, 0.5);
+    let grads = make_grads(2, &params, steps, Grads::Noise);
+    let ts = tensors(&params, Kind::Float);
+    let mut opt = Adam::from_params(shallow(&ts), cfg.clone()).unwrap();
+    let lrs: Vec<f64> = (1..=steps as u64).map(|s| opt.lr_at(s)).collect();
+    let mut norms = Vec::new();
+    for g in &grads {
+        opt.zero_grad();
+        backward_with(&ts, g);
+        norms.push(opt.step().unwrap().grad_norm);
+    }
+    let (want, want_norms) = torch_adam(&params, &grads, &lrs, &cfg);
+    for (a, b) in norms.iter().zip(&want_norms) {
+        // Squares in f32 (as the gradients), summed in f64; the reference squares in f64.
+        assert!((a - b).abs() <= 1e-6 * b, "grad norm {a} vs torch {b}");
+    }
+    let clipped = want_norms.iter().filter(|&&n| n > cfg.grad_clip).count();
+    assert!(
+        clipped > 0 && clipped < steps,
+        "clipping on {clipped} of {steps} steps"
+    );
+    let mut worst = 0f64;
+    for (n, t) in &ts {
+        for (x, y) in values(t).iter().zip(&want[n]) {
+            worst = worst.max((x - y).abs() as f64);
+        }
+    }
+    eprintln!("f32 Adam vs torch ({cfg:?}): max |diff| {worst:e} after {steps} steps");
+    assert!(worst <= 1e-6, "max |ours − torch| = {worst}");
+}
+
+#[test]
+fn adam_matches_torch_with_warmup_decay_and_clipping() {
+    let base = AdamConfig {
+        lr: 0.01,
+        warmup: 3,
+        decay_steps: 6,
+        grad_clip: 1.0,
+        ..AdamConfig::default()
+    };
+    check_f32_against_torch(base.clone(), 12);
+    check_f32_against_torch(
+        AdamConfig {
+            weight_decay: 0.1,
+            ..base
+        },
+        12,
+    );
+}
+
+fn bf16_of(v: &[f32]) -> Vec<f32> {
+    values(&Tensor::from_slice(v).to_kind(Kind::BFloat16))
+}
+
+#[test]
+fn bf16_parameters_learn_at_lr_1e6_through_f32_masters_and_resume_exactly() {
+    let steps = 80;
+    let cfg = AdamConfig {
+        lr: 1e-6,
+        grad_clip: 0.0,
+        ..AdamConfig::default()
+    };
+    // Weights of magnitude ~0.02: one bf16 spacing there is 2^-13 ≈ 1.2e-4.
+    let params: Vec<_> = make_params(3, 0.015, 0.025)
+        .into_iter()
+        .map(|(n, s, v)| (n, s, bf16_of(&v)))
+        .collect();
+    let grads = make_grads(4, &params, steps, Grads::Signal);
+    // Without a master copy an update of 1e-6 is rounded away: w − 1e-6 is w again in bf16.
+    for (_, _, v) in &params {
+        let moved: Vec<f32> = v.iter().map(|x| x - 1e-6).collect();
+        assert_eq!(bf16_of(&moved), *v);
+    }
+    let run = |from: usize, to: usize, opt: &mut Adam, ts: &[(String, Tensor)]| {
+        for g in &grads[from..to] {
+            opt.zero_grad();
+            backward_with(ts, g);
+            opt.step().unwrap();
+        }
+    };
+    let ts = tensors(&params, Kind::BFloat16);
+    let mut opt = Adam::from_params(shallow(&ts), cfg.clone()).unwrap();
+    assert!(opt.has_masters());
+    run(0, steps, &mut opt, &ts);
+    let lrs = vec![cfg.lr; steps];
+    let (want, _) = torch_adam(&params, &grads, &lrs, &cfg);
+    let masters: HashMap<&str, Tensor> = opt.weights_f32().into_iter().collect();
+    let (mut worst, mut changed, mut total, mut off) = (0f64, 0, 0, 0);
+    for ((n, t), (_, _, start)) in ts.iter().zip(&params) {
+        let m = values(&masters[n.as_str()]);
+        for (x, y) in m.iter().zip(&want[n]) {
+            worst = worst.max((x - y).abs() as f64);
+        }
+        // The bf16 parameter is its master rounded to nearest even.
+        let p = values(t);
+        assert_eq!(p, bf16_of(&m), "{n}");
+        off += p
+            .iter()
+            .zip(bf16_of(&want[n]))
+            .filter(|(a, b)| *a != b)
+            .count();
+        changed += p.iter().zip(start).filter(|(a, b)| a != b).count();
+        total += p.len();
+    }
+    eprintln!(
+        "bf16 at lr 1e-6, {steps} steps: master vs torch f32 Adam max |diff| {worst:e}; \
+         {changed}/{total} bf16 weights changed; {off} differ from torch's trajectory rounded"
+    );
+    // f32 rounding of the two formulas (ours divides m̂ by √v̂ + ε, torch's addcdiv folds lr/bc1
+    // in): a few f32 ulps of 0.02 (1.9e-9) per step at most, far below the 8e-5 trained here.
+    assert!(worst <= 1e-7, "master vs torch: {worst}");
+    assert!(
+        changed * 2 > total,
+        "only {changed} of {total} bf16 weights moved"
+    );
+    assert!(
+        off * 50 <= total,
+        "{off} of {total} bf16 weights off torch's trajectory"
+    );
+
+    // Resume at step 40 from the saved state and the bf16 weights: the same end, bit for bit.
+    let ts2 = tensors(&params, Kind::BFloat16);
+    let mut first = Adam::from_params(shallow(&ts2), cfg.clone()).unwrap();
+    run(0, 40, &mut first, &ts2);
+    let saved: HashMap<String, Tensor> = first
+        .state()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    assert!(saved.keys().any(|k| k.starts_with("master.")));
+    let resumed_params: Vec<(String, Tensor)> = ts2
+        .iter()
+        .map(|(n, t)| (n.clone(), t.detach().copy().set_requires_grad(true)))
+        .collect();
+    let mut second = Adam::from_params(shallow(&resumed_params), cfg.clone()).unwrap();
+    second
+        .load_state(40, &mut |name, shape| {
+            let t = saved.get(name).unwrap().shallow_clone();
+            assert_eq!(t.size(), shape);
+            Ok(t)
+        })
+        .unwrap();
+    run(40, steps, &mut second, &resumed_params);
+    for ((n, a), (_, b)) in ts.iter().zip(&resumed_params) {
+        assert_eq!(values(a), values(b), "{n} after resume");
+    }
+    let m2: HashMap<&str, Tensor> = second.weights_f32().into_iter().collect();
+    for (n, m) in &masters {
+        assert_eq!(values(m), values(&m2[n]), "master {n} after resume");
+    }
+}
+
+#[test]
+fn bf16_gradients_of_micro_batches_are_summed_in_f32() {
+    let steps = 10;
+    let cfg = AdamConfig {
+        lr: 1e-3,
+        grad_clip: 0.0,
+        ..AdamConfig::default()
+    };
+    let params: Vec<_> = make_params(5, 0.0, 0.5)
+        .into_iter()
+        .map(|(n, s, v)| (n, s, bf16_of(&v)))
+        .collect();
+    let g1 = make_grads(6, &params, steps, Grads::Exact);
+    let g2 = make_grads(7, &params, steps, Grads::Exact);
+    let ts = tensors(&params, Kind::BFloat16);
+    let mut opt = Adam::from_params(shallow(&ts), cfg.clone()).unwrap();
+    for (a, b) in g1.iter().zip(&g2) {
+        opt.zero_grad();
+        backward_with(&ts, a);
+        opt.accumulate().unwrap();
+        backward_with(&ts, b);
+        opt.step().unwrap();
+    }
+    // The reference gets the exact sums (both terms are multiples of 1/64 in [-1, 1]).
+    let sums: Vec<HashMap<String, Vec<f32>>> = g1
+        .iter()
+        .zip(&g2)
+        .map(|(a, b)| {
+            a.iter()
+                .map(|(n, x)| (n.clone(), x.iter().zip(&b[n]).map(|(p, q)| p + q).collect()))
+                .collect()
+        })
+        .collect();
+    let (want, _) = torch_adam(&params, &sums, &vec![cfg.lr; steps], &cfg);
+    let masters: HashMap<&str, Tensor> = opt.weights_f32().into_iter().collect();
+    let mut worst = 0f64;
+    for (n, _) in &ts {
+        for (x, y) in values(&masters[n.as_str()]).iter().zip(&want[n]) {
+            worst = worst.max((x - y).abs() as f64);
+        }
+    }
+    eprintln!("accumulated bf16 gradients: master vs torch max |diff| {worst:e}");
+    assert!(worst <= 1e-6, "{worst}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunked scoring
+
+/// The LM head of a loaded model as a function (the embedding when tied).
+fn head_weight(m: &LlamaModel) -> Tensor {
+    let vars = m.vs.variables();
+    let name = if m.config.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    vars[name].shallow_clone()
+}
+
+/// Random (prompt, completion) pairs: prompts of 1–6 tokens, completions of 0–7 (one empty).
+fn random_pairs(vocab: i64, seed: u64) -> Vec<(Vec<i64>, Vec<i64>)> {
+    let mut rng = SplitMix64::stream(seed, 3);
+    let tok = |rng: &mut SplitMix64| 1 + rng.below(vocab as u64 - 1) as i64;
+    (0..7)
+        .map(|i| {
+            let p = (0..1 + rng.below(6)).map(|_| tok(&mut rng)).collect();
+            let c = if i == 2 {
+                Vec::new()
+            } else {
+                (0..1 + rng.below(7)).map(|_| tok(&mut rng)).collect()
+            };
+            (p, c)
+        })
+        .collect()
+}
+
+fn perturbed_copy(dir: &Path, seed: i64) -> LlamaModel {
+    let m = LlamaModel::load(dir, Device::Cpu).unwrap();
+    tch::manual_seed(seed);
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.05;
+            v += noise;
+        }
+    });
+    m
+}
+
+fn grads_of(m: &LlamaModel) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> =
+        m.vs.variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.grad().detach().copy()))
+            .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn zero_grads(m: &LlamaModel) {
+    for (_, mut t) in m.vs.variables() {
+        t.zero_grad();
+    }
+}
+
+/// Chunked statistics against `score_at` + `token_kl` (+ the trainer's entropy), values and
+/// gradients, on the model at `dir`.
+fn check_chunked_against_full(dir: &Path) {
+    let temperature = 0.9;
+    let policy = LlamaModel::load(dir, Device::Cpu).unwrap();
+    let reference = perturbed_copy(dir, 5);
+    let vocab = policy.config.vocab_size;
+    let pairs = random_pairs(vocab as i64, 11);
+    let pad = 0;
+
+    // The full-logits computation of today's trainer.
+    let full = score_at(&policy, &pairs, pad, temperature).unwrap();
+    let (ref_full, kl_full, ent_full) = tch::no_grad(|| {
+        let r = score_at(&reference, &pairs, pad, temperature).unwrap();
+        let kl = token_kl(&full.logits, &r.logits, temperature) * &full.mask;
+        let lp = (&full.logits / temperature).log_softmax(-1, Kind::Float);
+        let ent = -(lp.exp() * &lp).sum_dim_intlist(-1, false, Kind::Float) * &full.mask;
+        (r, kl, ent)
+    });
+
+    let comp = Completions::new(
+        &pairs,
+        pad,
+        vocab,
+        policy.config.max_position_embeddings,
+        Device::Cpu,
+    )
+    .unwrap();
+    let (pw, rw) = (head_weight(&policy), head_weight(&reference));
+    let head = |h: &Tensor| -> warp::Result<Tensor> { Ok(h.linear::<Tensor>(&pw, None)) };
+    let ref_head = |h: &Tensor| -> warp::Result<Tensor> { Ok(h.linear::<Tensor>(&rw, None)) };
+    let hidden = |m: &LlamaModel| {
+        let h = m
+            .hidden_states(&comp.ids, &comp.attention_mask, &comp.position_ids)
+            .unwrap();
+        comp.gather(&h).unwrap()
+    };
+    let hr = tch::no_grad(|| hidden(&reference));
+    let stats = |h: &Tensor, chunk: i64| -> TokenStats {
+        token_stats(
+            h,
+            &head,
+            &comp.targets,
+            &[Reference {
+                hidden: &hr,
+                head: &ref_head,
+            }],
+            &StatsOptions {
+                temperature,
+                chunk,
+                entropy: true,
+            },
+        )
+        .unwrap()
+    };
+    assert_eq!(comp.n_tokens, full.mask.sum(Kind::Int64).int64_value(&[]));
+    for chunk in [1, 4, 10_000] {
+        let s = tch::no_grad(|| stats(&hidden(&policy), chunk));
+        let r = &s.references[0];
+        let diffs = [
+            max_abs_diff(&comp.to_padded(&s.logprobs).unwrap(), &full.logprobs),
+            max_abs_diff(&comp.to_padded(&r.logprobs).unwrap(), &ref_full.logprobs),
+            max_abs_diff(&comp.to_padded(&r.kl).unwrap(), &kl_full),
+            max_abs_diff(
+                &comp.to_padded(s.entropy.as_ref().unwrap()).unwrap(),
+                &ent_full,
+            ),
+        ];
+        eprintln!(
+            "{}: chunk {chunk}: max |diff| logprobs {:e}, reference logprobs {:e}, KL {:e}, \
+             entropy {:e}",
+            dir.display(),
+            diffs[0],
+            diffs[1],
+            diffs[2],
+            diffs[3]
+        );
+        assert!(diffs.iter().all(|&d| d <= 2e-5), "{diffs:?}");
+    }
+    // The KL is not trivially zero: the reference really differs.
+    assert!(kl_full.abs().max().double_value(&[]) > 1e-3);
+
+    // Gradients of Σ_i w_i log π(y_i | x_i): full logits, chunked in-graph, chunked bounded.
+    let mut rng = SplitMix64::stream(13, 4);
+    let w: Vec<f32> = (0..pairs.len())
+        .map(|_| (2.0 * rng.next_open01() - 1.0) as f32)
+        .collect();
+    let w = Tensor::from_slice(&w);
+    zero_grads(&policy);
+    let loss = (full.logprobs.sum_dim_intlist(-1, false, Kind::Float) * &w).sum(Kind::Float);
+    loss.backward();
+    let g_full = grads_of(&policy);
+
+    zero_grads(&policy);
+    let s = stats(&hidden(&policy), 3);
+    let seq = comp.per_sequence(&s.logprobs).unwrap();
+    (&seq * &w).sum(Kind::Float).backward();
+    let g_graph = grads_of(&policy);
+
+    zero_grads(&policy);
+    let token_w = w.index_select(0, &comp.seq);
+    let objective = backward_logprobs(
+        &hidden(&policy),
+        &head,
+        &comp.targets,
+        &token_w,
+        temperature,
+        3,
+    )
+    .unwrap();
+    let g_bounded = grads_of(&policy);
+    assert!((objective - loss.double_value(&[])).abs() <= 1e-4);
+
+    let scale = g_full
+        .iter()
+        .map(|(_, g)| g.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(scale > 0.0);
+    for (label, got) in [("in-graph", &g_graph), ("bounded", &g_bounded)] {
+        let mut worst = 0f64;
+        for ((n, a), (m, b)) in g_full.iter().zip(got.iter()) {
+            assert_eq!(n, m);
+            assert!(
+                b.defined() && b.abs().max().double_value(&[]) > 0.0,
+                "{label}: {n}"
+            );
+            worst = worst.max(max_abs_diff(a, b));
+        }
+        eprintln!(
+            "{}: {label} gradients vs full logits: max |diff| {worst:e} (max |g| {scale:e})",
+            dir.display()
+        );
+        assert!(worst <= 1e-5 * scale.max(1.0), "{label}: {worst}");
+    }
+}
+
+#[test]
+fn chunked_scoring_equals_full_logits_on_the_builtin_model() {
+    check_chunked_against_full(&builtin_model());
+}
+
+/// A tiny tied-embedding Llama made by transformers.
+fn tied_llama(dir: &Path) -> u64 {
+    let out = torch_ref(
+        "hf_tiny_model.py",
+        &[dir],
+        &json!({"config": {"model_type": "llama", "vocab_size": 64, "hidden_size": 32,
+                           "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2,
+                           "max_position_embeddings": 32, "tie_word_embeddings": true},
+                "dtype": "f32", "seed": 3}),
+    );
+    out["parameters"].as_u64().unwrap()
+}
+
+#[test]
+fn chunked_scoring_equals_full_logits_on_a_tied_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tied");
+    tied_llama(&dir);
+    check_chunked_against_full(&dir);
+}
+
+#[test]
+fn chunked_scoring_refuses_bad_pairs() {
+    let comp = |pairs: &[(Vec<i64>, Vec<i64>)]| {
+        Completions::new(pairs, 0, 32, 16, Device::Cpu).map(|_| ())
+    };
+    let err = |pairs: &[(Vec<i64>, Vec<i64>)]| comp(pairs).unwrap_err().to_string();
+    assert!(err(&[]).contains("no (prompt, completion) pairs"));
+    assert!(err(&[(vec![], vec![1])]).contains("prompt 0 is empty"));
+    assert!(err(&[(vec![1], vec![40])]).contains("completion 0: token id 40"));
+    assert!(err(&[(vec![1; 10], vec![1; 7])]).contains("exceeds max_position_embeddings 16"));
+    assert!(comp(&[(vec![1; 10], vec![1; 6])]).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory plan
+
+/// transformers' parameter count of a checkpoint folder.
+fn hf_parameters(dir: &Path) -> u64 {
+    let out = Command::new(torch_python())
+        .args([
+            "-c",
+            "import sys; from transformers import AutoModelForCausalLM as M; \
+             m = M.from_pretrained(sys.argv[1]); print(sum(p.numel() for p in m.parameters()))",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn memory_plan_counts_parameters_as_transformers_does() {
+    let b = ModelShape::from_path(&builtin_model()).unwrap();
+    assert_eq!(b.parameters, hf_parameters(&builtin_model()));
+    assert_eq!(b.checkpoint_bytes, 4 * b.parameters);
+    assert_eq!((b.hidden, b.layers, b.kv_heads, b.vocab), (128, 4, 2, 32));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tied");
+    let hf = tied_llama(&dir);
+    let t = ModelShape::from_path(&dir).unwrap();
+    assert_eq!(t.parameters, hf);
+    assert_eq!(t.head_dim, 8);
+}
