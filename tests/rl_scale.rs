@@ -557,7 +557,7 @@ fn check_chunked_against_full(dir: &Path) {
     )
     .unwrap();
     let g_bounded = grads_of(&policy);
-    assert!((objective - loss.double_value(&[])).abs() <= 1e-4);
+    assert!((objective.double_value(&[]) - loss.double_value(&[])).abs() <= 1e-4);
 
     let scale = g_full
         .iter()

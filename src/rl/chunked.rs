@@ -343,7 +343,8 @@ pub fn token_stats(
 /// graph) — in bounded memory: the head is recomputed and back-propagated one chunk at a time
 /// (only that chunk's `[chunk, vocab]` tensors are alive), the hidden-state gradients are
 /// collected (`[N, hidden]`), and the decoder is back-propagated once. `weights` `[N]` are
-/// constants (no graph). Returns Σ_t weights_t · log π(targets_t), the objective's value.
+/// constants (no graph). Returns Σ_t weights_t · log π(targets_t), the objective's value, as a
+/// 0-dim f32 tensor on the device (reading it is left to the caller: no host sync here).
 pub fn backward_logprobs(
     h: &Tensor,
     head: Head,
@@ -351,7 +352,7 @@ pub fn backward_logprobs(
     weights: &Tensor,
     temperature: f64,
     chunk: i64,
-) -> Result<f64> {
+) -> Result<Tensor> {
     if !(temperature.is_finite() && temperature > 0.0) {
         return Err(Error::Usage(format!(
             "scoring temperature must be > 0, got {temperature}"
@@ -365,7 +366,7 @@ pub fn backward_logprobs(
         )));
     }
     if n == 0 {
-        return Ok(0.0);
+        return Tensor::f_zeros([], (Kind::Float, h.device())).map_err(|e| be("objective", e));
     }
     let chunk = chunk.max(1);
     let hd = h.detach();
@@ -416,5 +417,5 @@ pub fn backward_logprobs(
         }
         Ok(())
     })?;
-    total.f_double_value(&[]).map_err(|e| be("objective", e))
+    Ok(total)
 }

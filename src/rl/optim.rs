@@ -211,16 +211,12 @@ impl Adam {
         })
     }
 
-    /// Applies one update from the gradients (accumulated and current). A parameter without a
-    /// gradient is an error: every parameter of the policy must be trained.
-    ///
-    /// The global gradient norm is computed on the device and read back once (one host sync per
-    /// step, for the clipping factor, the non-finite check and the metrics).
-    pub fn step(&mut self) -> Result<StepInfo> {
-        let step = self.step + 1;
-        let lr = self.lr_at(step);
-        let c = self.cfg.clone();
-        let info = tch::no_grad(|| -> Result<StepInfo> {
+    /// The squared global gradient norm (accumulated and current gradients, squares in f32
+    /// summed in f64), as a 0-dim f64 tensor on the device: no host sync, so a caller can read it
+    /// together with other values and pass the norm to [`apply`](Self::apply). A parameter
+    /// without a gradient is an error: every parameter of the policy must be trained.
+    pub fn grad_sq_norm(&self) -> Result<Tensor> {
+        tch::no_grad(|| {
             let mut sq = Vec::with_capacity(self.slots.len());
             for s in &self.slots {
                 let g = s.grad_f32()?.ok_or_else(|| {
@@ -232,11 +228,30 @@ impl Adam {
                         .map_err(|e| be(&s.name, e))?,
                 );
             }
-            let total = Tensor::f_stack(&sq, 0)
+            Tensor::f_stack(&sq, 0)
                 .and_then(|t| t.f_sum(Kind::Double))
-                .and_then(|t| t.f_double_value(&[]))
-                .map_err(|e| Error::backend("optimizer, gradient norm", e))?;
-            let grad_norm = total.sqrt();
+                .map_err(|e| Error::backend("optimizer, gradient norm", e))
+        })
+    }
+
+    /// Applies one update from the gradients (accumulated and current): the global gradient norm
+    /// is computed on the device and read back once (one host sync per step, for the clipping
+    /// factor, the non-finite check and the metrics).
+    pub fn step(&mut self) -> Result<StepInfo> {
+        let sq = self
+            .grad_sq_norm()?
+            .f_double_value(&[])
+            .map_err(|e| Error::backend("optimizer, gradient norm", e))?;
+        self.apply(sq.sqrt())
+    }
+
+    /// As [`step`](Self::step), with the global gradient norm already read (the square root of
+    /// [`grad_sq_norm`](Self::grad_sq_norm), e.g. in one read with the step's metrics).
+    pub fn apply(&mut self, grad_norm: f64) -> Result<StepInfo> {
+        let step = self.step + 1;
+        let lr = self.lr_at(step);
+        let c = self.cfg.clone();
+        let info = tch::no_grad(|| -> Result<StepInfo> {
             if !grad_norm.is_finite() {
                 return Err(Error::backend(
                     format!("optimizer step {step}"),
