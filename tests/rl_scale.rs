@@ -657,3 +657,20 @@ fn memory_plan_counts_parameters_as_transformers_does() {
     assert_eq!(t.parameters, hf);
     assert_eq!(t.head_dim, 8);
 }
+
+// ---------------------------------------------------------------------------------------------
+// libtorch's CUDA backend
+
+#[test]
+fn cuda_backend_loads_on_demand() {
+    warp::rl::cuda::load_backend().unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        maps.contains("libtorch_cuda.so"),
+        "libtorch_cuda.so is not mapped"
+    );
+    // Without a GPU, libtorch now answers "no device" rather than failing.
+    if !warp::rl::cuda::driver_present() {
+        assert!(!tch::Cuda::is_available());
+    }
+}

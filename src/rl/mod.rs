@@ -3,6 +3,7 @@
 //! model (`warp-sft`). See docs/RL.md.
 pub mod chunked;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod eval;
 pub mod generate;
