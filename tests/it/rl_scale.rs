@@ -4,13 +4,11 @@
 //! parameter counts (against transformers).
 #![cfg(feature = "rl")]
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{torch_python, torch_ref};
+use crate::common::{torch_python, torch_ref};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use warp::rl::chunked::{
