@@ -337,12 +337,16 @@ pub fn plan(input: &PlanInput) -> Plan {
         "one layer's activation gradients, the hidden-state gradient".into(),
         Training,
     );
+    // A chunk is at most the micro-batch's completion positions.
+    let chunk = input
+        .chunk_bytes
+        .min(4 * k * input.max_new_tokens * m.vocab);
     add(
         "LM-head chunks",
-        6 * input.chunk_bytes,
+        6 * chunk,
         format!(
             "6 × {} ([chunk, vocab] f32 logits and temporaries)",
-            gib(input.chunk_bytes)
+            gib(chunk)
         ),
         Training,
     );
@@ -467,6 +471,148 @@ pub fn check_fits(input: &PlanInput, limit: u64) -> Result<Plan> {
     Err(Error::Usage(msg))
 }
 
+/// Activations (generation or training, whichever is larger) that an automatic micro-batch may
+/// take: 1 GiB on the CPU, 16 GiB on a GPU.
+pub fn auto_activation_budget(target: Target) -> u64 {
+    match target {
+        Target::Cpu => 1 << 30,
+        Target::Cuda => 16 << 30,
+    }
+}
+
+/// The micro-batch `--micro-batch 0` stands for: the largest multiple of n (up to the whole
+/// batch) whose per-micro-batch part of the plan fits [`auto_activation_budget`]; if not even n
+/// sequences fit, the largest smaller micro-batch that does (at least 1).
+pub fn auto_micro_batch(input: &PlanInput) -> u64 {
+    let total = (input.prompts * input.n).max(1);
+    let budget = auto_activation_budget(input.target);
+    let per_micro_batch = |k: u64| {
+        let p = plan(&PlanInput {
+            micro_batch: k,
+            ..input.clone()
+        });
+        p.sum(Phase::Generation).max(p.sum(Phase::Training))
+    };
+    let n = input.n.max(1);
+    let mut k = total - total % n;
+    while k >= n {
+        if per_micro_batch(k) <= budget {
+            return k;
+        }
+        k -= n;
+    }
+    (1..n.min(total))
+        .rev()
+        .find(|&k| per_micro_batch(k) <= budget)
+        .unwrap_or(1)
+}
+
+/// What a run's settings come to before anything is loaded: the plan, and the device, dtype and
+/// micro-batch that `auto` / 0 resolve to.
+pub struct RunPlan {
+    pub input: PlanInput,
+    pub plan: Plan,
+    pub device: tch::Device,
+    pub dtype: super::settings::TrainDtype,
+    pub micro_batch: usize,
+}
+
+impl RunPlan {
+    /// The plan with the settings it resolved, as text (what `warp rl --dry-run` prints).
+    pub fn report(&self) -> String {
+        let i = &self.input;
+        format!(
+            "model: {} parameters, {} layers, hidden {}, vocab {}\n\
+             device: {}, dtype: {}, micro-batch: {} of {} sequences ({} prompts × {}), \
+             {} prompt + {} new tokens\n{}",
+            i.model.parameters,
+            i.model.layers,
+            i.model.hidden,
+            i.model.vocab,
+            match self.device {
+                tch::Device::Cuda(n) => format!("cuda:{n}"),
+                _ => "cpu".to_string(),
+            },
+            match self.dtype {
+                super::settings::TrainDtype::Bf16 => "bf16",
+                _ => "f32",
+            },
+            self.micro_batch,
+            i.prompts * i.n,
+            i.prompts,
+            i.n,
+            i.prompt_tokens,
+            i.max_new_tokens,
+            self.plan.table()
+        )
+    }
+}
+
+/// The plan of the run `cfg` describes, from config.json and the checkpoint headers of the
+/// model (and of a `model:` reward), its tokenizer and the prompt file; no weights are loaded.
+/// Hub ids are resolved (downloaded into the cache) first.
+pub fn for_run(
+    cfg: &super::settings::RlConfig,
+    reporter: &dyn crate::progress::Reporter,
+) -> Result<RunPlan> {
+    use super::settings::{Anchor, TrainDtype};
+    let device = super::tch_device(cfg.device)?;
+    let cuda = device.is_cuda();
+    let dtype = cfg.dtype.resolve(cuda);
+    let spec = crate::builtin::resolve_spec(&cfg.model)?;
+    let ck = crate::io::open_spec(&spec, reporter)?;
+    let model = ModelShape::from_checkpoint(&ck)?;
+    let tok = super::tokenizer::Tokenizer::from_dir(&ck.dir)?;
+    let prompts = crate::builtin::resolve_path(&cfg.prompts)?;
+    let mut prompt_tokens = 0;
+    for r in super::data::read_prompts(&prompts)? {
+        prompt_tokens = prompt_tokens.max(tok.encode(&r.prompt)?.len() as u64);
+    }
+    let reward_model = match cfg.reward.split_once(':') {
+        Some(("model", path)) if !path.is_empty() => {
+            let p = crate::hub::resolve_checkpoint(
+                path,
+                &crate::hub::HubOptions::from_env(),
+                reporter,
+            )?;
+            Some((
+                ModelShape::from_path(&p)?,
+                if cuda { 2 } else { 4 },
+                cfg.reward_batch as u64,
+            ))
+        }
+        _ => None,
+    };
+    let mut input = PlanInput {
+        model,
+        target: if cuda { Target::Cuda } else { Target::Cpu },
+        precision: match dtype {
+            TrainDtype::Bf16 => Precision::Bf16,
+            _ => Precision::F32,
+        },
+        prompts: cfg.batch as u64,
+        n: cfg.n as u64,
+        prompt_tokens,
+        max_new_tokens: cfg.max_new_tokens as u64,
+        micro_batch: cfg.micro_batch as u64,
+        init: cfg.anchor == Anchor::Init || cfg.metrics_every > 0,
+        ema_anchor: cfg.anchor == Anchor::Ema,
+        reward_model,
+        chunk_bytes: super::chunked::DEFAULT_CHUNK_BYTES,
+    };
+    if input.micro_batch == 0 {
+        input.micro_batch = auto_micro_batch(&input);
+    }
+    input.micro_batch = input.micro_batch.min(input.prompts * input.n).max(1);
+    Ok(RunPlan {
+        plan: plan(&input),
+        micro_batch: input.micro_batch as usize,
+        input,
+        device,
+        dtype,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +679,30 @@ mod tests {
         let a = |k| item(&plan(&input(k, Precision::F32)), "activations").unwrap();
         assert_eq!(a(16), 2 * a(8));
         assert!(plan(&input(64, Precision::F32)).peak() > plan(&input(8, Precision::F32)).peak());
+    }
+
+    #[test]
+    fn auto_micro_batch_is_the_largest_multiple_of_n_within_the_budget() {
+        // Tiny model: the whole batch fits.
+        assert_eq!(auto_micro_batch(&input(0, Precision::F32)), 64);
+        // A model whose activations per sequence are ~100 MB: 8 sequences fit in 1 GiB.
+        let mut big = input(0, Precision::F32);
+        big.model.hidden = 4096;
+        big.model.intermediate = 16384;
+        big.model.layers = 24;
+        big.model.heads = 32;
+        big.model.kv_heads = 8;
+        big.model.head_dim = 128;
+        let k = auto_micro_batch(&big);
+        assert!(k % 4 == 0 && k < 64, "{k}");
+        let per = |k| {
+            let p = plan(&PlanInput {
+                micro_batch: k,
+                ..big.clone()
+            });
+            p.sum(Phase::Generation).max(p.sum(Phase::Training))
+        };
+        assert!(per(k) <= 1 << 30 && per(k + 4) > 1 << 30);
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
 #[cfg(feature = "rl")]
 pub use model::{KvCache, LlamaModel};
-pub use settings::{Anchor, Baseline, RlConfig, SftConfig, TrainDtype};
+pub use settings::{Anchor, Baseline, RlConfig, SaveDtype, SftConfig, TrainDtype};
 #[cfg(feature = "rl")]
 pub use tokenizer::Tokenizer;
 

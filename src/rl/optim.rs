@@ -287,9 +287,51 @@ impl Adam {
             .collect()
     }
 
+    /// The gradients the next step would use (accumulated and current), f32, by name.
+    pub fn gradients_f32(&self) -> Result<Vec<(String, Tensor)>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let g = s.grad_f32()?.ok_or_else(|| {
+                    Error::Internal(format!("parameter '{}' received no gradient", s.name))
+                })?;
+                Ok((s.name.clone(), g))
+            })
+            .collect()
+    }
+
     /// Whether some parameter trains through an f32 master copy (it is not f32 itself).
     pub fn has_masters(&self) -> bool {
         self.slots.iter().any(|s| s.master.is_some())
+    }
+
+    /// Sets the master copies (of the parameters that have one) to exact f32 weights, e.g. the
+    /// init's own f32 values rather than their rounding to the parameter's dtype, and casts them
+    /// into the parameters. `get(name, shape)` gives the weights of one parameter.
+    pub fn set_masters(
+        &mut self,
+        get: &mut dyn FnMut(&str, &[i64]) -> Result<Tensor>,
+    ) -> Result<()> {
+        for s in &mut self.slots {
+            let Some(master) = &mut s.master else {
+                continue;
+            };
+            let w = get(&s.name, &s.param.size())?;
+            if w.size() != s.param.size() {
+                return Err(Error::Internal(format!(
+                    "master weights of '{}' have shape {:?}, the parameter {:?}",
+                    s.name,
+                    w.size(),
+                    s.param.size()
+                )));
+            }
+            tch::no_grad(|| -> std::result::Result<(), tch::TchError> {
+                master.f_copy_(&w)?;
+                s.param.f_copy_(master)
+            })
+            .map_err(|e| be(&s.name, e))?;
+        }
+        Ok(())
     }
 
     /// The optimizer state as named f32 tensors for a resumable checkpoint: the moment estimates
