@@ -19,7 +19,8 @@ use crate::pipeline::{PipelineConfig, PointKind};
 /// SIGTERM or SIGHUP the running steps are stopped (SIGTERM) and waited for. Keys of
 /// CONFIG.toml (all optional): model, prompts, heldout, reward, output, iterations, runs, steps,
 /// mu, beta, eta, etas, seed, checkpoints, rl (a table of other `warp rl` settings), rl_args,
-/// init_anchor_runs, jobs, devices, launcher, eval_samples, eval_prompts, threads.
+/// init_anchor_runs, jobs, devices, launcher, trainer (warp or trl), eval_samples, eval_prompts,
+/// threads.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Pipeline settings (TOML).

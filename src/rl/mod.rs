@@ -40,6 +40,7 @@ pub mod task;
 pub mod tokenizer;
 #[cfg(feature = "rl")]
 pub mod trainer;
+pub mod trl;
 
 #[cfg(feature = "rl")]
 pub use config::{LlamaConfig, RopeScaling};

@@ -30,3 +30,5 @@ mod rl_reward;
 mod rl_scale;
 #[cfg(feature = "rl")]
 mod rl_train;
+#[cfg(feature = "rl")]
+mod trl;
