@@ -207,23 +207,11 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
         None => {
             let cfg = settings(a, ctx.matches)?;
             cfg.check()?;
-<<<<<<< HEAD
             if a.dry_run {
                 let plan = crate::rl::memory::for_run(&cfg, &progress)?;
                 return super::common::out_line(plan.report().trim_end());
             }
-            let Some(out) = a.output.clone() else {
-                return Err(Error::Usage("give the run folder: -o DIR".into()));
-            };
-            if out.exists() && std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_some()) {
-                return Err(Error::Usage(format!(
-                    "-o {}: exists and is not empty (continue the run in it with --resume {0})",
-                    out.display()
-                )));
-            }
-=======
             let out = new_run_folder(a)?;
->>>>>>> main
             if let Some(t) = a.threads {
                 tch::set_num_threads(t as i32);
             }

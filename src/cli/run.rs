@@ -20,7 +20,7 @@ use crate::pipeline::{PipelineConfig, PointKind};
 /// CONFIG.toml (all optional): model, prompts, heldout, reward, output, iterations, runs, steps,
 /// mu, beta, eta, etas, seed, checkpoints, rl (a table of other `warp rl` settings), rl_args,
 /// init_anchor_runs, jobs, devices, launcher, trainer (warp or trl), eval_samples, eval_prompts,
-/// threads.
+/// threads, merge_dtype (sft, bf16, f16 or f32: the dtype of the merged checkpoints).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Pipeline settings (TOML).
@@ -97,6 +97,7 @@ pub fn run(a: &Args, _: &Ctx) -> Result<()> {
 }
 
 fn dry_run(c: &PipelineConfig, exe: &std::path::Path) -> Result<()> {
+    let c = &c.with_sft_dtype(&crate::progress::Silent)?;
     let p = crate::pipeline::plan(c, exe)?;
     let mut text = String::new();
     for st in &p.steps {

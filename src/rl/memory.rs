@@ -472,10 +472,10 @@ pub fn check_fits(input: &PlanInput, limit: u64) -> Result<Plan> {
 }
 
 /// Activations (generation or training, whichever is larger) that an automatic micro-batch may
-/// take: 1 GiB on the CPU, 16 GiB on a GPU.
+/// take: 512 MiB on the CPU, 16 GiB on a GPU.
 pub fn auto_activation_budget(target: Target) -> u64 {
     match target {
-        Target::Cpu => 1 << 30,
+        Target::Cpu => 512 << 20,
         Target::Cuda => 16 << 30,
     }
 }
@@ -685,7 +685,7 @@ mod tests {
     fn auto_micro_batch_is_the_largest_multiple_of_n_within_the_budget() {
         // Tiny model: the whole batch fits.
         assert_eq!(auto_micro_batch(&input(0, Precision::F32)), 64);
-        // A model whose activations per sequence are ~100 MB: 8 sequences fit in 1 GiB.
+        // A model whose activations per sequence are ~100 MB: only a few sequences fit.
         let mut big = input(0, Precision::F32);
         big.model.hidden = 4096;
         big.model.intermediate = 16384;
@@ -702,7 +702,7 @@ mod tests {
             });
             p.sum(Phase::Generation).max(p.sum(Phase::Training))
         };
-        assert!(per(k) <= 1 << 30 && per(k + 4) > 1 << 30);
+        assert!(per(k) <= 512 << 20 && per(k + 4) > 512 << 20);
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub struct RlConfig {
     pub save_dtype: SaveDtype,
     /// Sequences per micro-batch: generation, scoring and the backward pass run on this many at a
     /// time, the gradients summed (the update equals that of the whole batch). 0: the largest
-    /// multiple of n whose activations take at most 1 GiB (CPU) or 16 GiB (GPU) by the memory
+    /// multiple of n whose activations take at most 512 MiB (CPU) or 16 GiB (GPU) by the memory
     /// plan (`--dry-run` shows it); a run records the value it used.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub micro_batch: usize,

@@ -307,6 +307,9 @@ impl Trainer {
         reporter: &dyn Reporter,
     ) -> Result<Trainer> {
         let device = super::tch_device(cfg.device)?;
+        if device == Device::Cpu {
+            release_freed_tensors();
+        }
         let spec = crate::builtin::resolve_spec(&cfg.model)?;
         let ck = crate::io::open_spec(&spec, reporter)?;
         let model_dir = ck.dir.clone();
@@ -1120,6 +1123,20 @@ fn check_memory(cfg: &RlConfig, plan: &super::memory::RunPlan) -> Result<()> {
     super::memory::check_fits(&plan.input, limit)
         .map(|_| ())
         .map_err(|e| Error::setting("max_memory", e.to_string()))
+}
+
+/// Makes glibc's malloc serve every allocation of 1 MiB or more (libtorch's CPU tensors) with
+/// its own mapping, returned to the system when the tensor is freed. By default the threshold
+/// adapts upwards (to 32 MiB) as large blocks are freed, after which such tensors come from the
+/// heap and their freed space stays in the process: on the 49.7M-parameter benchmark the RSS then
+/// stayed ~1 GB above the live tensors after the first step (docs/PERFORMANCE.md).
+fn release_freed_tensors() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the training
+    // allocates, and changing the threshold is valid at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 fn train_kind(cfg: &RlConfig) -> Kind {

@@ -670,7 +670,7 @@ fn cuda_backend_loads_on_demand() {
 // ---------------------------------------------------------------------------------------------
 // The trainer: micro-batches, precision, saved task vectors, the memory plan
 
-use warp::rl::trainer::{advantages, Baseline, RlConfig, TrainDtype, Trainer};
+use warp::rl::trainer::{advantages, RlConfig, TrainDtype, Trainer};
 
 fn builtin_cfg(micro_batch: usize, dtype: TrainDtype) -> RlConfig {
     RlConfig {
@@ -822,4 +822,203 @@ fn bf16_micro_batches_sum_their_gradients_in_f32() {
     eprintln!("bf16: micro-batch 4 vs 16: max |diff| {worst:e} (max |g| {scale:e})");
     // bf16 forward passes of different batch shapes round differently: a few bf16 ulps.
     assert!(scale > 0.0 && worst <= 2e-2 * scale, "{worst}");
+}
+
+/// A reward program in `dir`: the share of the completion's words w<k> with k divisible by 3.
+fn word_reward(dir: &Path) -> String {
+    let p = dir.join("reward.py");
+    std::fs::write(
+        &p,
+        "import json, sys\n\
+         for line in sys.stdin:\n    \
+         w = json.loads(line)['completion'].split()\n    \
+         hits = [x for x in w if x[1:].isdigit() and int(x[1:]) % 3 == 0]\n    \
+         print(len(hits) / max(len(w), 1))\n",
+    )
+    .unwrap();
+    format!("cmd:{} {}", crate::common::python(), p.display())
+}
+
+/// Prompts of the word-level vocabulary of `tests/ref/hf_tiny_model.py` (words w4 … w{vocab-1}).
+fn word_prompts(dir: &Path, vocab: u64) -> PathBuf {
+    let mut rng = SplitMix64::stream(3, 7);
+    let text: String = (0..12)
+        .map(|_| {
+            let words: Vec<String> = (0..2 + rng.below(4))
+                .map(|_| format!("w{}", 4 + rng.below(vocab - 4)))
+                .collect();
+            format!("{}\n", json!({"prompt": words.join(" ")}))
+        })
+        .collect();
+    let p = dir.join("prompts.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Tiny random models made by transformers (with the word-level tokenizer), one process.
+fn hf_models(models: &[(PathBuf, Value, &str)]) -> Vec<Value> {
+    let req: Vec<Value> = models
+        .iter()
+        .map(|(out, config, dtype)| {
+            json!({"out": out, "config": config, "dtype": dtype, "seed": 1, "tokenizer": true})
+        })
+        .collect();
+    torch_ref("hf_tiny_model.py", &[], &json!({ "models": req }))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn tiny_llama() -> Value {
+    json!({"model_type": "llama", "vocab_size": 64, "hidden_size": 32,
+           "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "max_position_embeddings": 64,
+           "tie_word_embeddings": false})
+}
+
+/// f32 values of every tensor of a checkpoint, by name.
+fn weights(dir: &Path) -> HashMap<String, Vec<f32>> {
+    let ck = warp::io::Checkpoint::open(dir).unwrap();
+    ck.tensors()
+        .iter()
+        .map(|t| {
+            let v = warp::rl::model::read_tensor(&ck, &t.name, Kind::Float, Device::Cpu).unwrap();
+            (t.name.clone(), values(&v))
+        })
+        .collect()
+}
+
+#[test]
+fn updates_below_the_inits_half_ulp_still_give_task_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("llama-bf16");
+    hf_models(&[(model.clone(), tiny_llama(), "bf16")]);
+    let prompts = word_prompts(tmp.path(), 64);
+    let reward = word_reward(tmp.path());
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--reward",
+            &reward,
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "-n",
+            "2",
+            "--max-new-tokens",
+            "4",
+            // One Adam step moves a weight by at most ~lr: 2 × 1e-8 is above half an f32 step
+            // of every weight below 0.3 in magnitude, and below half a bf16 step of every
+            // weight above 2e-5 (the init's N(0, 0.02) weights, but for ~0.1 % of them).
+            "--lr",
+            "1e-8",
+            "--warmup",
+            "0",
+            "--dtype",
+            "f32",
+            "--threads",
+            "1",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        crate::common::ok("warp-rl", &args, tmp.path());
+        weights(&out.join("final/policy"))
+    };
+    let init = weights(&model);
+    let exact = run("f32-saves", &[]);
+    let rounded = run("same-saves", &["--save-dtype", "same"]);
+    let (mut moved, mut total, mut below, mut kept) = (0, 0, 0, 0);
+    for (name, w0) in &init {
+        let w = &exact[name];
+        // The changes are below the init's half-ulp: rounding the f32 result to bf16 gives the
+        // init back …
+        below += bf16_of(w).iter().zip(w0).filter(|(a, b)| a == b).count();
+        // … so `--save-dtype same` saved the init: its task vector is (almost) all zeros.
+        kept += rounded[name].iter().zip(w0).filter(|(a, b)| a == b).count();
+        moved += w.iter().zip(w0).filter(|(a, b)| a != b).count();
+        total += w.len();
+    }
+    eprintln!(
+        "lr 1e-8 from a bf16 init: {moved}/{total} f32-saved weights differ from the init; \
+         {below}/{total} round back to it in bf16; a bf16 save kept {kept}/{total}"
+    );
+    assert!(
+        below * 1000 >= total * 998,
+        "{below}/{total} below half a bf16 step"
+    );
+    assert!(
+        kept * 1000 >= total * 998,
+        "{kept}/{total} kept by a bf16 save"
+    );
+    assert!(
+        moved * 2 > total,
+        "only {moved}/{total} weights carry a task vector"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_max_memory_refuses_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    let plan = crate::common::ok(
+        "warp-rl",
+        &["--dry-run", "-o", o, "--micro-batch", "16"],
+        tmp.path(),
+    );
+    for want in [
+        "policy weights",
+        "Adam moments",
+        "KV cache",
+        "activations",
+        "estimated peak",
+        "micro-batch: 16",
+    ] {
+        assert!(plan.contains(want), "{want} not in:\n{plan}");
+    }
+    assert!(!out.exists(), "--dry-run wrote the run folder");
+    // A limit below the resident part: no micro-batch fits.
+    crate::common::fails(
+        "warp-rl",
+        &["-o", o, "--max-memory", "100MB"],
+        tmp.path(),
+        &["--max-memory", "no micro-batch fits"],
+    );
+    // A limit that micro-batch 8 meets but 64 does not.
+    let cfg = |k| RlConfig {
+        micro_batch: k,
+        device: warp::device::Device::Cpu,
+        ..RlConfig::default()
+    };
+    let peak = |k| {
+        warp::rl::memory::for_run(&cfg(k), &warp::progress::Silent)
+            .unwrap()
+            .plan
+            .peak()
+    };
+    assert!(peak(8) < peak(64));
+    let limit = format!("{}", peak(8));
+    let e = crate::common::fails(
+        "warp-rl",
+        &[
+            "-o",
+            o,
+            "--micro-batch",
+            "64",
+            "--device",
+            "cpu",
+            "--max-memory",
+            &limit,
+        ],
+        tmp.path(),
+        &["--max-memory", "would fit"],
+    );
+    assert!(e.lines().count() <= 2, "{e}");
+    assert!(!out.exists(), "a refused run wrote its folder");
 }

@@ -2,11 +2,13 @@
 """A tiny random causal LM made by Hugging Face `transformers` from a config, for tests/rl_scale.rs.
 
     python hf_tiny_model.py OUT_DIR < request.json > response.json
+    python hf_tiny_model.py < {"models": [{"out": DIR, ...request...}, ...]} > [response, ...]
 
 request:  {"config": {"model_type": "qwen2", "vocab_size": 64, ...}  (any transformers config
            fields; model_type picks the family), "dtype": "f32" | "bf16", "seed": 0,
            "tokenizer": true}
 response: {"parameters": N, "model_type": ..., "torch": ..., "transformers": ...}
+(The second form makes several models in one process: one import of torch and transformers.)
 
 The weights are transformers' own random initialisation (`AutoModelForCausalLM.from_config` under
 `torch.manual_seed(seed)`), saved with `save_pretrained` in the given dtype: the layout, names and
@@ -34,13 +36,20 @@ except ImportError as e:  # pragma: no cover - environment problem, reported cle
 
 
 def main() -> int:
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    req = json.load(sys.stdin)
+    if len(sys.argv) == 1 and "models" in req:
+        json.dump([make(m["out"], m) for m in req["models"]], sys.stdout)
+        return 0
     if len(sys.argv) != 2:
         sys.stderr.write("usage: hf_tiny_model.py OUT_DIR < request.json\n")
         return 2
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    out = sys.argv[1]
-    req = json.load(sys.stdin)
+    json.dump(make(sys.argv[1], req), sys.stdout)
+    return 0
+
+
+def make(out, req):
     fields = dict(req["config"])
     model_type = fields.pop("model_type")
     if req.get("tokenizer"):
@@ -66,13 +75,12 @@ def main() -> int:
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
         tok.add_special_tokens(specials)
         tok.save(os.path.join(out, "tokenizer.json"))
-    json.dump({
+    return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "model_type": model_type,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-    }, sys.stdout)
-    return 0
+    }
 
 
 if __name__ == "__main__":
