@@ -202,10 +202,11 @@ pub fn run_merge(
     }
     eng.init_threads()?;
     let progress = Progress::new(eng.quiet);
+    let hub = crate::hub::HubOptions::from_env();
     let mut opened = Vec::with_capacity(inputs.len());
     for (spec, role) in inputs {
         let local = crate::builtin::resolve_spec(&spec)?;
-        let ckpt = crate::io::open_spec(&local, &progress)?;
+        let ckpt = crate::hub::open_checkpoint(&local, &hub, &progress)?;
         for w in &ckpt.warnings {
             progress.message(&format!("warning: {w}"));
         }
@@ -220,7 +221,6 @@ pub fn run_merge(
     if let Some(r) = report {
         crate::io::writer::check_destination(r, &paths)?;
     }
-    let allow_nonfinite = eng.allow_nonfinite || method.name() == "convert";
     let job = MergeJob {
         inputs: &opened,
         method,
@@ -229,7 +229,7 @@ pub fn run_merge(
         max_shard_size: out.max_shard_size,
         force: out.force,
         budget: eng.memory_budget,
-        allow_nonfinite,
+        allow_nonfinite: eng.allow_nonfinite,
     };
     let plan = Plan::new(&job)?;
     if eng.dry_run {

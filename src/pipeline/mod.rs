@@ -218,7 +218,7 @@ impl PipelineConfig {
     /// downloaded): the dtype of its floating-point tensors (the most common one).
     pub fn with_sft_dtype(&self, reporter: &dyn Reporter) -> Result<PipelineConfig> {
         let spec = crate::builtin::resolve_spec(&self.model)?;
-        let ck = crate::io::open_spec(&spec, reporter)?;
+        let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
         let mut counts: Vec<(crate::io::DType, u64)> = Vec::new();
         for t in ck.tensors().iter().filter(|t| t.dtype.is_float()) {
             match counts.iter_mut().find(|(d, _)| *d == t.dtype) {

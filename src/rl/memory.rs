@@ -560,7 +560,7 @@ pub fn for_run(
     let cuda = device.is_cuda();
     let dtype = cfg.dtype.resolve(cuda);
     let spec = crate::builtin::resolve_spec(&cfg.model)?;
-    let ck = crate::io::open_spec(&spec, reporter)?;
+    let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
     let model = ModelShape::from_checkpoint(&ck)?;
     let tok = super::tokenizer::Tokenizer::from_dir(&ck.dir)?;
     let prompts = crate::builtin::resolve_path(&cfg.prompts)?;

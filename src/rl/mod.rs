@@ -43,11 +43,11 @@ pub mod trainer;
 pub mod trl;
 
 #[cfg(feature = "rl")]
-pub use config::{LlamaConfig, RopeScaling};
+pub use config::{Family, LlamaConfig, ModelConfig, Rope, RopeScaling};
 #[cfg(feature = "rl")]
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
 #[cfg(feature = "rl")]
-pub use model::{KvCache, LlamaModel};
+pub use model::{CausalLm, Head, KvCache, LlamaModel, ParamSpec};
 pub use settings::{Anchor, Baseline, RlConfig, SaveDtype, SftConfig, TrainDtype};
 #[cfg(feature = "rl")]
 pub use tokenizer::Tokenizer;

@@ -79,9 +79,10 @@ pub fn from_spec_opts(spec: &str, opts: &RewardOptions) -> Result<Box<dyn Reward
                 &crate::hub::HubOptions::from_env(),
                 &crate::progress::Silent,
             )?;
-            Ok(Box::new(super::reward_model::RewardModel::load(
+            Ok(Box::new(super::reward_model::RewardModel::load_with_kind(
                 &local,
                 opts.device,
+                opts.kind,
                 opts.batch_size,
             )?))
         }

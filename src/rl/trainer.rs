@@ -176,23 +176,10 @@ struct Models {
     step: u64,
 }
 
-/// The LM head of `m` as a function of hidden states (f32 logits).
+/// The LM head of `m` (with the final logit soft-capping of the families that have one) as a
+/// function of hidden states: f32 logits.
 fn head_of(m: &LlamaModel) -> Result<impl Fn(&Tensor) -> Result<Tensor> + '_> {
-    let vars = m.vs.variables();
-    let name = if m.config.tie_word_embeddings {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
-    let w = vars
-        .get(name)
-        .ok_or_else(|| Error::Internal(format!("the model has no '{name}'")))?
-        .shallow_clone();
-    Ok(move |h: &Tensor| -> Result<Tensor> {
-        h.f_linear::<Tensor>(&w, None)
-            .and_then(|l| l.f_to_kind(Kind::Float))
-            .map_err(|e| Error::backend("LM head", e))
-    })
+    Ok(move |h: &Tensor| m.logits_from_hidden(h))
 }
 
 /// What scoring one micro-batch gave (device tensors, per sequence unless said otherwise).
@@ -311,7 +298,7 @@ impl Trainer {
             release_freed_tensors();
         }
         let spec = crate::builtin::resolve_spec(&cfg.model)?;
-        let ck = crate::io::open_spec(&spec, reporter)?;
+        let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
         let model_dir = ck.dir.clone();
         let config = super::LlamaConfig::from_dir(&model_dir)?;
         let tok = Tokenizer::from_dir(&model_dir)?;
@@ -486,61 +473,63 @@ impl Trainer {
         } else {
             tch::no_grad(|| hidden_of(&self.policy))?
         };
-        let (seq_logprob, anchor_logprob, kl_anchor, kl_init, entropy_sum) = tch::no_grad(|| {
-            let anchor = self.anchor_model()?;
-            let ha = hidden_of(anchor)?;
-            let init = match (&self.init, init_metrics, self.cfg.anchor) {
-                (Some(m), true, Anchor::Ema) => Some((m, hidden_of(m)?)),
-                _ => None,
-            };
-            let (hp, hd) = (head_of(&self.policy)?, hidden.detach());
-            let ah = head_of(anchor)?;
-            let ih = match &init {
-                Some((m, _)) => Some(head_of(m)?),
-                None => None,
-            };
-            let mut refs = vec![Reference {
-                hidden: &ha,
-                head: &ah,
-            }];
-            if let (Some((_, hi)), Some(ih)) = (&init, &ih) {
-                refs.push(Reference {
-                    hidden: hi,
-                    head: ih,
-                });
-            }
-            let s = token_stats(
-                &hd,
-                &hp,
-                &comp.targets,
-                &refs,
-                &StatsOptions {
-                    temperature: self.cfg.temperature,
-                    chunk: self.chunk,
-                    entropy: true,
-                },
-            )?;
-            let seq = |t: &Tensor| comp.per_sequence(t);
-            let kl_anchor = seq(&s.references[0].kl)?;
-            let kl_init = match (s.references.get(1), self.cfg.anchor) {
-                (Some(r), _) => Some(seq(&r.kl)?),
-                (None, Anchor::Init) => Some(kl_anchor.shallow_clone()),
-                (None, Anchor::Ema) => None,
-            };
-            let entropy_sum = s
-                .entropy
-                .as_ref()
-                .ok_or_else(|| Error::Internal("no entropy".into()))?
-                .f_sum(Kind::Float)
-                .map_err(|e| Error::backend("entropy", e))?;
-            Ok((
-                seq(&s.logprobs)?,
-                seq(&s.references[0].logprobs)?,
-                kl_anchor,
-                kl_init,
-                entropy_sum,
-            ))
-        })?;
+        let (seq_logprob, anchor_logprob, kl_anchor, kl_init, entropy_sum) = tch::no_grad(
+            || -> Result<(Tensor, Tensor, Tensor, Option<Tensor>, Tensor)> {
+                let anchor = self.anchor_model()?;
+                let ha = hidden_of(anchor)?;
+                let init = match (&self.init, init_metrics, self.cfg.anchor) {
+                    (Some(m), true, Anchor::Ema) => Some((m, hidden_of(m)?)),
+                    _ => None,
+                };
+                let (hp, hd) = (head_of(&self.policy)?, hidden.detach());
+                let ah = head_of(anchor)?;
+                let ih = match &init {
+                    Some((m, _)) => Some(head_of(m)?),
+                    None => None,
+                };
+                let mut refs = vec![Reference {
+                    hidden: &ha,
+                    head: &ah,
+                }];
+                if let (Some((_, hi)), Some(ih)) = (&init, &ih) {
+                    refs.push(Reference {
+                        hidden: hi,
+                        head: ih,
+                    });
+                }
+                let s = token_stats(
+                    &hd,
+                    &hp,
+                    &comp.targets,
+                    &refs,
+                    &StatsOptions {
+                        temperature: self.cfg.temperature,
+                        chunk: self.chunk,
+                        entropy: true,
+                    },
+                )?;
+                let seq = |t: &Tensor| comp.per_sequence(t);
+                let kl_anchor = seq(&s.references[0].kl)?;
+                let kl_init = match (s.references.get(1), self.cfg.anchor) {
+                    (Some(r), _) => Some(seq(&r.kl)?),
+                    (None, Anchor::Init) => Some(kl_anchor.shallow_clone()),
+                    (None, Anchor::Ema) => None,
+                };
+                let entropy_sum = s
+                    .entropy
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal("no entropy".into()))?
+                    .f_sum(Kind::Float)
+                    .map_err(|e| Error::backend("entropy", e))?;
+                Ok((
+                    seq(&s.logprobs)?,
+                    seq(&s.references[0].logprobs)?,
+                    kl_anchor,
+                    kl_init,
+                    entropy_sum,
+                ))
+            },
+        )?;
         Ok(Scored {
             seq_logprob,
             anchor_logprob,

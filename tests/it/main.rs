@@ -23,6 +23,8 @@ mod pipeline;
 #[cfg(feature = "rl")]
 mod rl_cli;
 #[cfg(feature = "rl")]
+mod rl_families;
+#[cfg(feature = "rl")]
 mod rl_model;
 #[cfg(feature = "rl")]
 mod rl_reward;

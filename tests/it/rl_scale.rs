@@ -684,9 +684,12 @@ fn builtin_cfg(micro_batch: usize, dtype: TrainDtype) -> RlConfig {
     }
 }
 
+/// (prompt ids, completion ids) pairs.
+type Pairs = Vec<(Vec<i64>, Vec<i64>)>;
+
 /// Pairs of the built-in vocabulary (prompts of 2–6 tokens after BOS, completions of 0–6) and
 /// rewards, in groups of 4 per prompt.
-fn fixed_samples() -> (Vec<(Vec<i64>, Vec<i64>)>, Vec<f64>) {
+fn fixed_samples() -> (Pairs, Vec<f64>) {
     let mut rng = SplitMix64::stream(21, 5);
     let mut pairs = Vec::new();
     for g in 0..4 {
