@@ -1025,3 +1025,197 @@ fn dry_run_prints_the_plan_and_max_memory_refuses_before_loading() {
     assert!(e.lines().count() <= 2, "{e}");
     assert!(!out.exists(), "a refused run wrote its folder");
 }
+
+/// A tiny config of each supported family (transformers' names and fields).
+fn family_configs() -> Vec<(&'static str, Value)> {
+    let base = |model_type: &str, extra: Value| {
+        let mut c = json!({
+            "model_type": model_type, "vocab_size": 64, "hidden_size": 32,
+            "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 64,
+            "tie_word_embeddings": false
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    vec![
+        ("llama", base("llama", json!({}))),
+        ("mistral", base("mistral", json!({"sliding_window": 4}))),
+        ("qwen2", base("qwen2", json!({"tie_word_embeddings": true}))),
+        ("qwen3", base("qwen3", json!({"head_dim": 16}))),
+        (
+            "gemma",
+            base(
+                "gemma",
+                json!({"num_key_value_heads": 1, "head_dim": 16, "tie_word_embeddings": true}),
+            ),
+        ),
+        (
+            "gemma2",
+            base(
+                "gemma2",
+                json!({"head_dim": 16, "tie_word_embeddings": true, "sliding_window": 4,
+                       "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
+                       "query_pre_attn_scalar": 12}),
+            ),
+        ),
+        (
+            "gemma3_text",
+            base(
+                "gemma3_text",
+                json!({"head_dim": 16, "tie_word_embeddings": true, "sliding_window": 4,
+                       "sliding_window_pattern": 2, "final_logit_softcapping": 5.0}),
+            ),
+        ),
+        ("phi3", base("phi3", json!({"partial_rotary_factor": 0.5}))),
+    ]
+}
+
+/// The common flags of the small `warp-rl` runs below.
+fn small_run<'a>(model: &'a str, out: &'a str, prompts: &'a str, reward: &'a str) -> Vec<&'a str> {
+    vec![
+        model,
+        "-o",
+        out,
+        "--prompts",
+        prompts,
+        "--reward",
+        reward,
+        "--batch",
+        "2",
+        "-n",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ]
+}
+
+#[test]
+fn bf16_trains_bf16_and_f32_checkpoints_of_every_family() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut models = Vec::new();
+    for (name, config) in family_configs() {
+        for dtype in ["f32", "bf16"] {
+            models.push((
+                tmp.path().join(format!("{name}-{dtype}")),
+                config.clone(),
+                dtype,
+            ));
+        }
+    }
+    hf_models(&models);
+    let prompts = word_prompts(tmp.path(), 64);
+    let reward = word_reward(tmp.path());
+    for (dir, _, dtype) in &models {
+        let out = dir.with_extension("run");
+        let (m, o, p) = (
+            dir.to_str().unwrap(),
+            out.to_str().unwrap(),
+            prompts.to_str().unwrap(),
+        );
+        let mut args = small_run(m, o, p, &reward);
+        args.extend(["--dtype", "bf16", "--steps", "2", "--lr", "1e-3"]);
+        crate::common::ok("warp-rl", &args, tmp.path());
+        let run: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["config"]["dtype"], "bf16");
+        // Saved in f32, different from the init: the f32 masters.
+        let ck = warp::io::Checkpoint::open(out.join("final/policy")).unwrap();
+        assert!(
+            ck.tensors().iter().all(|t| t.dtype == warp::io::DType::F32),
+            "{}",
+            dir.display()
+        );
+        let (init, fin) = (weights(dir), weights(&out.join("final/policy")));
+        let changed = fin.iter().filter(|(n, w)| init[*n] != **w).count();
+        for line in std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+        {
+            let v: Value = serde_json::from_str(line).unwrap();
+            for k in ["kl_anchor", "entropy", "loss", "grad_norm"] {
+                assert!(
+                    v[k].as_f64().is_some_and(f64::is_finite),
+                    "{}: {k} in {line}",
+                    dir.display()
+                );
+            }
+        }
+        eprintln!(
+            "{} ({dtype} checkpoint), --dtype bf16: {changed}/{} tensors trained",
+            dir.display(),
+            fin.len()
+        );
+        assert!(
+            changed * 2 > fin.len(),
+            "{}: {changed} tensors changed",
+            dir.display()
+        );
+    }
+}
+
+/// Cosine and norm ratio of two task vectors (flattened over all tensors).
+fn compare_deltas(
+    init: &HashMap<String, Vec<f32>>,
+    a: &HashMap<String, Vec<f32>>,
+    b: &HashMap<String, Vec<f32>>,
+) -> (f64, f64) {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (n, w0) in init {
+        for ((x, y), z) in a[n].iter().zip(&b[n]).zip(w0) {
+            let (da, db) = ((x - z) as f64, (y - z) as f64);
+            ab += da * db;
+            aa += da * da;
+            bb += db * db;
+        }
+    }
+    (ab / (aa.sqrt() * bb.sqrt()), aa.sqrt() / bb.sqrt())
+}
+
+#[test]
+fn bf16_at_lr_1e6_changes_the_weights_and_tracks_an_f32_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("llama-f32");
+    hf_models(&[(model.clone(), tiny_llama(), "f32")]);
+    let prompts = word_prompts(tmp.path(), 64);
+    let reward = word_reward(tmp.path());
+    let run = |dtype: &str| {
+        let out = tmp.path().join(format!("run-{dtype}"));
+        let (m, o, p) = (
+            model.to_str().unwrap(),
+            out.to_str().unwrap(),
+            prompts.to_str().unwrap(),
+        );
+        let mut args = small_run(m, o, p, &reward);
+        args.extend([
+            "--dtype", dtype, "--steps", "4", "--lr", "1e-6", "--seed", "3",
+        ]);
+        crate::common::ok("warp-rl", &args, tmp.path());
+        weights(&out.join("final/policy"))
+    };
+    let init = weights(&model);
+    let (b, f) = (run("bf16"), run("f32"));
+    let (cos, ratio) = compare_deltas(&init, &b, &f);
+    let moved = b
+        .iter()
+        .map(|(n, w)| w.iter().zip(&init[n]).filter(|(x, y)| x != y).count())
+        .sum::<usize>();
+    let total: usize = init.values().map(Vec::len).sum();
+    eprintln!("lr 1e-6, 4 steps: bf16 moved {moved}/{total} weights; task vectors bf16 vs f32: cos {cos:.4}, norm ratio {ratio:.4}");
+    assert!(moved * 2 > total, "{moved}/{total}");
+    // Tolerance of the first steps: the bf16 run samples and scores in bf16, so its gradients
+    // differ from the f32 run's by bf16 rounding; Adam's normalised steps keep the directions.
+    assert!(
+        cos >= 0.9 && (ratio - 1.0).abs() <= 0.1,
+        "cos {cos}, ratio {ratio}"
+    );
+}
