@@ -1215,7 +1215,7 @@ fn bf16_at_lr_1e6_changes_the_weights_and_tracks_an_f32_run() {
     // Tolerance of the first steps: the bf16 run samples and scores in bf16, so its gradients
     // differ from the f32 run's by bf16 rounding; Adam's normalised steps keep the directions.
     assert!(
-        cos >= 0.9 && (ratio - 1.0).abs() <= 0.1,
+        cos >= 0.98 && (ratio - 1.0).abs() <= 0.05,
         "cos {cos}, ratio {ratio}"
     );
 }
