@@ -17,6 +17,7 @@ pub mod plot;
 pub mod progress;
 /// The RL tools' settings in every build; the RL code itself with the `rl` feature.
 pub mod rl;
+pub mod slurm;
 
 pub use device::Device;
 pub use error::{Error, Result};

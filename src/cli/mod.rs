@@ -13,6 +13,7 @@
 //! This layer holds the terminal concerns (indicatif progress, signals, flag names in messages);
 //! the library below knows none of them.
 
+mod cancel;
 mod common;
 mod completions;
 mod convert;
@@ -20,6 +21,7 @@ mod download;
 mod ema;
 mod eval;
 mod fixture;
+mod generate;
 mod inspect;
 mod lerp;
 mod liti;
@@ -31,6 +33,7 @@ mod run;
 mod sft;
 pub mod signals;
 mod slerp;
+mod status;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -65,7 +68,10 @@ pub enum Command {
     Rl(rl::Args),
     Sft(sft::Args),
     Run(run::Args),
+    Status(status::Args),
+    Cancel(cancel::Args),
     Eval(eval::Args),
+    Generate(generate::Args),
     Plot(plot::Args),
     Push(push::Args),
     Download(download::Args),
@@ -120,7 +126,7 @@ fn run_main(cmd: clap::Command, args: Vec<OsString>, prog: &str) -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let Some((_, sub)) = matches.subcommand() else {
+    let Some((name, sub)) = matches.subcommand() else {
         eprintln!("{prog}: error: no command given (see --help)");
         return ExitCode::from(2);
     };
@@ -133,11 +139,7 @@ fn run_main(cmd: clap::Command, args: Vec<OsString>, prog: &str) -> ExitCode {
     let ctx = Ctx { prog, matches: sub };
     let result = dispatch(&cli.command, &ctx);
     let note = interrupt_note(&cli.command);
-    finish(
-        prog,
-        result.map_err(|e| flag_names(e, sub, &cli.command)),
-        note,
-    )
+    finish(prog, result.map_err(|e| flag_names(e, name, sub)), note)
 }
 
 /// What an interruption leaves behind, for the error line.
@@ -146,6 +148,7 @@ fn interrupt_note(c: &Command) -> &'static str {
         // It printed how to resume.
         Command::Rl(_) => "",
         Command::Run(_) => "; the running steps were stopped: run it again to continue",
+        Command::Generate(_) => "; the lines already printed are complete",
         _ => "; nothing was written at the destination",
     }
 }
@@ -157,6 +160,8 @@ fn cooperative(c: &Command) -> bool {
     !matches!(
         c,
         Command::Inspect(_)
+            | Command::Status(_)
+            | Command::Cancel(_)
             | Command::Plot(_)
             | Command::Push(_)
             | Command::Download(_)
@@ -176,7 +181,10 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Rl(a) => rl::run(a, ctx),
         Command::Sft(a) => sft::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
+        Command::Status(a) => status::run(a, ctx),
+        Command::Cancel(a) => cancel::run(a, ctx),
         Command::Eval(a) => eval::run(a, ctx),
+        Command::Generate(a) => generate::run(a, ctx),
         Command::Plot(a) => plot::run(a, ctx),
         Command::Push(a) => push::run(a, ctx),
         Command::Download(a) => download::run(a, ctx),
@@ -186,7 +194,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
 
 /// A setting error about a field that is one of the command's flags and was given on the
 /// command line is reported with the flag's name (`--steps: must be > 0`).
-fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
+fn flag_names(e: Error, name: &str, sub: &ArgMatches) -> Error {
     let Error::Setting { field, msg } = &e else {
         return e;
     };
@@ -196,7 +204,6 @@ fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
         return e;
     }
     let cmd = Cli::command();
-    let name = subcommand_name(c);
     let flag = cmd
         .find_subcommand(name)
         .and_then(|s| s.get_arguments().find(|a| a.get_id() == field.as_str()))
@@ -204,26 +211,6 @@ fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
     match flag {
         Some(f) => Error::Usage(format!("{f}: {msg}")),
         None => e,
-    }
-}
-
-fn subcommand_name(c: &Command) -> &'static str {
-    match c {
-        Command::Slerp(_) => "slerp",
-        Command::Liti(_) => "liti",
-        Command::Lerp(_) => "lerp",
-        Command::Ema(_) => "ema",
-        Command::Convert(_) => "convert",
-        Command::Inspect(_) => "inspect",
-        Command::Fixture(_) => "fixture",
-        Command::Rl(_) => "rl",
-        Command::Sft(_) => "sft",
-        Command::Run(_) => "run",
-        Command::Eval(_) => "eval",
-        Command::Plot(_) => "plot",
-        Command::Push(_) => "push",
-        Command::Download(_) => "download",
-        Command::Completions(_) => "completions",
     }
 }
 

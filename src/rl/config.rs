@@ -333,12 +333,6 @@ impl ModelConfig {
     }
 }
 
-/// An id or a list of ids (`eos_token_id` may be either) of any JSON object (config.json,
-/// generation_config.json); empty when absent.
-pub(crate) fn token_ids(m: &serde_json::Map<String, Value>, name: &str) -> FieldResult<Vec<i64>> {
-    Fields::new(m).token_ids(name)
-}
-
 fn family(f: &Fields) -> FieldResult<Family> {
     let t = f
         .str_opt("model_type")?

@@ -3,7 +3,9 @@
 //! model (`warp sft`). See docs/RL.md.
 //!
 //! [`settings`] (the RL tools' configs) is compiled in every build, so the commands can show
-//! their flags and say that this build lacks the feature; everything else needs `rl`.
+//! their flags and say that this build lacks the feature; everything else needs `rl` (of
+//! [`chat`], only the template choice, a setting, is in every build).
+pub mod chat;
 pub mod settings;
 
 #[cfg(feature = "rl")]
@@ -36,6 +38,8 @@ pub mod rng;
 pub mod sft;
 #[cfg(feature = "rl")]
 pub mod task;
+#[cfg(feature = "rl")]
+pub mod textgen;
 #[cfg(feature = "rl")]
 pub mod tokenizer;
 #[cfg(feature = "rl")]

@@ -6,7 +6,9 @@
 //!
 //! The reward of a (prompt, completion) pair is `transformers`' output for it: the pair is
 //! tokenized with the reward model's own tokenizer (the prompt with its special tokens, i.e. BOS,
-//! then the completion without), and `score` is applied to the final hidden state of the
+//! then the completion without; a conversation prompt with the completion as a final assistant
+//! message, rendered by the reward model's own chat template and tokenized without special
+//! tokens, as transformers' `apply_chat_template` gives), and `score` is applied to the final hidden state of the
 //! rightmost token whose id is not config.json's `pad_token_id` (transformers' pooling rule: the
 //! last token, unless the text itself ends in pad-id tokens; the last token when the config has
 //! no `pad_token_id`). Runs without gradients, in f32, in batches: sequences sorted by length,
@@ -169,17 +171,20 @@ impl RewardModel {
 
     /// One reward per pair, in order.
     pub fn rewards(&self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
-        let mut seqs = Vec::with_capacity(pairs.len());
-        for (i, (prompt, completion)) in pairs.iter().enumerate() {
-            let ids = self.encode_pair(prompt, completion)?;
-            if ids.is_empty() {
-                return Err(Error::Mismatch(format!(
-                    "{}: pair {i} has no tokens (empty prompt and completion, no BOS)",
-                    self.name
-                )));
-            }
-            seqs.push(ids);
-        }
+        let seqs = pairs
+            .iter()
+            .map(|(prompt, completion)| self.encode_pair(prompt, completion))
+            .collect::<Result<Vec<_>>>()?;
+        self.score_ids(&seqs)
+    }
+
+    /// One reward per (prompt, completion) pair, in order; conversations are rendered with the
+    /// reward model's chat template ([`Tokenizer::encode_with_completion`]).
+    pub fn rewards_prompts(&self, pairs: &[(&super::data::Prompt, &str)]) -> Result<Vec<f64>> {
+        let seqs = pairs
+            .iter()
+            .map(|(prompt, completion)| self.tokenizer.encode_with_completion(prompt, completion))
+            .collect::<Result<Vec<_>>>()?;
         self.score_ids(&seqs)
     }
 
@@ -276,5 +281,9 @@ impl Reward for RewardModel {
 
     fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
         self.rewards(pairs)
+    }
+
+    fn score_prompts(&mut self, pairs: &[(&super::data::Prompt, &str)]) -> Result<Vec<f64>> {
+        self.rewards_prompts(pairs)
     }
 }

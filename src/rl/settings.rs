@@ -87,9 +87,14 @@ pub struct RlConfig {
     /// Init policy: checkpoint folder or hub id org/name[@rev] (default: the built-in SFT model).
     #[arg(value_name = "MODEL", default_value = "builtin:arith/model")]
     pub model: String,
-    /// Prompt set, JSONL with one {"prompt": …} per line.
+    /// Prompt set, JSONL: one {"prompt": "…"} (plain text) or {"messages": [{"role": …,
+    /// "content": …}, …]} (a conversation, rendered with the chat template) per line.
     #[arg(long, value_name = "FILE", default_value = "builtin:arith/train.jsonl")]
     pub prompts: PathBuf,
+    /// Chat template of "messages" prompts: auto (the model's own), none (refuse them), or a
+    /// Jinja file (or the name of one of the model's named templates).
+    #[arg(long, value_name = "auto|none|FILE", default_value_t = crate::rl::chat::TemplateChoice::Auto)]
+    pub chat_template: crate::rl::chat::TemplateChoice,
     /// verify:arith (built-in task), model:PATH (reward model with a scalar head) or
     /// cmd:PROGRAM (reads JSONL {prompt, completion} on stdin, prints one number per line).
     #[arg(long, value_name = "SPEC", default_value = "verify:arith")]

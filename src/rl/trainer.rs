@@ -42,7 +42,7 @@ use super::chunked::{
     backward_logprobs, chunk_positions, token_stats, Completions, Reference, StatsOptions,
     DEFAULT_CHUNK_BYTES,
 };
-use super::data::read_prompts;
+use super::data::{read_prompt_lines, Prompt};
 use super::generate::{generate, GenerateOptions};
 use super::model::{read_tensor, LlamaModel};
 use super::optim::{Adam, AdamConfig};
@@ -151,7 +151,7 @@ pub struct Trainer {
     pub init: Option<LlamaModel>,
     opt: Adam,
     reward: Box<dyn Reward>,
-    prompts: Vec<String>,
+    prompts: Vec<Prompt>,
     prompt_ids: Vec<Vec<i64>>,
     /// Whether the saved policy/ema folders hold the exact training state (f32); else the
     /// trainer state keeps f32 copies for resuming.
@@ -301,7 +301,8 @@ impl Trainer {
         let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
         let model_dir = ck.dir.clone();
         let config = super::LlamaConfig::from_dir(&model_dir)?;
-        let tok = Tokenizer::from_dir(&model_dir)?;
+        let mut tok = Tokenizer::from_dir(&model_dir)?;
+        tok.set_chat_template(&cfg.chat_template)?;
         if tok.vocab_size() > config.vocab_size {
             return Err(Error::format(
                 model_dir.join("tokenizer.json"),
@@ -332,7 +333,7 @@ impl Trainer {
         } else {
             None
         };
-        let (records, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
+        let (prompts, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
         let reward = reward::from_spec_opts(
             &cfg.reward,
             &reward::RewardOptions {
@@ -347,7 +348,7 @@ impl Trainer {
             },
         )?;
         Ok(Trainer {
-            prompts: records.into_iter().map(|r| r.prompt).collect(),
+            prompts,
             prompt_ids,
             out: out.to_path_buf(),
             layout: RlRunLayout::new(out),
@@ -583,6 +584,23 @@ impl Trainer {
         .map_err(|e| Error::backend("advantages", e))
     }
 
+    /// Checked rewards of `completions` (token ids), the i-th a completion of prompt
+    /// `sample_prompts[i]`.
+    fn rewards(&mut self, sample_prompts: &[usize], completions: &[Vec<i64>]) -> Result<Vec<f64>> {
+        let texts = completions
+            .iter()
+            .map(|c| self.tok.decode(c))
+            .collect::<Result<Vec<_>>>()?;
+        let pairs: Vec<(&Prompt, &str)> = sample_prompts
+            .iter()
+            .zip(&texts)
+            .map(|(&i, t)| (&self.prompts[i], t.as_str()))
+            .collect();
+        let rewards = self.reward.score_prompts(&pairs)?;
+        check_rewards(&rewards, pairs.len(), self.reward.name())?;
+        Ok(rewards)
+    }
+
     /// One optimizer step (and EMA update); `probe_ema` also samples from the EMA for its metrics.
     pub fn train_step(&mut self, probe_ema: bool) -> Result<StepMetrics> {
         let started = Instant::now();
@@ -599,15 +617,12 @@ impl Trainer {
         let gen_seed = rng.next_u64();
         let completions = self.sample(&self.policy, &ids, gen_seed)?;
         let generate_s = started.elapsed().as_secs_f64();
-        let texts: Vec<(String, String)> = chosen
+        let sample_prompts: Vec<usize> = chosen
             .iter()
             .flat_map(|&i| std::iter::repeat(i).take(c.n))
-            .zip(&completions)
-            .map(|(i, comp)| Ok((self.prompts[i].clone(), self.tok.decode(comp)?)))
-            .collect::<Result<_>>()?;
+            .collect();
         let t_reward = Instant::now();
-        let rewards = self.reward.score(&texts)?;
-        check_rewards(&rewards, texts.len(), self.reward.name())?;
+        let rewards = self.rewards(&sample_prompts, &completions)?;
         let reward_s = t_reward.elapsed().as_secs_f64();
         let t_train = Instant::now();
         let pairs: Vec<(Vec<i64>, Vec<i64>)> = ids.into_iter().zip(completions).collect();
@@ -625,7 +640,7 @@ impl Trainer {
         let tokens: f64 = pairs.iter().map(|(_, y)| y.len() as f64).sum();
         let samples_per_s = total as f64 / started.elapsed().as_secs_f64();
         let ema = if probe_ema {
-            Some(self.probe_ema(&pairs, gen_seed)?)
+            Some(self.probe_ema(&sample_prompts, &pairs, gen_seed)?)
         } else {
             None
         };
@@ -814,19 +829,15 @@ impl Trainer {
     /// the init is held).
     fn probe_ema(
         &mut self,
+        sample_prompts: &[usize],
         pairs: &[(Vec<i64>, Vec<i64>)],
         seed: u64,
     ) -> Result<(f64, Option<f64>)> {
         let prompts: Vec<Vec<i64>> = pairs.iter().map(|(p, _)| p.clone()).collect();
+        let completions =
+            self.sample(self.ema_compute.as_ref().unwrap_or(&self.ema), &prompts, seed)?;
+        let rewards = self.rewards(sample_prompts, &completions)?;
         let ema = self.ema_compute.as_ref().unwrap_or(&self.ema);
-        let completions = self.sample(ema, &prompts, seed)?;
-        let texts: Vec<(String, String)> = prompts
-            .iter()
-            .zip(&completions)
-            .map(|(p, comp)| Ok((self.tok.decode(p)?, self.tok.decode(comp)?)))
-            .collect::<Result<_>>()?;
-        let rewards = self.reward.score(&texts)?;
-        check_rewards(&rewards, texts.len(), self.reward.name())?;
         let reward = rewards.iter().sum::<f64>() / rewards.len() as f64;
         let Some(init) = &self.init else {
             return Ok((reward, None));
@@ -1243,34 +1254,33 @@ fn restore_models(
     })
 }
 
-/// The prompt set of the run and its token ids; a prompt too long for the model is an error
-/// naming its line.
+/// The prompt set of the run (plain and conversation lines) and its token ids; a line that
+/// cannot be encoded (e.g. a conversation without a chat template) or is too long for the model
+/// is an error naming it.
 fn read_training_prompts(
     cfg: &RlConfig,
     tok: &Tokenizer,
     policy: &LlamaModel,
-) -> Result<(Vec<super::data::PromptRecord>, Vec<Vec<i64>>)> {
+) -> Result<(Vec<Prompt>, Vec<Vec<i64>>)> {
     let path = crate::builtin::resolve_path(&cfg.prompts)?;
-    let records = read_prompts(&path)?;
-    let mut prompt_ids = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        let ids = tok.encode(&r.prompt)?;
+    let lines = read_prompt_lines(&path)?;
+    let prompt_ids = tok.encode_prompt_lines(&cfg.prompts, &lines)?;
+    for (l, ids) in lines.iter().zip(&prompt_ids) {
         if ids.len() + cfg.max_new_tokens > policy.config.max_position_embeddings {
             return Err(Error::format(
                 &cfg.prompts,
                 format!(
                     "line {}: prompt of {} tokens + max_new_tokens {} exceeds the model's \
                      max_position_embeddings {}",
-                    i + 1,
+                    l.line,
                     ids.len(),
                     cfg.max_new_tokens,
                     policy.config.max_position_embeddings
                 ),
             ));
         }
-        prompt_ids.push(ids);
     }
-    Ok((records, prompt_ids))
+    Ok((lines.into_iter().map(|l| l.prompt).collect(), prompt_ids))
 }
 
 /// Policy-gradient weights of samples grouped by prompt (`n` consecutive samples each):

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{bin, entries, ok, run, Run};
 
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 18] = [
     "slerp",
     "liti",
     "lerp",
@@ -21,7 +21,10 @@ const COMMANDS: [&str; 15] = [
     "rl",
     "sft",
     "run",
+    "status",
+    "cancel",
     "eval",
+    "generate",
     "plot",
     "push",
     "download",
@@ -198,6 +201,7 @@ fn exit_codes_and_one_line_errors() {
             vec!["rl", "-o", "run", "--steps", "2"],
             vec!["sft", "-o", "sft"],
             vec!["eval", "--run", "x", "-o", "e.csv"],
+            vec!["generate", "m", "--prompt", "x"],
             vec!["run", "-o", "x"],
         ] {
             let r = run("warp", &args, d);

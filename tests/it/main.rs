@@ -15,11 +15,15 @@ mod io_errors;
 mod merge_reference;
 mod plot;
 mod roundtrip;
+mod slurm;
+mod slurm_cluster;
 
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "rl")]
 mod pipeline;
+#[cfg(feature = "rl")]
+mod rl_chat;
 #[cfg(feature = "rl")]
 mod rl_cli;
 #[cfg(feature = "rl")]
