@@ -562,12 +562,17 @@ pub fn for_run(
     let spec = crate::builtin::resolve_spec(&cfg.model)?;
     let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
     let model = ModelShape::from_checkpoint(&ck)?;
-    let tok = super::tokenizer::Tokenizer::from_dir(&ck.dir)?;
+    let mut tok = super::tokenizer::Tokenizer::from_dir(&ck.dir)?;
+    tok.set_chat_template(&cfg.chat_template)?;
     let prompts = crate::builtin::resolve_path(&cfg.prompts)?;
-    let mut prompt_tokens = 0;
-    for r in super::data::read_prompts(&prompts)? {
-        prompt_tokens = prompt_tokens.max(tok.encode(&r.prompt)?.len() as u64);
-    }
+    // Encoded as the trainer encodes them (conversation lines through the chat template).
+    let lines = super::data::read_prompt_lines(&prompts)?;
+    let prompt_tokens = tok
+        .encode_prompt_lines(&cfg.prompts, &lines)?
+        .iter()
+        .map(|ids| ids.len() as u64)
+        .max()
+        .unwrap_or(0);
     let reward_model = match cfg.reward.split_once(':') {
         Some(("model", path)) if !path.is_empty() => {
             let p = crate::hub::resolve_checkpoint(
