@@ -45,3 +45,37 @@ fn open(name: &CStr, flags: libc::c_int) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Lets cuBLAS run f32 matrix products in TF32 (PyTorch's
+/// `torch.backends.cuda.matmul.allow_tf32 = True`) and returns libtorch's own reading of the
+/// setting afterwards. tch has no binding for it, so the two `at::Context` members are looked up
+/// in the loaded libtorch by their (Itanium-mangled) names; both take only the context pointer
+/// and a bool, so they can be called through the C ABI. Process-wide; CPU ops are unaffected.
+pub fn allow_tf32() -> Result<bool, String> {
+    type GlobalContext = unsafe extern "C" fn() -> *mut libc::c_void;
+    type SetAllow = unsafe extern "C" fn(*mut libc::c_void, bool);
+    type GetAllow = unsafe extern "C" fn(*const libc::c_void) -> bool;
+    // SAFETY: the symbols are looked up in the process's already-loaded libtorch (RTLD_DEFAULT);
+    // each is checked for NULL before it is transmuted to its exact C++ signature:
+    // `at::Context& at::globalContext()`, `void at::Context::setAllowTF32CuBLAS(bool)` and
+    // `bool at::Context::allowTF32CuBLAS() const` (the implicit `this` is the first argument).
+    unsafe {
+        let sym = |name: &CStr| {
+            let p = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+            if p.is_null() {
+                Err(format!("libtorch has no {}", name.to_string_lossy()))
+            } else {
+                Ok(p)
+            }
+        };
+        let global: GlobalContext = std::mem::transmute(sym(c"_ZN2at13globalContextEv")?);
+        let set: SetAllow = std::mem::transmute(sym(c"_ZN2at7Context18setAllowTF32CuBLASEb")?);
+        let get: GetAllow = std::mem::transmute(sym(c"_ZNK2at7Context15allowTF32CuBLASEv")?);
+        let ctx = global();
+        if ctx.is_null() {
+            return Err("libtorch's global context is null".into());
+        }
+        set(ctx, true);
+        Ok(get(ctx))
+    }
+}

@@ -296,6 +296,11 @@ impl Trainer {
         let device = super::tch_device(cfg.device)?;
         if device == Device::Cpu {
             release_freed_tensors();
+        } else if let Err(e) = super::cuda::allow_tf32() {
+            // Only speed depends on it: say so and go on in full f32.
+            reporter.message(&format!(
+                "warning: TF32 not enabled ({e}); f32 products run in f32"
+            ));
         }
         let spec = crate::builtin::resolve_spec(&cfg.model)?;
         let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
@@ -834,8 +839,11 @@ impl Trainer {
         seed: u64,
     ) -> Result<(f64, Option<f64>)> {
         let prompts: Vec<Vec<i64>> = pairs.iter().map(|(p, _)| p.clone()).collect();
-        let completions =
-            self.sample(self.ema_compute.as_ref().unwrap_or(&self.ema), &prompts, seed)?;
+        let completions = self.sample(
+            self.ema_compute.as_ref().unwrap_or(&self.ema),
+            &prompts,
+            seed,
+        )?;
         let rewards = self.rewards(sample_prompts, &completions)?;
         let ema = self.ema_compute.as_ref().unwrap_or(&self.ema);
         let reward = rewards.iter().sum::<f64>() / rewards.len() as f64;
