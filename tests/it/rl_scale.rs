@@ -1219,3 +1219,104 @@ fn bf16_at_lr_1e6_changes_the_weights_and_tracks_an_f32_run() {
         "cos {cos}, ratio {ratio}"
     );
 }
+
+/// Parses the "estimated peak" line of a `--dry-run` plan (`estimated peak: 1.23 GiB`).
+fn plan_peak_bytes(plan: &str) -> f64 {
+    let line = plan
+        .lines()
+        .find(|l| l.contains("estimated peak"))
+        .unwrap_or_else(|| panic!("no estimated peak in:\n{plan}"));
+    let mut words = line
+        .split_whitespace()
+        .skip_while(|w| *w != "peak:")
+        .skip(1);
+    let v: f64 = words.next().unwrap().parse().unwrap();
+    let unit = match words.next().unwrap() {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        u => panic!("unit {u} in {line}"),
+    };
+    v * unit
+}
+
+/// The memory plan's estimate against the peak RSS of the same run on the CPU. The model is a
+/// random Qwen2-shaped one made by transformers (vocabulary 32 000, hidden 256, 4 layers: 19.4M
+/// parameters, 78 MB in f32) so that its tensors (six f32 copies: policy, gradients, two Adam
+/// moments, EMA, init), not the runtime term, make most of the estimate. The peak is ru_maxrss
+/// of the run's process tree, read by a Python parent whose only child is warp-rl (the reward
+/// program's processes are far smaller).
+#[test]
+fn dry_run_estimate_is_within_25_percent_of_the_measured_peak_rss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen2");
+    let config = json!({"model_type": "qwen2", "vocab_size": 32000, "hidden_size": 256,
+        "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": false});
+    hf_models(&[(model.clone(), config, "f32")]);
+    let prompts = word_prompts(tmp.path(), 32000);
+    let reward = word_reward(tmp.path());
+    let out = tmp.path().join("run");
+    let args: Vec<&str> = vec![
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--reward",
+        &reward,
+        "--batch",
+        "4",
+        "-n",
+        "4",
+        "--max-new-tokens",
+        "32",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+    ];
+    let mut dry = args.clone();
+    dry.push("--dry-run");
+    let plan = crate::common::ok("warp-rl", &dry, tmp.path());
+    let estimate = plan_peak_bytes(&plan);
+    let measure = "import resource, subprocess, sys\n\
+                   subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n\
+                   print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n";
+    let bin = crate::common::bin("warp-rl");
+    let o = Command::new(crate::common::python())
+        .arg("-c")
+        .arg(measure)
+        .arg(&bin)
+        .args(&args)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "warp-rl failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let peak: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let ratio = estimate / peak;
+    eprintln!(
+        "plan {:.0} MiB, measured peak RSS {:.0} MiB, ratio {ratio:.3}",
+        estimate / 1048576.0,
+        peak / 1048576.0
+    );
+    assert!(
+        (0.75..=1.25).contains(&ratio),
+        "estimate {estimate} vs peak RSS {peak} (ratio {ratio:.3}):\n{plan}"
+    );
+}
+
+/// TF32 for f32 matrix products (used on CUDA devices): the flag is set through libtorch's own
+/// context, read back by libtorch's getter (process-wide; CPU ops do not use it).
+#[test]
+fn tf32_is_enabled_through_libtorchs_context() {
+    assert_eq!(warp::rl::cuda::allow_tf32(), Ok(true));
+}
