@@ -78,7 +78,10 @@ DEFAULTS = {
 }
 REQUIRED = ("model", "prompts")
 # Recorded by warp but used by the launcher, not here: accepted as they are.
-PASSIVE = ("backend", "accelerate_config", "trl_args")
+PASSIVE = ("backend", "accelerate_config", "trl_args",
+           # warp's own trainer: micro-batching, saved dtype, metrics cadence, reward-model batch,
+           # memory plan (TRL has its own equivalents, set through trl_args).
+           "save_dtype", "micro_batch", "metrics_every", "reward_batch", "max_memory")
 INTS = ("steps", "batch", "n", "max_new_tokens", "warmup", "seed", "save_every")
 FLOATS = ("beta", "mu", "temperature", "lr", "grad_clip", "length_penalty", "reward_timeout")
 STRINGS = ("model", "prompts", "reward", "baseline", "anchor", "dtype", "device", "backend",
@@ -159,8 +162,8 @@ def load_config(path):
     if c["anchor"] == "ema" and c["beta"] == 0:
         raise bad("beta", "must be > 0 with anchor 'ema' (TRL builds no reference model, hence no "
                   "EMA, when beta is 0)")
-    if c["dtype"] not in ("f32", "bf16"):
-        raise bad("dtype", "must be 'f32' or 'bf16'")
+    if c["dtype"] not in ("auto", "f32", "bf16"):
+        raise bad("dtype", "must be 'auto', 'f32' or 'bf16'")
     if c["chat_template"] == "":
         raise bad("chat_template", "must be auto, none or a Jinja file")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c["device"]):
@@ -626,7 +629,9 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
     args = dict(
         output_dir=str(out / ".trl"),
         use_cpu=device == "cpu",
-        bf16=cfg["dtype"] == "bf16",
+        # "auto": bf16 on a GPU, f32 on the CPU (as warp's own trainer).
+        bf16=cfg["dtype"] == "bf16" or (cfg["dtype"] == "auto" and device != "cpu"
+                                         and torch.cuda.is_available()),
         fp16=False,
         model_init_kwargs={"dtype": torch.float32},
         per_device_train_batch_size=total // (world * accum),

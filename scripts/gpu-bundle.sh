@@ -6,6 +6,14 @@
 #   - the CUDA test executable (cargo test --release --features cuda --test it --no-run: the one
 #     integration-test crate, whose cuda:: module gpu-check.sh runs), found from cargo's JSON
 #     messages;
+#   - warp-rl (cargo build --release --features rl: libtorch from scripts/setup-torch.sh's
+#     torch 2.11.0+cu130; on the GPU machine it runs on that machine's PyTorch 2.11 libraries)
+#     and the RL section's scripts (scripts/gpu-check-rl.sh, bench/{rl_model,rl_reward,
+#     trl_scale}.py);
+#   - with WARP_BUNDLE_WHEELS=1, wheels/: the wheels of the packages that scripts/setup-trl.sh's
+#     venv adds to the torch venv (TRL, accelerate, datasets and their dependencies), pinned to
+#     the versions installed here (pip download, no dependencies resolved), for a GPU machine
+#     without TRL;
 #   - scripts/gpu-check.sh itself and a MANIFEST.
 # Debug info is stripped so the bundle stays small (~20 MB). The binaries need glibc >= 2.34 on
 # the GPU machine (Ubuntu 22.04 or newer), and they load libcuda/libnvrtc at run time.
@@ -40,14 +48,29 @@ if [ -z "$test_exe" ] || [ ! -x "$test_exe" ]; then
     exit 1
 fi
 
+echo "gpu-bundle: building warp-rl (--features rl)" >&2
+# shellcheck source=scripts/setup-torch.sh
+source scripts/setup-torch.sh
+cargo build --release --features rl --bin warp-rl
+
 rm -rf "$dest"
-mkdir -p "$dest"
-for b in "${bins[@]}"; do
+mkdir -p "$dest/bench"
+for b in "${bins[@]}" warp-rl; do
     strip --strip-debug -o "$dest/$b" "$CARGO_TARGET_DIR/release/$b"
 done
+cp scripts/gpu-check-rl.sh "$dest/"
+cp bench/rl_model.py bench/rl_reward.py bench/trl_scale.py "$dest/bench/"
+if [ "${WARP_BUNDLE_WHEELS:-0}" = 1 ]; then
+    # shellcheck source=scripts/setup-trl.sh
+    source scripts/setup-trl.sh
+    comm -13 <("$WARP_TORCH_PYTHON" -m pip freeze --disable-pip-version-check | sort) \
+        <("$WARP_TRL_PYTHON" -m pip freeze --disable-pip-version-check | sort) >"$dest/wheels.txt"
+    "$WARP_TRL_PYTHON" -m pip download --disable-pip-version-check --quiet --no-deps \
+        --only-binary=:all: -d "$dest/wheels" -r "$dest/wheels.txt"
+fi
 strip --strip-debug -o "$dest/cuda-tests" "$test_exe"
 cp scripts/gpu-check.sh "$dest/gpu-check.sh"
-chmod +x "$dest"/*
+chmod +x "$dest"/gpu-check.sh "$dest"/cuda-tests "$dest"/warp-*
 {
     echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -8,6 +8,11 @@
 #   3. synthetic checkpoints (warp-fixture): a bf16 base + 3 fine-tunes, an f32 base + 3;
 #   4. warp-slerp M = 2 and M = 3 with several --eta, on --device cpu and --device cuda:
 #      outputs (all files) and --report JSONs compared byte for byte; merge throughput printed.
+#   5. RL (the bundle's warp-rl, libtorch from the machine's PyTorch): warp-rl --dtype bf16 steps
+#      on a ~0.5B Qwen2-shaped random model (made here by transformers from a config: Qwen2.5-0.5B's
+#      shape, 494M parameters) next to TRL's RLOOTrainer (bench/trl_scale.py, bf16 autocast) on
+#      the same GPU, same prompts, reward program and settings: samples/s, generation tokens/s,
+#      peak GPU memory (nvidia-smi, polled, for both; TRL's max_memory_allocated too).
 # Prints PASS:/FAIL: lines and exits non-zero on any FAIL. With $OUT set, writes
 # $OUT/gpu-check.txt (the summary) and $OUT/gpu-check.log (everything).
 #
@@ -16,7 +21,12 @@
 #        WARP_GPU_WORK (scratch folder, default /tmp/warp-gpu-check; needs ~25 GB free),
 #        WARP_BENCH_MB (per-input size of the in-memory bench, default 512),
 #        WARP_GPU_DEVICE (the device compared with the CPU, default cuda; "cpu" dry-runs the
-#        script's own logic on a machine without a GPU).
+#        script's own logic on a machine without a GPU),
+#        WARP_GPU_PARTS (default "merge rl": which of sections 1-4 (merge) and 5 (rl) run),
+#        WARP_GPU_PYTHON (Python with torch 2.11 + transformers, default python3; TRL from it, or
+#        from the bundle's wheels/ when it lacks TRL), WARP_GPU_RL_MODEL (transformers shape
+#        arguments of bench/rl_model.py, default Qwen2.5-0.5B's), WARP_GPU_RL_STEPS (default 4,
+#        the first left out of the medians), WARP_GPU_RL_ARGS (batch/n/tokens, both trainers).
 set -euo pipefail
 
 bundle=$(cd "${1:-$(dirname "$0")}" && pwd)
@@ -66,8 +76,13 @@ say "== warp gpu-check: bundle $bundle, work $work, results $results"
 [ -f "$bundle/MANIFEST" ] && sed 's/^/manifest: /' "$bundle/MANIFEST" | tee -a "$results"
 
 # ---- 0. environment -----------------------------------------------------------------------
-for b in cuda-tests warp-fixture warp-slerp; do
-    if [ ! -x "$bundle/$b" ]; then
+parts=${WARP_GPU_PARTS:-merge rl}
+has_part() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+need=()
+has_part merge && need+=(cuda-tests warp-fixture warp-slerp)
+has_part rl && need+=(warp-rl gpu-check-rl.sh bench/rl_model.py bench/rl_reward.py bench/trl_scale.py)
+for b in "${need[@]}"; do
+    if [ ! -e "$bundle/$b" ]; then
         fail "missing $bundle/$b (build the bundle with scripts/gpu-bundle.sh)"
         exit 1
     fi
@@ -104,13 +119,16 @@ if [ -n "$nvrtc_dir" ]; then
 else
     say "nvrtc: no libnvrtc.so.* found in the usual places (the backend will say so)"
 fi
-if "$bundle/warp-slerp" --version >>"$log" 2>&1; then
+if ! has_part merge; then
+    : # warp-rl needs the machine's libtorch: section 5 checks it
+elif "$bundle/warp-slerp" --version >>"$log" 2>&1; then
     pass "bundle binaries start ($("$bundle/warp-slerp" --version))"
 else
     fail "bundle binaries do not start here (glibc too old? see $log)"
     exit 1
 fi
 
+if has_part merge; then
 # ---- 1. the CUDA test executable --------------------------------------------------------------
 say "== 1. tests: CUDA backend vs CPU backend"
 t0=$(now)
@@ -224,4 +242,10 @@ if [ "$fixtures_ok" -eq 1 ]; then
     merge "f32 M=3 -> bf16" f32 "ft1 ft2 ft3" --dtype bf16
 fi
 rm -rf "$work/bf16" "$work/f32"
+fi # merge
+
+if has_part rl; then
+    # shellcheck source=scripts/gpu-check-rl.sh
+    source "$bundle/gpu-check-rl.sh"
+fi
 [ "$fails" -eq 0 ]

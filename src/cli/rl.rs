@@ -40,6 +40,10 @@ pub struct Args {
     /// Same as --dtype bf16.
     #[arg(long, conflicts_with = "dtype")]
     bf16: bool,
+    /// Print the memory plan (weights, master copy, gradients, Adam, EMA, init, reward model, KV
+    /// cache, activations per micro-batch, estimated peak) and exit without loading any weights.
+    #[arg(long, conflicts_with = "resume")]
+    dry_run: bool,
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     threads: Option<usize>,
@@ -203,6 +207,10 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
         None => {
             let cfg = settings(a, ctx.matches)?;
             cfg.check()?;
+            if a.dry_run {
+                let plan = crate::rl::memory::for_run(&cfg, &progress)?;
+                return super::common::out_line(plan.report().trim_end());
+            }
             let out = new_run_folder(a)?;
             if let Some(t) = a.threads {
                 tch::set_num_threads(t as i32);

@@ -22,7 +22,8 @@ use crate::progress::Reporter;
 /// for. Keys of CONFIG.toml (all optional): model, prompts, heldout, reward, output, iterations,
 /// runs, steps, mu, beta, eta, etas, seed, checkpoints, rl (a table of other `warp rl`
 /// settings), rl_args, init_anchor_runs, jobs, devices, launcher, slurm (a table: resources of
-/// the Slurm jobs), trainer (warp or trl), eval_samples, eval_prompts, threads.
+/// the Slurm jobs), trainer (warp or trl), eval_samples, eval_prompts, threads, merge_dtype
+/// (sft, bf16, f16 or f32: the dtype of the merged checkpoints).
 ///
 /// With `--launcher slurm` every step becomes a Slurm batch job (the RL runs of an iteration one
 /// job array, each step waiting for its predecessors with afterok): it submits the steps that
@@ -161,6 +162,7 @@ fn slurm(c: &PipelineConfig, exe: &Path, wait: bool, reporter: &dyn Reporter) ->
 }
 
 fn dry_run(c: &PipelineConfig, exe: &std::path::Path) -> Result<()> {
+    let c = &c.with_sft_dtype(&crate::progress::Silent)?;
     let p = crate::pipeline::plan(c, exe)?;
     let mut text = String::new();
     for st in &p.steps {

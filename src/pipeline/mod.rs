@@ -87,6 +87,13 @@ pub struct PipelineConfig {
     pub eval_prompts: u32,
     /// libtorch threads per command (0 = libtorch's default).
     pub threads: u32,
+    /// Dtype of the merged (SLERP, LITI, LERP) checkpoints: `sft` (the SFT model's, default),
+    /// `bf16`, `f16` or `f32`. The RL runs save f32 policies (exact task vectors); the merges
+    /// read those with an f32 copy of their init and round only their outputs to this dtype.
+    pub merge_dtype: String,
+    /// The SFT model's dtype, read from its checkpoint header before planning (not a setting).
+    #[serde(skip)]
+    pub sft_dtype: Option<crate::io::DType>,
 }
 
 impl Default for PipelineConfig {
@@ -117,6 +124,8 @@ impl Default for PipelineConfig {
             eval_samples: 2,
             eval_prompts: 500,
             threads: 0,
+            merge_dtype: "sft".into(),
+            sft_dtype: None,
         }
     }
 }
@@ -169,6 +178,7 @@ impl PipelineConfig {
         if self.devices.is_empty() {
             return bad("devices", "must not be empty".into());
         }
+        self.merge_target(crate::io::DType::F32)?;
         match self.launcher.as_str() {
             "local" => Ok(()),
             "slurm" => self.slurm.check(),
@@ -191,6 +201,40 @@ impl PipelineConfig {
 
     pub fn layout(&self) -> RunLayout {
         RunLayout::new(&self.output)
+    }
+
+    /// The dtype the merges write, given the SFT model's.
+    pub fn merge_target(&self, sft: crate::io::DType) -> Result<crate::io::DType> {
+        use crate::io::DType;
+        match self.merge_dtype.to_ascii_lowercase().as_str() {
+            "sft" => Ok(sft),
+            "bf16" => Ok(DType::BF16),
+            "f16" => Ok(DType::F16),
+            "f32" => Ok(DType::F32),
+            other => Err(Error::setting(
+                "merge_dtype",
+                format!("unknown dtype '{other}' (sft, bf16, f16 or f32)"),
+            )),
+        }
+    }
+
+    /// This config with `sft_dtype` read from the SFT model's checkpoint (a hub id is
+    /// downloaded): the dtype of its floating-point tensors (the most common one).
+    pub fn with_sft_dtype(&self, reporter: &dyn Reporter) -> Result<PipelineConfig> {
+        let spec = crate::builtin::resolve_spec(&self.model)?;
+        let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
+        let mut counts: Vec<(crate::io::DType, u64)> = Vec::new();
+        for t in ck.tensors().iter().filter(|t| t.dtype.is_float()) {
+            match counts.iter_mut().find(|(d, _)| *d == t.dtype) {
+                Some((_, n)) => *n += t.nbytes,
+                None => counts.push((t.dtype, t.nbytes)),
+            }
+        }
+        let dtype = counts.iter().max_by_key(|(_, n)| *n).map(|(d, _)| *d);
+        Ok(PipelineConfig {
+            sft_dtype: dtype,
+            ..self.clone()
+        })
     }
 }
 
@@ -309,6 +353,7 @@ pub fn execute(
     reporter: &dyn Reporter,
 ) -> Result<Vec<Step>> {
     c.check()?;
+    let c = &c.with_sft_dtype(reporter)?;
     let p = plan(c, exe)?;
     write_plan(c, &p)?;
     let steps = p.steps;

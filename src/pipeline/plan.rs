@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::{PipelineConfig, RunLayout};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::rl::settings::{Anchor, RlConfig};
+use crate::io::DType;
+use crate::rl::settings::{Anchor, Backend, RlConfig, SaveDtype};
 use crate::slurm::StepKind;
 
 /// One command of the plan.
@@ -222,13 +223,56 @@ impl Builder<'_> {
         (ids, policies)
     }
 
-    /// SLERP with fused LITI over the η grid, and LERP, of iteration `i`'s policies; returns the
-    /// SLERP's step id.
-    fn merge_steps(&mut self, i: u32, init: &str, policies: &[String], after: &[String]) -> String {
+    /// An f32 copy of iteration `i`'s init (`warp convert`), for merges whose policies are f32
+    /// while the init is not (the merge tools combine checkpoints of one dtype): its step id and
+    /// folder.
+    fn init_f32_step(&mut self, i: u32, init: &str, after: &[String]) -> (String, String) {
+        let id = format!("iter-{i}/init-f32");
+        let dir = self.layout.iteration(i).join("init-f32");
+        let argv = self.argv(
+            "convert",
+            [
+                init.to_string(),
+                "--dtype".into(),
+                "f32".into(),
+                "-o".into(),
+                s(&dir),
+                "-q".into(),
+            ],
+        );
+        self.plan.steps.push(Step {
+            log: self.layout.log(&id),
+            id: id.clone(),
+            after: after.to_vec(),
+            argv,
+            resume_argv: None,
+            done: dir.clone(),
+            started: None,
+            device: None,
+            config: None,
+            // A checkpoint conversion: a merge job's resources fit it.
+            kind: StepKind::Merge,
+            array: None,
+        });
+        (id, s(&dir))
+    }
+
+    /// SLERP with fused LITI over the η grid, and LERP, of iteration `i`'s policies, written in
+    /// `dtype`; returns the SLERP's step id.
+    fn merge_steps(
+        &mut self,
+        i: u32,
+        init: &str,
+        policies: &[String],
+        after: &[String],
+        dtype: DType,
+    ) -> String {
         let c = self.c;
         let (slerp_id, slerp_dir) = self.layout.slerp(i);
         let mut args = policies.to_vec();
         args.extend(["--init".into(), init.into(), "-o".into(), s(&slerp_dir)]);
+        let dtype_args = ["--dtype".to_string(), dtype.name().to_ascii_lowercase()];
+        args.extend(dtype_args.iter().cloned());
         for e in c.eta_grid() {
             args.extend(["--eta".into(), e.to_string()]);
         }
@@ -265,6 +309,7 @@ impl Builder<'_> {
             s(&lerp_dir),
             "-q".into(),
         ]);
+        args.extend(dtype_args);
         let lerp = merge(
             lerp_id.clone(),
             self.argv("lerp", args),
@@ -367,11 +412,24 @@ pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
         },
         runs: 0,
     };
+    // The RL runs save f32 policies (unless `save_dtype = "same"`); the merges then need an f32
+    // init, and round their outputs to the target dtype.
+    let sft = c.sft_dtype.unwrap_or(DType::F32);
+    let target = c.merge_target(sft)?;
+    let f32_policies = b.base.backend == Backend::Trl || b.base.save_dtype == SaveDtype::F32;
     let mut init = c.model.clone();
     let mut after: Vec<String> = Vec::new();
     for i in 1..=c.iterations {
-        let (ids, policies) = b.rl_steps(i, &init, &after);
-        let slerp_id = b.merge_steps(i, &init, &policies, &ids);
+        let (mut ids, policies) = b.rl_steps(i, &init, &after);
+        let init_dtype = if i == 1 { sft } else { target };
+        let merge_init = if f32_policies && init_dtype != DType::F32 {
+            let (id, dir) = b.init_f32_step(i, &init, &after);
+            ids.push(id);
+            dir
+        } else {
+            init.clone()
+        };
+        let slerp_id = b.merge_steps(i, &merge_init, &policies, &ids, target);
         init = s(&b.layout.slerp_eta(i, c.eta));
         after = vec![slerp_id];
     }

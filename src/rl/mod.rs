@@ -9,13 +9,19 @@ pub mod chat;
 pub mod settings;
 
 #[cfg(feature = "rl")]
+pub mod chunked;
+#[cfg(feature = "rl")]
 pub mod config;
+#[cfg(feature = "rl")]
+pub mod cuda;
 #[cfg(feature = "rl")]
 pub mod data;
 #[cfg(feature = "rl")]
 pub mod eval;
 #[cfg(feature = "rl")]
 pub mod generate;
+#[cfg(feature = "rl")]
+pub mod memory;
 #[cfg(feature = "rl")]
 pub mod model;
 #[cfg(feature = "rl")]
@@ -46,7 +52,7 @@ pub use config::{Family, LlamaConfig, ModelConfig, Rope, RopeScaling};
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
 #[cfg(feature = "rl")]
 pub use model::{CausalLm, Head, KvCache, LlamaModel, ParamSpec};
-pub use settings::{Anchor, Baseline, RlConfig, SftConfig, TrainDtype};
+pub use settings::{Anchor, Baseline, RlConfig, SaveDtype, SftConfig, TrainDtype};
 #[cfg(feature = "rl")]
 pub use tokenizer::Tokenizer;
 
@@ -56,9 +62,17 @@ pub use tokenizer::Tokenizer;
 pub fn tch_device(device: crate::device::Device) -> crate::Result<tch::Device> {
     use crate::device::Device;
     match device {
-        Device::Auto => Ok(tch::Device::cuda_if_available()),
+        Device::Auto => {
+            // libtorch's CUDA library is loaded only where a driver is (see `cuda`).
+            if cuda::driver_present() {
+                let _ = cuda::load_backend();
+            }
+            Ok(tch::Device::cuda_if_available())
+        }
         Device::Cpu => Ok(tch::Device::Cpu),
         Device::Cuda(n) => {
+            cuda::load_backend()
+                .map_err(|e| crate::Error::backend(format!("device {device}"), e))?;
             let count = tch::Cuda::device_count();
             if (n as i64) < count {
                 Ok(tch::Device::Cuda(n))

@@ -50,6 +50,8 @@ pub struct RewardOptions {
     pub device: tch::Device,
     /// `model:`: sequences per forward pass.
     pub batch_size: usize,
+    /// `model:`: the decoder's compute dtype (bf16 on a GPU saves half the memory and time).
+    pub kind: tch::Kind,
 }
 
 impl Default for RewardOptions {
@@ -59,6 +61,7 @@ impl Default for RewardOptions {
             timeout: std::time::Duration::from_secs(60),
             device: tch::Device::Cpu,
             batch_size: 64,
+            kind: tch::Kind::Float,
         }
     }
 }
@@ -81,9 +84,20 @@ pub fn from_spec_opts(spec: &str, opts: &RewardOptions) -> Result<Box<dyn Reward
             "reward",
             format!("unknown verifier '{other}' in '{spec}' (known: verify:arith)"),
         )),
-        Some(("model", path)) if !path.is_empty() => Ok(Box::new(
-            super::reward_model::RewardModel::load(path, opts.device, opts.batch_size)?,
-        )),
+        Some(("model", path)) if !path.is_empty() => {
+            // A folder, a .safetensors file, or a hub id (org/name[@rev], downloaded to the cache).
+            let local = crate::hub::resolve_checkpoint(
+                path,
+                &crate::hub::HubOptions::from_env(),
+                &crate::progress::Silent,
+            )?;
+            Ok(Box::new(super::reward_model::RewardModel::load_with_kind(
+                &local,
+                opts.device,
+                opts.kind,
+                opts.batch_size,
+            )?))
+        }
         Some(("cmd", program)) if !program.trim().is_empty() => Ok(Box::new(
             super::reward_cmd::CmdReward::new(program, opts.timeout)?,
         )),

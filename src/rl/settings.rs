@@ -33,13 +33,36 @@ pub enum Anchor {
     Init,
 }
 
-/// Parameter dtype of the policy while it trains.
+/// Compute dtype of the policy while it trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainDtype {
+    /// bf16 on a GPU, f32 on the CPU (a run records the dtype it chose).
+    Auto,
     F32,
-    /// bfloat16 policy parameters (the EMA and the init stay f32).
+    /// bf16 forward and backward; f32 master weights, Adam moments and EMA.
     Bf16,
+}
+
+impl TrainDtype {
+    /// The dtype `auto` stands for on `cuda` (a GPU) or not.
+    pub fn resolve(self, cuda: bool) -> TrainDtype {
+        match self {
+            TrainDtype::Auto if cuda => TrainDtype::Bf16,
+            TrainDtype::Auto => TrainDtype::F32,
+            d => d,
+        }
+    }
+}
+
+/// Dtype of the saved policy and EMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveDtype {
+    /// f32: the trained weights exactly (task vectors are not rounded to the init's precision).
+    F32,
+    /// The init's dtype, tensor by tensor (bf16 rounds away changes below half a bf16 step).
+    Same,
 }
 
 /// Which trainer runs the RL stage.
@@ -124,9 +147,33 @@ pub struct RlConfig {
     /// Resumable checkpoint every this many steps (and at the end).
     #[arg(long, default_value_t = 50)]
     pub save_every: u64,
-    /// Parameter dtype of the policy while training (the EMA stays f32).
-    #[arg(long, value_enum, default_value_t = TrainDtype::F32)]
+    /// Compute dtype of the policy: auto (bf16 on a GPU, f32 on the CPU), f32, or bf16 (bf16
+    /// forward and backward with f32 master weights, Adam moments and EMA; TF32 is used for f32
+    /// matrix products on a GPU).
+    #[arg(long, value_enum, default_value_t = TrainDtype::Auto)]
     pub dtype: TrainDtype,
+    /// Dtype of the saved policy and EMA (final/, step-*/): f32 keeps the trained weights
+    /// exactly, so the merges (SLERP angles, task vectors, LITI) see every change; same rounds
+    /// them to the init's dtype (a bf16 init then loses every change below half a bf16 step).
+    #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
+    pub save_dtype: SaveDtype,
+    /// Sequences per micro-batch: generation, scoring and the backward pass run on this many at a
+    /// time, the gradients summed (the update equals that of the whole batch). 0: the largest
+    /// multiple of n whose activations take at most 512 MiB (CPU) or 16 GiB (GPU) by the memory
+    /// plan (`--dry-run` shows it); a run records the value it used.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub micro_batch: usize,
+    /// Score the frozen init for the kl_init metric every N steps (an extra forward pass; 0:
+    /// never). With --anchor init it is the anchor, scored every step anyway.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub metrics_every: u64,
+    /// Sequences per forward pass of a model: reward.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub reward_batch: usize,
+    /// Refuse to start (before loading any weights) when the memory plan's peak exceeds SIZE
+    /// (e.g. 16GB, 2GiB), and say which micro-batch would fit.
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t = Device::Auto)]
     pub device: Device,
@@ -185,6 +232,7 @@ impl RlConfig {
             ("n", self.n as u64),
             ("max_new_tokens", self.max_new_tokens as u64),
             ("save_every", self.save_every),
+            ("reward_batch", self.reward_batch as u64),
         ] {
             positive(field, v > 0, || "must be > 0".into())?;
         }
@@ -211,6 +259,9 @@ impl RlConfig {
             positive(field, x.is_finite() && x >= 0.0, || {
                 format!("must be a finite number ≥ 0, got {x}")
             })?;
+        }
+        if let Some(m) = &self.max_memory {
+            crate::io::writer::parse_size(m).map_err(|e| Error::setting("max_memory", e))?;
         }
         positive(
             "reward_timeout",
@@ -381,7 +432,11 @@ mod tests {
         assert_eq!((c.steps, c.batch, c.n, c.save_every), (100, 16, 4, 50));
         assert_eq!((c.beta, c.mu, c.temperature, c.lr), (0.1, 0.05, 0.9, 3e-4));
         assert_eq!((c.baseline, c.anchor), (Baseline::Rloo, Anchor::Ema));
-        assert_eq!((c.dtype, c.device), (TrainDtype::F32, Device::Auto));
+        assert_eq!((c.dtype, c.device), (TrainDtype::Auto, Device::Auto));
+        assert_eq!(
+            (c.save_dtype, c.micro_batch, c.metrics_every),
+            (SaveDtype::F32, 0, 1)
+        );
         c.check().unwrap();
         let s = SftConfig::default();
         assert_eq!(

@@ -305,7 +305,7 @@ fn fit(
             decay_steps: c.steps.saturating_sub(c.warmup),
             ..AdamConfig::default()
         },
-    );
+    )?;
     let mut rng = SplitMix64::stream(c.seed, 2);
     let started = Instant::now();
     let mut recent = std::collections::VecDeque::with_capacity(100);

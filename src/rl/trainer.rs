@@ -14,6 +14,19 @@
 //! sampled (logits / temperature), so the gradient is on-policy and the penalty compares like
 //! with like. Every step's randomness (prompts, samples) derives from (seed, step) only, which is
 //! what makes a resumed run equal an uninterrupted one.
+//!
+//! Scale (issue 16). A step works on micro-batches of `micro_batch` sequences: each is generated
+//! with its own KV cache, then scored and back-propagated with gradient accumulation, so the
+//! activations held are those of one micro-batch; log-probabilities, KL and entropy are computed
+//! at completion positions only, a chunk of positions at a time (`super::chunked`), so no
+//! `[batch, length, vocab]` tensor exists. When a micro-batch holds whole prompt groups (or the
+//! baseline needs none) one pass does both; otherwise a no-graph pass first gives every sample's
+//! log-probability, for the RLOO baselines, and a second pass back-propagates. The loss weights
+//! use the size of the whole batch, so the summed gradient is the full-batch gradient. With
+//! `--dtype bf16` the policy computes in bf16 and Adam keeps f32 masters (`super::optim`); the
+//! EMA is f32 (scored through a bf16 copy), the frozen init is held in the compute dtype. The
+//! saved policy and EMA are the f32 masters and the f32 EMA (`--save-dtype f32`). The step reads
+//! its metrics and the gradient norm back from the device in one transfer.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,22 +36,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+use std::collections::HashMap;
+
+use super::chunked::{
+    backward_logprobs, chunk_positions, token_stats, Completions, Reference, StatsOptions,
+    DEFAULT_CHUNK_BYTES,
+};
 use super::data::{read_prompt_lines, Prompt};
-use super::eval::token_kl;
-use super::generate::{generate, score_at, GenerateOptions};
+use super::generate::{generate, GenerateOptions};
 use super::model::{read_tensor, LlamaModel};
 use super::optim::{Adam, AdamConfig};
 use super::reward::{self, Reward};
 use super::rng::SplitMix64;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
-use crate::io::companion::ModelCard;
+use crate::io::companion::{self, ModelCard};
 use crate::io::writer::{CheckpointWriter, OutTensor, Staging, WriterOptions};
 use crate::io::{write_file_atomic, Checkpoint, DType};
 use crate::pipeline::layout::{RlRunLayout, TRAINER_STATE};
 use crate::progress::Reporter;
 
-pub use super::settings::{Anchor, Baseline, RlConfig, TrainDtype};
+pub use super::settings::{Anchor, Baseline, RlConfig, SaveDtype, TrainDtype};
 
 /// `run.json` of a run folder: what made it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,7 +91,9 @@ pub struct StepMetrics {
     /// Mean of the sequence-level KL(π ‖ anchor), estimated with per-token full-vocabulary KL
     /// along the samples (at the sampling temperature).
     pub kl_anchor: f64,
-    pub kl_init: f64,
+    /// The same towards the init: on the steps `metrics_every` selects (and every step with
+    /// `--anchor init`, where it is the anchor's).
+    pub kl_init: Option<f64>,
     /// Mean per-token entropy of the sampling distribution.
     pub entropy: f64,
     pub completion_len: f64,
@@ -81,8 +101,16 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     pub loss: f64,
     pub samples_per_s: f64,
-    /// At checkpoint steps: the EMA's own samples' reward and KL(ema ‖ init).
-    pub ema: Option<(f64, f64)>,
+    /// Where the step's wall time went: sampling (with its KV caches), the reward, and the rest
+    /// (scoring, backward, optimizer, EMA). On a GPU, work is timed when it is waited for.
+    pub generate_s: f64,
+    pub reward_s: f64,
+    pub train_s: f64,
+    /// Sampled tokens (EOS included) per second of sampling.
+    pub gen_tokens_per_s: f64,
+    /// At checkpoint steps: the EMA's own samples' reward and KL(ema ‖ init) (when the init is
+    /// held).
+    pub ema: Option<(f64, Option<f64>)>,
 }
 
 impl StepMetrics {
@@ -92,6 +120,8 @@ impl StepMetrics {
             "kl_anchor": self.kl_anchor, "kl_init": self.kl_init, "entropy": self.entropy,
             "completion_len": self.completion_len, "lr": self.lr, "grad_norm": self.grad_norm,
             "loss": self.loss, "samples_per_s": self.samples_per_s,
+            "generate_s": self.generate_s, "reward_s": self.reward_s, "train_s": self.train_s,
+            "gen_tokens_per_s": self.gen_tokens_per_s,
         });
         if let Some((r, kl)) = self.ema {
             v["ema_reward_mean"] = json!(r);
@@ -101,33 +131,33 @@ impl StepMetrics {
     }
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
-    Vec::<f64>::try_from(
-        t.to_device(Device::Cpu)
-            .to_kind(Kind::Double)
-            .flatten(0, -1),
-    )
-    .map_err(|e| Error::backend("reading the rewards back from libtorch", e))
-}
-
-/// A run in progress: the three models, the optimizer, the reward and the prompts.
+/// A run in progress: the models, the optimizer, the reward and the prompts.
 pub struct Trainer {
     pub cfg: RlConfig,
     pub out: PathBuf,
     /// Folder of the init model (companion files of every checkpoint come from there).
     model_dir: PathBuf,
+    /// The init's on-disk dtype of each parameter (`--save-dtype same`).
+    disk_dtypes: HashMap<String, DType>,
     tok: Tokenizer,
+    /// Trained, in the compute dtype.
     pub policy: LlamaModel,
+    /// The exponential moving average, f32.
     pub ema: LlamaModel,
-    /// The frozen init (anchor of `--anchor init`; reference of every KL-to-init metric).
-    pub init: LlamaModel,
+    /// A bf16 copy of the EMA that the anchor forward uses when the policy computes in bf16.
+    ema_compute: Option<LlamaModel>,
+    /// The frozen init in the compute dtype (anchor of `--anchor init`; reference of the
+    /// KL-to-init metrics), when either needs it.
+    pub init: Option<LlamaModel>,
     opt: Adam,
     reward: Box<dyn Reward>,
     prompts: Vec<Prompt>,
     prompt_ids: Vec<Vec<i64>>,
-    /// Whether the saved policy/ema folders hold the exact training state (all f32); else the
+    /// Whether the saved policy/ema folders hold the exact training state (f32); else the
     /// trainer state keeps f32 copies for resuming.
     exact_on_disk: bool,
+    /// Positions per LM-head chunk.
+    chunk: i64,
     layout: RlRunLayout,
     pub step: u64,
 }
@@ -137,13 +167,42 @@ pub fn checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
     RlRunLayout::new(out).checkpoints()
 }
 
-/// The three models of a run and the optimizer, fresh or restored from a checkpoint.
+/// The models of a run and the optimizer, fresh or restored from a checkpoint.
 struct Models {
     policy: LlamaModel,
     ema: LlamaModel,
-    init: LlamaModel,
+    init: Option<LlamaModel>,
     opt: Adam,
     step: u64,
+}
+
+/// The LM head of `m` (with the final logit soft-capping of the families that have one) as a
+/// function of hidden states: f32 logits.
+fn head_of(m: &LlamaModel) -> Result<impl Fn(&Tensor) -> Result<Tensor> + '_> {
+    Ok(move |h: &Tensor| m.logits_from_hidden(h))
+}
+
+/// What scoring one micro-batch gave (device tensors, per sequence unless said otherwise).
+struct Scored {
+    comp: Completions,
+    /// The policy's hidden states at the completion positions, with the decoder's graph when
+    /// scored for the backward pass.
+    hidden: Option<Tensor>,
+    seq_logprob: Tensor,
+    anchor_logprob: Tensor,
+    kl_anchor: Tensor,
+    kl_init: Option<Tensor>,
+    /// Summed over the micro-batch's tokens.
+    entropy_sum: Tensor,
+}
+
+/// Sums of a step's per-sequence metrics over its micro-batches (device tensors).
+#[derive(Default)]
+struct Sums {
+    kl_anchor: Vec<Tensor>,
+    kl_init: Vec<Tensor>,
+    entropy: Vec<Tensor>,
+    objective: Vec<Tensor>,
 }
 
 impl Trainer {
@@ -156,6 +215,14 @@ impl Trainer {
                 out.display()
             )));
         }
+        // `auto` settings are resolved once, here, and recorded: a resumed run keeps them.
+        let plan = super::memory::for_run(&cfg, reporter)?;
+        let cfg = RlConfig {
+            dtype: plan.dtype,
+            micro_batch: plan.micro_batch,
+            ..cfg
+        };
+        check_memory(&cfg, &plan)?;
         let t = Self::build(cfg, out, None, reporter)?;
         std::fs::create_dir_all(out).at(out)?;
         let record = RunRecord {
@@ -182,6 +249,12 @@ impl Trainer {
             cfg.steps = s;
         }
         cfg.check()?;
+        // A run recorded before these settings existed: resolve them as a new run would.
+        if cfg.dtype == TrainDtype::Auto || cfg.micro_batch == 0 {
+            let plan = super::memory::for_run(&cfg, reporter)?;
+            cfg.dtype = plan.dtype;
+            cfg.micro_batch = plan.micro_batch;
+        }
         // Staging folders of checkpoints a killed run was writing: never complete, never used.
         for e in std::fs::read_dir(out).at(out)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -221,6 +294,14 @@ impl Trainer {
         reporter: &dyn Reporter,
     ) -> Result<Trainer> {
         let device = super::tch_device(cfg.device)?;
+        if device == Device::Cpu {
+            release_freed_tensors();
+        } else if let Err(e) = super::cuda::allow_tf32() {
+            // Only speed depends on it: say so and go on in full f32.
+            reporter.message(&format!(
+                "warning: TF32 not enabled ({e}); f32 products run in f32"
+            ));
+        }
         let spec = crate::builtin::resolve_spec(&cfg.model)?;
         let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
         let model_dir = ck.dir.clone();
@@ -238,10 +319,24 @@ impl Trainer {
             ));
         }
         let exact_on_disk =
-            cfg.dtype == TrainDtype::F32 && ck.tensors().iter().all(|t| t.dtype == DType::F32);
+            cfg.save_dtype == SaveDtype::F32 || ck.tensors().iter().all(|t| t.dtype == DType::F32);
+        let disk_dtypes = ck
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype))
+            .collect();
+        let chunk = chunk_positions(config.vocab_size, DEFAULT_CHUNK_BYTES);
         let m = match from {
-            None => fresh_models(&cfg, &ck, config, device)?,
-            Some(dir) => restore_models(&cfg, &ck, config, dir, exact_on_disk, device)?,
+            None => fresh_models(&cfg, &ck, config.clone(), device)?,
+            Some(dir) => restore_models(&cfg, &ck, config.clone(), dir, exact_on_disk, device)?,
+        };
+        let ema_compute = if train_kind(&cfg) != Kind::Float && cfg.anchor == Anchor::Ema {
+            let mut e = LlamaModel::from_checkpoint(&ck, config, device, train_kind(&cfg))?;
+            e.vs.freeze();
+            copy_weights(&m.ema, &e)?;
+            Some(e)
+        } else {
+            None
         };
         let (prompts, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
         let reward = reward::from_spec_opts(
@@ -249,7 +344,12 @@ impl Trainer {
             &reward::RewardOptions {
                 timeout: std::time::Duration::from_secs_f64(cfg.reward_timeout),
                 device,
-                ..reward::RewardOptions::default()
+                batch_size: cfg.reward_batch,
+                kind: if device.is_cuda() {
+                    Kind::BFloat16
+                } else {
+                    Kind::Float
+                },
             },
         )?;
         Ok(Trainer {
@@ -258,13 +358,16 @@ impl Trainer {
             out: out.to_path_buf(),
             layout: RlRunLayout::new(out),
             model_dir,
+            disk_dtypes,
             tok,
             policy: m.policy,
             ema: m.ema,
+            ema_compute,
             init: m.init,
             opt: m.opt,
             reward,
             exact_on_disk,
+            chunk,
             step: m.step,
             cfg,
         })
@@ -289,9 +392,12 @@ impl Trainer {
             writeln!(metrics, "{}", m.to_json()).at(&mpath)?;
             metrics.flush().at(&mpath)?;
             reporter.advance(1);
+            let kl_init = m
+                .kl_init
+                .map_or(String::new(), |k| format!("  KL(init) {k:.3}"));
             reporter.status(&format!(
-                "reward {:.3}  KL(anchor) {:.3}  KL(init) {:.3}",
-                m.reward_mean, m.kl_anchor, m.kl_init
+                "reward {:.3}  KL(anchor) {:.3}{kl_init}",
+                m.reward_mean, m.kl_anchor
             ));
             if save {
                 self.save_checkpoint(&self.layout.step(self.step), true)?;
@@ -303,6 +409,184 @@ impl Trainer {
             self.save_checkpoint(&fin, false)?;
         }
         Ok(fin)
+    }
+
+    /// The model the anchor log-probabilities come from.
+    fn anchor_model(&self) -> Result<&LlamaModel> {
+        match self.cfg.anchor {
+            Anchor::Ema => Ok(self.ema_compute.as_ref().unwrap_or(&self.ema)),
+            Anchor::Init => self
+                .init
+                .as_ref()
+                .ok_or_else(|| Error::Internal("the init anchor is not loaded".into())),
+        }
+    }
+
+    /// Whether step `step` scores the init for the KL-to-init metric.
+    fn init_metrics_at(&self, step: u64) -> bool {
+        self.cfg.anchor == Anchor::Init
+            || (self.cfg.metrics_every > 0 && step % self.cfg.metrics_every == 0)
+    }
+
+    /// Completions of `prompts`, `micro_batch` sequences per generation call, each call drawing
+    /// from its own stream (derived from `seed` and the call's index).
+    fn sample(&self, model: &LlamaModel, prompts: &[Vec<i64>], seed: u64) -> Result<Vec<Vec<i64>>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        let k = self.cfg.micro_batch.max(1);
+        for (i, chunk) in prompts.chunks(k).enumerate() {
+            let o = GenerateOptions {
+                max_new_tokens: self.cfg.max_new_tokens,
+                temperature: self.cfg.temperature,
+                top_k: 0,
+                top_p: 1.0,
+                seed: if i == 0 {
+                    seed
+                } else {
+                    SplitMix64::stream(seed, i as u64).next_u64()
+                },
+                eos_ids: self.tok.eos_ids.clone(),
+                pad_id: self.tok.pad_id,
+                record_logits: false,
+            };
+            out.extend(generate(model, chunk, &o)?.completions);
+        }
+        Ok(out)
+    }
+
+    /// Scores the (prompt, completion) pairs of one micro-batch: the policy's log-probabilities
+    /// of the sampled tokens (keeping the decoder's graph when `grad`), the anchor's, the KL to
+    /// the anchor (and to the init when `init_metrics`) and the entropy.
+    fn score(
+        &self,
+        pairs: &[(Vec<i64>, Vec<i64>)],
+        grad: bool,
+        init_metrics: bool,
+    ) -> Result<Scored> {
+        let c = &self.policy.config;
+        let comp = Completions::new(
+            pairs,
+            self.tok.pad_id,
+            c.vocab_size,
+            c.max_position_embeddings,
+            self.policy.device,
+        )?;
+        let hidden_of = |m: &LlamaModel| -> Result<Tensor> {
+            let h = m.hidden_states(&comp.ids, &comp.attention_mask, &comp.position_ids)?;
+            comp.gather(&h)
+        };
+        let hidden = if grad {
+            tch::with_grad(|| hidden_of(&self.policy))?
+        } else {
+            tch::no_grad(|| hidden_of(&self.policy))?
+        };
+        let (seq_logprob, anchor_logprob, kl_anchor, kl_init, entropy_sum) = tch::no_grad(
+            || -> Result<(Tensor, Tensor, Tensor, Option<Tensor>, Tensor)> {
+                let anchor = self.anchor_model()?;
+                let ha = hidden_of(anchor)?;
+                let init = match (&self.init, init_metrics, self.cfg.anchor) {
+                    (Some(m), true, Anchor::Ema) => Some((m, hidden_of(m)?)),
+                    _ => None,
+                };
+                let (hp, hd) = (head_of(&self.policy)?, hidden.detach());
+                let ah = head_of(anchor)?;
+                let ih = match &init {
+                    Some((m, _)) => Some(head_of(m)?),
+                    None => None,
+                };
+                let mut refs = vec![Reference {
+                    hidden: &ha,
+                    head: &ah,
+                }];
+                if let (Some((_, hi)), Some(ih)) = (&init, &ih) {
+                    refs.push(Reference {
+                        hidden: hi,
+                        head: ih,
+                    });
+                }
+                let s = token_stats(
+                    &hd,
+                    &hp,
+                    &comp.targets,
+                    &refs,
+                    &StatsOptions {
+                        temperature: self.cfg.temperature,
+                        chunk: self.chunk,
+                        entropy: true,
+                    },
+                )?;
+                let seq = |t: &Tensor| comp.per_sequence(t);
+                let kl_anchor = seq(&s.references[0].kl)?;
+                let kl_init = match (s.references.get(1), self.cfg.anchor) {
+                    (Some(r), _) => Some(seq(&r.kl)?),
+                    (None, Anchor::Init) => Some(kl_anchor.shallow_clone()),
+                    (None, Anchor::Ema) => None,
+                };
+                let entropy_sum = s
+                    .entropy
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal("no entropy".into()))?
+                    .f_sum(Kind::Float)
+                    .map_err(|e| Error::backend("entropy", e))?;
+                Ok((
+                    seq(&s.logprobs)?,
+                    seq(&s.references[0].logprobs)?,
+                    kl_anchor,
+                    kl_init,
+                    entropy_sum,
+                ))
+            },
+        )?;
+        Ok(Scored {
+            seq_logprob,
+            anchor_logprob,
+            kl_anchor,
+            kl_init,
+            entropy_sum,
+            hidden: grad.then_some(hidden),
+            comp,
+        })
+    }
+
+    /// Back-propagates Σ_t w_t · log π(y_t) of one micro-batch, w_t the weight of its sequence:
+    /// `weights` `[sequences]` (constants). Returns the objective on the device.
+    fn backward(&self, s: &Scored, weights: &Tensor) -> Result<Tensor> {
+        let h = s
+            .hidden
+            .as_ref()
+            .ok_or_else(|| Error::Internal("scored without the graph".into()))?;
+        let w = weights
+            .f_index_select(0, &s.comp.seq)
+            .map_err(|e| Error::backend("loss weights", e))?;
+        let head = head_of(&self.policy)?;
+        backward_logprobs(
+            h,
+            &head,
+            &s.comp.targets,
+            &w,
+            self.cfg.temperature,
+            self.chunk,
+        )
+    }
+
+    /// Weights of the sequences' log-probabilities in the loss −mean(A · log π): −A / (batch
+    /// size), A the advantages of r_β = r − β·(log π − log π_anchor) − length penalty · |y|.
+    fn loss_weights(
+        &self,
+        r: &Tensor,
+        s_lp: &Tensor,
+        a_lp: &Tensor,
+        lens: &Tensor,
+        total: usize,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        tch::no_grad(|| {
+            let log_ratio = s_lp.f_sub(a_lp)?;
+            let r_beta = r
+                .f_sub(&log_ratio.f_mul_scalar(c.beta)?)?
+                .f_sub(&lens.f_mul_scalar(c.length_penalty)?)?;
+            advantages(&r_beta, c.n, c.baseline).f_mul_scalar(-1.0 / total as f64)
+        })
+        .map_err(|e| Error::backend("advantages", e))
     }
 
     /// Checked rewards of `completions` (token ids), the i-th a completion of prompt
@@ -335,72 +619,33 @@ impl Trainer {
             .iter()
             .flat_map(|&i| std::iter::repeat(self.prompt_ids[i].clone()).take(c.n))
             .collect();
-        let gen_opts = GenerateOptions {
-            max_new_tokens: c.max_new_tokens,
-            temperature: c.temperature,
-            top_k: 0,
-            top_p: 1.0,
-            seed: rng.next_u64(),
-            eos_ids: self.tok.eos_ids.clone(),
-            pad_id: self.tok.pad_id,
-            record_logits: false,
-        };
-        let g = generate(&self.policy, &ids, &gen_opts)?;
+        let gen_seed = rng.next_u64();
+        let completions = self.sample(&self.policy, &ids, gen_seed)?;
+        let generate_s = started.elapsed().as_secs_f64();
         let sample_prompts: Vec<usize> = chosen
             .iter()
             .flat_map(|&i| std::iter::repeat(i).take(c.n))
             .collect();
-        let rewards = self.rewards(&sample_prompts, &g.completions)?;
-        let pairs: Vec<(Vec<i64>, Vec<i64>)> = ids.into_iter().zip(g.completions).collect();
-
-        self.opt.zero_grad();
-        let pol = score_at(&self.policy, &pairs, self.tok.pad_id, c.temperature)?;
-        let (anchor_scores, init_scores) = tch::no_grad(|| -> Result<_> {
-            let init = score_at(&self.init, &pairs, self.tok.pad_id, c.temperature)?;
-            Ok(match c.anchor {
-                Anchor::Ema => (
-                    Some(score_at(&self.ema, &pairs, self.tok.pad_id, c.temperature)?),
-                    init,
-                ),
-                Anchor::Init => (None, init),
-            })
-        })?;
-        let anc = anchor_scores.as_ref().unwrap_or(&init_scores);
-        let dev = self.policy.device;
-        let seq_lp = pol.logprobs.sum_dim_intlist(-1, false, Kind::Float);
-        let log_ratio = seq_lp.detach() - anc.logprobs.sum_dim_intlist(-1, false, Kind::Float);
-        let lens = pol.mask.sum_dim_intlist(-1, false, Kind::Float);
-        let r = Tensor::from_slice(&rewards)
-            .to_kind(Kind::Float)
-            .to_device(dev);
-        let r_beta = &r - &log_ratio * c.beta - &lens * c.length_penalty;
-        let adv = advantages(&r_beta, c.n, c.baseline);
-        let loss = -(adv.detach() * &seq_lp).mean(Kind::Float);
-        loss.backward();
-        let info = self.opt.step()?;
-        self.update_ema();
+        let t_reward = Instant::now();
+        let rewards = self.rewards(&sample_prompts, &completions)?;
+        let reward_s = t_reward.elapsed().as_secs_f64();
+        let t_train = Instant::now();
+        let pairs: Vec<(Vec<i64>, Vec<i64>)> = ids.into_iter().zip(completions).collect();
+        let total = pairs.len();
+        let init_metrics = self.init_metrics_at(step) && self.init.is_some();
+        let summed = self.accumulate_gradient(&pairs, &rewards, init_metrics)?;
+        let info = self.opt.apply(summed.grad_norm)?;
+        self.update_ema()?;
         self.step = step;
+        let train_s = t_train.elapsed().as_secs_f64();
 
-        let (kl_anchor, kl_init, entropy) = tch::no_grad(|| {
-            let seq = |t: Tensor| (t * &pol.mask).sum_dim_intlist(-1, false, Kind::Float);
-            let kl_a = seq(token_kl(&pol.logits, &anc.logits, c.temperature)).mean(Kind::Float);
-            let kl_i =
-                seq(token_kl(&pol.logits, &init_scores.logits, c.temperature)).mean(Kind::Float);
-            let lp = (&pol.logits / c.temperature).log_softmax(-1, Kind::Float);
-            let ent = -(lp.exp() * &lp).sum_dim_intlist(-1, false, Kind::Float);
-            let ent = (ent * &pol.mask).sum(Kind::Float) / pol.mask.sum(Kind::Float);
-            (
-                kl_a.double_value(&[]),
-                kl_i.double_value(&[]),
-                ent.double_value(&[]),
-            )
-        });
-        let rv = to_vec(&r)?;
+        let rv = &rewards;
         let mean = rv.iter().sum::<f64>() / rv.len() as f64;
         let std = (rv.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / rv.len() as f64).sqrt();
-        let samples_per_s = rv.len() as f64 / started.elapsed().as_secs_f64();
+        let tokens: f64 = pairs.iter().map(|(_, y)| y.len() as f64).sum();
+        let samples_per_s = total as f64 / started.elapsed().as_secs_f64();
         let ema = if probe_ema {
-            Some(self.probe_ema(&sample_prompts, &pairs, &gen_opts)?)
+            Some(self.probe_ema(&sample_prompts, &pairs, gen_seed)?)
         } else {
             None
         };
@@ -408,62 +653,261 @@ impl Trainer {
             step,
             reward_mean: mean,
             reward_std: std,
-            kl_anchor,
-            kl_init,
-            entropy,
-            completion_len: lens.mean(Kind::Float).double_value(&[]),
+            kl_anchor: summed.kl_anchor,
+            kl_init: summed.kl_init,
+            entropy: summed.entropy,
+            completion_len: tokens / total as f64,
             lr: info.lr,
             grad_norm: info.grad_norm,
-            loss: loss.double_value(&[]),
+            loss: summed.loss,
             samples_per_s,
+            generate_s,
+            reward_s,
+            train_s,
+            gen_tokens_per_s: if generate_s > 0.0 {
+                tokens / generate_s
+            } else {
+                0.0
+            },
             ema,
         })
     }
 
-    /// θ_ema ← (1 − μ) θ_ema + μ θ, in f32.
-    fn update_ema(&mut self) {
-        let mu = self.cfg.mu;
-        let pol = self.policy.vs.variables();
-        tch::no_grad(|| {
-            for (name, mut e) in self.ema.vs.variables() {
-                let p = pol[&name].to_kind(Kind::Float);
-                e *= 1.0 - mu;
-                e += p * mu;
+    /// The gradient of the step's loss −mean(A · log π(y|x)) for `pairs` and their `rewards`,
+    /// summed over micro-batches into the policy's gradients (in f32 by the optimizer when the
+    /// policy is bf16), and the step's sums, read from the device once with the squared
+    /// gradient norm. `init_metrics` also scores the init (KL to the init).
+    pub fn accumulate_gradient(
+        &mut self,
+        pairs: &[(Vec<i64>, Vec<i64>)],
+        rewards: &[f64],
+        init_metrics: bool,
+    ) -> Result<StepSums> {
+        let c = self.cfg.clone();
+        let total = pairs.len();
+        if rewards.len() != total || total == 0 || total % c.n != 0 {
+            return Err(Error::Internal(format!(
+                "{} rewards for {total} samples in groups of {}",
+                rewards.len(),
+                c.n
+            )));
+        }
+        let dev = self.policy.device;
+        let to_dev = |v: Vec<f32>| -> Result<Tensor> {
+            Tensor::f_from_slice(&v)
+                .and_then(|t| t.f_to_device_(dev, Kind::Float, false, false))
+                .map_err(|e| Error::backend("rewards to the device", e))
+        };
+        let r_all = to_dev(rewards.iter().map(|&x| x as f32).collect())?;
+        let len_all = to_dev(pairs.iter().map(|(_, y)| y.len() as f32).collect())?;
+        let k = c.micro_batch.max(1);
+        let n_mb = total.div_ceil(k);
+        // One pass when every micro-batch holds whole prompt groups (their baselines are
+        // inside), else a no-graph pass for every log-probability first.
+        let one_pass = c.baseline == Baseline::None || k % c.n == 0;
+        let rows = |i: usize| -> Result<(usize, usize, Tensor, Tensor)> {
+            let (a, b) = (i * k, ((i + 1) * k).min(total));
+            let narrow = |t: &Tensor| {
+                t.f_narrow(0, a as i64, (b - a) as i64)
+                    .map_err(|e| Error::backend("micro-batch", e))
+            };
+            Ok((a, b, narrow(&r_all)?, narrow(&len_all)?))
+        };
+        self.opt.zero_grad();
+        let mut sums = Sums::default();
+        let accumulate = n_mb > 1 && self.opt.has_masters();
+        if one_pass {
+            for i in 0..n_mb {
+                let (a, b, r, l) = rows(i)?;
+                let s = self.score(&pairs[a..b], true, init_metrics)?;
+                let w = self.loss_weights(&r, &s.seq_logprob, &s.anchor_logprob, &l, total)?;
+                sums.objective.push(self.backward(&s, &w)?);
+                sums.add(&s);
+                if accumulate {
+                    self.opt.accumulate()?;
+                }
             }
-        });
+        } else {
+            let mut lp = Vec::with_capacity(n_mb);
+            let mut alp = Vec::with_capacity(n_mb);
+            for i in 0..n_mb {
+                let (a, b, _, _) = rows(i)?;
+                let s = self.score(&pairs[a..b], false, init_metrics)?;
+                lp.push(s.seq_logprob.shallow_clone());
+                alp.push(s.anchor_logprob.shallow_clone());
+                sums.add(&s);
+            }
+            let cat =
+                |v: &[Tensor]| Tensor::f_cat(v, 0).map_err(|e| Error::backend("log-probs", e));
+            let w_all = self.loss_weights(&r_all, &cat(&lp)?, &cat(&alp)?, &len_all, total)?;
+            for i in 0..n_mb {
+                let (a, b, _, _) = rows(i)?;
+                let s = self.score_for_backward(&pairs[a..b])?;
+                let w = w_all
+                    .f_narrow(0, a as i64, (b - a) as i64)
+                    .map_err(|e| Error::backend("micro-batch", e))?;
+                sums.objective.push(self.backward(&s, &w)?);
+                if accumulate {
+                    self.opt.accumulate()?;
+                }
+            }
+        }
+        let grad_sq = self.opt.grad_sq_norm()?;
+        let read = sums.read(&grad_sq, init_metrics)?;
+        let tokens: f64 = pairs.iter().map(|(_, y)| y.len() as f64).sum();
+        Ok(StepSums {
+            grad_norm: read.grad_sq.sqrt(),
+            loss: read.objective,
+            kl_anchor: read.kl_anchor / total as f64,
+            kl_init: read.kl_init.map(|x| x / total as f64),
+            entropy: if tokens > 0.0 {
+                read.entropy / tokens
+            } else {
+                0.0
+            },
+        })
     }
 
-    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts.
+    /// The policy's gradients as f32 tensors by parameter name (what the next optimizer step
+    /// uses: the sums over micro-batches).
+    pub fn gradients(&self) -> Result<Vec<(String, Tensor)>> {
+        self.opt.gradients_f32()
+    }
+
+    /// The policy's completion-position hidden states of one micro-batch, with the graph.
+    fn score_for_backward(&self, pairs: &[(Vec<i64>, Vec<i64>)]) -> Result<Scored> {
+        let c = &self.policy.config;
+        let comp = Completions::new(
+            pairs,
+            self.tok.pad_id,
+            c.vocab_size,
+            c.max_position_embeddings,
+            self.policy.device,
+        )?;
+        let hidden = tch::with_grad(|| {
+            let h =
+                self.policy
+                    .hidden_states(&comp.ids, &comp.attention_mask, &comp.position_ids)?;
+            comp.gather(&h)
+        })?;
+        let zero = || {
+            Tensor::f_zeros([0], (Kind::Float, self.policy.device))
+                .map_err(|e| Error::backend("scoring", e))
+        };
+        Ok(Scored {
+            comp,
+            hidden: Some(hidden),
+            seq_logprob: zero()?,
+            anchor_logprob: zero()?,
+            kl_anchor: zero()?,
+            kl_init: None,
+            entropy_sum: zero()?,
+        })
+    }
+
+    /// θ_ema ← (1 − μ) θ_ema + μ θ, in f32, from the optimizer's exact f32 weights (the master
+    /// copies when the policy trains in bf16: the EMA then averages the trained trajectory, not
+    /// its bf16 rounding, and equals the EMA of the f32 policies the run saves); then the bf16
+    /// copy the anchor forward uses.
+    fn update_ema(&mut self) -> Result<()> {
+        let mu = self.cfg.mu;
+        let weights: HashMap<&str, Tensor> = self.opt.weights_f32().into_iter().collect();
+        tch::no_grad(|| -> Result<()> {
+            for (name, mut e) in self.ema.vs.variables() {
+                let p = weights.get(name.as_str()).ok_or_else(|| {
+                    Error::Internal(format!("EMA parameter '{name}' is not optimised"))
+                })?;
+                let _ = e
+                    .f_mul_scalar_(1.0 - mu)
+                    .and_then(|mut e| e.f_add_(&p.f_mul_scalar(mu)?))
+                    .map_err(|err| Error::backend(format!("EMA update of '{name}'"), err))?;
+            }
+            Ok(())
+        })?;
+        if let Some(e) = &self.ema_compute {
+            copy_weights(&self.ema, e)?;
+        }
+        Ok(())
+    }
+
+    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts (the KL when
+    /// the init is held).
     fn probe_ema(
         &mut self,
         sample_prompts: &[usize],
         pairs: &[(Vec<i64>, Vec<i64>)],
-        o: &GenerateOptions,
-    ) -> Result<(f64, f64)> {
+        seed: u64,
+    ) -> Result<(f64, Option<f64>)> {
         let prompts: Vec<Vec<i64>> = pairs.iter().map(|(p, _)| p.clone()).collect();
-        let g = generate(&self.ema, &prompts, o)?;
-        let rewards = self.rewards(sample_prompts, &g.completions)?;
-        let pairs: Vec<(Vec<i64>, Vec<i64>)> = prompts.into_iter().zip(g.completions).collect();
-        let kl = tch::no_grad(|| -> Result<f64> {
-            let e = score_at(&self.ema, &pairs, self.tok.pad_id, o.temperature)?;
-            let i = score_at(&self.init, &pairs, self.tok.pad_id, o.temperature)?;
-            let kl = (token_kl(&e.logits, &i.logits, o.temperature) * &e.mask)
-                .sum_dim_intlist(-1, false, Kind::Float)
-                .mean(Kind::Float);
-            Ok(kl.double_value(&[]))
-        })?;
-        Ok((rewards.iter().sum::<f64>() / rewards.len() as f64, kl))
+        let completions = self.sample(
+            self.ema_compute.as_ref().unwrap_or(&self.ema),
+            &prompts,
+            seed,
+        )?;
+        let rewards = self.rewards(sample_prompts, &completions)?;
+        let ema = self.ema_compute.as_ref().unwrap_or(&self.ema);
+        let reward = rewards.iter().sum::<f64>() / rewards.len() as f64;
+        let Some(init) = &self.init else {
+            return Ok((reward, None));
+        };
+        let pairs: Vec<(Vec<i64>, Vec<i64>)> = prompts.into_iter().zip(completions).collect();
+        let c = &ema.config;
+        let mut total = 0.0;
+        for chunk in pairs.chunks(self.cfg.micro_batch.max(1)) {
+            let comp = Completions::new(
+                chunk,
+                self.tok.pad_id,
+                c.vocab_size,
+                c.max_position_embeddings,
+                ema.device,
+            )?;
+            total += tch::no_grad(|| -> Result<f64> {
+                let hidden_of = |m: &LlamaModel| -> Result<Tensor> {
+                    let h = m.hidden_states(&comp.ids, &comp.attention_mask, &comp.position_ids)?;
+                    comp.gather(&h)
+                };
+                let (he, hi) = (hidden_of(ema)?, hidden_of(init)?);
+                let (eh, ih) = (head_of(ema)?, head_of(init)?);
+                let s = token_stats(
+                    &he,
+                    &eh,
+                    &comp.targets,
+                    &[Reference {
+                        hidden: &hi,
+                        head: &ih,
+                    }],
+                    &StatsOptions {
+                        temperature: self.cfg.temperature,
+                        chunk: self.chunk,
+                        entropy: false,
+                    },
+                )?;
+                s.references[0]
+                    .kl
+                    .f_sum(Kind::Double)
+                    .and_then(|t| t.f_double_value(&[]))
+                    .map_err(|e| Error::backend("KL(ema ‖ init)", e))
+            })?;
+        }
+        Ok((reward, Some(total / pairs.len() as f64)))
     }
 
-    /// Writes `dest/{policy,ema}` (HF layout, the init's dtypes, model cards) and, for a
-    /// resumable checkpoint, `dest/trainer/` (optimizer moments, exact f32 weights when the
-    /// folders are not exact, the step): all or nothing.
+    /// Writes `dest/{policy,ema}` (HF layout, model cards; f32 or the init's dtypes by
+    /// `save_dtype`) and, for a resumable checkpoint, `dest/trainer/` (optimizer moments and
+    /// master copies, exact f32 weights when the folders are not exact, the step): all or
+    /// nothing.
     pub fn save_checkpoint(&self, dest: &Path, resumable: bool) -> Result<PathBuf> {
         let staging = Staging::new(dest, false)?;
-        let opts = WriterOptions::default();
-        for (which, m) in [("policy", &self.policy), ("ema", &self.ema)] {
+        let policy: Vec<(String, Tensor)> = self
+            .opt
+            .weights_f32()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect();
+        let ema = named_weights(&self.ema)?;
+        for (which, named) in [("policy", &policy), ("ema", &ema)] {
             let dir = staging.path().join(which);
-            m.save(&dir, Some(&self.model_dir), None, &opts)?;
+            self.write_model(&dir, named)?;
             let recipe = json!({"method": "warp-rl", "which": which, "step": self.step,
                                 "config": self.cfg.to_json()});
             let card = ModelCard {
@@ -473,7 +917,7 @@ impl Trainer {
                 recipe: &recipe,
                 notes: vec![format!(
                     "RL fine-tuning (policy gradient, {} baseline) with a KL penalty β = {} \
-                     towards the {} anchor; EMA rate μ = {}. `{which}` is {}.",
+                     towards the {} anchor; EMA rate μ = {}. `{which}` is {}, saved in {}.",
                     if self.cfg.baseline == Baseline::Rloo {
                         "RLOO"
                     } else {
@@ -490,6 +934,10 @@ impl Trainer {
                         "the exponential moving average of the policy"
                     } else {
                         "the trained policy"
+                    },
+                    match self.cfg.save_dtype {
+                        SaveDtype::F32 => "f32 (the trained weights exactly)",
+                        SaveDtype::Same => "the init's dtypes",
                     }
                 )],
             };
@@ -500,14 +948,19 @@ impl Trainer {
             let dir = RlRunLayout::trainer_dir(staging.path());
             let mut named = self.opt.state();
             if !self.exact_on_disk {
-                for (prefix, m) in [("policy", &self.policy), ("ema", &self.ema)] {
-                    for name in m.parameter_names() {
-                        named.push((
-                            format!("{prefix}.{name}"),
-                            m.vs.variables()[name].shallow_clone(),
-                        ));
-                    }
+                // The policy's exact weights are the optimizer's master copies when it has
+                // them (already in its state).
+                if !self.opt.has_masters() {
+                    named.extend(
+                        policy
+                            .iter()
+                            .map(|(n, t)| (format!("policy.{n}"), t.shallow_clone())),
+                    );
                 }
+                named.extend(
+                    ema.iter()
+                        .map(|(n, t)| (format!("ema.{n}"), t.shallow_clone())),
+                );
             }
             write_f32_tensors(&dir, &named)?;
             let state = TrainerState {
@@ -518,28 +971,232 @@ impl Trainer {
         }
         staging.commit()
     }
+
+    /// Writes named weights (the policy's parameters, in their save order) as an HF checkpoint
+    /// folder with the init's companion files, in f32 or the init's dtypes.
+    fn write_model(&self, dir: &Path, named: &[(String, Tensor)]) -> Result<()> {
+        let dtype_of = |name: &str| match self.cfg.save_dtype {
+            SaveDtype::F32 => DType::F32,
+            SaveDtype::Same => self.disk_dtypes.get(name).copied().unwrap_or(DType::F32),
+        };
+        let out: Vec<OutTensor> = named
+            .iter()
+            .map(|(n, t)| OutTensor {
+                name: n.clone(),
+                dtype: dtype_of(n),
+                shape: t.size().iter().map(|&d| d as usize).collect(),
+            })
+            .collect();
+        let mut w = CheckpointWriter::create(dir, out.clone(), &WriterOptions::default())?;
+        for ((_, t), o) in named.iter().zip(&out) {
+            let kind = match o.dtype {
+                DType::F32 => Kind::Float,
+                DType::BF16 => Kind::BFloat16,
+                DType::F16 => Kind::Half,
+                DType::F64 => Kind::Double,
+                d => {
+                    return Err(Error::tensor(
+                        &self.model_dir,
+                        &o.name,
+                        format!("cannot save a parameter as {d}"),
+                    ))
+                }
+            };
+            let bytes = tensor_bytes(t, kind, o.dtype.size())
+                .map_err(|e| Error::backend(format!("saving {}", dir.display()), e))?;
+            w.write(&bytes)?;
+        }
+        companion::copy_companions(&self.model_dir, &mut w)?;
+        w.finish()?;
+        Ok(())
+    }
+}
+
+impl Sums {
+    fn add(&mut self, s: &Scored) {
+        self.kl_anchor.push(s.kl_anchor.shallow_clone());
+        if let Some(k) = &s.kl_init {
+            self.kl_init.push(k.shallow_clone());
+        }
+        self.entropy.push(s.entropy_sum.shallow_clone());
+    }
+
+    /// The sums and the squared gradient norm, read from the device at once.
+    fn read(&self, grad_sq: &Tensor, init_metrics: bool) -> Result<ReadBack> {
+        let sum = |v: &[Tensor]| -> std::result::Result<Tensor, tch::TchError> {
+            if v.is_empty() {
+                Tensor::f_zeros([], (Kind::Double, grad_sq.device()))
+            } else {
+                let parts = v
+                    .iter()
+                    .map(|t| t.f_sum(Kind::Double))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Tensor::f_stack(&parts, 0)?.f_sum(Kind::Double)
+            }
+        };
+        let all = (|| {
+            let t = Tensor::f_stack(
+                &[
+                    grad_sq.f_to_kind(Kind::Double)?,
+                    sum(&self.objective)?,
+                    sum(&self.kl_anchor)?,
+                    sum(&self.kl_init)?,
+                    sum(&self.entropy)?,
+                ],
+                0,
+            )?;
+            Vec::<f64>::try_from(t.f_to_device_(Device::Cpu, Kind::Double, false, false)?)
+        })()
+        .map_err(|e| Error::backend("reading the step's metrics", e))?;
+        Ok(ReadBack {
+            grad_sq: all[0],
+            objective: all[1],
+            kl_anchor: all[2],
+            kl_init: init_metrics.then_some(all[3]),
+            entropy: all[4],
+        })
+    }
+}
+
+/// A step's loss and metrics, as [`Trainer::accumulate_gradient`] computed them.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSums {
+    /// Global norm of the summed gradient (before clipping).
+    pub grad_norm: f64,
+    /// −mean(A · log π(y|x)).
+    pub loss: f64,
+    /// Mean over the samples of Σ_t KL(π ‖ anchor) along each.
+    pub kl_anchor: f64,
+    pub kl_init: Option<f64>,
+    /// Mean per-token entropy.
+    pub entropy: f64,
+}
+
+/// What [`Sums::read`] brought back.
+struct ReadBack {
+    grad_sq: f64,
+    objective: f64,
+    kl_anchor: f64,
+    kl_init: Option<f64>,
+    entropy: f64,
+}
+
+/// `t` as little-endian bytes of `kind` (on the CPU).
+fn tensor_bytes(t: &Tensor, kind: Kind, elt: usize) -> std::result::Result<Vec<u8>, tch::TchError> {
+    let t = tch::no_grad(|| -> std::result::Result<Tensor, tch::TchError> {
+        t.f_detach()?
+            .f_to_device_(Device::Cpu, kind, false, false)?
+            .f_contiguous()
+    })?;
+    let n = t.numel();
+    let mut buf = vec![0u8; n * elt];
+    t.f_copy_data_u8(&mut buf, n)?;
+    Ok(buf)
+}
+
+/// The parameters of `m` by name, in its save order.
+fn named_weights(m: &LlamaModel) -> Result<Vec<(String, Tensor)>> {
+    let vars = m.vs.variables();
+    m.parameter_names()
+        .map(|n| {
+            vars.get(n)
+                .map(|t| (n.to_string(), t.shallow_clone()))
+                .ok_or_else(|| Error::Internal(format!("parameter '{n}' is not in the var store")))
+        })
+        .collect()
+}
+
+/// Copies the weights of `from` into `to` (same names; cast to `to`'s dtype).
+fn copy_weights(from: &LlamaModel, to: &LlamaModel) -> Result<()> {
+    let src = from.vs.variables();
+    tch::no_grad(|| {
+        for (name, mut dst) in to.vs.variables() {
+            let s = src
+                .get(&name)
+                .ok_or_else(|| Error::Internal(format!("no parameter '{name}' to copy")))?;
+            dst.f_copy_(s)
+                .map_err(|e| Error::backend(format!("copying '{name}'"), e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Refuses, before any weights are loaded, a run whose memory plan exceeds `max_memory`.
+fn check_memory(cfg: &RlConfig, plan: &super::memory::RunPlan) -> Result<()> {
+    let Some(limit) = &cfg.max_memory else {
+        return Ok(());
+    };
+    let limit =
+        crate::io::writer::parse_size(limit).map_err(|e| Error::setting("max_memory", e))?;
+    super::memory::check_fits(&plan.input, limit)
+        .map(|_| ())
+        .map_err(|e| Error::setting("max_memory", e.to_string()))
+}
+
+/// Makes glibc's malloc serve every allocation of 1 MiB or more (libtorch's CPU tensors) with
+/// its own mapping, returned to the system when the tensor is freed. By default the threshold
+/// adapts upwards (to 32 MiB) as large blocks are freed, after which such tensors come from the
+/// heap and their freed space stays in the process: on the 49.7M-parameter benchmark the RSS then
+/// stayed ~1 GB above the live tensors after the first step (docs/PERFORMANCE.md).
+fn release_freed_tensors() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the training
+    // allocates, and changing the threshold is valid at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 fn train_kind(cfg: &RlConfig) -> Kind {
     match cfg.dtype {
-        TrainDtype::F32 => Kind::Float,
         TrainDtype::Bf16 => Kind::BFloat16,
+        TrainDtype::F32 | TrainDtype::Auto => Kind::Float,
     }
 }
 
-/// The frozen init, and the policy and EMA starting from it.
+/// Whether the run holds the frozen init: the anchor of `--anchor init`, or the reference of the
+/// KL-to-init metrics.
+fn needs_init(cfg: &RlConfig) -> bool {
+    cfg.anchor == Anchor::Init || cfg.metrics_every > 0
+}
+
+fn load_init(
+    cfg: &RlConfig,
+    ck: &Checkpoint,
+    config: &super::LlamaConfig,
+    device: Device,
+) -> Result<Option<LlamaModel>> {
+    if !needs_init(cfg) {
+        return Ok(None);
+    }
+    let mut init = LlamaModel::from_checkpoint(ck, config.clone(), device, train_kind(cfg))?;
+    init.vs.freeze();
+    Ok(Some(init))
+}
+
+/// The frozen init, and the policy and EMA starting from it; the policy's f32 master copies (in
+/// bf16) start from the init's exact weights, not their bf16 rounding.
 fn fresh_models(
     cfg: &RlConfig,
     ck: &Checkpoint,
     config: super::LlamaConfig,
     device: Device,
 ) -> Result<Models> {
-    let mut init = LlamaModel::from_checkpoint(ck, config.clone(), device, Kind::Float)?;
-    init.vs.freeze();
+    let init = load_init(cfg, ck, &config, device)?;
     let policy = LlamaModel::from_checkpoint(ck, config.clone(), device, train_kind(cfg))?;
     let mut ema = LlamaModel::from_checkpoint(ck, config, device, Kind::Float)?;
     ema.vs.freeze();
-    let opt = Adam::new(&policy, adam_config(cfg));
+    let mut opt = Adam::new(&policy, adam_config(cfg))?;
+    if opt.has_masters() {
+        let exact = named_weights(&ema)?;
+        let exact: HashMap<String, Tensor> = exact.into_iter().collect();
+        opt.set_masters(&mut |name, _| {
+            exact
+                .get(name)
+                .map(|t| t.shallow_clone())
+                .ok_or_else(|| Error::Internal(format!("no init weight '{name}'")))
+        })?;
+    }
     Ok(Models {
         policy,
         ema,
@@ -550,8 +1207,8 @@ fn fresh_models(
 }
 
 /// The frozen init, and the policy, EMA and optimizer of checkpoint `dir`. When the saved
-/// folders are not exact (bf16 training, or a non-f32 init whose dtypes the folders keep), the
-/// exact f32 weights come from the trainer state.
+/// folders are not exact (`--save-dtype same` with a non-f32 init), the exact f32 weights come
+/// from the trainer state (the policy's from the optimizer's master copies when it has them).
 fn restore_models(
     cfg: &RlConfig,
     ck: &Checkpoint,
@@ -560,8 +1217,7 @@ fn restore_models(
     exact_on_disk: bool,
     device: Device,
 ) -> Result<Models> {
-    let mut init = LlamaModel::from_checkpoint(ck, config, device, Kind::Float)?;
-    init.vs.freeze();
+    let init = load_init(cfg, ck, &config, device)?;
     let policy = LlamaModel::load_with_kind(dir.join("policy"), device, train_kind(cfg))?;
     let mut ema = LlamaModel::load_with_kind(dir.join("ema"), device, Kind::Float)?;
     let state_dir = RlRunLayout::trainer_dir(dir);
@@ -578,18 +1234,23 @@ fn restore_models(
         }
         Ok(t)
     };
+    let mut opt = Adam::new(&policy, adam_config(cfg))?;
     if !exact_on_disk {
-        for (prefix, m) in [("policy", &policy), ("ema", &ema)] {
+        let mut prefixes = vec![("ema", &ema)];
+        if !opt.has_masters() {
+            prefixes.push(("policy", &policy));
+        }
+        for (prefix, m) in prefixes {
             tch::no_grad(|| -> Result<()> {
                 for (name, mut var) in m.vs.variables() {
                     let t = get(&format!("{prefix}.{name}"), &var.size())?;
-                    var.copy_(&t.to_kind(var.kind()));
+                    var.f_copy_(&t)
+                        .map_err(|e| Error::backend(format!("restoring '{name}'"), e))?;
                 }
                 Ok(())
             })?;
         }
     }
-    let mut opt = Adam::new(&policy, adam_config(cfg));
     opt.load_state(step, &mut get)?;
     ema.vs.freeze();
     Ok(Models {

@@ -33,6 +33,8 @@ mod rl_model;
 #[cfg(feature = "rl")]
 mod rl_reward;
 #[cfg(feature = "rl")]
+mod rl_scale;
+#[cfg(feature = "rl")]
 mod rl_train;
 #[cfg(feature = "rl")]
 mod trl;

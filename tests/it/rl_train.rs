@@ -67,7 +67,17 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("samples_per_s");
+            // Wall-clock figures differ between identical runs.
+            let o = v.as_object_mut().unwrap();
+            for k in [
+                "samples_per_s",
+                "generate_s",
+                "reward_s",
+                "train_s",
+                "gen_tokens_per_s",
+            ] {
+                o.remove(k);
+            }
             v
         })
         .collect()

@@ -1,0 +1,724 @@
+//! The memory plan of a `warp-rl` run: what the run will hold at its peak, by category, from the
+//! model's config.json and checkpoint headers alone (nothing is loaded), so a run that cannot fit
+//! is refused before it starts, with the micro-batch that would fit.
+//!
+//! What a step holds (the trainer's order of work; K = micro-batch in sequences, T = longest
+//! prompt + new tokens, P = parameters, e = bytes per element of the compute dtype):
+//!
+//! - **resident for the whole run**: policy weights P·e; f32 master copy 4P (bf16 only);
+//!   gradients P·e, plus an f32 accumulator 4P when bf16 gradients are summed over several
+//!   micro-batches; Adam moments 8P; EMA 4P (f32) and, in bf16, a bf16 copy 2P that the anchor
+//!   forward uses; the frozen init P·e (scored for `kl_init`, or the anchor with `--anchor init`);
+//!   a reward model R·e_r;
+//! - **generation of one micro-batch** (no graph): the preallocated KV cache
+//!   2·L·K·kv_heads·T·head_dim·e, and the prefill's largest layer temporaries;
+//! - **training on one micro-batch**: the activations the backward pass needs, an explicit model
+//!   below; the no-graph hidden states of the anchor and init forwards (K·T·H·e each); the LM-head
+//!   chunks of `super::chunked` (a few `[chunk, vocab]` f32 tensors).
+//!
+//! Activation model (saved for backward, per token and layer, compute dtype e, as the decoder in
+//! `super::model` computes a layer): the two RMSNorms keep their f32 input and normalised output
+//! (2·(4H + 2eH)); the q/k/v projections their outputs, RoPE a rotated copy of q and k, and
+//! scaled-dot-product attention q, k, v, its output and a copy for o_proj
+//! (e·(5·nh·hd + 5·kv·hd)); the gated MLP gate, up, SiLU(gate) and their product (4·e·I); and
+//! the attention's per-head log-sum-exp (4·nh). Eager attention would add the [nh, T] score and
+//! probability rows per token; the plan assumes fused attention (SDPA). The run's peak is the
+//! runtime's own footprint plus the resident part plus the larger of generation and training;
+//! on the CPU, loading also maps the checkpoint file (counted in RSS while it is read).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, IoContext, Result};
+use crate::io::Checkpoint;
+
+/// The numbers of a model the plan needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelShape {
+    /// Trainable parameters (elements), a tied head counted once.
+    pub parameters: u64,
+    /// Bytes of the checkpoint's tensors on disk.
+    pub checkpoint_bytes: u64,
+    pub hidden: u64,
+    pub layers: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub intermediate: u64,
+    pub vocab: u64,
+}
+
+impl ModelShape {
+    /// From an open checkpoint (headers only) and the config.json beside it: the generic Hugging
+    /// Face fields every decoder family writes (`hidden_size`, `num_hidden_layers`,
+    /// `num_attention_heads`, `num_key_value_heads` (default: the heads), `head_dim` (default:
+    /// hidden / heads), `intermediate_size`, `vocab_size`, `tie_word_embeddings`).
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<ModelShape> {
+        let path = ck.dir.join("config.json");
+        let text = std::fs::read_to_string(&path).at(&path)?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+        // Multimodal configs (Gemma 3) keep the decoder's fields under text_config.
+        let v = v.get("text_config").filter(|t| t.is_object()).unwrap_or(&v);
+        let num = |k: &str| v.get(k).and_then(Value::as_u64);
+        let need = |k: &str| {
+            num(k).filter(|&x| x > 0).ok_or_else(|| {
+                Error::format(
+                    &path,
+                    format!("field '{k}' missing or not a positive integer"),
+                )
+            })
+        };
+        let hidden = need("hidden_size")?;
+        let heads = need("num_attention_heads")?;
+        let tied = v
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut parameters = 0u64;
+        let mut checkpoint_bytes = 0u64;
+        for t in ck.tensors() {
+            let n: u64 = t.shape.iter().map(|&d| d as u64).product();
+            checkpoint_bytes += n * t.dtype.size() as u64;
+            // A tied model's file may carry a copy of the embedding as lm_head; it is not a
+            // parameter of its own.
+            if !(tied && t.name == "lm_head.weight") {
+                parameters += n;
+            }
+        }
+        Ok(ModelShape {
+            parameters,
+            checkpoint_bytes,
+            hidden,
+            layers: need("num_hidden_layers")?,
+            heads,
+            kv_heads: num("num_key_value_heads")
+                .filter(|&x| x > 0)
+                .unwrap_or(heads),
+            head_dim: num("head_dim").filter(|&x| x > 0).unwrap_or(hidden / heads),
+            intermediate: need("intermediate_size")?,
+            vocab: need("vocab_size")?,
+        })
+    }
+
+    /// As [`from_checkpoint`](Self::from_checkpoint), from a checkpoint folder or file.
+    pub fn from_path(path: &Path) -> Result<ModelShape> {
+        Self::from_checkpoint(&Checkpoint::open(path)?)
+    }
+
+    /// Bytes saved for the backward pass per token and layer (see the module docs).
+    pub fn activation_bytes_per_token_layer(&self, e: u64) -> u64 {
+        let (h, i) = (self.hidden, self.intermediate);
+        let q = self.heads * self.head_dim;
+        let kv = self.kv_heads * self.head_dim;
+        2 * (4 * h + 2 * e * h) + e * (5 * q + 5 * kv) + 4 * e * i + 4 * self.heads
+    }
+
+    /// Largest no-graph temporaries of one layer, per token (a forward without gradients keeps
+    /// only the current layer's): the MLP's gate, up and product, and the residual stream.
+    fn transient_bytes_per_token(&self, e: u64) -> u64 {
+        e * (3 * self.intermediate + 4 * self.hidden) + 4 * self.hidden
+    }
+}
+
+/// Compute dtype of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+}
+
+/// Where the run's memory is: host RAM (CPU, measured as peak RSS) or the GPU's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Cpu,
+    Cuda,
+}
+
+/// The run settings the plan depends on.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    pub model: ModelShape,
+    pub target: Target,
+    pub precision: Precision,
+    /// Prompts per step.
+    pub prompts: u64,
+    /// Completions per prompt.
+    pub n: u64,
+    /// Longest prompt, in tokens.
+    pub prompt_tokens: u64,
+    pub max_new_tokens: u64,
+    /// Sequences per micro-batch (generation, scoring and backward).
+    pub micro_batch: u64,
+    /// Whether the frozen init is held (the `--anchor init` anchor, or the `kl_init` metric).
+    pub init: bool,
+    /// Whether the anchor is the EMA (else the init).
+    pub ema_anchor: bool,
+    /// A reward model, its compute bytes per element and its batch size.
+    pub reward_model: Option<(ModelShape, u64, u64)>,
+    /// Bytes of one LM-head chunk (`super::chunked::DEFAULT_CHUNK_BYTES`).
+    pub chunk_bytes: u64,
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub what: &'static str,
+    pub bytes: u64,
+    /// How it was counted.
+    pub how: String,
+    pub phase: Phase,
+}
+
+/// When an item is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The whole run.
+    Resident,
+    /// While a micro-batch is generated.
+    Generation,
+    /// While a micro-batch is scored and back-propagated.
+    Training,
+    /// While the checkpoints are read (CPU: the mapped file counts in RSS).
+    Loading,
+}
+
+/// The plan: its items and the peak they add up to.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub items: Vec<Item>,
+    pub micro_batch: u64,
+}
+
+/// The runtime's own footprint, outside the tensors: libtorch and the process on the CPU (a
+/// 2-step `warp-rl` run of the built-in model, whose tensors take ~20 MB, peaked at 217 MiB RSS;
+/// docs/PERFORMANCE.md); the CUDA context, cuBLAS workspaces and the caching allocator's slack
+/// on a GPU (an estimate).
+pub fn runtime_bytes(target: Target) -> u64 {
+    match target {
+        Target::Cpu => 200 << 20,
+        Target::Cuda => 1 << 30,
+    }
+}
+
+fn gib(b: u64) -> String {
+    crate::io::writer::human_bytes(b)
+}
+
+/// The plan for `input` (see the module docs).
+pub fn plan(input: &PlanInput) -> Plan {
+    let m = &input.model;
+    let e = input.precision.bytes();
+    let p = m.parameters;
+    let k = input.micro_batch.max(1);
+    let sequences = input.prompts * input.n;
+    let micro_batches = sequences.div_ceil(k).max(1);
+    let t = input.prompt_tokens + input.max_new_tokens;
+    let bf16 = input.precision == Precision::Bf16;
+    let dt = if bf16 { "bf16" } else { "f32" };
+    let mut items = Vec::new();
+    let mut add = |what, bytes, how: String, phase| {
+        items.push(Item {
+            what,
+            bytes,
+            how,
+            phase,
+        })
+    };
+    use Phase::*;
+    add(
+        "runtime",
+        runtime_bytes(input.target),
+        match input.target {
+            Target::Cpu => "libtorch and the process (measured)".into(),
+            Target::Cuda => "CUDA context, workspaces, allocator slack (estimate)".into(),
+        },
+        Resident,
+    );
+    add(
+        "policy weights",
+        p * e,
+        format!("{p} parameters × {e} B ({dt})"),
+        Resident,
+    );
+    if bf16 {
+        add("f32 master weights", 4 * p, format!("{p} × 4 B"), Resident);
+    }
+    add("gradients", p * e, format!("{p} × {e} B"), Resident);
+    if bf16 && micro_batches > 1 {
+        add(
+            "f32 gradient sum",
+            4 * p,
+            format!("{p} × 4 B (bf16 gradients of {micro_batches} micro-batches summed in f32)"),
+            Resident,
+        );
+    }
+    add(
+        "Adam moments",
+        8 * p,
+        format!("{p} × 2 × 4 B (f32)"),
+        Resident,
+    );
+    add("EMA", 4 * p, format!("{p} × 4 B (f32)"), Resident);
+    if bf16 && input.ema_anchor {
+        add(
+            "EMA bf16 copy",
+            2 * p,
+            format!("{p} × 2 B, for the anchor forward"),
+            Resident,
+        );
+    }
+    if input.init {
+        add("init", p * e, format!("{p} × {e} B, frozen"), Resident);
+    }
+    if let Some((r, re, rb)) = &input.reward_model {
+        add(
+            "reward model",
+            r.parameters * re,
+            format!("{} parameters × {re} B", r.parameters),
+            Resident,
+        );
+        add(
+            "reward model forward",
+            rb * t * (r.transient_bytes_per_token(*re) + r.hidden * re),
+            format!("{rb} sequences × {t} tokens, one layer at a time"),
+            Training,
+        );
+    }
+    let kv = 2 * m.layers * k * m.kv_heads * t * m.head_dim * e;
+    add(
+        "KV cache",
+        kv,
+        format!(
+            "2 × {} layers × {k} seqs × {} kv heads × {t} positions × {} × {e} B",
+            m.layers, m.kv_heads, m.head_dim
+        ),
+        Generation,
+    );
+    add(
+        "prefill temporaries",
+        k * input.prompt_tokens * m.transient_bytes_per_token(e) + 4 * k * m.vocab,
+        format!(
+            "{k} seqs × {} prompt tokens, one layer at a time",
+            input.prompt_tokens
+        ),
+        Generation,
+    );
+    let per = m.activation_bytes_per_token_layer(e);
+    add(
+        "activations",
+        k * t * m.layers * per + k * t * m.hidden * (4 + 2 * e),
+        format!(
+            "{k} seqs × {t} tokens × {} layers × {per} B (saved for backward), + embeddings",
+            m.layers
+        ),
+        Training,
+    );
+    let others = 1 + u64::from(input.init && input.ema_anchor);
+    add(
+        "anchor/init hidden states",
+        others * k * t * m.hidden * e + k * t * m.transient_bytes_per_token(e),
+        format!("{others} no-graph forward(s) of {k} seqs × {t} tokens"),
+        Training,
+    );
+    add(
+        "backward temporaries",
+        k * t * per + 2 * k * t * m.hidden * e,
+        "one layer's activation gradients, the hidden-state gradient".into(),
+        Training,
+    );
+    // A chunk is at most the micro-batch's completion positions.
+    let chunk = input
+        .chunk_bytes
+        .min(4 * k * input.max_new_tokens * m.vocab);
+    add(
+        "LM-head chunks",
+        6 * chunk,
+        format!(
+            "6 × {} ([chunk, vocab] f32 logits and temporaries)",
+            gib(chunk)
+        ),
+        Training,
+    );
+    if input.target == Target::Cpu {
+        add(
+            "checkpoint mapping",
+            m.checkpoint_bytes,
+            "the file's pages while it is read (RSS)".into(),
+            Loading,
+        );
+    }
+    Plan {
+        items,
+        micro_batch: k,
+    }
+}
+
+impl Plan {
+    fn sum(&self, phase: Phase) -> u64 {
+        self.items
+            .iter()
+            .filter(|i| i.phase == phase)
+            .map(|i| i.bytes)
+            .sum()
+    }
+
+    /// Bytes held for the whole run.
+    pub fn resident(&self) -> u64 {
+        self.sum(Phase::Resident)
+    }
+
+    /// The estimated peak: the resident part plus the largest of generation, training and
+    /// loading.
+    pub fn peak(&self) -> u64 {
+        self.resident()
+            + self
+                .sum(Phase::Generation)
+                .max(self.sum(Phase::Training))
+                .max(self.sum(Phase::Loading))
+    }
+
+    /// The plan as an aligned text table (for `--dry-run`).
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let section = |phase: Phase, title: &str, s: &mut String| {
+            let rows: Vec<&Item> = self.items.iter().filter(|i| i.phase == phase).collect();
+            if rows.is_empty() {
+                return;
+            }
+            s.push_str(&format!("{title} ({}):\n", gib(self.sum(phase))));
+            for i in rows {
+                s.push_str(&format!(
+                    "  {:<26} {:>12}   {}\n",
+                    i.what,
+                    gib(i.bytes),
+                    i.how
+                ));
+            }
+        };
+        section(Phase::Resident, "resident", &mut s);
+        section(
+            Phase::Generation,
+            &format!("generation, per micro-batch of {}", self.micro_batch),
+            &mut s,
+        );
+        section(
+            Phase::Training,
+            &format!("training, per micro-batch of {}", self.micro_batch),
+            &mut s,
+        );
+        section(Phase::Loading, "loading", &mut s);
+        s.push_str(&format!("estimated peak: {}\n", gib(self.peak())));
+        s
+    }
+}
+
+/// Checks `input`'s plan against `limit` bytes; when it does not fit, the error says by how much
+/// and which micro-batch would fit (the largest that does, preferring multiples of n), or that
+/// none would.
+pub fn check_fits(input: &PlanInput, limit: u64) -> Result<Plan> {
+    let p = plan(input);
+    if p.peak() <= limit {
+        return Ok(p);
+    }
+    let fits = |k: u64| {
+        plan(&PlanInput {
+            micro_batch: k,
+            ..input.clone()
+        })
+        .peak()
+            <= limit
+    };
+    let ks: Vec<u64> = (1..input.micro_batch.max(1)).rev().collect();
+    let best = ks
+        .iter()
+        .copied()
+        .find(|&k| k % input.n.max(1) == 0 && fits(k))
+        .or_else(|| ks.iter().copied().find(|&k| fits(k)));
+    let msg = match best {
+        Some(k) => format!(
+            "the run needs about {} at micro-batch {} (see the plan), more than the {} allowed; \
+             micro-batch {k} would fit (about {})",
+            gib(p.peak()),
+            p.micro_batch,
+            gib(limit),
+            gib(plan(&PlanInput {
+                micro_batch: k,
+                ..input.clone()
+            })
+            .peak())
+        ),
+        None => format!(
+            "the run needs about {} at micro-batch {}, more than the {} allowed, and no \
+             micro-batch fits: the resident part alone (weights, master copy, gradients, Adam, \
+             EMA, init, reward model) is {}",
+            gib(p.peak()),
+            p.micro_batch,
+            gib(limit),
+            gib(p.resident())
+        ),
+    };
+    Err(Error::Usage(msg))
+}
+
+/// Activations (generation or training, whichever is larger) that an automatic micro-batch may
+/// take: 512 MiB on the CPU, 16 GiB on a GPU.
+pub fn auto_activation_budget(target: Target) -> u64 {
+    match target {
+        Target::Cpu => 512 << 20,
+        Target::Cuda => 16 << 30,
+    }
+}
+
+/// The micro-batch `--micro-batch 0` stands for: the largest multiple of n (up to the whole
+/// batch) whose per-micro-batch part of the plan fits [`auto_activation_budget`]; if not even n
+/// sequences fit, the largest smaller micro-batch that does (at least 1).
+pub fn auto_micro_batch(input: &PlanInput) -> u64 {
+    let total = (input.prompts * input.n).max(1);
+    let budget = auto_activation_budget(input.target);
+    let per_micro_batch = |k: u64| {
+        let p = plan(&PlanInput {
+            micro_batch: k,
+            ..input.clone()
+        });
+        p.sum(Phase::Generation).max(p.sum(Phase::Training))
+    };
+    let n = input.n.max(1);
+    let mut k = total - total % n;
+    while k >= n {
+        if per_micro_batch(k) <= budget {
+            return k;
+        }
+        k -= n;
+    }
+    (1..n.min(total))
+        .rev()
+        .find(|&k| per_micro_batch(k) <= budget)
+        .unwrap_or(1)
+}
+
+/// What a run's settings come to before anything is loaded: the plan, and the device, dtype and
+/// micro-batch that `auto` / 0 resolve to.
+pub struct RunPlan {
+    pub input: PlanInput,
+    pub plan: Plan,
+    pub device: tch::Device,
+    pub dtype: super::settings::TrainDtype,
+    pub micro_batch: usize,
+}
+
+impl RunPlan {
+    /// The plan with the settings it resolved, as text (what `warp rl --dry-run` prints).
+    pub fn report(&self) -> String {
+        let i = &self.input;
+        format!(
+            "model: {} parameters, {} layers, hidden {}, vocab {}\n\
+             device: {}, dtype: {}, micro-batch: {} of {} sequences ({} prompts × {}), \
+             {} prompt + {} new tokens\n{}",
+            i.model.parameters,
+            i.model.layers,
+            i.model.hidden,
+            i.model.vocab,
+            match self.device {
+                tch::Device::Cuda(n) => format!("cuda:{n}"),
+                _ => "cpu".to_string(),
+            },
+            match self.dtype {
+                super::settings::TrainDtype::Bf16 => "bf16",
+                _ => "f32",
+            },
+            self.micro_batch,
+            i.prompts * i.n,
+            i.prompts,
+            i.n,
+            i.prompt_tokens,
+            i.max_new_tokens,
+            self.plan.table()
+        )
+    }
+}
+
+/// The plan of the run `cfg` describes, from config.json and the checkpoint headers of the
+/// model (and of a `model:` reward), its tokenizer and the prompt file; no weights are loaded.
+/// Hub ids are resolved (downloaded into the cache) first.
+pub fn for_run(
+    cfg: &super::settings::RlConfig,
+    reporter: &dyn crate::progress::Reporter,
+) -> Result<RunPlan> {
+    use super::settings::{Anchor, TrainDtype};
+    let device = super::tch_device(cfg.device)?;
+    let cuda = device.is_cuda();
+    let dtype = cfg.dtype.resolve(cuda);
+    let spec = crate::builtin::resolve_spec(&cfg.model)?;
+    let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
+    let model = ModelShape::from_checkpoint(&ck)?;
+    let mut tok = super::tokenizer::Tokenizer::from_dir(&ck.dir)?;
+    tok.set_chat_template(&cfg.chat_template)?;
+    let prompts = crate::builtin::resolve_path(&cfg.prompts)?;
+    // Encoded as the trainer encodes them (conversation lines through the chat template).
+    let lines = super::data::read_prompt_lines(&prompts)?;
+    let prompt_tokens = tok
+        .encode_prompt_lines(&cfg.prompts, &lines)?
+        .iter()
+        .map(|ids| ids.len() as u64)
+        .max()
+        .unwrap_or(0);
+    let reward_model = match cfg.reward.split_once(':') {
+        Some(("model", path)) if !path.is_empty() => {
+            let p = crate::hub::resolve_checkpoint(
+                path,
+                &crate::hub::HubOptions::from_env(),
+                reporter,
+            )?;
+            Some((
+                ModelShape::from_path(&p)?,
+                if cuda { 2 } else { 4 },
+                cfg.reward_batch as u64,
+            ))
+        }
+        _ => None,
+    };
+    let mut input = PlanInput {
+        model,
+        target: if cuda { Target::Cuda } else { Target::Cpu },
+        precision: match dtype {
+            TrainDtype::Bf16 => Precision::Bf16,
+            _ => Precision::F32,
+        },
+        prompts: cfg.batch as u64,
+        n: cfg.n as u64,
+        prompt_tokens,
+        max_new_tokens: cfg.max_new_tokens as u64,
+        micro_batch: cfg.micro_batch as u64,
+        init: cfg.anchor == Anchor::Init || cfg.metrics_every > 0,
+        ema_anchor: cfg.anchor == Anchor::Ema,
+        reward_model,
+        chunk_bytes: super::chunked::DEFAULT_CHUNK_BYTES,
+    };
+    if input.micro_batch == 0 {
+        input.micro_batch = auto_micro_batch(&input);
+    }
+    input.micro_batch = input.micro_batch.min(input.prompts * input.n).max(1);
+    Ok(RunPlan {
+        plan: plan(&input),
+        micro_batch: input.micro_batch as usize,
+        input,
+        device,
+        dtype,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> ModelShape {
+        ModelShape {
+            parameters: 1_000_000,
+            checkpoint_bytes: 4_000_000,
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+            intermediate: 352,
+            vocab: 32,
+        }
+    }
+
+    fn input(k: u64, precision: Precision) -> PlanInput {
+        PlanInput {
+            model: shape(),
+            target: Target::Cpu,
+            precision,
+            prompts: 16,
+            n: 4,
+            prompt_tokens: 10,
+            max_new_tokens: 6,
+            micro_batch: k,
+            init: true,
+            ema_anchor: true,
+            reward_model: None,
+            chunk_bytes: 1 << 20,
+        }
+    }
+
+    fn item(p: &Plan, what: &str) -> Option<u64> {
+        p.items.iter().find(|i| i.what == what).map(|i| i.bytes)
+    }
+
+    #[test]
+    fn resident_states_follow_the_precision() {
+        let f = plan(&input(64, Precision::F32));
+        assert_eq!(item(&f, "policy weights"), Some(4_000_000));
+        assert_eq!(item(&f, "f32 master weights"), None);
+        assert_eq!(item(&f, "Adam moments"), Some(8_000_000));
+        assert_eq!(item(&f, "EMA"), Some(4_000_000));
+        let b = plan(&input(16, Precision::Bf16));
+        assert_eq!(item(&b, "policy weights"), Some(2_000_000));
+        assert_eq!(item(&b, "f32 master weights"), Some(4_000_000));
+        // 64 sequences in micro-batches of 16: bf16 gradients summed in f32.
+        assert_eq!(item(&b, "f32 gradient sum"), Some(4_000_000));
+        assert_eq!(item(&b, "EMA bf16 copy"), Some(2_000_000));
+    }
+
+    #[test]
+    fn kv_cache_is_counted_exactly() {
+        // 2 × 4 layers × 8 seqs × 2 kv heads × 16 positions × 32 × 4 B.
+        let p = plan(&input(8, Precision::F32));
+        assert_eq!(item(&p, "KV cache"), Some(2 * 4 * 8 * 2 * 16 * 32 * 4));
+    }
+
+    #[test]
+    fn activations_scale_with_the_micro_batch() {
+        let a = |k| item(&plan(&input(k, Precision::F32)), "activations").unwrap();
+        assert_eq!(a(16), 2 * a(8));
+        assert!(plan(&input(64, Precision::F32)).peak() > plan(&input(8, Precision::F32)).peak());
+    }
+
+    #[test]
+    fn auto_micro_batch_is_the_largest_multiple_of_n_within_the_budget() {
+        // Tiny model: the whole batch fits.
+        assert_eq!(auto_micro_batch(&input(0, Precision::F32)), 64);
+        // A model whose activations per sequence are ~100 MB: only a few sequences fit.
+        let mut big = input(0, Precision::F32);
+        big.model.hidden = 4096;
+        big.model.intermediate = 16384;
+        big.model.layers = 24;
+        big.model.heads = 32;
+        big.model.kv_heads = 8;
+        big.model.head_dim = 128;
+        let k = auto_micro_batch(&big);
+        assert!(k % 4 == 0 && k < 64, "{k}");
+        let per = |k| {
+            let p = plan(&PlanInput {
+                micro_batch: k,
+                ..big.clone()
+            });
+            p.sum(Phase::Generation).max(p.sum(Phase::Training))
+        };
+        assert!(per(k) <= 512 << 20 && per(k + 4) > 512 << 20);
+    }
+
+    #[test]
+    fn check_fits_names_a_micro_batch_that_fits() {
+        let big = input(64, Precision::F32);
+        let need = plan(&big).peak();
+        let at8 = plan(&input(8, Precision::F32)).peak();
+        assert!(check_fits(&big, need).is_ok());
+        let err = check_fits(&big, at8).unwrap_err().to_string();
+        assert!(err.contains("micro-batch 8 would fit"), "{err}");
+        let none = check_fits(&big, 1000).unwrap_err().to_string();
+        assert!(none.contains("no micro-batch fits"), "{none}");
+    }
+}
