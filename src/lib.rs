@@ -12,5 +12,7 @@ pub mod plot;
 pub mod progress;
 #[cfg(feature = "rl")]
 pub mod rl;
+pub mod rng;
+pub mod stats;
 
 pub use error::{Error, Result};
