@@ -32,8 +32,17 @@ struct Cli {
     /// Prompt set for --eval.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/arith/heldout.jsonl"))]
     prompts: PathBuf,
-    #[arg(long, default_value_t = SftConfig::default().steps)]
-    steps: u64,
+    /// The built-in task: `arith` (addition, verifiable reward) or `cipher` (shift the letters of
+    /// a word; also trains its reward model, OUT/rm). With cipher only --steps, --rm-steps,
+    /// --seed, --samples and --threads apply.
+    #[arg(long, default_value = "arith", value_parser = ["arith", "cipher"])]
+    task: String,
+    /// Training steps (default: 2500 for arith, 1000 for cipher).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// cipher: reward-model training steps (default 2000).
+    #[arg(long)]
+    rm_steps: Option<u64>,
     #[arg(long, default_value_t = SftConfig::default().batch)]
     batch: usize,
     #[arg(long, default_value_t = SftConfig::default().lr)]
@@ -68,6 +77,9 @@ fn run(cli: &Cli) -> warp::Result<()> {
         tch::set_num_threads(t);
     }
     let progress = common::Progress::new(cli.quiet);
+    if let (Some(dir), "cipher") = (&cli.eval, cli.task.as_str()) {
+        return eval_cipher(cli, dir);
+    }
     if let Some(dir) = &cli.eval {
         let model = LlamaModel::load(dir, tch::Device::Cpu)?;
         let tok = Tokenizer::from_dir(dir)?;
@@ -83,8 +95,15 @@ fn run(cli: &Cli) -> warp::Result<()> {
             cli.samples
         ));
     }
+    let out = cli
+        .output
+        .as_ref()
+        .expect("clap requires -o without --eval");
+    if cli.task == "cipher" {
+        return build_cipher(cli, out, &progress);
+    }
     let c = SftConfig {
-        steps: cli.steps,
+        steps: cli.steps.unwrap_or(SftConfig::default().steps),
         batch: cli.batch,
         lr: cli.lr,
         seed: cli.seed,
@@ -94,14 +113,55 @@ fn run(cli: &Cli) -> warp::Result<()> {
         eval_samples: cli.samples,
         ..SftConfig::default()
     };
-    let out = cli
-        .output
-        .as_ref()
-        .expect("clap requires -o without --eval");
     let (dir, r) = sft::train(&c, out, cli.force, &progress)?;
     progress.message(&format!(
         "trained in {:.0} s; final loss {:.4}; held-out accuracy sampled {:.3} ± {:.3}, greedy {:.3}",
         r.train_seconds, r.final_loss, r.heldout_accuracy.0, r.heldout_accuracy.1, r.greedy_accuracy
     ));
     common::out(&format!("{}\n", dir.display()))
+}
+
+fn build_cipher(cli: &Cli, out: &std::path::Path, progress: &common::Progress) -> warp::Result<()> {
+    use warp::rl::cipher::{self, CipherConfig};
+    let mut c = CipherConfig {
+        seed: cli.seed,
+        eval_samples: cli.samples,
+        ..CipherConfig::default()
+    };
+    if let Some(s) = cli.steps {
+        c.sft.steps = s;
+    }
+    if let Some(s) = cli.rm_steps {
+        c.rm_training.steps = s;
+    }
+    let (dir, r) = cipher::build(&c, out, cli.force, progress)?;
+    progress.message(&format!(
+        "built in {:.0} s; SFT loss {:.4}, held-out styles {}; reward model loss {:.4}, held-out \
+         accuracy {:.4}, on SFT samples {:.4}",
+        r.seconds,
+        r.sft_loss,
+        r.sft_shares.to_json(),
+        r.rm_loss,
+        r.rm_accuracy,
+        r.rm_accuracy_on_policy
+    ));
+    common::out(&format!("{}\n", dir.display()))
+}
+
+/// Style shares of a policy's samples on the cipher task's held-out prompts (or --prompts).
+fn eval_cipher(cli: &Cli, dir: &std::path::Path) -> warp::Result<()> {
+    use warp::rl::cipher;
+    let model = LlamaModel::load(dir, tch::Device::Cpu)?;
+    let tok = Tokenizer::from_dir(dir)?;
+    let prompts = if cli.prompts.ends_with("arith/heldout.jsonl") {
+        sft::prompt_texts(&cipher::splits().1)
+    } else {
+        sft::prompt_texts(&data::read_prompts(&cli.prompts)?)
+    };
+    let mut out = serde_json::json!({"model": dir.display().to_string(), "samples": cli.samples});
+    for t in [1.0, 0.9] {
+        let pairs = cipher::policy_samples(&model, &tok, &prompts, cli.samples, t, cli.seed)?;
+        out[format!("temperature_{t}")] = cipher::StyleShares::of(&pairs).to_json();
+    }
+    common::out(&format!("{out}\n"))
 }

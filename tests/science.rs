@@ -1,6 +1,6 @@
 //! The evaluation statistics (src/stats) against an independent numpy reference and, for the
 //! intervals, their coverage on simulated data with a known truth; the second built-in task
-//! (`styles`): its reward model against transformers, its build reproducing the committed fixture.
+//! (`cipher`): its reward model against transformers, its build reproducing the committed fixture.
 
 mod common;
 
@@ -363,4 +363,130 @@ fn front_gap_interval_covers_the_truth() {
     let cov = hits as f64 / sims as f64;
     eprintln!("front gap {truth:.4}: coverage {cov:.3}");
     assert!((0.90..=0.99).contains(&cov), "coverage {cov}");
+}
+
+/// The committed fixture of the second built-in task (`warp-sft --task cipher`).
+#[cfg(feature = "rl")]
+fn cipher_dir() -> std::path::PathBuf {
+    common::repo_root().join("fixtures/cipher")
+}
+
+#[cfg(feature = "rl")]
+#[test]
+fn cipher_reward_model_matches_transformers() {
+    use warp::rl::cipher::{self, Style};
+    use warp::rl::reward_model::RewardModel;
+    let rm_dir = cipher_dir().join("rm");
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut g = SplitMix64(1);
+    for w in ["bdfa", "jihg", "acca"] {
+        let p = cipher::prompt(w);
+        for s in Style::ALL {
+            pairs.push((p.clone(), s.apply(w)));
+        }
+        pairs.push((
+            p.clone(),
+            cipher::corrupt(&Style::Shift(7).apply(w), &mut g),
+        ));
+        pairs.push((p.clone(), Style::Shift(4).apply(w)));
+        pairs.push((p.clone(), String::new()));
+        pairs.push((p.clone(), "AbCdEfGh".into()));
+    }
+    let rm = RewardModel::load(&rm_dir, tch::Device::Cpu, 7).unwrap();
+    let ours = rm.rewards(&pairs).unwrap();
+    let hf = common::torch_ref(
+        "hf_rm_score.py",
+        &[&rm_dir],
+        &serde_json::json!({ "pairs": pairs }),
+    );
+    assert_eq!(hf["class"], "LlamaForSequenceClassification");
+    for (i, (p, c)) in pairs.iter().enumerate() {
+        let ids: Vec<i64> = serde_json::from_value(hf["ids"][i].clone()).unwrap();
+        assert_eq!(rm.encode_pair(p, c).unwrap(), ids, "{p} {c}");
+        for way in ["single", "batch"] {
+            let r = hf[way][i].as_f64().unwrap();
+            assert!(
+                (ours[i] - r).abs() < 1e-5,
+                "{p}{c}: warp {} vs transformers ({way}) {r}",
+                ours[i]
+            );
+        }
+    }
+    // The scores are not all alike: the model separates what the rule rewards.
+    let spread = ours.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+        - ours.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(spread > 0.5, "{ours:?}");
+}
+
+#[cfg(feature = "rl")]
+#[test]
+fn cipher_fixture_reproduces() {
+    use warp::rl::cipher::{self, CipherConfig};
+    let dir = cipher_dir();
+    let task: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("task.json")).unwrap()).unwrap();
+    // The fixture was built with the defaults (a change of them needs a rebuild of the fixture).
+    let c = CipherConfig::default();
+    assert_eq!(task["settings"], c.to_json());
+    // Re-measured with the library, the committed models give the committed figures: exactly on
+    // the machine that built them; the tolerance is for CPUs whose kernels round differently.
+    let (_, heldout) = cipher::splits();
+    let m = cipher::measure(&dir.join("model"), &dir.join("rm"), &heldout, &c).unwrap();
+    let near = |a: f64, key: &str, tol: f64| {
+        let b = task[key].as_f64().unwrap();
+        assert!((a - b).abs() <= tol, "{key}: {a} vs committed {b}");
+    };
+    near(m.rm_accuracy, "rm_heldout_accuracy", 0.005);
+    near(m.rm_accuracy_on_policy, "rm_accuracy_on_sft_samples", 0.02);
+    for (k, s) in cipher::Style::ALL.iter().enumerate() {
+        let b = task["sft_heldout_styles"][s.name().as_str()]
+            .as_f64()
+            .unwrap();
+        assert!((m.sft_shares.styles[k] - b).abs() < 0.03, "{}", s.name());
+    }
+    // The prompt sets are the task's, byte for byte; a shortened build writes them identically
+    // and is a deterministic function of its settings (run twice, same bytes).
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |out: &str| {
+        vec![
+            "--task",
+            "cipher",
+            "-o",
+            out,
+            "--steps",
+            "15",
+            "--rm-steps",
+            "15",
+            "--samples",
+            "1",
+            "--threads",
+            "1",
+            "-q",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    for out in ["a", "b"] {
+        let a = args(out);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        common::ok("warp-sft", &a, tmp.path());
+    }
+    for f in ["train.jsonl", "heldout.jsonl"] {
+        let built = std::fs::read(tmp.path().join("a").join(f)).unwrap();
+        assert!(built == std::fs::read(dir.join(f)).unwrap(), "{f} differs");
+    }
+    for f in ["model/model.safetensors", "rm/model.safetensors"] {
+        let a = std::fs::read(tmp.path().join("a").join(f)).unwrap();
+        assert!(
+            a == std::fs::read(tmp.path().join("b").join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    let short: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("a/task.json")).unwrap())
+            .unwrap();
+    assert_eq!(short["settings"]["sft"]["steps"], 15);
+    assert_eq!(short["settings"]["rm_training"]["steps"], 15);
+    assert_eq!(short["settings"]["policy"], task["settings"]["policy"]);
 }

@@ -1,6 +1,7 @@
 //! RL side of WARP (feature `rl`, libtorch through tch): the Llama-family policy model, its
 //! tokenizer, batched sampling with a KV cache, scoring, the built-in task and its supervised
 //! model (`warp-sft`). See docs/RL.md.
+pub mod cipher;
 pub mod config;
 pub mod data;
 pub mod eval;
@@ -10,6 +11,7 @@ pub mod optim;
 pub mod reward;
 pub mod reward_cmd;
 pub mod reward_model;
+pub mod rm_train;
 pub mod rng;
 pub mod sft;
 pub mod task;
