@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release --example hub_server [PART_SIZE_MIB]
 
-#[path = "../tests/hub_server/mod.rs"]
+#[path = "../tests/it/hub_server.rs"]
 mod hub_server;
 
 use std::io::Write;

@@ -3,8 +3,9 @@
 # scripts/gpu-check.sh runs on a GPU machine that has no Rust toolchain:
 #   - the release binaries with the CUDA backend (cargo build --release --features cuda --bins):
 #     warp-fixture, warp-slerp, warp-inspect;
-#   - the CUDA test executable (cargo test --release --features cuda --test cuda --no-run), found
-#     from cargo's JSON messages;
+#   - the CUDA test executable (cargo test --release --features cuda --test it --no-run: the one
+#     integration-test crate, whose cuda:: module gpu-check.sh runs), found from cargo's JSON
+#     messages;
 #   - scripts/gpu-check.sh itself and a MANIFEST.
 # Debug info is stripped so the bundle stays small (~20 MB). The binaries need glibc >= 2.34 on
 # the GPU machine (Ubuntu 22.04 or newer), and they load libcuda/libnvrtc at run time.
@@ -22,7 +23,7 @@ echo "gpu-bundle: building release binaries with --features cuda (CARGO_TARGET_D
 cargo build --release --features cuda --bins
 
 echo "gpu-bundle: building the CUDA test executable" >&2
-test_exe=$(cargo test --release --features cuda --test cuda --no-run --message-format=json |
+test_exe=$(cargo test --release --features cuda --test it --no-run --message-format=json |
     python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -31,7 +32,7 @@ for line in sys.stdin:
     except ValueError:
         continue
     if (m.get("reason") == "compiler-artifact" and m.get("executable")
-            and m["target"]["name"] == "cuda" and m["profile"]["test"]):
+            and m["target"]["name"] == "it" and m["profile"]["test"]):
         print(m["executable"])
 ')
 if [ -z "$test_exe" ] || [ ! -x "$test_exe" ]; then

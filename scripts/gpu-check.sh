@@ -114,7 +114,7 @@ fi
 # ---- 1. the CUDA test executable --------------------------------------------------------------
 say "== 1. tests: CUDA backend vs CPU backend"
 t0=$(now)
-if "$bundle/cuda-tests" >"$work/tests.out" 2>&1; then
+if "$bundle/cuda-tests" cuda:: >"$work/tests.out" 2>&1; then
     tests_ok=1
 else
     tests_ok=0

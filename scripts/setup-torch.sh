@@ -8,7 +8,7 @@
 #     LIBTORCH_USE_PYTORCH=1   torch-sys takes libtorch from the torch package of the `python`
 #                              found on PATH, so (like `activate`) VIRTUAL_ENV is set and the
 #                              venv's bin/ is put first on PATH
-#     WARP_TORCH_PYTHON        the Python tests/rl_model.rs runs tests/ref/hf_logits.py with
+#     WARP_TORCH_PYTHON        the Python tests/it/rl_model.rs runs tests/ref/hf_logits.py with
 #     WARP_TORCH_LIB           torch's lib dir (build.rs links binaries with an rpath to it)
 # The binaries need no LD_LIBRARY_PATH afterwards: build.rs puts torch's lib dir in their rpath.
 #

@@ -27,9 +27,17 @@ pub enum Error {
     /// Inputs that cannot be combined (names, shapes, dtypes differ).
     #[error("{0}")]
     Mismatch(String),
-    /// Bad command-line arguments or options.
+    /// Bad command-line arguments or options (the CLI layer; exit code 2).
     #[error("{0}")]
     Usage(String),
+    /// A setting with a value that cannot work (a field of a config: `RlConfig`, a pipeline
+    /// config, …). Named by its field, not by a flag: the CLI layer, which knows the flags,
+    /// names the flag when it reports one (exit code 2).
+    #[error("{field}: {msg}")]
+    Setting { field: String, msg: String },
+    /// Something this build of warp was compiled without (a cargo feature).
+    #[error("{what} needs the `{feature}` feature, which this build of warp lacks (rebuild: cargo build --release --features {feature})")]
+    Feature { feature: String, what: String },
     /// Hugging Face hub: download, upload, protocol.
     #[error("hub: {0}")]
     Hub(String),
@@ -51,8 +59,9 @@ pub enum Error {
     /// A broken internal invariant: a bug in warp, not a problem with the input.
     #[error("internal error (a bug in warp): {0}")]
     Internal(String),
-    /// Ctrl-C (or another cancellation) was observed; partial output was removed.
-    #[error("interrupted; nothing was written at the destination")]
+    /// Ctrl-C, SIGTERM or SIGHUP (or another cancellation) was observed; partial output was
+    /// removed (the CLI says what that means for the command).
+    #[error("interrupted")]
     Interrupted,
 }
 
@@ -87,17 +96,33 @@ impl Error {
             msg: msg.to_string(),
         }
     }
+    /// A setting `field` whose value cannot work.
+    pub fn setting(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Setting {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+    /// `what` needs cargo feature `feature`, which this build lacks.
+    pub fn feature(feature: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Feature {
+            feature: feature.into(),
+            what: what.into(),
+        }
+    }
     pub fn reward(spec: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Reward {
             spec: spec.into(),
             msg: msg.into(),
         }
     }
-    /// Process exit code for this error: 2 for usage errors (as clap), 130 for Ctrl-C, else 1.
+    /// Process exit code for this error: 2 for bad arguments and settings (as clap), 128 + the
+    /// signal for an interruption (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP; see
+    /// [`crate::cancel`]), else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
-            Error::Interrupted => 130,
+            Error::Usage(_) | Error::Setting { .. } => 2,
+            Error::Interrupted => 128 + crate::cancel::signal().unwrap_or(libc::SIGINT),
             _ => 1,
         }
     }

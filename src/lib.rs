@@ -1,7 +1,12 @@
 //! warp: WARP (Weight Averaged Rewarded Policies) at checkpoint level.
 //!
-//! Library first: the binaries in `bin/` are thin shells over these modules.
+//! Library first: [`cli`] is the one command tree (`warp <command>`, and the named tools such as
+//! `warp-slerp` as aliases of it), a thin layer over these modules; the binaries in `bin/` are a
+//! few lines each.
+pub mod builtin;
 pub mod cancel;
+pub mod cli;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod hub;
@@ -10,9 +15,10 @@ pub mod merge;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;
-#[cfg(feature = "rl")]
+/// The RL tools' settings in every build; the RL code itself with the `rl` feature.
 pub mod rl;
 pub mod rng;
 pub mod stats;
 
+pub use device::Device;
 pub use error::{Error, Result};

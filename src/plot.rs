@@ -2,14 +2,7 @@
 //! resources), read from the CSV that `warp eval` writes.
 //!
 //! # Input
-//! A header row naming the columns `label,kind,iteration,run,step,eta,kl,kl_se,reward,reward_se,path`
-//! (any order; extra columns are ignored), then one row per evaluated model. `kind` is one of
-//! `sft`, `liti`, `policy`, `ema`, `slerp`, `lerp`, `anchor_init`; cells that do not apply are
-//! empty. `kl` and `reward` are required (`nan`/`inf` are accepted and the point is not drawn);
-//! `liti` needs `iteration` and `eta`, `policy`/`ema` need `iteration`, `run` and `step`,
-//! `slerp`/`lerp` need `iteration`, `anchor_init` needs `run` and `step`. Fields are split on
-//! commas (no quoting: labels and paths must not hold commas), so a row whose field count differs
-//! from the header's is an error, as is any bad cell: each names the file, line and column.
+//! The evaluation CSV of [`crate::pipeline::eval_table`] (its module docs give the schema).
 //!
 //! # Pixel mapping
 //! The plot area is the rectangle `[PLOT_LEFT, PLOT_LEFT + PLOT_WIDTH] × [PLOT_TOP, PLOT_TOP +
@@ -30,9 +23,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::Path;
 
-use crate::error::{Error, Result};
+pub use crate::pipeline::eval_table::{EvalRow, EvalTable, PointKind as Kind, COLUMNS};
 
 /// Width of the whole picture.
 pub const WIDTH: f64 = 880.0;
@@ -43,247 +35,15 @@ pub const PLOT_HEIGHT: f64 = 420.0;
 /// Fraction of the data span added on each side of an axis.
 pub const PAD: f64 = 0.05;
 
-/// The columns the CSV must have.
-pub const COLUMNS: [&str; 11] = [
-    "label",
-    "kind",
-    "iteration",
-    "run",
-    "step",
-    "eta",
-    "kl",
-    "kl_se",
-    "reward",
-    "reward_se",
-    "path",
-];
-
-/// What an evaluated model is. The order is the legend's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// The starting model (KL 0).
-    Sft,
-    /// A point of the LITI curve of one WARP iteration.
-    Liti,
-    /// The SLERP merge of an iteration.
-    Slerp,
-    /// The LERP merge of an iteration (baseline).
-    Lerp,
-    /// A checkpoint of an RL policy.
-    Policy,
-    /// A checkpoint of the EMA of an RL policy (its anchor).
-    Ema,
-    /// A checkpoint of an RL run anchored to the frozen init (the ablation).
-    AnchorInit,
-    /// Any other checkpoint (e.g. given to `warp eval` by path): a labelled grey point.
-    Model,
-}
-
-impl Kind {
-    const ALL: [Kind; 8] = [
-        Kind::Sft,
-        Kind::Liti,
-        Kind::Slerp,
-        Kind::Lerp,
-        Kind::Policy,
-        Kind::Ema,
-        Kind::AnchorInit,
-        Kind::Model,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Sft => "sft",
-            Kind::Liti => "liti",
-            Kind::Slerp => "slerp",
-            Kind::Lerp => "lerp",
-            Kind::Policy => "policy",
-            Kind::Ema => "ema",
-            Kind::AnchorInit => "anchor_init",
-            Kind::Model => "model",
-        }
+/// Drawing order of the markers: trajectory dots at the bottom, the SFT point on top.
+fn layer(kind: Kind) -> u8 {
+    match kind {
+        Kind::Policy | Kind::Ema | Kind::AnchorInit => 0,
+        Kind::Liti => 1,
+        Kind::Lerp | Kind::Model => 2,
+        Kind::Slerp => 3,
+        Kind::Sft => 4,
     }
-    /// Drawing order of the markers: trajectory dots at the bottom, the SFT point on top.
-    fn layer(self) -> u8 {
-        match self {
-            Kind::Policy | Kind::Ema | Kind::AnchorInit => 0,
-            Kind::Liti => 1,
-            Kind::Lerp | Kind::Model => 2,
-            Kind::Slerp => 3,
-            Kind::Sft => 4,
-        }
-    }
-    fn is_trajectory(self) -> bool {
-        matches!(self, Kind::Policy | Kind::Ema | Kind::AnchorInit)
-    }
-}
-
-/// One row of the evaluation CSV.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EvalPoint {
-    pub label: String,
-    pub kind: Kind,
-    pub iteration: Option<u32>,
-    pub run: Option<u32>,
-    pub step: Option<u64>,
-    pub eta: Option<f64>,
-    /// Estimated KL(π ‖ π_sft), nats.
-    pub kl: f64,
-    pub kl_se: Option<f64>,
-    /// Mean reward on held-out prompts.
-    pub reward: f64,
-    pub reward_se: Option<f64>,
-    pub path: String,
-}
-
-impl EvalPoint {
-    fn is_finite(&self) -> bool {
-        self.kl.is_finite() && self.reward.is_finite()
-    }
-}
-
-/// An evaluation: its rows in file order.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EvalTable {
-    pub points: Vec<EvalPoint>,
-}
-
-impl EvalTable {
-    /// Reads an evaluation CSV; errors name the file, the line and the column.
-    pub fn from_csv(path: &Path) -> Result<EvalTable> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        EvalTable::parse(&text, path)
-    }
-
-    /// Parses CSV text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &Path) -> Result<EvalTable> {
-        let at = |line: usize, msg: String| Error::format(origin, format!("line {line}: {msg}"));
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| (i + 1, l))
-            .filter(|(_, l)| !l.trim().is_empty());
-        let (hline, header) = lines.next().ok_or_else(|| {
-            Error::format(
-                origin,
-                format!("empty file: expected the header row {}", COLUMNS.join(",")),
-            )
-        })?;
-        let names: Vec<&str> = header.split(',').map(str::trim).collect();
-        let mut col = [0usize; COLUMNS.len()];
-        for (c, want) in col.iter_mut().zip(COLUMNS) {
-            *c = names.iter().position(|n| *n == want).ok_or_else(|| {
-                at(
-                    hline,
-                    format!(
-                        "header lacks column '{want}' (expected {})",
-                        COLUMNS.join(",")
-                    ),
-                )
-            })?;
-        }
-        let mut points = Vec::new();
-        for (n, line) in lines {
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            if cells.len() != names.len() {
-                return Err(at(
-                    n,
-                    format!("{} fields, but the header has {}", cells.len(), names.len()),
-                ));
-            }
-            let cell = |k: usize| Cell {
-                text: cells[col[k]],
-                column: col[k] + 1,
-                name: COLUMNS[k],
-            };
-            points.push(parse_row(cell).map_err(|m| at(n, m))?);
-        }
-        if points.is_empty() {
-            return Err(Error::format(origin, "no data rows after the header"));
-        }
-        Ok(EvalTable { points })
-    }
-
-    /// Rows that cannot be drawn (non-finite kl or reward).
-    pub fn skipped(&self) -> usize {
-        self.points.iter().filter(|p| !p.is_finite()).count()
-    }
-}
-
-/// One field of a row, with what an error message needs.
-struct Cell<'a> {
-    text: &'a str,
-    column: usize,
-    name: &'static str,
-}
-
-impl Cell<'_> {
-    fn err(&self, msg: &str) -> String {
-        format!("column {} ({}): {msg}", self.column, self.name)
-    }
-    fn num<T: std::str::FromStr>(&self, what: &str) -> std::result::Result<Option<T>, String> {
-        if self.text.is_empty() {
-            return Ok(None);
-        }
-        let v = self
-            .text
-            .parse()
-            .map_err(|_| self.err(&format!("'{}' is not {what}", self.text)))?;
-        Ok(Some(v))
-    }
-    fn required<T>(&self, v: Option<T>, kind: Kind) -> std::result::Result<T, String> {
-        v.ok_or_else(|| self.err(&format!("required for kind '{}'", kind.as_str())))
-    }
-}
-
-fn parse_row<'a>(cell: impl Fn(usize) -> Cell<'a>) -> std::result::Result<EvalPoint, String> {
-    let [label, kind, iteration, run, step, eta, kl, kl_se, reward, reward_se, path] =
-        std::array::from_fn(&cell);
-    let k = Kind::ALL
-        .into_iter()
-        .find(|k| k.as_str() == kind.text)
-        .ok_or_else(|| {
-            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-            kind.err(&format!(
-                "unknown kind '{}' (expected one of {})",
-                kind.text,
-                all.join(", ")
-            ))
-        })?;
-    let se = |c: &Cell| -> std::result::Result<Option<f64>, String> {
-        match c.num::<f64>("a number")? {
-            Some(v) if v < 0.0 => Err(c.err("a standard error cannot be negative")),
-            v => Ok(v),
-        }
-    };
-    let p = EvalPoint {
-        label: label.text.to_string(),
-        kind: k,
-        iteration: iteration.num("a whole number")?,
-        run: run.num("a whole number")?,
-        step: step.num("a whole number")?,
-        eta: eta.num("a number")?,
-        kl: kl.required(kl.num("a number")?, k)?,
-        kl_se: se(&kl_se)?,
-        reward: reward.required(reward.num("a number")?, k)?,
-        reward_se: se(&reward_se)?,
-        path: path.text.to_string(),
-    };
-    let need: &[(&Cell, bool)] = match k {
-        Kind::Sft | Kind::Model => &[],
-        Kind::Liti => &[(&iteration, p.iteration.is_some()), (&eta, p.eta.is_some())],
-        Kind::Slerp | Kind::Lerp => &[(&iteration, p.iteration.is_some())],
-        Kind::Policy | Kind::Ema => &[
-            (&iteration, p.iteration.is_some()),
-            (&run, p.run.is_some()),
-            (&step, p.step.is_some()),
-        ],
-        Kind::AnchorInit => &[(&run, p.run.is_some()), (&step, p.step.is_some())],
-    };
-    for (c, present) in need {
-        c.required(present.then_some(()), k)?;
-    }
-    Ok(p)
 }
 
 /// Okabe–Ito colours (distinguishable with the common colour-vision deficiencies), yellow left
@@ -304,16 +64,16 @@ struct Series {
 }
 
 impl Series {
-    fn of(p: &EvalPoint) -> Series {
-        let traj = p.kind.is_trajectory();
+    fn of(p: &EvalRow) -> Series {
+        let traj = p.point.kind.is_trajectory();
         Series {
-            kind: p.kind,
-            iteration: if p.kind == Kind::Sft {
+            kind: p.point.kind,
+            iteration: if p.point.kind == Kind::Sft {
                 None
             } else {
-                p.iteration
+                p.point.iteration
             },
-            run: if traj { p.run } else { None },
+            run: if traj { p.point.run } else { None },
         }
     }
     fn legend(&self) -> String {
@@ -550,23 +310,23 @@ fn marker_radius(kind: Kind) -> f64 {
     }
 }
 
-fn tooltip(p: &EvalPoint) -> String {
-    let mut t = if p.label.is_empty() {
-        p.kind.as_str().to_string()
+fn tooltip(p: &EvalRow) -> String {
+    let mut t = if p.point.label.is_empty() {
+        p.point.kind.as_str().to_string()
     } else {
-        p.label.clone()
+        p.point.label.clone()
     };
     let pm = |se: Option<f64>| se.map(|s| format!(" ± {}", short(s))).unwrap_or_default();
-    let _ = write!(t, "\nkind {}", p.kind.as_str());
-    for (name, v) in [("iteration", p.iteration), ("run", p.run)] {
+    let _ = write!(t, "\nkind {}", p.point.kind.as_str());
+    for (name, v) in [("iteration", p.point.iteration), ("run", p.point.run)] {
         if let Some(v) = v {
             let _ = write!(t, ", {name} {v}");
         }
     }
-    if let Some(s) = p.step {
+    if let Some(s) = p.point.step {
         let _ = write!(t, ", step {s}");
     }
-    if let Some(e) = p.eta {
+    if let Some(e) = p.point.eta {
         let _ = write!(t, ", η {}", short(e));
     }
     let _ = write!(
@@ -577,8 +337,8 @@ fn tooltip(p: &EvalPoint) -> String {
         short(p.reward),
         pm(p.reward_se)
     );
-    if !p.path.is_empty() {
-        let _ = write!(t, "\n{}", p.path);
+    if !p.point.path.as_os_str().is_empty() {
+        let _ = write!(t, "\n{}", p.point.path.display());
     }
     xml_escape(&t)
 }
@@ -665,7 +425,7 @@ impl Frame {
     fn py(&self, reward: f64) -> f64 {
         PLOT_TOP + (1.0 - self.y.frac(reward)) * PLOT_HEIGHT
     }
-    fn at(&self, p: &EvalPoint) -> (f64, f64) {
+    fn at(&self, p: &EvalRow) -> (f64, f64) {
         (self.px(p.kl), self.py(p.reward))
     }
 }
@@ -675,10 +435,42 @@ fn se(v: f64, se: Option<f64>) -> Option<f64> {
     se.filter(|e| *e > 0.0 && (v - e).is_finite() && (v + e).is_finite())
 }
 
+/// The points of each series (every series of the table gets one, drawable or not), sorted
+/// along η for LITI curves and along training steps for trajectories.
+type SeriesMap<'a> = BTreeMap<Series, Vec<&'a EvalRow>>;
+
+fn group<'a>(t: &'a EvalTable, drawn: &[&'a EvalRow]) -> SeriesMap<'a> {
+    let mut series: SeriesMap = t.rows.iter().map(|p| (Series::of(p), Vec::new())).collect();
+    for p in drawn {
+        series.entry(Series::of(p)).or_default().push(p);
+    }
+    for (k, v) in series.iter_mut() {
+        let key = |p: &EvalRow| match k.kind {
+            Kind::Liti => p.point.eta.unwrap_or(0.0),
+            _ => p.point.step.unwrap_or(0) as f64,
+        };
+        v.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.kl.total_cmp(&b.kl)));
+    }
+    series
+}
+
+/// The style of every series: hues by iteration, shades by run.
+fn styles_of(t: &EvalTable, series: &SeriesMap) -> BTreeMap<Series, Style> {
+    let distinct = |field: fn(&EvalRow) -> Option<u32>| -> Vec<u32> {
+        let set: BTreeSet<u32> = t.rows.iter().filter_map(field).collect();
+        set.into_iter().collect()
+    };
+    let (iterations, runs) = (distinct(|p| p.point.iteration), distinct(|p| p.point.run));
+    series
+        .keys()
+        .map(|k| (*k, style(k, &iterations, &runs)))
+        .collect()
+}
+
 /// The KL–reward plot of an evaluation as a standalone SVG document (see the module docs for the
 /// layout and the pixel mapping). Rows with a non-finite kl or reward are left out.
 pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
-    let pts: Vec<&EvalPoint> = t.points.iter().filter(|p| p.is_finite()).collect();
+    let pts: Vec<&EvalRow> = t.rows.iter().filter(|p| p.is_finite()).collect();
     let spread = |v: f64, e: Option<f64>| {
         let e = se(v, e).unwrap_or(0.0);
         [v - e, v + e]
@@ -687,33 +479,8 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
         x: Axis::fit(pts.iter().flat_map(|p| spread(p.kl, p.kl_se))),
         y: Axis::fit(pts.iter().flat_map(|p| spread(p.reward, p.reward_se))),
     };
-
-    // Every series of the table, drawable or not, gets a legend entry.
-    let mut series: BTreeMap<Series, Vec<&EvalPoint>> = t
-        .points
-        .iter()
-        .map(|p| (Series::of(p), Vec::new()))
-        .collect();
-    for p in &pts {
-        series.entry(Series::of(p)).or_default().push(p);
-    }
-    for (k, v) in series.iter_mut() {
-        // Curves run along η, trajectories along training steps.
-        let key = |p: &EvalPoint| match k.kind {
-            Kind::Liti => p.eta.unwrap_or(0.0),
-            _ => p.step.unwrap_or(0) as f64,
-        };
-        v.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.kl.total_cmp(&b.kl)));
-    }
-    let distinct = |field: fn(&EvalPoint) -> Option<u32>| -> Vec<u32> {
-        let set: BTreeSet<u32> = t.points.iter().filter_map(field).collect();
-        set.into_iter().collect()
-    };
-    let (iterations, runs) = (distinct(|p| p.iteration), distinct(|p| p.run));
-    let styles: BTreeMap<Series, Style> = series
-        .keys()
-        .map(|k| (*k, style(k, &iterations, &runs)))
-        .collect();
+    let series = group(t, &pts);
+    let styles = styles_of(t, &series);
 
     let row = 19.0;
     let height = (PLOT_TOP + PLOT_HEIGHT + 62.0).max(PLOT_TOP + 24.0 + row * series.len() as f64);
@@ -732,7 +499,25 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
     for (k, v) in series.iter().filter(|(k, _)| k.kind.is_trajectory()) {
         polyline(&mut s, &f, v, &styles[k], "trajectory");
     }
-    for (k, v) in &series {
+    error_bars(&mut s, &f, &series, &styles);
+    for (k, v) in series.iter().filter(|(k, _)| k.kind == Kind::Liti) {
+        polyline(&mut s, &f, v, &styles[k], "liti");
+    }
+    let mut layers: Vec<(&Series, &Vec<&EvalRow>)> = series.iter().collect();
+    layers.sort_by_key(|(k, _)| layer(k.kind));
+    let mut placer = Placer { taken: Vec::new() };
+    markers(&mut s, &f, &layers, &styles, &mut placer);
+    s.push_str("<g class=\"labels\">\n");
+    labels(&mut s, &f, &layers, &series, &styles, &mut placer);
+    s.push_str("</g>\n");
+    legend(&mut s, &series, &styles, row);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Horizontal (KL) and vertical (reward) bars of ± one standard error.
+fn error_bars(s: &mut String, f: &Frame, series: &SeriesMap, styles: &BTreeMap<Series, Style>) {
+    for (k, v) in series {
         // Trajectories have many points: their bars stay in the background.
         let c = format!(
             r#"stroke="{}" stroke-opacity="{}""#,
@@ -761,17 +546,21 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
             }
         }
     }
-    for (k, v) in series.iter().filter(|(k, _)| k.kind == Kind::Liti) {
-        polyline(&mut s, &f, v, &styles[k], "liti");
-    }
-    let mut layers: Vec<(&Series, &Vec<&EvalPoint>)> = series.iter().collect();
-    layers.sort_by_key(|(k, _)| k.kind.layer());
-    let mut placer = Placer { taken: Vec::new() };
-    for (k, v) in &layers {
+}
+
+/// One marker per point (with its tooltip), layer by layer; the big markers are reserved in
+/// `placer` so labels do not hide them.
+fn markers(
+    s: &mut String,
+    f: &Frame,
+    layers: &[(&Series, &Vec<&EvalRow>)],
+    styles: &BTreeMap<Series, Style>,
+    placer: &mut Placer,
+) {
+    for (k, v) in layers {
         for p in v.iter() {
             let (x, y) = f.at(p);
             if !k.kind.is_trajectory() {
-                // Labels must not hide the big markers.
                 let r = marker_radius(k.kind);
                 placer.taken.push([x - r, y - r, x + r, y + r]);
             }
@@ -784,9 +573,18 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
             );
         }
     }
-    // The SFT and merge labels always (right of the point if there is room), then the η of the
-    // LITI markers where they fit, preferably above-left: the empty side of a Pareto front.
-    s.push_str("<g class=\"labels\">\n");
+}
+
+/// The SFT and merge labels always (right of the point if there is room), then the η of the
+/// LITI markers where they fit, preferably above-left: the empty side of a Pareto front.
+fn labels(
+    s: &mut String,
+    f: &Frame,
+    layers: &[(&Series, &Vec<&EvalRow>)],
+    series: &SeriesMap,
+    styles: &BTreeMap<Series, Style>,
+    placer: &mut Placer,
+) {
     for (k, v) in layers.iter().rev() {
         let name = match k.kind {
             Kind::Sft => "SFT",
@@ -796,8 +594,8 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
             _ => continue,
         };
         for p in v.iter() {
-            let text = match (p.label.is_empty(), k.iteration) {
-                (false, _) => p.label.clone(),
+            let text = match (p.point.label.is_empty(), k.iteration) {
+                (false, _) => p.point.label.clone(),
                 (true, Some(i)) => format!("{name} {i}"),
                 (true, None) => name.to_string(),
             };
@@ -814,14 +612,10 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
         for p in v.iter() {
             let (x, y) = f.at(p);
             let at = (x, y, marker_radius(Kind::Liti));
-            let text = short(p.eta.unwrap_or(f64::NAN));
+            let text = short(p.point.eta.unwrap_or(f64::NAN));
             s.extend(placer.place(at, &text, 9.0, &sides, false, &attrs));
         }
     }
-    s.push_str("</g>\n");
-    legend(&mut s, &series, &styles, row);
-    s.push_str("</svg>\n");
-    s
 }
 
 /// Frame, light grid, ticks with their labels and the axis titles.
@@ -868,7 +662,7 @@ fn axes(s: &mut String, f: &Frame) {
     );
 }
 
-fn polyline(s: &mut String, f: &Frame, v: &[&EvalPoint], st: &Style, class: &str) {
+fn polyline(s: &mut String, f: &Frame, v: &[&EvalRow], st: &Style, class: &str) {
     if v.len() < 2 {
         return;
     }
@@ -889,7 +683,7 @@ fn polyline(s: &mut String, f: &Frame, v: &[&EvalPoint], st: &Style, class: &str
 /// One entry per series, right of the plot: its line and/or marker, then its name.
 fn legend(
     s: &mut String,
-    series: &BTreeMap<Series, Vec<&EvalPoint>>,
+    series: &BTreeMap<Series, Vec<&EvalRow>>,
     styles: &BTreeMap<Series, Style>,
     row: f64,
 ) {

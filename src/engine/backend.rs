@@ -2,6 +2,7 @@
 //! `cpu` implements it with rayon; `cuda` (feature `cuda`) on the GPU. Without the feature a
 //! dummy CUDA backend exists that only says so, so no caller needs `#[cfg]`.
 
+use crate::device::Device;
 use crate::io::DType;
 
 /// Elements per Gram block. Partial sums are produced per block and folded in block order by the
@@ -42,34 +43,6 @@ pub trait Backend: Send + Sync {
         outs: &mut [&mut [u8]],
         check_finite: bool,
     ) -> Result<(), NonFinite>;
-}
-
-/// Which device the merge binaries compute on (`--device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    /// CUDA when the build has it and a GPU is found, else the CPU.
-    #[default]
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
-                    format!("unknown device '{s}' (expected auto, cpu, cuda or cuda:N)")
-                }),
-        }
-    }
 }
 
 /// The backend for `device`. `Auto` falls back to the CPU when no GPU can be used.

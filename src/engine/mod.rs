@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-pub use backend::{backend_for, Backend, Device, NonFinite, GRAM_BLOCK};
+pub use crate::device::Device;
+pub use backend::{backend_for, Backend, NonFinite, GRAM_BLOCK};
 
 use crate::error::{Error, Result};
 use crate::io::companion::{copy_companions, ModelCard};

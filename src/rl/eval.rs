@@ -9,7 +9,9 @@ use super::generate::{generate, score, GenerateOptions};
 use super::model::LlamaModel;
 use super::reward::Reward;
 use super::tokenizer::Tokenizer;
+use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::pipeline::{EvalRow, Point, PointKind};
 
 #[derive(Debug, Clone)]
 pub struct SampleOptions {
@@ -118,7 +120,7 @@ pub fn kl_per_sample(
                 .sum_dim_intlist(-1, false, Kind::Double))
         })?;
         let v: Vec<f64> = Vec::try_from(kl.to_device(tch::Device::Cpu))
-            .map_err(|e| Error::Usage(format!("libtorch: {e}")))?;
+            .map_err(|e| Error::backend("reading KL estimates back from libtorch", e))?;
         out.extend(v);
     }
     Ok(out)
@@ -194,64 +196,46 @@ pub fn evaluate(
     })
 }
 
-/// Header of the evaluation CSV.
-pub const CSV_HEADER: &str = "label,kind,iteration,run,step,eta,kl,kl_se,reward,reward_se,path";
-
-/// One CSV row for `p` measured as `r`.
-pub fn csv_row(p: &crate::pipeline::Point, r: &EvalResult) -> String {
-    let opt = |v: Option<String>| v.unwrap_or_default();
-    let num = |x: f64| {
-        if x.is_finite() {
-            format!("{x:.6}")
-        } else {
-            String::new()
+impl EvalResult {
+    /// The evaluation CSV's row for `point` measured as this (no reference: KL 0).
+    pub fn row(&self, point: Point) -> EvalRow {
+        let (kl, kl_se) = self.kl.unwrap_or((0.0, f64::NAN));
+        let finite = |x: f64| x.is_finite().then_some(x);
+        EvalRow {
+            point,
+            kl,
+            kl_se: finite(kl_se),
+            reward: self.reward,
+            reward_se: finite(self.reward_se),
         }
-    };
-    let (kl, kl_se) = r.kl.unwrap_or((0.0, f64::NAN));
-    format!(
-        "{},{},{},{},{},{},{},{},{},{},{}",
-        p.label.replace(',', ";"),
-        p.kind,
-        opt(p.iteration.map(|v| v.to_string())),
-        opt(p.run.map(|v| v.to_string())),
-        opt(p.step.map(|v| v.to_string())),
-        opt(p.eta.map(|v| v.to_string())),
-        num(kl),
-        num(kl_se),
-        num(r.reward),
-        num(r.reward_se),
-        p.path.display().to_string().replace(',', ";"),
-    )
+    }
 }
 
-/// Evaluates every point against the SFT model `sft` (KL reference) on `prompts`; the SFT model
-/// itself comes first (kind `sft`). One progress step per checkpoint.
+/// Evaluates every point against the SFT model `sft` (KL reference) on `prompts`, on
+/// `device`; the SFT model itself comes first (kind `sft`, label `SFT`). One progress step per
+/// checkpoint.
 pub fn evaluate_points(
-    points: &[crate::pipeline::Point],
+    points: &[Point],
     sft: &Path,
     prompts: &[String],
     reward: &mut dyn Reward,
     o: &SampleOptions,
+    device: Device,
     reporter: &dyn crate::progress::Reporter,
-) -> Result<Vec<(crate::pipeline::Point, EvalResult)>> {
-    let device = sft_device();
+) -> Result<Vec<EvalRow>> {
+    let device = super::tch_device(device)?;
     let reference = LlamaModel::load(sft, device)?;
     let tok = Tokenizer::from_dir(sft)?;
-    let mut all = vec![crate::pipeline::Point {
-        label: "SFT".into(),
-        kind: "sft".into(),
-        iteration: None,
-        run: None,
-        step: None,
-        eta: None,
-        path: sft.to_path_buf(),
-    }];
-    all.extend(points.iter().cloned());
+    let mut first = Point::new(PointKind::Sft, sft);
+    first.label = "SFT".into();
+    let all: Vec<Point> = std::iter::once(first)
+        .chain(points.iter().cloned())
+        .collect();
     reporter.start_steps("eval", all.len() as u64);
     let mut out = Vec::with_capacity(all.len());
     for p in all {
         crate::cancel::check()?;
-        let r = if p.kind == "sft" {
+        let r = if p.kind == PointKind::Sft {
             evaluate(&reference, &tok, prompts, reward, Some(&reference), o)?
         } else {
             let m = LlamaModel::load(&p.path, device)?;
@@ -273,12 +257,8 @@ pub fn evaluate_points(
             p.path.display(),
             r.reward
         ));
-        out.push((p, r));
+        out.push(r.row(p));
     }
     reporter.finish();
     Ok(out)
-}
-
-fn sft_device() -> tch::Device {
-    tch::Device::cuda_if_available()
 }

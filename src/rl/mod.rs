@@ -1,24 +1,72 @@
 //! RL side of WARP (feature `rl`, libtorch through tch): the Llama-family policy model, its
 //! tokenizer, batched sampling with a KV cache, scoring, the built-in task and its supervised
-//! model (`warp-sft`). See docs/RL.md.
+//! model (`warp sft`). See docs/RL.md.
+//!
+//! [`settings`] (the RL tools' configs) is compiled in every build, so the commands can show
+//! their flags and say that this build lacks the feature; everything else needs `rl`.
+pub mod settings;
+
+#[cfg(feature = "rl")]
 pub mod cipher;
+#[cfg(feature = "rl")]
 pub mod config;
+#[cfg(feature = "rl")]
 pub mod data;
+#[cfg(feature = "rl")]
 pub mod eval;
+#[cfg(feature = "rl")]
 pub mod generate;
+#[cfg(feature = "rl")]
 pub mod model;
+#[cfg(feature = "rl")]
 pub mod optim;
+#[cfg(feature = "rl")]
 pub mod reward;
+#[cfg(feature = "rl")]
 pub mod reward_cmd;
+#[cfg(feature = "rl")]
 pub mod reward_model;
+#[cfg(feature = "rl")]
 pub mod rm_train;
+#[cfg(feature = "rl")]
 pub mod rng;
+#[cfg(feature = "rl")]
 pub mod sft;
+#[cfg(feature = "rl")]
 pub mod task;
+#[cfg(feature = "rl")]
 pub mod tokenizer;
+#[cfg(feature = "rl")]
 pub mod trainer;
 
+#[cfg(feature = "rl")]
 pub use config::{LlamaConfig, RopeScaling};
+#[cfg(feature = "rl")]
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
+#[cfg(feature = "rl")]
 pub use model::{KvCache, LlamaModel};
+pub use settings::{Anchor, Baseline, RlConfig, SftConfig, TrainDtype};
+#[cfg(feature = "rl")]
 pub use tokenizer::Tokenizer;
+
+/// The libtorch device for `device`: `auto` is the first GPU when libtorch sees one, else the
+/// CPU; a GPU that libtorch does not see is an error.
+#[cfg(feature = "rl")]
+pub fn tch_device(device: crate::device::Device) -> crate::Result<tch::Device> {
+    use crate::device::Device;
+    match device {
+        Device::Auto => Ok(tch::Device::cuda_if_available()),
+        Device::Cpu => Ok(tch::Device::Cpu),
+        Device::Cuda(n) => {
+            let count = tch::Cuda::device_count();
+            if (n as i64) < count {
+                Ok(tch::Device::Cuda(n))
+            } else {
+                Err(crate::Error::backend(
+                    format!("device {device}"),
+                    format!("libtorch sees {count} CUDA device(s) here"),
+                ))
+            }
+        }
+    }
+}

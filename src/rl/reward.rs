@@ -65,17 +65,19 @@ pub fn from_spec(spec: &str) -> Result<Box<dyn Reward>> {
 pub fn from_spec_opts(spec: &str, opts: &RewardOptions) -> Result<Box<dyn Reward>> {
     match spec.split_once(':') {
         Some(("verify", "arith")) => Ok(Box::new(VerifyArith)),
-        Some(("verify", other)) => Err(Error::Usage(format!(
-            "unknown verifier '{other}' in --reward {spec} (known: verify:arith)"
-        ))),
+        Some(("verify", other)) => Err(Error::setting(
+            "reward",
+            format!("unknown verifier '{other}' in '{spec}' (known: verify:arith)"),
+        )),
         Some(("model", path)) if !path.is_empty() => Ok(Box::new(
             super::reward_model::RewardModel::load(path, opts.device, opts.batch_size)?,
         )),
         Some(("cmd", program)) if !program.trim().is_empty() => Ok(Box::new(
             super::reward_cmd::CmdReward::new(program, opts.timeout)?,
         )),
-        _ => Err(Error::Usage(format!(
-            "unknown reward '{spec}' (use verify:arith, model:PATH or cmd:PROGRAM)"
-        ))),
+        _ => Err(Error::setting(
+            "reward",
+            format!("unknown reward '{spec}' (use verify:arith, model:PATH or cmd:PROGRAM)"),
+        )),
     }
 }

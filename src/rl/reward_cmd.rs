@@ -146,16 +146,15 @@ impl CmdReward {
         let mut words = command.split_whitespace().map(str::to_string);
         let program = words
             .next()
-            .ok_or_else(|| Error::Usage(format!("--reward {name}: no program given")))?;
+            .ok_or_else(|| Error::reward(&name, "no program given"))?;
         if find_program(&program).is_none() {
-            return Err(Error::Usage(format!(
-                "--reward {name}: program '{program}' not found (neither a file nor on PATH)"
-            )));
+            return Err(Error::reward(
+                &name,
+                format!("program '{program}' not found (neither a file nor on PATH)"),
+            ));
         }
         if timeout.is_zero() {
-            return Err(Error::Usage(format!(
-                "--reward {name}: the timeout must be positive"
-            )));
+            return Err(Error::setting("reward_timeout", "must be positive"));
         }
         Ok(CmdReward {
             name,
@@ -170,7 +169,7 @@ impl CmdReward {
     }
 
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::format(&self.name, msg)
+        Error::reward(&self.name, msg)
     }
 
     /// Runs the program once over `pairs` (see the module docs); one finite reward per pair.
@@ -181,10 +180,18 @@ impl CmdReward {
         let mut input = Vec::new();
         for (prompt, completion) in pairs {
             let line = serde_json::json!({"prompt": prompt, "completion": completion});
-            serde_json::to_writer(&mut input, &line).expect("writing JSON to memory");
+            input.extend_from_slice(line.to_string().as_bytes());
             input.push(b'\n');
         }
-        let start = Instant::now();
+        let cap = (1 << 20) + STDOUT_PER_PAIR * pairs.len();
+        let (pid, rx) = self.spawn(input, cap)?;
+        let out = self.wait(pid, &rx, pairs.len(), cap)?;
+        self.finish(out, pairs.len())
+    }
+
+    /// Starts the program with helper threads: one writes `input` to its stdin, two drain its
+    /// stdout (up to `cap` bytes) and stderr (the tail), one reaps it. Each reports one event.
+    fn spawn(&self, input: Vec<u8>, cap: usize) -> Result<(u32, mpsc::Receiver<Event>)> {
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .stdin(Stdio::piped())
@@ -195,12 +202,15 @@ impl CmdReward {
             .map_err(|e| self.err(format!("cannot start '{}': {e}", self.program)))?;
         let pid = child.id();
         let (tx, rx) = mpsc::channel();
-        let (mut stdin, stdout, stderr) = (
-            child.stdin.take().expect("piped stdin"),
-            child.stdout.take().expect("piped stdout"),
-            child.stderr.take().expect("piped stderr"),
-        );
-        let cap = (1 << 20) + STDOUT_PER_PAIR * pairs.len();
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            kill_group(pid);
+            let _ = child.wait();
+            return Err(Error::Internal(
+                "a piped stdio of a child is missing".into(),
+            ));
+        };
         let t = tx.clone();
         thread::spawn(move || {
             let r = stdin.write_all(&input).and_then(|()| stdin.flush());
@@ -219,8 +229,19 @@ impl CmdReward {
         thread::spawn(move || {
             let _ = tx.send(Event::Exited(child.wait()));
         });
+        Ok((pid, rx))
+    }
 
-        let deadline = start + self.timeout;
+    /// Collects the events of one call until the program is done, stopping it on a timeout,
+    /// a cancellation or too much output.
+    fn wait(
+        &self,
+        pid: u32,
+        rx: &mpsc::Receiver<Event>,
+        pairs: usize,
+        cap: usize,
+    ) -> Result<Outcome> {
+        let deadline = Instant::now() + self.timeout;
         let mut out = Outcome::default();
         while !out.complete() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -228,15 +249,15 @@ impl CmdReward {
                 Ok(e) => out.record(e),
                 Err(RecvTimeoutError::Timeout) => {
                     if crate::cancel::check().is_err() {
-                        self.stop(pid, &rx, &mut out);
+                        self.stop(pid, rx, &mut out);
                         return Err(Error::Interrupted);
                     }
                     if left.is_zero() {
-                        self.stop(pid, &rx, &mut out);
+                        self.stop(pid, rx, &mut out);
                         return Err(self.err(format!(
-                            "did not finish within the timeout of {:?} for {} pairs; killed it{}",
+                            "did not finish within the timeout of {:?} for {pairs} pairs; killed \
+                             it{}",
                             self.timeout,
-                            pairs.len(),
                             out.stderr_note()
                         )));
                     }
@@ -244,14 +265,18 @@ impl CmdReward {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if matches!(out.stdout, Some(Ok(None))) {
-                self.stop(pid, &rx, &mut out);
+                self.stop(pid, rx, &mut out);
                 return Err(self.err(format!(
-                    "printed more than {cap} bytes on stdout for {} pairs (one number per line \
-                     expected); stopped it",
-                    pairs.len()
+                    "printed more than {cap} bytes on stdout for {pairs} pairs (one number per \
+                     line expected); stopped it"
                 )));
             }
         }
+        Ok(out)
+    }
+
+    /// The rewards of a finished call: exit status 0, stdin written, stdout parsed.
+    fn finish(&self, mut out: Outcome, pairs: usize) -> Result<Vec<f64>> {
         let status = match out.status.take() {
             Some(Ok(s)) => s,
             Some(Err(e)) => return Err(self.err(format!("cannot wait for it: {e}"))),
@@ -276,7 +301,7 @@ impl CmdReward {
                 return Err(self.err(format!("cannot write its stdin: {e}")));
             }
         }
-        self.parse(&stdout, pairs.len())
+        self.parse(&stdout, pairs)
     }
 
     /// Kills the program's group and waits (a bounded time) until it is reaped and its stderr

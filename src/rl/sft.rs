@@ -26,77 +26,7 @@ use crate::progress::Reporter;
 const CHARS: &str = "0123456789+-*=?: QA";
 const SPECIALS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SftConfig {
-    pub steps: u64,
-    /// Sequences per step.
-    pub batch: usize,
-    pub lr: f64,
-    pub warmup: u64,
-    pub seed: u64,
-    /// How often the corpus shows the right answer.
-    pub p_correct: f64,
-    pub hidden: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub intermediate: usize,
-    /// Sampled completions per held-out prompt in the final evaluation.
-    pub eval_samples: usize,
-}
-
-impl Default for SftConfig {
-    fn default() -> Self {
-        SftConfig {
-            steps: 2500,
-            batch: 128,
-            lr: 3e-3,
-            warmup: 100,
-            seed: 0,
-            p_correct: 0.65,
-            hidden: 128,
-            layers: 4,
-            heads: 4,
-            kv_heads: 2,
-            intermediate: 352,
-            eval_samples: 4,
-        }
-    }
-}
-
-impl SftConfig {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "steps": self.steps, "batch": self.batch, "lr": self.lr, "warmup": self.warmup,
-            "seed": self.seed, "p_correct": self.p_correct, "hidden": self.hidden,
-            "layers": self.layers, "heads": self.heads, "kv_heads": self.kv_heads,
-            "intermediate": self.intermediate, "eval_samples": self.eval_samples,
-        })
-    }
-
-    fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Usage(m));
-        if self.steps == 0 || self.batch == 0 {
-            return bad("--steps and --batch must be > 0".into());
-        }
-        if !(self.p_correct > 0.0 && self.p_correct <= 1.0) {
-            return bad(format!(
-                "--p-correct must be in (0, 1], got {}",
-                self.p_correct
-            ));
-        }
-        if self.heads == 0 || self.kv_heads == 0 || self.hidden % self.heads != 0 {
-            return bad(format!(
-                "--hidden {} must be a multiple of --heads {}",
-                self.hidden, self.heads
-            ));
-        }
-        if self.heads % self.kv_heads != 0 || (self.hidden / self.heads) % 2 != 0 {
-            return bad("--heads must be a multiple of --kv-heads, with an even head size".into());
-        }
-        Ok(())
-    }
-}
+pub use super::settings::SftConfig;
 
 /// `config.json` of the built-in model (a transformers LlamaForCausalLM).
 pub fn model_config(c: &SftConfig) -> Value {
@@ -302,73 +232,10 @@ pub fn train(
     write_init(&init, c)?;
     let model = LlamaModel::load(&init, Device::Cpu)?;
     let tok = Tokenizer::from_dir(&init)?;
-    let eos = *tok
-        .eos_ids
-        .first()
-        .ok_or_else(|| Error::format(&init, "no EOS id"))?;
     let (train_set, heldout) = task::splits();
-    let operands: Vec<(u64, u64)> = train_set
-        .iter()
-        .filter_map(|r| task::parse_prompt(&r.prompt))
-        .collect();
-    let prompt_ids: Vec<Vec<i64>> = train_set
-        .iter()
-        .map(|r| tok.encode(&r.prompt))
-        .collect::<Result<_>>()?;
-    let mut opt = Adam::new(
-        &model,
-        AdamConfig {
-            lr: c.lr,
-            weight_decay: 0.01,
-            warmup: c.warmup,
-            grad_clip: 1.0,
-            decay_steps: c.steps.saturating_sub(c.warmup),
-            ..AdamConfig::default()
-        },
-    );
-    let mut rng = SplitMix64::stream(c.seed, 2);
     let started = Instant::now();
-    let mut recent = std::collections::VecDeque::with_capacity(100);
-    reporter.start_steps("sft", c.steps);
-    for step in 1..=c.steps {
-        crate::cancel::check()?;
-        let pairs: Vec<(Vec<i64>, Vec<i64>)> = (0..c.batch)
-            .map(|_| {
-                let k = rng.below(operands.len() as u64) as usize;
-                let (a, b) = operands[k];
-                let ans = task::noisy_answer(a, b, c.p_correct, &mut rng).to_string();
-                let mut ids = tok.encode_plain(&ans)?;
-                ids.push(eos);
-                Ok((prompt_ids[k].clone(), ids))
-            })
-            .collect::<Result<_>>()?;
-        opt.zero_grad();
-        let s = score(&model, &pairs, tok.pad_id)?;
-        let loss = -s.logprobs.sum(Kind::Float) / s.mask.sum(Kind::Float);
-        loss.backward();
-        opt.step()?;
-        let l = loss.double_value(&[]);
-        if recent.len() == 100 {
-            recent.pop_front();
-        }
-        recent.push_back(l);
-        reporter.advance(1);
-        if step % 50 == 0 || step == c.steps {
-            reporter.status(&format!("loss {l:.4}"));
-        }
-        if step % 500 == 0 {
-            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-            reporter.message(&format!(
-                "step {step}/{}: loss {mean:.4} (mean of the last {}), {:.0} s",
-                c.steps,
-                recent.len(),
-                started.elapsed().as_secs_f64()
-            ));
-        }
-    }
-    reporter.finish();
+    let final_loss = fit(&model, &tok, c, &train_set, &init, reporter)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let final_loss = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
     let prompts: Vec<String> = heldout.iter().map(|r| r.prompt.clone()).collect();
     reporter.message("measuring held-out accuracy");
     let (heldout_accuracy, greedy_accuracy) =
@@ -400,6 +267,83 @@ pub fn train(
     crate::io::write_file_atomic(&staging.path().join("sft.json"), text.as_bytes())?;
     let done = staging.commit()?;
     Ok((done, report))
+}
+
+/// The supervised training loop on the noisy corpus over `train_set`'s operands; returns the
+/// mean loss of the last 100 steps. `init` (the model's folder) names it in errors.
+fn fit(
+    model: &LlamaModel,
+    tok: &Tokenizer,
+    c: &SftConfig,
+    train_set: &[PromptRecord],
+    init: &Path,
+    reporter: &dyn Reporter,
+) -> Result<f64> {
+    let eos = *tok
+        .eos_ids
+        .first()
+        .ok_or_else(|| Error::format(init, "no EOS id"))?;
+    let operands: Vec<(u64, u64)> = train_set
+        .iter()
+        .filter_map(|r| task::parse_prompt(&r.prompt))
+        .collect();
+    let prompt_ids: Vec<Vec<i64>> = train_set
+        .iter()
+        .map(|r| tok.encode(&r.prompt))
+        .collect::<Result<_>>()?;
+    let mut opt = Adam::new(
+        model,
+        AdamConfig {
+            lr: c.lr,
+            weight_decay: 0.01,
+            warmup: c.warmup,
+            grad_clip: 1.0,
+            decay_steps: c.steps.saturating_sub(c.warmup),
+            ..AdamConfig::default()
+        },
+    );
+    let mut rng = SplitMix64::stream(c.seed, 2);
+    let started = Instant::now();
+    let mut recent = std::collections::VecDeque::with_capacity(100);
+    reporter.start_steps("sft", c.steps);
+    for step in 1..=c.steps {
+        crate::cancel::check()?;
+        let pairs: Vec<(Vec<i64>, Vec<i64>)> = (0..c.batch)
+            .map(|_| {
+                let k = rng.below(operands.len() as u64) as usize;
+                let (a, b) = operands[k];
+                let ans = task::noisy_answer(a, b, c.p_correct, &mut rng).to_string();
+                let mut ids = tok.encode_plain(&ans)?;
+                ids.push(eos);
+                Ok((prompt_ids[k].clone(), ids))
+            })
+            .collect::<Result<_>>()?;
+        opt.zero_grad();
+        let s = score(model, &pairs, tok.pad_id)?;
+        let loss = -s.logprobs.sum(Kind::Float) / s.mask.sum(Kind::Float);
+        loss.backward();
+        opt.step()?;
+        let l = loss.double_value(&[]);
+        if recent.len() == 100 {
+            recent.pop_front();
+        }
+        recent.push_back(l);
+        reporter.advance(1);
+        if step % 50 == 0 || step == c.steps {
+            reporter.status(&format!("loss {l:.4}"));
+        }
+        if step % 500 == 0 {
+            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+            reporter.message(&format!(
+                "step {step}/{}: loss {mean:.4} (mean of the last {}), {:.0} s",
+                c.steps,
+                recent.len(),
+                started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    reporter.finish();
+    Ok(recent.iter().sum::<f64>() / recent.len().max(1) as f64)
 }
 
 /// The prompts of a prompt file as plain strings.

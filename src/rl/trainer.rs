@@ -19,6 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -34,204 +35,33 @@ use crate::error::{Error, IoContext, Result};
 use crate::io::companion::ModelCard;
 use crate::io::writer::{CheckpointWriter, OutTensor, Staging, WriterOptions};
 use crate::io::{write_file_atomic, Checkpoint, DType};
+use crate::pipeline::layout::{RlRunLayout, TRAINER_STATE};
 use crate::progress::Reporter;
 
-/// The built-in task (`warp-sft` output committed in the source tree): model/, train.jsonl,
-/// heldout.jsonl.
-pub const BUILTIN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/arith");
+pub use super::settings::{Anchor, Baseline, RlConfig, TrainDtype};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Baseline {
-    /// Leave-one-out: each sample's baseline is the mean r_β of the prompt's other samples.
-    Rloo,
-    /// Plain REINFORCE (the paper's).
-    None,
+/// `run.json` of a run folder: what made it.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunRecord {
+    warp_version: String,
+    config: RlConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Anchor {
-    Ema,
-    Init,
+/// `trainer/state.json` of a checkpoint: the step it was taken after, and the run's settings.
+#[derive(Debug, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    config: RlConfig,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct RlConfig {
-    /// Init policy: a local checkpoint folder or a hub id.
-    pub model: String,
-    /// JSONL prompt set.
-    pub prompts: PathBuf,
-    /// `verify:arith`, `model:PATH` or `cmd:PROGRAM`.
-    pub reward: String,
-    /// Optimizer steps T.
-    pub steps: u64,
-    /// Prompts per step.
-    pub batch: usize,
-    /// Completions per prompt.
-    pub n: usize,
-    pub beta: f64,
-    pub mu: f64,
-    pub temperature: f64,
-    pub max_new_tokens: usize,
-    pub lr: f64,
-    pub warmup: u64,
-    pub grad_clip: f64,
-    pub baseline: Baseline,
-    pub anchor: Anchor,
-    /// Subtracted from the reward per completion token (paper App. E: 0.0005).
-    pub length_penalty: f64,
-    pub seed: u64,
-    /// A resumable checkpoint every this many steps (and at the end).
-    pub save_every: u64,
-    /// Parameter dtype of the policy while training: f32 or bf16 (the EMA is always f32).
-    pub bf16: bool,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// Seconds a `cmd:` reward may take per call.
-    pub reward_timeout: f64,
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))
 }
 
-impl Default for RlConfig {
-    fn default() -> Self {
-        RlConfig {
-            model: format!("{BUILTIN_DIR}/model"),
-            prompts: format!("{BUILTIN_DIR}/train.jsonl").into(),
-            reward: "verify:arith".into(),
-            steps: 100,
-            batch: 16,
-            n: 4,
-            beta: 0.1,
-            // The paper's μ = 0.01 gives the EMA a horizon of ~100 steps in a 9k-step run; the
-            // built-in task trains for ~100 steps, so the horizon is scaled down to ~20.
-            mu: 0.05,
-            temperature: 0.9,
-            max_new_tokens: 8,
-            lr: 3e-4,
-            warmup: 10,
-            grad_clip: 1.0,
-            baseline: Baseline::Rloo,
-            anchor: Anchor::Ema,
-            length_penalty: 0.0,
-            seed: 0,
-            save_every: 50,
-            bf16: false,
-            device: "auto".into(),
-            reward_timeout: 60.0,
-        }
-    }
-}
-
-impl RlConfig {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "model": self.model, "prompts": self.prompts, "reward": self.reward,
-            "steps": self.steps, "batch": self.batch, "n": self.n, "beta": self.beta,
-            "mu": self.mu, "temperature": self.temperature,
-            "max_new_tokens": self.max_new_tokens, "lr": self.lr, "warmup": self.warmup,
-            "grad_clip": self.grad_clip,
-            "baseline": match self.baseline { Baseline::Rloo => "rloo", Baseline::None => "none" },
-            "anchor": match self.anchor { Anchor::Ema => "ema", Anchor::Init => "init" },
-            "length_penalty": self.length_penalty, "seed": self.seed,
-            "save_every": self.save_every, "dtype": if self.bf16 { "bf16" } else { "f32" },
-            "device": self.device, "reward_timeout": self.reward_timeout,
-        })
-    }
-
-    /// Reads what [`to_json`](Self::to_json) wrote (`run.json` of a run folder).
-    pub fn from_json(v: &Value, path: &Path) -> Result<RlConfig> {
-        let bad = |k: &str| Error::format(path, format!("missing or invalid field '{k}'"));
-        let s = |k: &str| v.get(k).and_then(Value::as_str).ok_or_else(|| bad(k));
-        let f = |k: &str| v.get(k).and_then(Value::as_f64).ok_or_else(|| bad(k));
-        let u = |k: &str| v.get(k).and_then(Value::as_u64).ok_or_else(|| bad(k));
-        Ok(RlConfig {
-            model: s("model")?.into(),
-            prompts: s("prompts")?.into(),
-            reward: s("reward")?.into(),
-            steps: u("steps")?,
-            batch: u("batch")? as usize,
-            n: u("n")? as usize,
-            beta: f("beta")?,
-            mu: f("mu")?,
-            temperature: f("temperature")?,
-            max_new_tokens: u("max_new_tokens")? as usize,
-            lr: f("lr")?,
-            warmup: u("warmup")?,
-            grad_clip: f("grad_clip")?,
-            baseline: parse_baseline(s("baseline")?).map_err(|_| bad("baseline"))?,
-            anchor: parse_anchor(s("anchor")?).map_err(|_| bad("anchor"))?,
-            length_penalty: f("length_penalty")?,
-            seed: u("seed")?,
-            save_every: u("save_every")?,
-            bf16: s("dtype")? == "bf16",
-            device: s("device")?.into(),
-            reward_timeout: f("reward_timeout")?,
-        })
-    }
-
-    pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Usage(m));
-        if self.steps == 0 || self.batch == 0 || self.n == 0 || self.max_new_tokens == 0 {
-            return bad("--steps, --batch, --n and --max-new-tokens must be > 0".into());
-        }
-        if self.baseline == Baseline::Rloo && self.n < 2 {
-            return bad(format!(
-                "--baseline rloo needs --n ≥ 2 completions per prompt, got {}",
-                self.n
-            ));
-        }
-        if !(self.mu > 0.0 && self.mu <= 1.0) {
-            return bad(format!("--mu must be in (0, 1], got {}", self.mu));
-        }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return bad(format!(
-                "--temperature must be > 0, got {}",
-                self.temperature
-            ));
-        }
-        for (k, x) in [
-            ("--beta", self.beta),
-            ("--lr", self.lr),
-            ("--grad-clip", self.grad_clip),
-            ("--length-penalty", self.length_penalty),
-        ] {
-            if !(x.is_finite() && x >= 0.0) {
-                return bad(format!("{k} must be a finite number ≥ 0, got {x}"));
-            }
-        }
-        if self.save_every == 0 {
-            return bad("--save-every must be > 0".into());
-        }
-        Ok(())
-    }
-}
-
-pub fn parse_baseline(s: &str) -> std::result::Result<Baseline, String> {
-    match s {
-        "rloo" => Ok(Baseline::Rloo),
-        "none" => Ok(Baseline::None),
-        _ => Err(format!("unknown baseline '{s}' (rloo or none)")),
-    }
-}
-
-pub fn parse_anchor(s: &str) -> std::result::Result<Anchor, String> {
-    match s {
-        "ema" => Ok(Anchor::Ema),
-        "init" => Ok(Anchor::Init),
-        _ => Err(format!("unknown anchor '{s}' (ema or init)")),
-    }
-}
-
-/// `auto` (CUDA when libtorch sees one), `cpu`, `cuda`, `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| Error::Usage(format!("unknown device '{s}' (auto, cpu, cuda[:N])"))),
-    }
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?;
+    write_file_atomic(path, (text + "\n").as_bytes())
 }
 
 /// One line of `metrics.jsonl`.
@@ -271,17 +101,13 @@ impl StepMetrics {
     }
 }
 
-fn tch_err(e: tch::TchError) -> Error {
-    Error::Usage(format!("libtorch: {e}"))
-}
-
 fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
     Vec::<f64>::try_from(
         t.to_device(Device::Cpu)
             .to_kind(Kind::Double)
             .flatten(0, -1),
     )
-    .map_err(tch_err)
+    .map_err(|e| Error::backend("reading the rewards back from libtorch", e))
 }
 
 /// A run in progress: the three models, the optimizer, the reward and the prompts.
@@ -302,30 +128,22 @@ pub struct Trainer {
     /// Whether the saved policy/ema folders hold the exact training state (all f32); else the
     /// trainer state keeps f32 copies for resuming.
     exact_on_disk: bool,
+    layout: RlRunLayout,
     pub step: u64,
 }
 
-const STATE_FILE: &str = "state.json";
-
-fn step_dir_name(step: u64) -> String {
-    format!("step-{step:06}")
+/// The complete resumable checkpoints of a run folder, by step.
+pub fn checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    RlRunLayout::new(out).checkpoints()
 }
 
-/// The completed checkpoints of a run folder, by step (a staged, unfinished one is hidden and
-/// never matches).
-pub fn checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(out).at(out)? {
-        let e = e.at(out)?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse().ok()) {
-            if e.path().join("trainer").join(STATE_FILE).is_file() {
-                v.push((n, e.path()));
-            }
-        }
-    }
-    v.sort();
-    Ok(v)
+/// The three models of a run and the optimizer, fresh or restored from a checkpoint.
+struct Models {
+    policy: LlamaModel,
+    ema: LlamaModel,
+    init: LlamaModel,
+    opt: Adam,
+    step: u64,
 }
 
 impl Trainer {
@@ -334,34 +152,32 @@ impl Trainer {
         cfg.check()?;
         if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
             return Err(Error::Usage(format!(
-                "run folder {} exists and is not empty (continue it with --resume {0})",
+                "run folder {} exists and is not empty",
                 out.display()
             )));
         }
         let t = Self::build(cfg, out, None, reporter)?;
         std::fs::create_dir_all(out).at(out)?;
-        let text = serde_json::to_string_pretty(&json!({
-            "warp_version": env!("CARGO_PKG_VERSION"),
-            "config": t.cfg.to_json(),
-        }))
-        .unwrap_or_default();
-        write_file_atomic(&out.join("run.json"), (text + "\n").as_bytes())?;
-        std::fs::File::create(out.join("metrics.jsonl")).at(out.join("metrics.jsonl"))?;
+        let record = RunRecord {
+            warp_version: env!("CARGO_PKG_VERSION").into(),
+            config: t.cfg.clone(),
+        };
+        write_json(&t.layout.run_json(), &record)?;
+        let metrics = t.layout.metrics();
+        std::fs::File::create(&metrics).at(&metrics)?;
         Ok(t)
+    }
+
+    /// The settings recorded in a run folder's `run.json`.
+    pub fn recorded_config(out: &Path) -> Result<RlConfig> {
+        Ok(read_json::<RunRecord>(&RlRunLayout::new(out).run_json())?.config)
     }
 
     /// Continues the run in `out` from its last complete checkpoint (or from the start if it
     /// has none), with its recorded settings; `steps` may extend it.
     pub fn resume(out: &Path, steps: Option<u64>, reporter: &dyn Reporter) -> Result<Trainer> {
-        let run_json = out.join("run.json");
-        let text = std::fs::read_to_string(&run_json).at(&run_json)?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&run_json, format!("not valid JSON: {e}")))?;
-        let mut cfg = RlConfig::from_json(
-            v.get("config")
-                .ok_or_else(|| Error::format(&run_json, "no 'config'"))?,
-            &run_json,
-        )?;
+        let layout = RlRunLayout::new(out);
+        let mut cfg = Self::recorded_config(out)?;
         if let Some(s) = steps {
             cfg.steps = s;
         }
@@ -373,10 +189,10 @@ impl Trainer {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        let last = checkpoints(out)?.pop();
+        let last = layout.checkpoints()?.pop();
         let t = Self::build(cfg, out, last.as_ref().map(|(_, p)| p.as_path()), reporter)?;
         // Metrics of steps after the checkpoint are redone.
-        let mpath = out.join("metrics.jsonl");
+        let mpath = layout.metrics();
         let kept: String = std::fs::read_to_string(&mpath)
             .unwrap_or_default()
             .lines()
@@ -404,13 +220,9 @@ impl Trainer {
         from: Option<&Path>,
         reporter: &dyn Reporter,
     ) -> Result<Trainer> {
-        let device = parse_device(&cfg.device)?;
-        let kind = if cfg.bf16 {
-            Kind::BFloat16
-        } else {
-            Kind::Float
-        };
-        let ck = crate::io::open_spec(&cfg.model, reporter)?;
+        let device = super::tch_device(cfg.device)?;
+        let spec = crate::builtin::resolve_spec(&cfg.model)?;
+        let ck = crate::io::open_spec(&spec, reporter)?;
         let model_dir = ck.dir.clone();
         let config = super::LlamaConfig::from_dir(&model_dir)?;
         let tok = Tokenizer::from_dir(&model_dir)?;
@@ -424,81 +236,13 @@ impl Trainer {
                 ),
             ));
         }
-        let exact_on_disk = !cfg.bf16 && ck.tensors().iter().all(|t| t.dtype == DType::F32);
-        let mut init = LlamaModel::from_checkpoint(&ck, config.clone(), device, Kind::Float)?;
-        init.vs.freeze();
-        let (policy, mut ema, opt, step) = match from {
-            None => {
-                let policy = LlamaModel::from_checkpoint(&ck, config.clone(), device, kind)?;
-                let ema = LlamaModel::from_checkpoint(&ck, config, device, Kind::Float)?;
-                let opt = Adam::new(&policy, adam_config(&cfg));
-                (policy, ema, opt, 0)
-            }
-            Some(dir) => {
-                let policy = LlamaModel::load_with_kind(dir.join("policy"), device, kind)?;
-                let ema = LlamaModel::load_with_kind(dir.join("ema"), device, Kind::Float)?;
-                let state_dir = dir.join("trainer");
-                let sj = state_dir.join(STATE_FILE);
-                let sv: Value = serde_json::from_str(&std::fs::read_to_string(&sj).at(&sj)?)
-                    .map_err(|e| Error::format(&sj, format!("not valid JSON: {e}")))?;
-                let step = sv
-                    .get("step")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| Error::format(&sj, "no 'step'"))?;
-                let state = Checkpoint::open(&state_dir)?;
-                let mut get = |name: &str, shape: &[i64]| -> Result<Tensor> {
-                    let t = read_tensor(&state, name, Kind::Float, device)?;
-                    if t.size() != shape {
-                        return Err(Error::tensor(
-                            &state_dir,
-                            name,
-                            format!("shape {:?}, the model has {shape:?}", t.size()),
-                        ));
-                    }
-                    Ok(t)
-                };
-                if !exact_on_disk {
-                    for (prefix, m) in [("policy", &policy), ("ema", &ema)] {
-                        tch::no_grad(|| -> Result<()> {
-                            for (name, mut var) in m.vs.variables() {
-                                let t = get(&format!("{prefix}.{name}"), &var.size())?;
-                                var.copy_(&t.to_kind(var.kind()));
-                            }
-                            Ok(())
-                        })?;
-                    }
-                }
-                let mut opt = Adam::new(&policy, adam_config(&cfg));
-                opt.load_state(step, &mut get)?;
-                (policy, ema, opt, step)
-            }
+        let exact_on_disk =
+            cfg.dtype == TrainDtype::F32 && ck.tensors().iter().all(|t| t.dtype == DType::F32);
+        let m = match from {
+            None => fresh_models(&cfg, &ck, config, device)?,
+            Some(dir) => restore_models(&cfg, &ck, config, dir, exact_on_disk, device)?,
         };
-        ema.vs.freeze();
-        let records = read_prompts(&cfg.prompts)?;
-        let mut prompt_ids = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
-            let ids = tok.encode(&r.prompt)?;
-            if ids.len() + cfg.max_new_tokens > policy.config.max_position_embeddings {
-                return Err(Error::format(
-                    &cfg.prompts,
-                    format!(
-                        "line {}: prompt of {} tokens + --max-new-tokens {} exceeds the model's \
-                         max_position_embeddings {}",
-                        i + 1,
-                        ids.len(),
-                        cfg.max_new_tokens,
-                        policy.config.max_position_embeddings
-                    ),
-                ));
-            }
-            prompt_ids.push(ids);
-        }
-        if !(cfg.reward_timeout.is_finite() && cfg.reward_timeout > 0.0) {
-            return Err(Error::Usage(format!(
-                "--reward-timeout must be > 0 seconds, got {}",
-                cfg.reward_timeout
-            )));
-        }
+        let (records, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
         let reward = reward::from_spec_opts(
             &cfg.reward,
             &reward::RewardOptions {
@@ -511,15 +255,16 @@ impl Trainer {
             prompts: records.into_iter().map(|r| r.prompt).collect(),
             prompt_ids,
             out: out.to_path_buf(),
+            layout: RlRunLayout::new(out),
             model_dir,
             tok,
-            policy,
-            ema,
-            init,
-            opt,
+            policy: m.policy,
+            ema: m.ema,
+            init: m.init,
+            opt: m.opt,
             reward,
             exact_on_disk,
-            step,
+            step: m.step,
             cfg,
         })
     }
@@ -527,7 +272,7 @@ impl Trainer {
     /// Runs the remaining steps, checkpointing every `save_every` and at the end; writes
     /// `final/{policy,ema}`. Returns the path of `final`.
     pub fn run(&mut self, reporter: &dyn Reporter) -> Result<PathBuf> {
-        let mpath = self.out.join("metrics.jsonl");
+        let mpath = self.layout.metrics();
         let mut metrics = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -548,11 +293,11 @@ impl Trainer {
                 m.reward_mean, m.kl_anchor, m.kl_init
             ));
             if save {
-                self.save_checkpoint(&self.out.join(step_dir_name(self.step)), true)?;
+                self.save_checkpoint(&self.layout.step(self.step), true)?;
             }
         }
         reporter.finish();
-        let fin = self.out.join("final");
+        let fin = self.layout.final_dir();
         if !fin.exists() {
             self.save_checkpoint(&fin, false)?;
         }
@@ -742,7 +487,7 @@ impl Trainer {
             std::fs::write(&readme, card.render()).at(&readme)?;
         }
         if resumable {
-            let dir = staging.path().join("trainer");
+            let dir = RlRunLayout::trainer_dir(staging.path());
             let mut named = self.opt.state();
             if !self.exact_on_disk {
                 for (prefix, m) in [("policy", &self.policy), ("ema", &self.ema)] {
@@ -755,12 +500,125 @@ impl Trainer {
                 }
             }
             write_f32_tensors(&dir, &named)?;
-            let state = json!({"step": self.step, "config": self.cfg.to_json()});
-            let text = serde_json::to_string_pretty(&state).unwrap_or_default() + "\n";
-            write_file_atomic(&dir.join(STATE_FILE), text.as_bytes())?;
+            let state = TrainerState {
+                step: self.step,
+                config: self.cfg.clone(),
+            };
+            write_json(&dir.join(TRAINER_STATE), &state)?;
         }
         staging.commit()
     }
+}
+
+fn train_kind(cfg: &RlConfig) -> Kind {
+    match cfg.dtype {
+        TrainDtype::F32 => Kind::Float,
+        TrainDtype::Bf16 => Kind::BFloat16,
+    }
+}
+
+/// The frozen init, and the policy and EMA starting from it.
+fn fresh_models(
+    cfg: &RlConfig,
+    ck: &Checkpoint,
+    config: super::LlamaConfig,
+    device: Device,
+) -> Result<Models> {
+    let mut init = LlamaModel::from_checkpoint(ck, config.clone(), device, Kind::Float)?;
+    init.vs.freeze();
+    let policy = LlamaModel::from_checkpoint(ck, config.clone(), device, train_kind(cfg))?;
+    let mut ema = LlamaModel::from_checkpoint(ck, config, device, Kind::Float)?;
+    ema.vs.freeze();
+    let opt = Adam::new(&policy, adam_config(cfg));
+    Ok(Models {
+        policy,
+        ema,
+        init,
+        opt,
+        step: 0,
+    })
+}
+
+/// The frozen init, and the policy, EMA and optimizer of checkpoint `dir`. When the saved
+/// folders are not exact (bf16 training, or a non-f32 init whose dtypes the folders keep), the
+/// exact f32 weights come from the trainer state.
+fn restore_models(
+    cfg: &RlConfig,
+    ck: &Checkpoint,
+    config: super::LlamaConfig,
+    dir: &Path,
+    exact_on_disk: bool,
+    device: Device,
+) -> Result<Models> {
+    let mut init = LlamaModel::from_checkpoint(ck, config, device, Kind::Float)?;
+    init.vs.freeze();
+    let policy = LlamaModel::load_with_kind(dir.join("policy"), device, train_kind(cfg))?;
+    let mut ema = LlamaModel::load_with_kind(dir.join("ema"), device, Kind::Float)?;
+    let state_dir = RlRunLayout::trainer_dir(dir);
+    let step = read_json::<TrainerState>(&state_dir.join(TRAINER_STATE))?.step;
+    let state = Checkpoint::open(&state_dir)?;
+    let mut get = |name: &str, shape: &[i64]| -> Result<Tensor> {
+        let t = read_tensor(&state, name, Kind::Float, device)?;
+        if t.size() != shape {
+            return Err(Error::tensor(
+                &state_dir,
+                name,
+                format!("shape {:?}, the model has {shape:?}", t.size()),
+            ));
+        }
+        Ok(t)
+    };
+    if !exact_on_disk {
+        for (prefix, m) in [("policy", &policy), ("ema", &ema)] {
+            tch::no_grad(|| -> Result<()> {
+                for (name, mut var) in m.vs.variables() {
+                    let t = get(&format!("{prefix}.{name}"), &var.size())?;
+                    var.copy_(&t.to_kind(var.kind()));
+                }
+                Ok(())
+            })?;
+        }
+    }
+    let mut opt = Adam::new(&policy, adam_config(cfg));
+    opt.load_state(step, &mut get)?;
+    ema.vs.freeze();
+    Ok(Models {
+        policy,
+        ema,
+        init,
+        opt,
+        step,
+    })
+}
+
+/// The prompt set of the run and its token ids; a prompt too long for the model is an error
+/// naming its line.
+fn read_training_prompts(
+    cfg: &RlConfig,
+    tok: &Tokenizer,
+    policy: &LlamaModel,
+) -> Result<(Vec<super::data::PromptRecord>, Vec<Vec<i64>>)> {
+    let path = crate::builtin::resolve_path(&cfg.prompts)?;
+    let records = read_prompts(&path)?;
+    let mut prompt_ids = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let ids = tok.encode(&r.prompt)?;
+        if ids.len() + cfg.max_new_tokens > policy.config.max_position_embeddings {
+            return Err(Error::format(
+                &cfg.prompts,
+                format!(
+                    "line {}: prompt of {} tokens + max_new_tokens {} exceeds the model's \
+                     max_position_embeddings {}",
+                    i + 1,
+                    ids.len(),
+                    cfg.max_new_tokens,
+                    policy.config.max_position_embeddings
+                ),
+            ));
+        }
+        prompt_ids.push(ids);
+    }
+    Ok((records, prompt_ids))
 }
 
 /// Policy-gradient weights of samples grouped by prompt (`n` consecutive samples each):
@@ -787,15 +645,19 @@ fn adam_config(c: &RlConfig) -> AdamConfig {
 
 fn check_rewards(rewards: &[f64], expected: usize, name: &str) -> Result<()> {
     if rewards.len() != expected {
-        return Err(Error::Usage(format!(
-            "reward {name} returned {} values for {expected} completions",
-            rewards.len()
-        )));
+        return Err(Error::reward(
+            name,
+            format!(
+                "returned {} values for {expected} completions",
+                rewards.len()
+            ),
+        ));
     }
     if let Some((i, x)) = rewards.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(Error::Usage(format!(
-            "reward {name} returned {x} for completion {i}"
-        )));
+        return Err(Error::reward(
+            name,
+            format!("returned {x} for completion {i}"),
+        ));
     }
     Ok(())
 }
@@ -823,7 +685,8 @@ fn write_f32_tensors(dir: &Path, named: &[(String, Tensor)]) -> Result<()> {
             .contiguous();
         let n = t.numel();
         let mut buf = vec![0u8; n * 4];
-        t.f_copy_data_u8(&mut buf, n).map_err(tch_err)?;
+        t.f_copy_data_u8(&mut buf, n)
+            .map_err(|e| Error::backend(format!("saving {}", dir.display()), e))?;
         w.write(&buf)?;
     }
     w.finish()?;

@@ -3,7 +3,7 @@
 //! what is done and resumes what was interrupted; and `warp-sft` reproduces the committed model.
 #![cfg(feature = "rl")]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -141,7 +141,12 @@ fn warp_run_rejects_bad_configs() {
     std::fs::write(&cfg, "iterations = 1\nrunz = 2\n").unwrap();
     fails("warp", &["run", s(&cfg)], tmp.path(), &["bad.toml", "runz"]);
     std::fs::write(&cfg, "runs = 1\n").unwrap();
-    fails("warp", &["run", s(&cfg)], tmp.path(), &["runs must be ≥ 2"]);
+    fails(
+        "warp",
+        &["run", s(&cfg)],
+        tmp.path(),
+        &["runs", "must be ≥ 2"],
+    );
     std::fs::write(&cfg, "launcher = \"slurm\"\n").unwrap();
     fails("warp", &["run", s(&cfg)], tmp.path(), &["launcher"]);
     assert!(!tmp.path().join("warp-run").exists());

@@ -2,7 +2,7 @@
 //! intervals, their coverage on simulated data with a known truth; the second built-in task
 //! (`cipher`): its reward model against transformers, its build reproducing the committed fixture.
 
-mod common;
+use crate::common;
 
 use warp::rng::SplitMix64;
 use warp::stats::{

@@ -4,7 +4,7 @@
 //!
 //! Needs `python3` (or `$WARP_PYTHON`, which scripts/test sets to its venv) with `huggingface_hub` installed; fails with a clear message if not.
 
-mod hub_server;
+use crate::hub_server;
 
 use hub_server::{write_checkpoint, HubServer, TOKEN};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! and sharded. Criteria: f32 outputs within 1e-6 relative, bf16/f16 outputs within 1 ulp of the
 //! correctly rounded reference. Plus closed-form cases and input errors.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! checkpoints load in `transformers`, and bad input fails cleanly with the run folder intact.
 #![cfg(feature = "rl")]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -99,7 +99,7 @@ fn every_parameter_receives_a_gradient() {
         steps: 1,
         batch: 16,
         n: 4,
-        device: "cpu".into(),
+        device: warp::Device::Cpu,
         ..RlConfig::default()
     };
     let mut t = Trainer::new(cfg, &out.path().join("run"), &warp::progress::Silent).unwrap();

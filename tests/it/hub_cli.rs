@@ -1,7 +1,7 @@
 //! The `warp` binary: `warp push` and `warp download` against the loopback hub, exit codes, and
 //! a push killed mid-upload whose re-run sends only what the hub does not have yet.
 
-mod hub_server;
+use crate::hub_server;
 
 use hub_server::{write_checkpoint, Fault, HubServer, TOKEN};
 use sha2::Digest;

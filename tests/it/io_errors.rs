@@ -1,7 +1,7 @@
 //! Every class of bad input gets a clear error naming the file (and tensor), a non-zero exit and
 //! nothing written at the destination. Runs the real binaries in temporary folders.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::path::Path;

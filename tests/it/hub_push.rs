@@ -1,7 +1,7 @@
 //! Push and download against the loopback hub server: full round trip, retries under injected
 //! faults, resumption, offline mode, and the error messages a user sees.
 
-mod hub_server;
+use crate::hub_server;
 
 use hub_server::{bytes, write_checkpoint, Fault, HubServer, TOKEN};
 use sha2::Digest;

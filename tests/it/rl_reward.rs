@@ -6,7 +6,7 @@
 //! results in order, every failure mode named, timeouts that kill, no pipe deadlock.
 #![cfg(feature = "rl")]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

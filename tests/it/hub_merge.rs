@@ -2,8 +2,8 @@
 //! loopback hub into the HF cache) and the output pushed with --push-to-hub, byte-identical to the
 //! same merge of local folders.
 
-mod common;
-mod hub_server;
+use crate::common;
+use crate::hub_server;
 
 use hub_server::{HubServer, TOKEN};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! (tests/ref/check_svg.py), points at the pixels of the documented mapping computed here in
 //! closed form, every series in the legend, and the binary end to end.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::path::{Path, PathBuf};
@@ -233,7 +233,7 @@ fn example_fixture_has_every_series_in_the_legend() {
             "no '{want}' in {legend:?}"
         );
     }
-    assert_eq!(v["points"].as_array().unwrap().len(), t.points.len());
+    assert_eq!(v["points"].as_array().unwrap().len(), t.rows.len());
     assert!(strings(&v, "labels").iter().any(|l| l == "SLERP it2"));
     assert!(strings(&v, "eta").len() >= 10, "η labels: {v}");
 }
@@ -321,7 +321,10 @@ fn bad_csv_errors_name_file_line_and_column() {
     // Columns in another order, CRLF line ends and blank lines are fine.
     std::fs::write(&p, "kind,kl,reward,label,iteration,run,step,eta,kl_se,reward_se,path\r\n\r\nsft,0,1.5,s,,,,,,,\r\n").unwrap();
     let t = EvalTable::from_csv(&p).unwrap();
-    assert_eq!((t.points[0].label.as_str(), t.points[0].reward), ("s", 1.5));
+    assert_eq!(
+        (t.rows[0].point.label.as_str(), t.rows[0].reward),
+        ("s", 1.5)
+    );
 }
 
 #[test]

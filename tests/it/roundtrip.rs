@@ -1,7 +1,7 @@
 //! Round trips through warp-convert on the committed fixtures, checked with the official Python
 //! `safetensors` package and the independent reader in tests/ref/st.py.
 
-mod common;
+use crate::common;
 use common::*;
 
 /// Python check: every shard opens with the official package, the index maps each tensor to the

@@ -3,7 +3,7 @@
 //! `source scripts/setup-torch.sh`), plus KV-cache, scoring, sampling and save/load checks.
 #![cfg(feature = "rl")]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,171 @@
+//! `warp rl` (alias `warp-rl`): RL fine-tuning with an EMA anchor (WARP stage 1).
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+
+use super::common::parse_threads;
+use super::Ctx;
+use crate::error::{Error, Result};
+use crate::rl::settings::{RlConfig, TrainDtype};
+
+/// RL fine-tuning with an EMA anchor (WARP stage 1); resumable.
+///
+/// RL fine-tuning of a Llama-family policy with a KL penalty towards its own exponential moving
+/// average (WARP stage 1), or towards the frozen init (--anchor init).
+///
+/// Writes OUT/run.json (settings), OUT/metrics.jsonl (one line per step), resumable checkpoints
+/// OUT/step-NNNNNN/{policy,ema,trainer}/ and OUT/final/{policy,ema}/ in HF layout. With no
+/// MODEL it trains the built-in SFT model on the built-in addition task with the verifiable
+/// reward. The paper's settings (Gemma 7B) are β 0.1, μ 0.01, temperature 0.9, Adam lr 1e-6
+/// with 100 warm-up steps, batch 128, T 9k; the defaults here suit the built-in task (see
+/// docs/RL.md). On SIGINT, SIGTERM or SIGHUP it stops at the end of the current step; the run
+/// continues from its last checkpoint with --resume.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    config: RlConfig,
+    /// Run folder (must not exist, or be empty).
+    #[arg(short, long, value_name = "DIR", required_unless_present = "resume")]
+    output: Option<PathBuf>,
+    /// Continue the run in DIR from its last complete checkpoint, with its recorded settings
+    /// (only --steps, --threads and --quiet may be given with it).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "config_file"])]
+    resume: Option<PathBuf>,
+    /// Read the settings from FILE (JSON, or TOML if it ends in .toml; the keys are the long
+    /// flags' names with `_`, e.g. max_new_tokens). Flags given as well override its values.
+    #[arg(long = "config", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Same as --dtype bf16.
+    #[arg(long, conflicts_with = "dtype")]
+    bf16: bool,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    threads: Option<usize>,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// The ids of the arguments given on the command line.
+fn given(m: &ArgMatches) -> Vec<String> {
+    m.ids()
+        .map(|id| id.as_str())
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The settings of a new run: the config file (if any), then the flags given on the command
+/// line over it.
+fn settings(a: &Args, m: &ArgMatches) -> Result<RlConfig> {
+    let mut cfg = match &a.config_file {
+        None => a.config.clone(),
+        Some(file) => {
+            let base = RlConfig::from_file(file)?;
+            let flags =
+                serde_json::to_value(&a.config).map_err(|e| Error::Internal(e.to_string()))?;
+            let mut over = serde_json::Map::new();
+            for id in given(m) {
+                if let Some(v) = flags.get(&id) {
+                    over.insert(id, v.clone());
+                }
+            }
+            base.with_overrides(&over, file)?
+        }
+    };
+    if a.bf16 {
+        cfg.dtype = TrainDtype::Bf16;
+    }
+    Ok(cfg)
+}
+
+/// With --resume the run's recorded settings hold: flags that would silently not apply are
+/// refused.
+fn check_resume_flags(m: &ArgMatches) -> Result<()> {
+    let cmd = <Args as clap::Args>::augment_args(clap::Command::new("rl"));
+    let fixed: Vec<String> = given(m)
+        .into_iter()
+        .filter(|id| !["resume", "steps", "threads", "quiet"].contains(&id.as_str()))
+        .filter_map(|id| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id.as_str())
+                .map(super::common::flag_display)
+        })
+        .collect();
+    if fixed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--resume continues with the run's recorded settings; these cannot be changed: {}",
+            fixed.join(", ")
+        )))
+    }
+}
+
+#[cfg(not(feature = "rl"))]
+pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
+    // The arguments are still checked, so a bad command line says so first.
+    if a.resume.is_some() {
+        check_resume_flags(ctx.matches)?;
+    } else {
+        settings(a, ctx.matches)?.check()?;
+    }
+    Err(super::common::needs_rl("warp rl"))
+}
+
+#[cfg(feature = "rl")]
+pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
+    use crate::progress::Reporter;
+    use crate::rl::trainer::Trainer;
+    let progress = super::Progress::new(a.quiet);
+    let (mut trainer, dir) = match &a.resume {
+        Some(dir) => {
+            check_resume_flags(ctx.matches)?;
+            let steps_given = ctx.matches.value_source("steps") == Some(ValueSource::CommandLine);
+            if let Some(t) = a.threads {
+                tch::set_num_threads(t as i32);
+            }
+            let steps = steps_given.then_some(a.config.steps);
+            (Trainer::resume(dir, steps, &progress)?, dir.clone())
+        }
+        None => {
+            let cfg = settings(a, ctx.matches)?;
+            cfg.check()?;
+            let Some(out) = a.output.clone() else {
+                return Err(Error::Usage("give the run folder: -o DIR".into()));
+            };
+            if out.exists() && std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_some()) {
+                return Err(Error::Usage(format!(
+                    "-o {}: exists and is not empty (continue the run in it with --resume {0})",
+                    out.display()
+                )));
+            }
+            if let Some(t) = a.threads {
+                tch::set_num_threads(t as i32);
+            }
+            (Trainer::new(cfg, &out, &progress)?, out)
+        }
+    };
+    match trainer.run(&progress) {
+        Ok(fin) => super::common::out_line(&fin.display().to_string()),
+        Err(Error::Interrupted) => {
+            progress.finish();
+            // Printed even with --quiet: it is part of the error.
+            eprintln!(
+                "{}: stopped after step {}; continue from the last checkpoint with: {} --resume {}",
+                ctx.prog,
+                trainer.step,
+                if ctx.prog == "warp" {
+                    "warp rl"
+                } else {
+                    ctx.prog
+                },
+                dir.display()
+            );
+            Err(Error::Interrupted)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,302 @@
+//! `warp run`: the iterated WARP pipeline as a plan of self-contained commands.
+//!
+//! For each iteration i: M `warp rl` runs from the same init (each its own seed and EMA anchor),
+//! `warp slerp` of their policies with fused LITI over the η grid, `warp lerp` of the same
+//! policies (the baseline), and the LITI point at `eta` becomes the next iteration's init.
+//! Then `warp eval` measures every checkpoint of the run folder and `warp plot` draws the front.
+//!
+//! Every step is a command line of this very executable recorded in `OUT/plan.json` (an RL step
+//! reads its settings from a config file, `OUT/configs/STEP.json`), so a scheduler can run the M
+//! runs of an iteration on M GPUs or nodes; the [`Launcher`] seam runs them here (`local`). A
+//! step whose output exists is skipped, and an RL run that was interrupted is resumed
+//! (`warp rl --resume`), so re-running `warp run` continues where it stopped. Where everything
+//! goes is [`RunLayout`].
+
+pub mod eval_table;
+pub mod launcher;
+pub mod layout;
+mod plan;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::Device;
+use crate::error::{Error, IoContext, Result};
+use crate::merge::eta_name;
+use crate::progress::Reporter;
+
+pub use eval_table::{EvalRow, EvalTable, Point, PointKind};
+pub use launcher::{Launcher, Local};
+pub use layout::{RlRunLayout, RunLayout};
+pub use plan::{plan, Plan, Step};
+
+/// The settings of a pipeline (a TOML file; every key optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// The SFT model the first iteration starts from (folder, hub id or `builtin:…`).
+    pub model: String,
+    /// Training prompts (JSONL).
+    pub prompts: PathBuf,
+    /// Held-out prompts for the evaluation.
+    pub heldout: PathBuf,
+    pub reward: String,
+    pub output: PathBuf,
+    /// WARP iterations I.
+    pub iterations: u32,
+    /// RL runs per iteration M (≥ 2).
+    pub runs: u32,
+    /// RL steps T per run.
+    pub steps: u64,
+    pub mu: f64,
+    pub beta: f64,
+    /// LITI η of the point that becomes the next iteration's init.
+    pub eta: f64,
+    /// LITI η grid of the front.
+    pub etas: Vec<f64>,
+    /// Seed of run m of iteration i: seed + 100·(i − 1) + m.
+    pub seed: u64,
+    /// Checkpoints per RL run (trajectory points on the plot).
+    pub checkpoints: u64,
+    /// Other settings of every RL run (the keys of `warp rl --config`, e.g. `batch = 32`).
+    pub rl: serde_json::Map<String, serde_json::Value>,
+    /// Other settings of every RL run as `warp rl` flags (e.g. ["--batch", "32", "--lr", "1e-4"]).
+    pub rl_args: Vec<String>,
+    /// Also train M runs anchored to the frozen init in iteration 1 (the paper's ablation).
+    pub init_anchor_runs: bool,
+    /// Commands running at once (RL runs of an iteration).
+    pub jobs: u32,
+    /// Devices given to the RL runs in turn (`auto`, `cpu`, `cuda:N`); the evaluation uses the
+    /// first.
+    pub devices: Vec<Device>,
+    /// `local` (this machine).
+    pub launcher: String,
+    /// Evaluation: completions per held-out prompt, and how many prompts (0 = all).
+    pub eval_samples: u32,
+    pub eval_prompts: u32,
+    /// libtorch threads per command (0 = libtorch's default).
+    pub threads: u32,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            model: "builtin:arith/model".into(),
+            prompts: "builtin:arith/train.jsonl".into(),
+            heldout: "builtin:arith/heldout.jsonl".into(),
+            reward: "verify:arith".into(),
+            output: "warp-run".into(),
+            iterations: 2,
+            runs: 2,
+            steps: 100,
+            mu: 0.05,
+            beta: 0.1,
+            eta: 0.5,
+            etas: (0..=10).map(|i| i as f64 / 10.0).collect(),
+            seed: 1,
+            checkpoints: 4,
+            rl: serde_json::Map::new(),
+            rl_args: Vec::new(),
+            init_anchor_runs: true,
+            jobs: 1,
+            devices: vec![Device::Auto],
+            launcher: "local".into(),
+            eval_samples: 2,
+            eval_prompts: 500,
+            threads: 0,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads a TOML file (unknown keys are an error naming them).
+    pub fn from_toml(path: &Path) -> Result<PipelineConfig> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        toml::from_str(&text).map_err(|e| Error::format(path, e.to_string().trim_end()))
+    }
+
+    /// Checks the values that no type rules out; errors name the key.
+    pub fn check(&self) -> Result<()> {
+        let bad = |field: &str, m: String| Err(Error::setting(field, m));
+        for (field, v) in [
+            ("iterations", self.iterations as u64),
+            ("steps", self.steps),
+            ("checkpoints", self.checkpoints),
+            ("jobs", self.jobs as u64),
+        ] {
+            if v == 0 {
+                return bad(field, "must be > 0".into());
+            }
+        }
+        if self.runs < 2 {
+            return bad(
+                "runs",
+                format!(
+                    "must be ≥ 2 (SLERP merges M ≥ 2 policies), got {}",
+                    self.runs
+                ),
+            );
+        }
+        if self.etas.is_empty() || self.etas.iter().any(|e| !e.is_finite()) {
+            return bad("etas", "must be a non-empty list of numbers".into());
+        }
+        if !(self.eta > 0.0 && self.eta <= 1.0) {
+            return bad("eta", format!("must be in (0, 1], got {}", self.eta));
+        }
+        let max = crate::device::max_threads();
+        if self.threads as usize > max {
+            return bad(
+                "threads",
+                format!(
+                    "must be at most {max} (4 × the cores available), got {}",
+                    self.threads
+                ),
+            );
+        }
+        if self.devices.is_empty() {
+            return bad("devices", "must not be empty".into());
+        }
+        if self.launcher != "local" {
+            return bad(
+                "launcher",
+                format!(
+                    "unknown launcher '{}' (only 'local' for now)",
+                    self.launcher
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The η grid plus the next-init η, sorted, without duplicates.
+    pub fn eta_grid(&self) -> Vec<f64> {
+        let mut v = self.etas.clone();
+        v.push(self.eta);
+        v.push(1.0);
+        v.sort_by(f64::total_cmp);
+        v.dedup_by(|a, b| eta_name(*a) == eta_name(*b));
+        v
+    }
+
+    pub fn layout(&self) -> RunLayout {
+        RunLayout::new(&self.output)
+    }
+}
+
+/// What `plan.json` records.
+#[derive(Serialize)]
+struct PlanRecord<'a> {
+    warp_version: &'static str,
+    config: &'a PipelineConfig,
+    steps: &'a [Step],
+}
+
+/// Writes `OUT/plan.json` and the RL steps' config files (each atomically).
+pub fn write_plan(c: &PipelineConfig, p: &Plan) -> Result<()> {
+    let layout = c.layout();
+    std::fs::create_dir_all(layout.root()).at(layout.root())?;
+    for (path, cfg) in &p.rl_configs {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).at(dir)?;
+        }
+        crate::io::write_file_atomic(path, &json(cfg)?)?;
+    }
+    let record = PlanRecord {
+        warp_version: env!("CARGO_PKG_VERSION"),
+        config: c,
+        steps: &p.steps,
+    };
+    crate::io::write_file_atomic(&layout.plan_json(), &json(&record)?)
+}
+
+/// Pretty JSON text, with a final newline.
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok((text + "\n").into_bytes())
+}
+
+/// Writes the plan and runs the steps that are not complete, in waves of steps whose
+/// predecessors are complete. `exe` is the warp executable the steps run.
+pub fn execute(
+    c: &PipelineConfig,
+    exe: &Path,
+    launcher: &dyn Launcher,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Step>> {
+    c.check()?;
+    let p = plan(c, exe)?;
+    write_plan(c, &p)?;
+    let steps = p.steps;
+    let mut complete: BTreeSet<String> = steps
+        .iter()
+        .filter(|st| st.done.exists())
+        .map(|st| st.id.clone())
+        .collect();
+    for id in &complete {
+        reporter.message(&format!("skip  {id} (complete)"));
+    }
+    loop {
+        let ready: Vec<&Step> = steps
+            .iter()
+            .filter(|st| !complete.contains(&st.id))
+            .filter(|st| st.after.iter().all(|a| complete.contains(a)))
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        launcher.run(&ready, reporter)?;
+        complete.extend(ready.iter().map(|st| st.id.clone()));
+    }
+    Ok(steps)
+}
+
+/// The checkpoints of a `warp run` folder: the RL trajectories (policy and EMA at every saved
+/// step), the LITI grid of each SLERP (its η = 1 point also as `slerp`), the LERP, and the
+/// init-anchored runs.
+pub fn discover(out: &Path) -> Result<Vec<Point>> {
+    let layout = RunLayout::new(out);
+    let mut pts = Vec::new();
+    let traj = |pts: &mut Vec<Point>, run: &RlRunLayout, it: u32, m: u32, anchor_init: bool| {
+        for (step, d) in run.checkpoints()? {
+            let which: &[(&str, PointKind)] = if anchor_init {
+                &[("policy", PointKind::AnchorInit)]
+            } else {
+                &[("policy", PointKind::Policy), ("ema", PointKind::Ema)]
+            };
+            for (w, kind) in which {
+                let mut p = Point::new(*kind, d.join(w));
+                (p.iteration, p.run, p.step) = (Some(it), Some(m), Some(step));
+                pts.push(p);
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    for i in layout.iterations()? {
+        for (m, run) in layout.rl_runs(i)? {
+            traj(&mut pts, &run, i, m, false)?;
+        }
+        for (eta, path) in layout.slerp_grid(i)? {
+            let mut kinds = vec![PointKind::Liti];
+            if eta == 1.0 {
+                kinds.insert(0, PointKind::Slerp);
+            }
+            for kind in kinds {
+                let mut p = Point::new(kind, &path);
+                (p.iteration, p.eta) = (Some(i), Some(eta));
+                pts.push(p);
+            }
+        }
+        let lerp = layout.lerp(i).1;
+        if lerp.is_dir() {
+            let mut p = Point::new(PointKind::Lerp, lerp);
+            (p.iteration, p.eta) = (Some(i), Some(1.0));
+            pts.push(p);
+        }
+    }
+    for (m, run) in layout.init_anchor_runs()? {
+        traj(&mut pts, &run, 1, m, true)?;
+    }
+    Ok(pts)
+}

@@ -1,0 +1,382 @@
+//! The settings of the RL tools, each defined once: one struct is the command's flags (clap:
+//! the doc comments are the `--help` text, the `default_value`s the defaults), its config file
+//! and its record in the run folder (serde). `Default` parses an empty command line, so a
+//! default is written in one place; adding a setting is adding one field.
+//!
+//! Compiled in every build (the commands appear in `warp --help` without the `rl` feature and
+//! say that they need it); the code that uses the settings is behind the feature.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::Device;
+use crate::error::{Error, IoContext, Result};
+
+/// Policy-gradient baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Baseline {
+    /// Leave-one-out: each sample's baseline is the mean r_β of the prompt's other samples.
+    Rloo,
+    /// Plain REINFORCE (the paper's).
+    None,
+}
+
+/// What the KL penalty points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anchor {
+    /// The policy's own exponential moving average (WARP).
+    Ema,
+    /// The frozen init (the classic RLHF anchor; the paper's ablation).
+    Init,
+}
+
+/// Parameter dtype of the policy while it trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainDtype {
+    F32,
+    /// bfloat16 policy parameters (the EMA and the init stay f32).
+    Bf16,
+}
+
+/// The settings of one RL run (`warp rl`): its flags, its `--config` file and the `config` of
+/// the run folder's `run.json`.
+///
+/// Paths and model specs may name the built-in task's files: `builtin:arith/model`,
+/// `builtin:arith/train.jsonl` (see [`crate::builtin`]).
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlConfig {
+    /// Init policy: checkpoint folder or hub id org/name[@rev] (default: the built-in SFT model).
+    #[arg(value_name = "MODEL", default_value = "builtin:arith/model")]
+    pub model: String,
+    /// Prompt set, JSONL with one {"prompt": …} per line.
+    #[arg(long, value_name = "FILE", default_value = "builtin:arith/train.jsonl")]
+    pub prompts: PathBuf,
+    /// verify:arith (built-in task), model:PATH (reward model with a scalar head) or
+    /// cmd:PROGRAM (reads JSONL {prompt, completion} on stdin, prints one number per line).
+    #[arg(long, value_name = "SPEC", default_value = "verify:arith")]
+    pub reward: String,
+    /// Optimizer steps T.
+    #[arg(long, default_value_t = 100)]
+    pub steps: u64,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Completions per prompt.
+    #[arg(short, long, default_value_t = 4)]
+    pub n: usize,
+    /// KL penalty coefficient β.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// EMA update rate μ: θema ← (1−μ)θema + μθ after every step. (The paper's μ = 0.01 gives
+    /// the EMA a horizon of ~100 steps in a 9k-step run; the built-in task trains for ~100
+    /// steps, so the default scales the horizon down to ~20.)
+    #[arg(long, default_value_t = 0.05)]
+    pub mu: f64,
+    /// Sampling temperature of the RL samples (log-probabilities are those of the tempered
+    /// distribution, so the gradient is on-policy).
+    #[arg(long, default_value_t = 0.9)]
+    pub temperature: f64,
+    /// Longest completion, in tokens.
+    #[arg(long, default_value_t = 8)]
+    pub max_new_tokens: usize,
+    /// Adam learning rate (after warm-up).
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: u64,
+    /// Global gradient-norm clip (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Policy-gradient baseline.
+    #[arg(long, value_enum, default_value_t = Baseline::Rloo)]
+    pub baseline: Baseline,
+    /// Anchor of the KL penalty.
+    #[arg(long, value_enum, default_value_t = Anchor::Ema)]
+    pub anchor: Anchor,
+    /// Reward minus this times the completion length in tokens (paper App. E: 0.0005).
+    #[arg(long, default_value_t = 0.0)]
+    pub length_penalty: f64,
+    /// Seed of every random choice (prompts, samples): a run is reproducible from it.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Resumable checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 50)]
+    pub save_every: u64,
+    /// Parameter dtype of the policy while training (the EMA stays f32).
+    #[arg(long, value_enum, default_value_t = TrainDtype::F32)]
+    pub dtype: TrainDtype,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// Seconds a cmd: reward may take per call before it is killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub reward_timeout: f64,
+}
+
+impl Default for RlConfig {
+    /// The defaults of the flags.
+    fn default() -> Self {
+        defaults()
+    }
+}
+
+/// The value of a clap `Args` struct when no argument is given: its declared defaults. A field
+/// without a default is a bug caught by the unit tests below.
+pub(crate) fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true));
+    let parsed = cmd
+        .try_get_matches_from(std::iter::empty::<String>())
+        .and_then(|m| T::from_arg_matches(&m));
+    match parsed {
+        Ok(v) => v,
+        Err(e) => panic!("a setting lacks a default value: {e}"),
+    }
+}
+
+fn positive(field: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::setting(field, msg()))
+    }
+}
+
+impl RlConfig {
+    /// Checks the values that no type rules out; errors name the field.
+    pub fn check(&self) -> Result<()> {
+        for (field, v) in [
+            ("steps", self.steps),
+            ("batch", self.batch as u64),
+            ("n", self.n as u64),
+            ("max_new_tokens", self.max_new_tokens as u64),
+            ("save_every", self.save_every),
+        ] {
+            positive(field, v > 0, || "must be > 0".into())?;
+        }
+        positive("n", self.baseline != Baseline::Rloo || self.n >= 2, || {
+            format!(
+                "the rloo baseline needs at least 2 completions per prompt, got {}",
+                self.n
+            )
+        })?;
+        positive("mu", self.mu > 0.0 && self.mu <= 1.0, || {
+            format!("must be in (0, 1], got {}", self.mu)
+        })?;
+        positive(
+            "temperature",
+            self.temperature.is_finite() && self.temperature > 0.0,
+            || format!("must be > 0, got {}", self.temperature),
+        )?;
+        for (field, x) in [
+            ("beta", self.beta),
+            ("lr", self.lr),
+            ("grad_clip", self.grad_clip),
+            ("length_penalty", self.length_penalty),
+        ] {
+            positive(field, x.is_finite() && x >= 0.0, || {
+                format!("must be a finite number ≥ 0, got {x}")
+            })?;
+        }
+        positive(
+            "reward_timeout",
+            self.reward_timeout.is_finite() && self.reward_timeout > 0.0,
+            || {
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    self.reward_timeout
+                )
+            },
+        )
+    }
+
+    /// Reads a config file: JSON, or TOML when the name ends in `.toml`. Keys not given keep
+    /// their defaults; an unknown key is an error naming the file and the key.
+    pub fn from_file(path: &Path) -> Result<RlConfig> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        let parsed = if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|e| Error::format(path, e.trim_end().to_string()))
+    }
+
+    /// This config with the keys of `over` (a JSON object of settings) replaced; errors name
+    /// `origin` and the key.
+    pub fn with_overrides(
+        &self,
+        over: &serde_json::Map<String, serde_json::Value>,
+        origin: &Path,
+    ) -> Result<RlConfig> {
+        let mut v = serde_json::to_value(self).map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(obj) = v.as_object_mut() {
+            for (k, x) in over {
+                obj.insert(k.clone(), x.clone());
+            }
+        }
+        serde_json::from_value(v).map_err(|e| Error::format(origin, e.to_string()))
+    }
+
+    /// The settings as a JSON object (what `run.json` records under `config`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// The settings of `warp sft` (training the built-in model).
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftConfig {
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 2500)]
+    pub steps: u64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW, linear warm-up then decay).
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// How often the corpus shows the right answer.
+    #[arg(long, default_value_t = 0.65)]
+    pub p_correct: f64,
+    /// Hidden size of the model.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention).
+    #[arg(long, default_value_t = 2)]
+    pub kv_heads: usize,
+    /// Hidden size of the MLP.
+    #[arg(long, default_value_t = 352)]
+    pub intermediate: usize,
+    /// Sampled completions per held-out prompt when measuring.
+    #[arg(long = "samples", default_value_t = 4)]
+    pub eval_samples: usize,
+}
+
+impl Default for SftConfig {
+    /// The defaults of the flags.
+    fn default() -> Self {
+        defaults()
+    }
+}
+
+impl SftConfig {
+    /// Checks the values that no type rules out; errors name the field.
+    pub fn check(&self) -> Result<()> {
+        positive("steps", self.steps > 0, || "must be > 0".into())?;
+        positive("batch", self.batch > 0, || "must be > 0".into())?;
+        positive(
+            "p_correct",
+            self.p_correct > 0.0 && self.p_correct <= 1.0,
+            || format!("must be in (0, 1], got {}", self.p_correct),
+        )?;
+        positive("heads", self.heads > 0, || "must be > 0".into())?;
+        positive("kv_heads", self.kv_heads > 0, || "must be > 0".into())?;
+        positive("hidden", self.hidden % self.heads == 0, || {
+            format!(
+                "{} must be a multiple of the number of heads {}",
+                self.hidden, self.heads
+            )
+        })?;
+        positive(
+            "heads",
+            self.heads % self.kv_heads == 0 && (self.hidden / self.heads) % 2 == 0,
+            || "must be a multiple of kv_heads, with an even head size".into(),
+        )
+    }
+
+    /// The settings as a JSON object (recorded in `sft.json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_flags() {
+        let c = RlConfig::default();
+        assert_eq!(c.model, "builtin:arith/model");
+        assert_eq!(c.prompts, PathBuf::from("builtin:arith/train.jsonl"));
+        assert_eq!((c.steps, c.batch, c.n, c.save_every), (100, 16, 4, 50));
+        assert_eq!((c.beta, c.mu, c.temperature, c.lr), (0.1, 0.05, 0.9, 3e-4));
+        assert_eq!((c.baseline, c.anchor), (Baseline::Rloo, Anchor::Ema));
+        assert_eq!((c.dtype, c.device), (TrainDtype::F32, Device::Auto));
+        c.check().unwrap();
+        let s = SftConfig::default();
+        assert_eq!(
+            (s.steps, s.batch, s.hidden, s.eval_samples),
+            (2500, 128, 128, 4)
+        );
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn json_round_trip_and_partial_files() {
+        let c = RlConfig {
+            anchor: Anchor::Init,
+            device: Device::Cuda(1),
+            dtype: TrainDtype::Bf16,
+            ..RlConfig::default()
+        };
+        let v = c.to_json();
+        assert_eq!(v["anchor"], "init");
+        assert_eq!(v["device"], "cuda:1");
+        assert_eq!(v["dtype"], "bf16");
+        assert_eq!(v["baseline"], "rloo");
+        let back: RlConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c);
+        // Missing keys take the defaults; unknown keys are refused.
+        let part: RlConfig = serde_json::from_str(r#"{"steps": 7}"#).unwrap();
+        assert_eq!(part.steps, 7);
+        assert_eq!(part.batch, RlConfig::default().batch);
+        let e = serde_json::from_str::<RlConfig>(r#"{"stepz": 7}"#).unwrap_err();
+        assert!(e.to_string().contains("stepz"), "{e}");
+        let e = serde_json::from_str::<RlConfig>(r#"{"baseline": "ppo"}"#).unwrap_err();
+        assert!(e.to_string().contains("ppo"), "{e}");
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        let bad = |f: fn(&mut RlConfig), field: &str| {
+            let mut c = RlConfig::default();
+            f(&mut c);
+            match c.check() {
+                Err(Error::Setting { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        };
+        bad(|c| c.steps = 0, "steps");
+        bad(|c| c.n = 1, "n");
+        bad(|c| c.mu = 0.0, "mu");
+        bad(|c| c.mu = 1.5, "mu");
+        bad(|c| c.temperature = f64::NAN, "temperature");
+        bad(|c| c.beta = -1.0, "beta");
+        bad(|c| c.reward_timeout = 0.0, "reward_timeout");
+        let c = RlConfig {
+            n: 1,
+            baseline: Baseline::None,
+            ..RlConfig::default()
+        };
+        c.check().unwrap();
+    }
+}

@@ -1,0 +1,31 @@
+//! The integration tests: one crate, so the library is linked once per feature set. Each former
+//! test file is a module; adding one is one line here. Modules that need a cargo feature are
+//! compiled with it only. Run one module with a filter, e.g. `cargo test --test it -- plot::`.
+
+mod common;
+mod hub_server;
+
+pub mod cli;
+mod hub_cli;
+mod hub_merge;
+mod hub_parts;
+mod hub_push;
+mod hub_python;
+mod io_errors;
+mod merge_reference;
+mod plot;
+mod roundtrip;
+mod science;
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "rl")]
+mod pipeline;
+#[cfg(feature = "rl")]
+mod rl_cli;
+#[cfg(feature = "rl")]
+mod rl_model;
+#[cfg(feature = "rl")]
+mod rl_reward;
+#[cfg(feature = "rl")]
+mod rl_train;
