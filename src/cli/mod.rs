@@ -26,6 +26,7 @@ mod liti;
 mod plot;
 mod progress;
 mod push;
+mod report;
 mod rl;
 mod run;
 mod sft;
@@ -67,6 +68,7 @@ pub enum Command {
     Run(run::Args),
     Eval(eval::Args),
     Plot(plot::Args),
+    Report(report::Args),
     Push(push::Args),
     Download(download::Args),
     Completions(completions::Args),
@@ -158,6 +160,7 @@ fn cooperative(c: &Command) -> bool {
         c,
         Command::Inspect(_)
             | Command::Plot(_)
+            | Command::Report(_)
             | Command::Push(_)
             | Command::Download(_)
             | Command::Completions(_)
@@ -178,6 +181,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Run(a) => run::run(a, ctx),
         Command::Eval(a) => eval::run(a, ctx),
         Command::Plot(a) => plot::run(a, ctx),
+        Command::Report(a) => report::run(a, ctx),
         Command::Push(a) => push::run(a, ctx),
         Command::Download(a) => download::run(a, ctx),
         Command::Completions(a) => completions::run(a, ctx),
@@ -221,6 +225,7 @@ fn subcommand_name(c: &Command) -> &'static str {
         Command::Run(_) => "run",
         Command::Eval(_) => "eval",
         Command::Plot(_) => "plot",
+        Command::Report(_) => "report",
         Command::Push(_) => "push",
         Command::Download(_) => "download",
         Command::Completions(_) => "completions",

@@ -14,8 +14,8 @@ use crate::rl::settings::SftConfig;
 /// safetensors), train.jsonl and heldout.jsonl (the prompt sets) and sft.json (settings and
 /// measured accuracy). cipher (shift the letters of a word; four shifts earn the reward): also
 /// rm/, the reward model the task's reward is (`--reward model:OUT/rm`), and task.json instead of
-/// sft.json; of the training flags only --steps (of the policy), --rm-steps, --seed and --samples
-/// apply. The built-in models (fixtures/TASK in the source tree, builtin:TASK once installed)
+/// sft.json; of the training flags only --steps (of the policy, default 2000 for cipher),
+/// --rm-steps, --seed and --samples apply. The built-in models (fixtures/TASK in the source tree, builtin:TASK once installed)
 /// were made with the defaults and --threads 1.
 #[derive(clap::Args, Debug)]
 pub struct Args {

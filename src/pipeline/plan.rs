@@ -254,6 +254,37 @@ impl Builder<'_> {
         slerp_id
     }
 
+    /// Iteration `i`'s SLERP interpolated toward the SFT model over the η grid (`warp liti`):
+    /// the paper's output front when `i` is the last iteration, and what iterations are
+    /// compared on.
+    fn front_step(&mut self, i: u32, slerp_id: &str) {
+        let c = self.c;
+        let (id, dir) = self.layout.front(i);
+        let mut args = vec![
+            "--init".into(),
+            c.model.clone(),
+            "--merged".into(),
+            s(&self.layout.slerp_eta(i, 1.0)),
+            "-o".into(),
+            s(&dir),
+        ];
+        for e in c.eta_grid() {
+            args.extend(["--eta".into(), e.to_string()]);
+        }
+        args.push("-q".into());
+        self.plan.steps.push(Step {
+            log: self.layout.log(&id),
+            after: vec![slerp_id.to_string()],
+            argv: self.argv("liti", args),
+            resume_argv: None,
+            done: dir,
+            started: None,
+            device: None,
+            config: None,
+            id,
+        });
+    }
+
     /// `warp eval` of the whole folder after every other step, then `warp plot`.
     fn eval_steps(&mut self) {
         let c = self.c;
@@ -272,6 +303,10 @@ impl Builder<'_> {
             c.eval_samples.to_string(),
             "--max-prompts".into(),
             c.eval_prompts.to_string(),
+            "--temperature".into(),
+            c.eval_temperature
+                .unwrap_or(self.base.temperature)
+                .to_string(),
             "--device".into(),
             c.devices[0].to_string(),
             "-o".into(),
@@ -344,6 +379,9 @@ pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
     for i in 1..=c.iterations {
         let (ids, policies) = b.rl_steps(i, &init, &after);
         let slerp_id = b.merge_steps(i, &init, &policies, &ids);
+        if i > 1 {
+            b.front_step(i, &slerp_id);
+        }
         init = s(&b.layout.slerp_eta(i, c.eta));
         after = vec![slerp_id];
     }

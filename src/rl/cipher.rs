@@ -273,7 +273,7 @@ impl Default for CipherConfig {
                 intermediate: 352,
             },
             sft: Training {
-                steps: 1000,
+                steps: 2000,
                 batch: 128,
                 lr: 3e-3,
                 warmup: 50,
@@ -320,7 +320,7 @@ impl CipherConfig {
     fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Usage(m));
         let total: f64 = self.style_probs.iter().sum();
-        if self.style_probs.iter().any(|p| !(*p >= 0.0)) || (total - 1.0).abs() > 1e-9 {
+        if self.style_probs.iter().any(|p| p.is_nan() || *p < 0.0) || (total - 1.0).abs() > 1e-9 {
             return bad(format!(
                 "style probabilities must be ≥ 0 and sum to 1, got {:?}",
                 self.style_probs
@@ -346,7 +346,7 @@ impl CipherConfig {
             }
         }
         for (what, t) in [("SFT", &self.sft), ("reward model", &self.rm_training)] {
-            if t.steps == 0 || t.batch == 0 || !(t.lr > 0.0) {
+            if t.steps == 0 || t.batch == 0 || t.lr.is_nan() || t.lr <= 0.0 {
                 return bad(format!("{what} training: steps, batch and lr must be > 0"));
             }
         }

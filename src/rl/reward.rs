@@ -69,9 +69,13 @@ pub fn from_spec_opts(spec: &str, opts: &RewardOptions) -> Result<Box<dyn Reward
             "reward",
             format!("unknown verifier '{other}' in '{spec}' (known: verify:arith)"),
         )),
-        Some(("model", path)) if !path.is_empty() => Ok(Box::new(
-            super::reward_model::RewardModel::load(path, opts.device, opts.batch_size)?,
-        )),
+        Some(("model", path)) if !path.is_empty() => {
+            Ok(Box::new(super::reward_model::RewardModel::load(
+                crate::builtin::resolve_path(std::path::Path::new(path))?,
+                opts.device,
+                opts.batch_size,
+            )?))
+        }
         Some(("cmd", program)) if !program.trim().is_empty() => Ok(Box::new(
             super::reward_cmd::CmdReward::new(program, opts.timeout)?,
         )),

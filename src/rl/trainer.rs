@@ -385,7 +385,8 @@ impl Trainer {
         let std = (rv.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / rv.len() as f64).sqrt();
         let samples_per_s = rv.len() as f64 / started.elapsed().as_secs_f64();
         let ema = if probe_ema {
-            Some(self.probe_ema(&pairs, &gen_opts)?)
+            let prompt_texts: Vec<&str> = texts.iter().map(|(p, _)| p.as_str()).collect();
+            Some(self.probe_ema(&prompt_texts, &pairs, &gen_opts)?)
         } else {
             None
         };
@@ -418,18 +419,22 @@ impl Trainer {
         });
     }
 
-    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts.
+    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts: the prompts
+    /// as training scores them (`prompt_texts`, the prompt file's text, not a decoding of its
+    /// tokens, which drops special tokens and may normalise), so that `ema_reward_mean` and
+    /// `reward_mean` are the same measurement of two models.
     fn probe_ema(
         &mut self,
+        prompt_texts: &[&str],
         pairs: &[(Vec<i64>, Vec<i64>)],
         o: &GenerateOptions,
     ) -> Result<(f64, f64)> {
         let prompts: Vec<Vec<i64>> = pairs.iter().map(|(p, _)| p.clone()).collect();
         let g = generate(&self.ema, &prompts, o)?;
-        let texts: Vec<(String, String)> = prompts
+        let texts: Vec<(String, String)> = prompt_texts
             .iter()
             .zip(&g.completions)
-            .map(|(p, comp)| Ok((self.tok.decode(p)?, self.tok.decode(comp)?)))
+            .map(|(p, comp)| Ok((p.to_string(), self.tok.decode(comp)?)))
             .collect::<Result<_>>()?;
         let rewards = self.reward.score(&texts)?;
         check_rewards(&rewards, texts.len(), self.reward.name())?;

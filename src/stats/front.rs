@@ -94,7 +94,7 @@ pub fn gap(a: &Envelope, b: &Envelope) -> Option<Gap> {
     let (a0, a1) = a.range()?;
     let (b0, b1) = b.range()?;
     let (lo, hi) = (a0.max(b0), a1.min(b1));
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return None;
     }
     // The difference is linear between consecutive knots of either envelope, so the trapezoid

@@ -94,8 +94,11 @@ impl Resampler {
 /// KL range).
 pub struct SeedInput<'a> {
     pub points: Vec<&'a PromptMeans>,
-    pub stat: Box<dyn Fn(&[Point]) -> Option<f64> + 'a>,
+    pub stat: Box<StatFn<'a>>,
 }
+
+/// A statistic of some checkpoints' (mean KL, mean reward); `None` where undefined.
+pub type StatFn<'a> = dyn Fn(&[Point]) -> Option<f64> + 'a;
 
 /// A statistic with its interval.
 #[derive(Clone, Debug, PartialEq)]

@@ -31,6 +31,19 @@ use serde::{Deserialize, Serialize};
 use super::PromptMeans;
 use crate::error::{Error, IoContext, Result};
 
+/// The per-sample file and the settings file that go with an evaluation CSV: `X.csv` →
+/// (`X-samples.csv`, `X.json`).
+pub fn sidecars(eval_csv: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let stem = eval_csv
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (
+        eval_csv.with_file_name(format!("{stem}-samples.csv")),
+        eval_csv.with_file_name(format!("{stem}.json")),
+    )
+}
+
 /// The header of `eval-samples.csv`.
 pub const HEADER: &str = "point,prompt,sample,reward,kl,len,completion";
 
@@ -156,9 +169,12 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// A CSV record and the line it starts on.
+type Record = (usize, Vec<String>);
+
 /// Splits CSV text into records (RFC 4180: quoted fields may hold commas, doubled quotes and line
-/// breaks), each with the line it starts on.
-fn records(text: &str) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+/// breaks); an error is the line of the record and what is wrong.
+fn records(text: &str) -> std::result::Result<Vec<Record>, (usize, String)> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
     let mut line = 1;

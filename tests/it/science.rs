@@ -9,10 +9,11 @@ use warp::stats::{
     self, BootstrapOptions, Envelope, Estimate, Point, PromptMeans, SampleTable, SeedInput,
 };
 
-/// A seed's evaluation: 5 points × `prompts` × `samples`; point 0 is an SFT-like point (KL 0),
-/// the others have their own mean KL and reward, a prompt effect shared by all points and seeds
-/// (prompt difficulty) and sample noise.
-fn fake_eval(prompts: usize, samples: usize, seed: u64, difficulty: &[f64]) -> SampleTable {
+/// A seed's evaluation: 5 points × one prompt per entry of `difficulty` × `samples`; point 0 is
+/// an SFT-like point (KL 0), the others have their own mean KL and reward, a prompt effect shared
+/// by all points and seeds (`difficulty`) and sample noise.
+fn fake_eval(samples: usize, seed: u64, difficulty: &[f64]) -> SampleTable {
+    let prompts = difficulty.len();
     let means = [
         (0.0, 0.50),
         (0.10, 0.60),
@@ -25,10 +26,10 @@ fn fake_eval(prompts: usize, samples: usize, seed: u64, difficulty: &[f64]) -> S
     // A seed effect: each seed's checkpoints sit a little differently.
     let shift: Vec<f64> = (0..means.len()).map(|_| 0.02 * g.normal()).collect();
     for (pt, &(kl, rw)) in means.iter().enumerate() {
-        for p in 0..prompts {
+        for (p, d) in difficulty.iter().enumerate() {
             for s in 0..samples {
                 let i = t.index(pt, p, s);
-                t.reward[i] = rw + shift[pt] + difficulty[p] + 0.3 * g.normal();
+                t.reward[i] = rw + shift[pt] + d + 0.3 * g.normal();
                 t.kl[i] = if pt == 0 {
                     0.0
                 } else {
@@ -76,7 +77,7 @@ fn statistics_match_the_numpy_reference() {
     let mut paths = Vec::new();
     let mut means = Vec::new();
     for seed in 0..k {
-        let t = fake_eval(prompts, samples, seed, &difficulty);
+        let t = fake_eval(samples, seed, &difficulty);
         let path = dir.path().join(format!("eval-samples-{seed}.csv"));
         t.write_csv(&path).unwrap();
         // What the statistics read is what the file holds (6 significant digits).
@@ -489,4 +490,152 @@ fn cipher_fixture_reproduces() {
     assert_eq!(short["settings"]["sft"]["steps"], 15);
     assert_eq!(short["settings"]["rm_training"]["steps"], 15);
     assert_eq!(short["settings"]["policy"], task["settings"]["policy"]);
+}
+
+/// `ema_reward_mean` scores the EMA's samples on the prompts as training does (the prompt file's
+/// text): a prompt with a character outside the vocabulary (encoded as `<unk>`, a special token
+/// that decoding drops) gets the same treatment in both.
+#[cfg(feature = "rl")]
+#[test]
+fn ema_probe_scores_the_training_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"x37+58=\"}\n{\"prompt\": \"x1+2=\"}\n",
+    )
+    .unwrap();
+    // 1 when the prompt the scorer sees still starts with "x", else 0.
+    let script = tmp.path().join("scorer.sh");
+    std::fs::write(
+        &script,
+        "while read -r line; do case \"$line\" in *'\"prompt\": \"x'*|*'\"prompt\":\"x'*) \
+         echo 1;; *) echo 0;; esac; done\n",
+    )
+    .unwrap();
+    let reward = format!("cmd:sh {}", script.display());
+    let out = tmp.path().join("run");
+    let model = common::repo_root().join("fixtures/arith/model");
+    let args = [
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--reward",
+        &reward,
+        "--steps",
+        "2",
+        "--save-every",
+        "1",
+        "--batch",
+        "2",
+        "-n",
+        "2",
+        "--threads",
+        "1",
+        "-q",
+    ];
+    common::ok("warp-rl", &args, tmp.path());
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for m in lines {
+        assert_eq!(m["reward_mean"], 1.0, "{m}");
+        assert_eq!(m["ema_reward_mean"], 1.0, "{m}");
+    }
+}
+
+/// `warp report` on two seeds of a tiny cipher pipeline: one experiment with two seeds, every
+/// claim's table, per-seed values that are the run folders' own numbers, and `--update`.
+#[cfg(feature = "rl")]
+#[test]
+fn report_reads_two_seeds_of_a_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "task = \"cipher\"\niterations = 2\nruns = 2\nsteps = 3\ncheckpoints = 1\n\
+         etas = [0.0, 0.5, 1.0]\nrl_args = [\"--batch\", \"4\", \"-n\", \"2\"]\n\
+         eval_prompts = 12\neval_samples = 2\nthreads = 1\n",
+    )
+    .unwrap();
+    let dirs: Vec<std::path::PathBuf> = ["1", "2"]
+        .iter()
+        .map(|seed| {
+            let out = tmp.path().join(format!("s{seed}"));
+            let args = ["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()];
+            let mut args: Vec<&str> = args.to_vec();
+            args.extend(["--seed", seed, "-q"]);
+            common::ok("warp", &args, tmp.path());
+            out
+        })
+        .collect();
+    let d: Vec<&str> = dirs.iter().map(|p| p.to_str().unwrap()).collect();
+    let md = common::ok(
+        "warp",
+        &["report", d[0], d[1], "--replicates", "200"],
+        tmp.path(),
+    );
+    for section in ["### 1.", "### 2, 3.", "### 4.", "### 5.", "### 6."] {
+        assert!(md.contains(section), "{section} missing:\n{md}");
+    }
+    assert!(md.contains("| cipher, small, "), "{md}");
+    assert!(md.contains("s1 (1), s2 (2)"), "{md}");
+    // Claim 2b of iteration 1, per seed: SLERP's reward minus LERP's in each eval.csv.
+    let line = md
+        .lines()
+        .find(|l| l.contains("2b. iteration 1"))
+        .unwrap_or_else(|| panic!("{md}"));
+    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    let per_seed: Vec<f64> = cells[5].split(", ").map(|v| v.parse().unwrap()).collect();
+    for (dir, got) in dirs.iter().zip(&per_seed) {
+        let t = warp::pipeline::EvalTable::from_csv(&dir.join("eval.csv")).unwrap();
+        let reward = |kind: warp::pipeline::PointKind| {
+            t.rows
+                .iter()
+                .find(|r| r.point.kind == kind && r.point.iteration == Some(1))
+                .unwrap()
+                .reward
+        };
+        use warp::pipeline::PointKind::{Lerp, Slerp};
+        let want = reward(Slerp) - reward(Lerp);
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}: {line}");
+    }
+    // The estimate of two seeds is their mean.
+    let est: f64 = cells[3].split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        (est - (per_seed[0] + per_seed[1]) / 2.0).abs() < 2e-4,
+        "{line}"
+    );
+    // --update replaces the generated section of a document, nothing else.
+    let doc = tmp.path().join("RESULTS.md");
+    std::fs::write(
+        &doc,
+        format!(
+            "# R\n{}\nSTALE\n{}\nafter\n",
+            warp::report::BEGIN,
+            warp::report::END
+        ),
+    )
+    .unwrap();
+    common::ok(
+        "warp",
+        &[
+            "report",
+            d[0],
+            d[1],
+            "--replicates",
+            "200",
+            "--update",
+            doc.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let text = std::fs::read_to_string(&doc).unwrap();
+    assert!(text.starts_with("# R\n") && text.ends_with("after\n") && !text.contains("STALE"));
+    assert!(text.contains("### 6."), "{text}");
 }
