@@ -5,12 +5,15 @@
 #   bench/bench.sh convert 4GB     warp-convert bf16→f32→bf16 vs cat + dd of the same bytes
 #   bench/bench.sh slerp 2GB       warp-slerp M=3, three η, vs cat of the 4 inputs + dd of 3 outputs
 #   bench/bench.sh push 2GB        peak memory of `warp push` to the loopback hub (16 MiB parts)
+#   bench/bench.sh budget 556MB    peak memory of warp-slerp (3 inputs) at --memory-budget 1B, 64KB,
+#                                  1MB, 8MB, 64MB and the default, with the --dry-run estimate;
+#                                  BASELINE_BIN=path/to/an/older/warp-slerp measures it too
 #
 # Each measurement runs REPS times (default 3) interleaved with its baseline; medians are printed
 # as a Markdown table. Page cache is warm for every run alike (inputs are read once beforehand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what="${1:?usage: bench/bench.sh convert|slerp SIZE}"
+what="${1:?usage: bench/bench.sh convert|slerp|push|budget SIZE}"
 size="${2:-2GB}"
 reps="${REPS:-3}"
 W="${BENCH_DIR:-target/bench}/$what-$size"
@@ -82,6 +85,34 @@ push)
   done
   echo "checkpoint: $(numfmt --to=iec "$(bytes_of "$W"/ck/*.safetensors)") in $(ls "$W"/ck/*.safetensors | wc -l) shards" >> "$res"
   ;;
+budget)
+  $T/warp-fixture --size "$size" --dtype bf16 -o "$W/base" -q >/dev/null
+  for k in 1 2; do
+    $T/warp-fixture --size "$size" --dtype bf16 --base-seed 0 --seed "$k" -o "$W/p$k" -q >/dev/null
+  done
+  cat "$W"/base/*.safetensors "$W"/p1/*.safetensors "$W"/p2/*.safetensors > /dev/null
+  budgets=(1B 64KB 1MB 8MB 64MB default)
+  for b in "${budgets[@]}"; do
+    flag=(); [ "$b" = default ] || flag=(--memory-budget "$b")
+    est=$($T/warp-slerp "$W/p1" "$W/p2" --init "$W/base" -o "$W/out" "${flag[@]}" --dry-run --json |
+      python3 -c 'import json,sys; p=json.load(sys.stdin); print(p["process_bytes"], p["budget"], p["chunk_elems"])')
+    echo "estimate-$b $est" >> "$res"
+  done
+  for r in $(seq "$reps"); do
+    for b in "${budgets[@]}"; do
+      rm -rf "$W/out"
+      flag=(); [ "$b" = default ] || flag=(--memory-budget "$b")
+      measure "warp-slerp-budget-$b" $T/warp-slerp "$W/p1" "$W/p2" --init "$W/base" -o "$W/out" \
+        "${flag[@]}" -q
+      if [ -n "${BASELINE_BIN:-}" ]; then
+        rm -rf "$W/out"
+        measure "warp-baseline-budget-$b" "$BASELINE_BIN" "$W/p1" "$W/p2" --init "$W/base" \
+          -o "$W/out" "${flag[@]}" -q
+      fi
+    done
+  done
+  echo "inputs: 3 x $(numfmt --to=iec "$(bytes_of "$W"/base/*.safetensors)") bf16, output: 1" >> "$res"
+  ;;
 *) echo "unknown benchmark $what" >&2; exit 2 ;;
 esac
 
@@ -89,10 +120,13 @@ python3 - "$res" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 notes = []
+estimates = {}
 for line in open(sys.argv[1]):
     p = line.split()
     if len(p) == 3 and p[0].startswith(("floor", "warp")):
         rows[p[0]].append((float(p[1]), int(p[2])))
+    elif len(p) == 4 and p[0].startswith("estimate-"):
+        estimates[p[0][len("estimate-"):]] = [int(x) for x in p[1:]]
     else:
         notes.append(line.strip())
 med = {k: (statistics.median(t for t, _ in v), max(m for _, m in v)) for k, v in rows.items()}
@@ -107,5 +141,18 @@ def ratio(tool, *floor):
 ratio("warp-convert-bf16-to-f32", "floor-read-bf16", "floor-write-f32")
 ratio("warp-convert-f32-to-bf16", "floor-read-f32", "floor-write-bf16")
 ratio("warp-slerp-m3-3eta", "floor-read-inputs", "floor-write-outputs")
+if estimates:
+    base = any(k.startswith("warp-baseline-") for k in med)
+    print("\n| --memory-budget | budget in force | chunk (elements) | --dry-run estimate (MiB) "
+          "| peak RSS, max of runs (MiB) | median wall (s) |"
+          + (" baseline peak RSS (MiB) | baseline median wall (s) |" if base else "")
+          + "\n|---|---|---|---|---|---|" + ("---|---|" if base else ""))
+    for b, (est, budget, chunk) in estimates.items():
+        t, m = med.get(f"warp-slerp-budget-{b}", (float("nan"), 0))
+        row = f"| {b} | {budget/2**20:.2f} MiB | {chunk} | {est/2**20:.1f} | {m/1024:.1f} | {t:.2f} |"
+        if base:
+            bt, bm = med.get(f"warp-baseline-budget-{b}", (float("nan"), 0))
+            row += f" {bm/1024:.1f} | {bt:.2f} |"
+        print(row)
 for n in notes: print(n)
 PY

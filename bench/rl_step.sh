@@ -20,13 +20,13 @@
 # machine used while it ran (how contended the run was); raw JSON lines are kept in the bench
 # folder.
 #
-# TRL comes from bench/requirements-trl.txt, installed once into its own venv
+# TRL comes from scripts/requirements-trl.txt through scripts/setup-trl.sh: one cached venv
 #   ${WARP_CACHE:-$HOME/.cache/warp}/trl-<key>/
 # that sees the project's torch venv through a .pth file (torch is not downloaded again) and pins
-# every package of that venv as a constraint.
+# every package of that venv as a constraint; the TRL backend of the RL stage uses the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup-torch.sh
+source scripts/setup-trl.sh
 rounds="${ROUNDS:-5}"
 steps="${STEPS:-30}"
 skip="${SKIP:-2}"
@@ -38,22 +38,7 @@ tpy="$WARP_TORCH_PYTHON"
 [ -f "$prompts" ] || { echo "rl_step: no prompts at $prompts (set PROMPTS)" >&2; exit 1; }
 cargo build --release --quiet --features rl --bin warp-rl
 
-# The TRL venv, keyed by the requirements and the torch venv it builds on.
-site="$("$tpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-key="$( (cat bench/requirements-trl.txt; echo "$site") | sha256sum | cut -c1-12)"
-venv="${WARP_CACHE:-$HOME/.cache/warp}/trl-$key"
-if [ ! -f "$venv/.complete" ]; then
-  echo "rl_step: installing bench/requirements-trl.txt into $venv (once)" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  vsite="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  echo "$site" > "$vsite/_warp_torch_venv.pth"
-  "$VIRTUAL_ENV/bin/pip" freeze --disable-pip-version-check > "$venv/constraints.txt"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    -r bench/requirements-trl.txt -c "$venv/constraints.txt"
-  touch "$venv/.complete"
-fi
-py="$venv/bin/python"
+py="$WARP_TRL_PYTHON"
 
 W="${BENCH_DIR:-$target/bench}/rl_step"
 mkdir -p "$W"

@@ -13,8 +13,8 @@ Prints one JSON line: the median samples/s over the steps after the first `--ski
 time is the wall time between two consecutive `on_step_end` callbacks (so it holds all the
 trainer loop's per-step work), plus the per-step figures and versions.
 
-Runs in the benchmark venv that bench/rl_step.sh makes (TRL from bench/requirements-trl.txt on top
-of the project's torch venv).
+Runs in the venv of scripts/setup-trl.sh (TRL from scripts/requirements-trl.txt on top of the
+project's torch venv), which bench/rl_step.sh sources.
 """
 
 import argparse

@@ -5,6 +5,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
+/// Child processes to pass a forced stop on to (see [`track_child`]).
+static CHILDREN: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// The first signal that requested cancellation (0: none).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -40,5 +43,41 @@ pub fn check() -> crate::Result<()> {
         Err(crate::Error::Interrupted)
     } else {
         Ok(())
+    }
+}
+
+/// Records a running child process (in a process group of its own, so a terminal's signals do
+/// not reach it): if this process is forced to stop at once (a second signal), it first sends
+/// the child SIGTERM, so the child still stops cleanly. Up to 64 children are tracked.
+pub fn track_child(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    for slot in &CHILDREN {
+        if slot
+            .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Forgets a child; call it as soon as the child is reaped (its pid may be reused after).
+pub fn untrack_child(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    for slot in &CHILDREN {
+        let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Sends `sig` to every tracked child. Async-signal-safe (atomics and kill(2)).
+pub fn signal_children(sig: i32) {
+    for slot in &CHILDREN {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) on a child pid tracked while it is not yet reaped.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
     }
 }

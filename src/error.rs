@@ -38,9 +38,9 @@ pub enum Error {
     /// Something this build of warp was compiled without (a cargo feature).
     #[error("{what} needs the `{feature}` feature, which this build of warp lacks (rebuild: cargo build --release --features {feature})")]
     Feature { feature: String, what: String },
-    /// Hugging Face hub: download, upload, protocol.
+    /// Hugging Face hub: download, upload, protocol (typed: HTTP status, hub error code, URL).
     #[error("hub: {0}")]
-    Hub(String),
+    Hub(Box<crate::hub::HubError>),
     /// The compute backend (libtorch, CUDA) failed: `context` says what was being done (the
     /// model, the operation), `msg` what the backend said.
     #[error("{context}: {msg}")]

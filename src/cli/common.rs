@@ -183,6 +183,28 @@ fn check_parent(flag: &str, path: &Path) -> Result<()> {
     }
 }
 
+/// Opens the inputs (local paths, `builtin:…` files, hub ids), their warnings on stderr.
+fn open_inputs(
+    inputs: Vec<(String, &str)>,
+    progress: &Progress,
+) -> Result<Vec<crate::engine::Input>> {
+    let hub = crate::hub::HubOptions::from_env();
+    let mut opened = Vec::with_capacity(inputs.len());
+    for (spec, role) in inputs {
+        let local = crate::builtin::resolve_spec(&spec)?;
+        let ckpt = crate::hub::open_checkpoint(&local, &hub, progress)?;
+        for w in &ckpt.warnings {
+            progress.message(&format!("warning: {w}"));
+        }
+        opened.push(crate::engine::Input {
+            spec,
+            role: role.to_string(),
+            ckpt,
+        });
+    }
+    Ok(opened)
+}
+
 /// Opens the inputs (local paths, `builtin:…` files, hub ids), plans, and either prints the
 /// plan (--dry-run) or runs the merge. Output paths go to stdout, one per line. Every output
 /// path is checked before the first input byte is read.
@@ -193,7 +215,7 @@ pub fn run_merge(
     eng: &EngineArgs,
     report: Option<&Path>,
 ) -> Result<()> {
-    use crate::engine::{backend_for, run, Input, MergeJob, Plan};
+    use crate::engine::{backend_for, run, MergeJob, Plan};
     if !eng.dry_run {
         check_new_dir("-o", &out.output, out.force)?;
         if let Some(r) = report {
@@ -202,25 +224,12 @@ pub fn run_merge(
     }
     eng.init_threads()?;
     let progress = Progress::new(eng.quiet);
-    let mut opened = Vec::with_capacity(inputs.len());
-    for (spec, role) in inputs {
-        let local = crate::builtin::resolve_spec(&spec)?;
-        let ckpt = crate::io::open_spec(&local, &progress)?;
-        for w in &ckpt.warnings {
-            progress.message(&format!("warning: {w}"));
-        }
-        opened.push(Input {
-            spec,
-            role: role.to_string(),
-            ckpt,
-        });
-    }
+    let opened = open_inputs(inputs, &progress)?;
     let paths: Vec<&Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
     crate::io::writer::check_destination(&out.output, &paths)?;
     if let Some(r) = report {
         crate::io::writer::check_destination(r, &paths)?;
     }
-    let allow_nonfinite = eng.allow_nonfinite || method.name() == "convert";
     let job = MergeJob {
         inputs: &opened,
         method,
@@ -229,7 +238,7 @@ pub fn run_merge(
         max_shard_size: out.max_shard_size,
         force: out.force,
         budget: eng.memory_budget,
-        allow_nonfinite,
+        allow_nonfinite: eng.allow_nonfinite,
     };
     let plan = Plan::new(&job)?;
     if eng.dry_run {

@@ -27,13 +27,17 @@ pub struct Args {
     /// The SFT model: KL reference, tokenizer, and the first row.
     #[arg(long, value_name = "DIR", default_value = "builtin:arith/model")]
     sft: PathBuf,
-    /// Held-out prompts (JSONL).
+    /// Held-out prompts (JSONL: {"prompt": "…"} or {"messages": […]} lines, as for `warp rl`).
     #[arg(
         long,
         value_name = "FILE",
         default_value = "builtin:arith/heldout.jsonl"
     )]
     prompts: PathBuf,
+    /// Chat template of "messages" prompts (the SFT model's tokenizer renders them): auto, none
+    /// or a Jinja file (or the name of one of the model's named templates).
+    #[arg(long, value_name = "auto|none|FILE", default_value_t = crate::rl::chat::TemplateChoice::Auto)]
+    chat_template: crate::rl::chat::TemplateChoice,
     /// Use the first N prompts only (0: all).
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_prompts: usize,
@@ -109,10 +113,8 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
             "nothing to evaluate: give checkpoint folders or --run DIR".into(),
         ));
     }
-    let mut prompts: Vec<String> = crate::rl::data::read_prompts(&resolve_path(&a.prompts)?)?
-        .into_iter()
-        .map(|r| r.prompt)
-        .collect();
+    let prompts_path = resolve_path(&a.prompts)?;
+    let mut prompts = crate::rl::data::read_prompt_lines(&prompts_path)?;
     if a.max_prompts > 0 {
         prompts.truncate(a.max_prompts);
     }
@@ -129,16 +131,26 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     let (rows, samples) = evaluate_points(
         &points,
         &sft,
+        &prompts_path,
         &prompts,
+        &a.chat_template,
         reward.as_mut(),
         &o,
         a.device,
         &reporter,
     )?;
     let table = EvalTable { rows };
+    // Each prompt as its JSON record ({"prompt": …} or {"messages": …}), for the hash.
+    let canonical: Vec<String> = prompts
+        .iter()
+        .map(|l| {
+            let (field, v) = l.prompt.json_field();
+            serde_json::json!({ field: v }).to_string()
+        })
+        .collect();
     let settings = crate::stats::EvalSettings {
         prompts: a.prompts.display().to_string(),
-        prompts_sha256: crate::stats::EvalSettings::hash_prompts(&prompts),
+        prompts_sha256: crate::stats::EvalSettings::hash_prompts(&canonical),
         n_prompts: prompts.len(),
         samples: a.samples,
         temperature: a.temperature,

@@ -8,9 +8,9 @@ use crate::io::writer::human_bytes;
 
 /// Validate a checkpoint completely and list its tensors.
 ///
-/// Validate a checkpoint (every shard header, every offset, the index against the shards) and
-/// print one row per tensor: name, dtype, shape, bytes, shard; then totals. Exits non-zero with
-/// the reason when anything is wrong.
+/// Validate a checkpoint (every shard header, every offset, the index against the shards and its
+/// total_size, and every float value: no NaN or Inf) and print one row per tensor: name, dtype,
+/// shape, bytes, shard; then totals. Exits non-zero with the reason when anything is wrong.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Folder (model.safetensors or index + shards), .safetensors file, or hub id org/name[@rev].
@@ -23,10 +23,11 @@ pub struct Args {
 
 pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     let local = crate::builtin::resolve_spec(&a.checkpoint)?;
-    let ck = crate::io::open_spec(&local, &Progress::new(false))?;
-    for w in &ck.warnings {
-        eprintln!("warning: {w}");
-    }
+    let progress = Progress::new(false);
+    let hub = crate::hub::HubOptions::from_env();
+    let ck = crate::hub::open_checkpoint(&local, &hub, &progress)?;
+    ck.check_strict()?;
+    crate::io::verify::check_finite_values(&ck, &progress)?;
     let shard_name = |i: usize| {
         ck.shards[i]
             .path

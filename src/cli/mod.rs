@@ -20,6 +20,7 @@ mod download;
 mod ema;
 mod eval;
 mod fixture;
+mod generate;
 mod inspect;
 mod lerp;
 mod liti;
@@ -67,6 +68,7 @@ pub enum Command {
     Sft(sft::Args),
     Run(run::Args),
     Eval(eval::Args),
+    Generate(generate::Args),
     Plot(plot::Args),
     Report(report::Args),
     Push(push::Args),
@@ -122,7 +124,7 @@ fn run_main(cmd: clap::Command, args: Vec<OsString>, prog: &str) -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let Some((_, sub)) = matches.subcommand() else {
+    let Some((name, sub)) = matches.subcommand() else {
         eprintln!("{prog}: error: no command given (see --help)");
         return ExitCode::from(2);
     };
@@ -135,11 +137,7 @@ fn run_main(cmd: clap::Command, args: Vec<OsString>, prog: &str) -> ExitCode {
     let ctx = Ctx { prog, matches: sub };
     let result = dispatch(&cli.command, &ctx);
     let note = interrupt_note(&cli.command);
-    finish(
-        prog,
-        result.map_err(|e| flag_names(e, sub, &cli.command)),
-        note,
-    )
+    finish(prog, result.map_err(|e| flag_names(e, name, sub)), note)
 }
 
 /// What an interruption leaves behind, for the error line.
@@ -148,6 +146,7 @@ fn interrupt_note(c: &Command) -> &'static str {
         // It printed how to resume.
         Command::Rl(_) => "",
         Command::Run(_) => "; the running steps were stopped: run it again to continue",
+        Command::Generate(_) => "; the lines already printed are complete",
         _ => "; nothing was written at the destination",
     }
 }
@@ -180,6 +179,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Sft(a) => sft::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
         Command::Eval(a) => eval::run(a, ctx),
+        Command::Generate(a) => generate::run(a, ctx),
         Command::Plot(a) => plot::run(a, ctx),
         Command::Report(a) => report::run(a, ctx),
         Command::Push(a) => push::run(a, ctx),
@@ -190,7 +190,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
 
 /// A setting error about a field that is one of the command's flags and was given on the
 /// command line is reported with the flag's name (`--steps: must be > 0`).
-fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
+fn flag_names(e: Error, name: &str, sub: &ArgMatches) -> Error {
     let Error::Setting { field, msg } = &e else {
         return e;
     };
@@ -200,7 +200,6 @@ fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
         return e;
     }
     let cmd = Cli::command();
-    let name = subcommand_name(c);
     let flag = cmd
         .find_subcommand(name)
         .and_then(|s| s.get_arguments().find(|a| a.get_id() == field.as_str()))
@@ -208,27 +207,6 @@ fn flag_names(e: Error, sub: &ArgMatches, c: &Command) -> Error {
     match flag {
         Some(f) => Error::Usage(format!("{f}: {msg}")),
         None => e,
-    }
-}
-
-fn subcommand_name(c: &Command) -> &'static str {
-    match c {
-        Command::Slerp(_) => "slerp",
-        Command::Liti(_) => "liti",
-        Command::Lerp(_) => "lerp",
-        Command::Ema(_) => "ema",
-        Command::Convert(_) => "convert",
-        Command::Inspect(_) => "inspect",
-        Command::Fixture(_) => "fixture",
-        Command::Rl(_) => "rl",
-        Command::Sft(_) => "sft",
-        Command::Run(_) => "run",
-        Command::Eval(_) => "eval",
-        Command::Plot(_) => "plot",
-        Command::Report(_) => "report",
-        Command::Push(_) => "push",
-        Command::Download(_) => "download",
-        Command::Completions(_) => "completions",
     }
 }
 

@@ -104,8 +104,75 @@ fn check_resume_flags(m: &ArgMatches) -> Result<()> {
     }
 }
 
+/// The run folder of a new run: given, and missing or empty.
+fn new_run_folder(a: &Args) -> Result<PathBuf> {
+    let Some(out) = a.output.clone() else {
+        return Err(Error::Usage("give the run folder: -o DIR".into()));
+    };
+    if out.exists() && std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_some()) {
+        return Err(Error::Usage(format!(
+            "-o {}: exists and is not empty (continue the run in it with --resume {0})",
+            out.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// The trl backend, when the settings (or the run being resumed) ask for it: TRL trains under
+/// `accelerate launch` (no libtorch in this process, so it works in any build). `None` when the
+/// run is warp's own. The entry point prints the final folder on stdout.
+fn run_trl(a: &Args, ctx: &Ctx) -> Result<Option<()>> {
+    use crate::device::Device;
+    use crate::rl::settings::Backend;
+    use crate::rl::trl;
+    let launch = |cfg: &RlConfig| trl::Launch {
+        accelerate_config: cfg.accelerate_config.clone(),
+        cpu: cfg.device == Device::Cpu,
+        threads: a.threads,
+        quiet: a.quiet,
+        // Read by the entry point from the settings themselves.
+        trl_args: None,
+    };
+    match &a.resume {
+        Some(dir) => {
+            let run_json = dir.join("run.json");
+            // Anything unreadable is reported by warp's own resume.
+            let Some(v) = std::fs::read_to_string(&run_json)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            else {
+                return Ok(None);
+            };
+            if v.get("backend").and_then(|b| b.as_str()) != Some("trl") {
+                return Ok(None);
+            }
+            check_resume_flags(ctx.matches)?;
+            let cfg: RlConfig = serde_json::from_value(v["config"].clone())
+                .map_err(|e| Error::format(&run_json, format!("field 'config': {e}")))?;
+            let steps_given = ctx.matches.value_source("steps") == Some(ValueSource::CommandLine);
+            trl::resume(dir, steps_given.then_some(a.config.steps), &launch(&cfg))?;
+        }
+        None => {
+            let mut cfg = settings(a, ctx.matches)?;
+            if cfg.backend != Backend::Trl {
+                return Ok(None);
+            }
+            cfg.check()?;
+            let out = new_run_folder(a)?;
+            // The Python side gets real paths for the built-in task's files.
+            cfg.model = crate::builtin::resolve_spec(&cfg.model)?;
+            cfg.prompts = crate::builtin::resolve_path(&cfg.prompts)?;
+            trl::train(&cfg.to_json(), &out, &launch(&cfg))?;
+        }
+    }
+    Ok(Some(()))
+}
+
 #[cfg(not(feature = "rl"))]
 pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
+    if run_trl(a, ctx)?.is_some() {
+        return Ok(());
+    }
     // The arguments are still checked, so a bad command line says so first.
     if a.resume.is_some() {
         check_resume_flags(ctx.matches)?;
@@ -119,6 +186,9 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
 pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
     use crate::progress::Reporter;
     use crate::rl::trainer::Trainer;
+    if run_trl(a, ctx)?.is_some() {
+        return Ok(());
+    }
     let progress = super::Progress::new(a.quiet);
     let (mut trainer, dir) = match &a.resume {
         Some(dir) => {
@@ -133,15 +203,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
         None => {
             let cfg = settings(a, ctx.matches)?;
             cfg.check()?;
-            let Some(out) = a.output.clone() else {
-                return Err(Error::Usage("give the run folder: -o DIR".into()));
-            };
-            if out.exists() && std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_some()) {
-                return Err(Error::Usage(format!(
-                    "-o {}: exists and is not empty (continue the run in it with --resume {0})",
-                    out.display()
-                )));
-            }
+            let out = new_run_folder(a)?;
             if let Some(t) = a.threads {
                 tch::set_num_threads(t as i32);
             }

@@ -22,7 +22,7 @@ use crate::pipeline::{PipelineConfig, PointKind};
 /// CONFIG.toml, then the flags. Keys of CONFIG.toml (all optional): task, preset, model,
 /// prompts, heldout, reward, output, iterations, runs, steps, mu, beta, eta, etas, seed,
 /// checkpoints, rl (a table of other `warp rl` settings), rl_args, init_anchor_runs, jobs,
-/// devices, launcher, eval_samples, eval_prompts, eval_temperature (default: the RL
+/// devices, launcher, trainer (warp or trl), eval_samples, eval_prompts, eval_temperature (default: the RL
 /// temperature), threads.
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -3,9 +3,9 @@
 use super::backend::Backend;
 use crate::error::{Error, Result};
 
-pub fn open(_device: usize) -> Result<Box<dyn Backend>> {
-    Err(Error::Usage(
-        "--device cuda: this build of warp has no CUDA support (rebuild with --features cuda)"
-            .into(),
+pub fn open(device: usize) -> Result<Box<dyn Backend>> {
+    Err(Error::backend(
+        format!("cuda:{device}"),
+        "this build of warp has no CUDA support (rebuild with --features cuda)",
     ))
 }

@@ -24,11 +24,13 @@
 use std::ffi::{c_void, CString};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use cudarc::driver::{result as cu, sys};
-use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+use cudarc::driver::{
+    result as cu, sys, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 use rayon::prelude::*;
 
 use super::backend::{upper_len, Backend, NonFinite, GRAM_BLOCK};
@@ -98,8 +100,18 @@ impl<T> Context<T> for std::result::Result<T, cu::DriverError> {
     }
 }
 
+/// An error opening device `device`.
 fn usage(device: usize, msg: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("--device cuda:{device}: {msg}"))
+    Error::backend(format!("cuda:{device}"), msg)
+}
+
+/// Blocks of [`THREADS`] covering `threads` threads.
+fn grid(threads: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (threads.div_ceil(THREADS as usize) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Whether the CUDA driver library (libcuda.so) can be loaded.
@@ -436,14 +448,12 @@ pub fn decode_key(key: u64, n: usize) -> NonFinite {
 /// Driver state. Handles are used from whichever thread holds the lock, after making the
 /// context current.
 struct Inner {
-    dev: sys::CUdevice,
-    ctx: sys::CUcontext,
-    module: sys::CUmodule,
-    f_gram: sys::CUfunction,
-    f_combine: sys::CUfunction,
-    h2d: sys::CUstream,
-    compute: sys::CUstream,
-    d2h: sys::CUstream,
+    ctx: Arc<CudaContext>,
+    f_gram: CudaFunction,
+    f_combine: CudaFunction,
+    h2d: Arc<CudaStream>,
+    compute: Arc<CudaStream>,
+    d2h: Arc<CudaStream>,
     slots: Vec<Slot>,
     coeffs: DevBuf,
     sub: usize,
@@ -453,14 +463,25 @@ struct Inner {
 // that uses them (every entry point does so), and the Mutex serialises all use.
 unsafe impl Send for Inner {}
 
+/// Where one pass's arrays live in a slot's staging buffers.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Bytes per input element.
+    ies: usize,
+    /// Bytes between the inputs in the input buffers.
+    in_stride: usize,
+    /// Bytes between the K outputs in the output buffers (0 for the Gram pass).
+    out_stride: usize,
+}
+
 impl Inner {
     fn bind(&self) -> DevResult<()> {
-        // SAFETY: the retained primary context lives as long as `self`.
-        unsafe { cu::ctx::set_current(self.ctx) }.ctx("cuCtxSetCurrent")
+        self.ctx.bind_to_thread().ctx("cuCtxSetCurrent")
     }
 
     /// Runs `inputs` (all `elems` long, `in_dtype`) through the pipeline; returns the smallest
-    /// non-finite key the kernels met.
+    /// non-finite key the kernels met. Sub-chunk s is staged while s−1 is computed and copied
+    /// out (see the module docs).
     fn pipeline(
         &mut self,
         in_dtype: DType,
@@ -469,9 +490,35 @@ impl Inner {
         dest: &mut Dest,
         coeffs: (sys::CUdeviceptr, usize),
     ) -> DevResult<Option<u64>> {
-        let ies = in_dtype.size();
+        let layout = self.buffers(in_dtype, inputs.len(), elems, dest)?;
+        let mut bad = None;
         let sub = self.sub;
-        let span = sub.min(elems.next_multiple_of(GRAM_BLOCK));
+        let subs = elems.div_ceil(sub);
+        for s in 0..subs {
+            let si = s % SLOTS;
+            self.finish(si, dest, layout.out_stride, &mut bad)?;
+            let (lo, len) = (s * sub, sub.min(elems - s * sub));
+            self.stage(si, inputs, lo, len, layout);
+            // SAFETY: the slot is idle (finished above) and its buffers hold `len` elements.
+            unsafe { self.launch(si, inputs.len(), lo, len, layout, in_dtype, dest, coeffs)? };
+            self.slots[si].pending = Some((lo, len));
+        }
+        for s in subs.saturating_sub(SLOTS)..subs {
+            self.finish(s % SLOTS, dest, layout.out_stride, &mut bad)?;
+        }
+        Ok(bad)
+    }
+
+    /// Sizes every slot's buffers for sub-chunks of this pass.
+    fn buffers(
+        &mut self,
+        in_dtype: DType,
+        n: usize,
+        elems: usize,
+        dest: &Dest,
+    ) -> DevResult<Layout> {
+        let ies = in_dtype.size();
+        let span = self.sub.min(elems.next_multiple_of(GRAM_BLOCK));
         let in_stride = (span * ies).next_multiple_of(ALIGN);
         let (out_stride, out_bytes) = match dest {
             Dest::Gram { pairs, .. } => (0, span / GRAM_BLOCK * *pairs * 8),
@@ -483,161 +530,155 @@ impl Inner {
             }
         };
         for slot in &mut self.slots {
-            slot.pin_in.ensure(in_stride * inputs.len())?;
-            slot.dev_in.ensure(in_stride * inputs.len())?;
+            slot.pin_in.ensure(in_stride * n)?;
+            slot.dev_in.ensure(in_stride * n)?;
             slot.pin_out.ensure(out_bytes)?;
             slot.dev_out.ensure(out_bytes)?;
             slot.pin_flag.ensure(8)?;
             slot.dev_flag.ensure(8)?;
         }
-        let mut bad = None;
-        let subs = elems.div_ceil(sub);
-        for s in 0..subs {
-            let si = s % SLOTS;
-            self.finish(si, dest, out_stride, &mut bad)?;
-            let (lo, len) = (s * sub, sub.min(elems - s * sub));
-            let slot = &mut self.slots[si];
-            for (j, x) in inputs.iter().enumerate() {
-                // SAFETY: the slot is idle (finished above).
-                let dst = unsafe { slot.pin_in.slice_mut(j * in_stride, len * ies) };
-                par_copy(dst, &x[lo * ies..(lo + len) * ies]);
-            }
-            // SAFETY (whole block): every pointer is inside a buffer sized above for `span`
-            // elements; the slot's previous users are finished; the events order the streams.
-            unsafe {
-                for j in 0..inputs.len() {
-                    let off = j * in_stride;
-                    sys::cuMemcpyHtoDAsync_v2(
-                        slot.dev_in.ptr + off as u64,
-                        slot.pin_in.ptr.add(off) as *const c_void,
-                        len * ies,
-                        self.h2d,
-                    )
-                    .result()
-                    .ctx("cuMemcpyHtoDAsync")?;
-                }
-                cu::event::record(slot.ev_h2d, self.h2d).ctx("cuEventRecord")?;
-                cu::stream::wait_event(
-                    self.compute,
-                    slot.ev_h2d,
-                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
-                )
-                .ctx("cuStreamWaitEvent")?;
-                cu::memset_d8_async(slot.dev_flag.ptr, 0xFF, 8, self.compute)
-                    .ctx("cuMemsetD8Async")?;
-                let mut p_in = slot.dev_in.ptr;
-                let mut p_in_stride = in_stride as u64;
-                let mut p_n_in = inputs.len() as i32;
-                let mut p_in_dt = dtype_code(in_dtype);
-                let mut p_elems = len as u64;
-                let mut p_base = lo as u64;
-                let mut p_out = slot.dev_out.ptr;
-                let mut p_flag = slot.dev_flag.ptr;
-                match dest {
-                    Dest::Gram { pairs, .. } => {
-                        let threads = len.div_ceil(GRAM_BLOCK) * *pairs * 8;
-                        let mut params: [*mut c_void; 8] = [
-                            (&mut p_in as *mut u64).cast(),
-                            (&mut p_in_stride as *mut u64).cast(),
-                            (&mut p_n_in as *mut i32).cast(),
-                            (&mut p_in_dt as *mut i32).cast(),
-                            (&mut p_elems as *mut u64).cast(),
-                            (&mut p_base as *mut u64).cast(),
-                            (&mut p_out as *mut u64).cast(),
-                            (&mut p_flag as *mut u64).cast(),
-                        ];
-                        let grid = threads.div_ceil(THREADS as usize) as u32;
-                        cu::launch_kernel(
-                            self.f_gram,
-                            (grid, 1, 1),
-                            (THREADS, 1, 1),
-                            0,
-                            self.compute,
-                            &mut params,
-                        )
-                        .ctx("launching warp_gram")?;
-                    }
-                    Dest::Combine {
-                        outs,
-                        out_dtype,
-                        check_finite,
-                    } => {
-                        let mut p_coeffs = coeffs.0;
-                        let mut p_k = outs.len() as i32;
-                        let mut p_out_stride = out_stride as u64;
-                        let mut p_out_dt = dtype_code(*out_dtype);
-                        let mut p_check = *check_finite as i32;
-                        let mut params: [*mut c_void; 13] = [
-                            (&mut p_in as *mut u64).cast(),
-                            (&mut p_in_stride as *mut u64).cast(),
-                            (&mut p_n_in as *mut i32).cast(),
-                            (&mut p_in_dt as *mut i32).cast(),
-                            (&mut p_coeffs as *mut u64).cast(),
-                            (&mut p_k as *mut i32).cast(),
-                            (&mut p_out as *mut u64).cast(),
-                            (&mut p_out_stride as *mut u64).cast(),
-                            (&mut p_out_dt as *mut i32).cast(),
-                            (&mut p_elems as *mut u64).cast(),
-                            (&mut p_base as *mut u64).cast(),
-                            (&mut p_check as *mut i32).cast(),
-                            (&mut p_flag as *mut u64).cast(),
-                        ];
-                        debug_assert_eq!(coeffs.1, outs.len() * inputs.len());
-                        let grid = len.div_ceil(THREADS as usize) as u32;
-                        cu::launch_kernel(
-                            self.f_combine,
-                            (grid, 1, 1),
-                            (THREADS, 1, 1),
-                            0,
-                            self.compute,
-                            &mut params,
-                        )
-                        .ctx("launching warp_combine")?;
-                    }
-                }
-                cu::event::record(slot.ev_kernel, self.compute).ctx("cuEventRecord")?;
-                cu::stream::wait_event(
-                    self.d2h,
-                    slot.ev_kernel,
-                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
-                )
-                .ctx("cuStreamWaitEvent")?;
-                let d2h = |off: usize, bytes: usize| {
-                    sys::cuMemcpyDtoHAsync_v2(
-                        slot.pin_out.ptr.add(off) as *mut c_void,
-                        slot.dev_out.ptr + off as u64,
-                        bytes,
-                        self.d2h,
-                    )
-                    .result()
-                    .ctx("cuMemcpyDtoHAsync")
-                };
-                match dest {
-                    Dest::Gram { pairs, .. } => d2h(0, len.div_ceil(GRAM_BLOCK) * *pairs * 8)?,
-                    Dest::Combine {
-                        outs, out_dtype, ..
-                    } => {
-                        for k in 0..outs.len() {
-                            d2h(k * out_stride, len * out_dtype.size())?;
-                        }
-                    }
-                }
-                sys::cuMemcpyDtoHAsync_v2(
-                    slot.pin_flag.ptr as *mut c_void,
-                    slot.dev_flag.ptr,
-                    8,
-                    self.d2h,
-                )
-                .result()
-                .ctx("cuMemcpyDtoHAsync")?;
-                cu::event::record(slot.ev_done, self.d2h).ctx("cuEventRecord")?;
-            }
-            slot.pending = Some((lo, len));
+        Ok(Layout {
+            ies,
+            in_stride,
+            out_stride,
+        })
+    }
+
+    /// Copies elements `lo..lo+len` of every input into slot `si`'s pinned buffer (which also
+    /// faults mapped file pages in, in parallel). The slot must be idle.
+    fn stage(&mut self, si: usize, inputs: &[&[u8]], lo: usize, len: usize, l: Layout) {
+        let slot = &mut self.slots[si];
+        for (j, x) in inputs.iter().enumerate() {
+            // SAFETY: the slot is idle: no device operation uses its buffers.
+            let dst = unsafe { slot.pin_in.slice_mut(j * l.in_stride, len * l.ies) };
+            par_copy(dst, &x[lo * l.ies..(lo + len) * l.ies]);
         }
-        for s in subs.saturating_sub(SLOTS)..subs {
-            self.finish(s % SLOTS, dest, out_stride, &mut bad)?;
+    }
+
+    /// Queues slot `si`'s sub-chunk: copy in on `h2d`, the kernel on `compute`, copy out on
+    /// `d2h`, each stream waiting for the previous one's event.
+    ///
+    /// # Safety
+    /// The slot must be idle and staged for `len` elements of `n` inputs with `layout`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch(
+        &self,
+        si: usize,
+        n: usize,
+        lo: usize,
+        len: usize,
+        l: Layout,
+        in_dtype: DType,
+        dest: &Dest,
+        coeffs: (sys::CUdeviceptr, usize),
+    ) -> DevResult<()> {
+        let slot = &self.slots[si];
+        self.copy_in(slot, n, len, l)?;
+        let p_in: u64 = slot.dev_in.ptr;
+        let in_stride = l.in_stride as u64;
+        let n_in = n as i32;
+        let in_dt = dtype_code(in_dtype);
+        let elems = len as u64;
+        let base = lo as u64;
+        let p_out: u64 = slot.dev_out.ptr;
+        let p_flag: u64 = slot.dev_flag.ptr;
+        // The argument order is the kernels' parameter order (kernels.cu).
+        match dest {
+            Dest::Gram { pairs, .. } => {
+                let threads = len.div_ceil(GRAM_BLOCK) * *pairs * 8;
+                let mut b = self.compute.launch_builder(&self.f_gram);
+                b.arg(&p_in).arg(&in_stride).arg(&n_in).arg(&in_dt);
+                b.arg(&elems).arg(&base).arg(&p_out).arg(&p_flag);
+                b.launch(grid(threads)).ctx("launching warp_gram")?;
+            }
+            Dest::Combine {
+                outs,
+                out_dtype,
+                check_finite,
+            } => {
+                debug_assert_eq!(coeffs.1, outs.len() * n);
+                let p_coeffs: u64 = coeffs.0;
+                let k = outs.len() as i32;
+                let out_stride = l.out_stride as u64;
+                let out_dt = dtype_code(*out_dtype);
+                let check = *check_finite as i32;
+                let mut b = self.compute.launch_builder(&self.f_combine);
+                b.arg(&p_in).arg(&in_stride).arg(&n_in).arg(&in_dt);
+                b.arg(&p_coeffs)
+                    .arg(&k)
+                    .arg(&p_out)
+                    .arg(&out_stride)
+                    .arg(&out_dt);
+                b.arg(&elems).arg(&base).arg(&check).arg(&p_flag);
+                b.launch(grid(len)).ctx("launching warp_combine")?;
+            }
         }
-        Ok(bad)
+        cu::event::record(slot.ev_kernel, self.compute.cu_stream()).ctx("cuEventRecord")?;
+        self.copy_out(slot, len, l, dest)
+    }
+
+    /// The H2D copies of a staged slot on `h2d`; `compute` waits for them and clears the
+    /// slot's non-finite flag.
+    ///
+    /// # Safety
+    /// The slot must be staged for `len` elements of `n` inputs with `l`.
+    unsafe fn copy_in(&self, slot: &Slot, n: usize, len: usize, l: Layout) -> DevResult<()> {
+        for j in 0..n {
+            let off = j * l.in_stride;
+            sys::cuMemcpyHtoDAsync_v2(
+                slot.dev_in.ptr + off as u64,
+                slot.pin_in.ptr.add(off) as *const c_void,
+                len * l.ies,
+                self.h2d.cu_stream(),
+            )
+            .result()
+            .ctx("cuMemcpyHtoDAsync")?;
+        }
+        cu::event::record(slot.ev_h2d, self.h2d.cu_stream()).ctx("cuEventRecord")?;
+        let wait = sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
+        cu::stream::wait_event(self.compute.cu_stream(), slot.ev_h2d, wait)
+            .ctx("cuStreamWaitEvent")?;
+        cu::memset_d8_async(slot.dev_flag.ptr, 0xFF, 8, self.compute.cu_stream())
+            .ctx("cuMemsetD8Async")
+    }
+
+    /// The D2H copies of a slot's results (and its flag) on `d2h`, after its kernel.
+    ///
+    /// # Safety
+    /// The slot's kernel must be queued, its `ev_kernel` recorded after it.
+    unsafe fn copy_out(&self, slot: &Slot, len: usize, l: Layout, dest: &Dest) -> DevResult<()> {
+        let wait = sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
+        cu::stream::wait_event(self.d2h.cu_stream(), slot.ev_kernel, wait)
+            .ctx("cuStreamWaitEvent")?;
+        let d2h = |off: usize, bytes: usize| {
+            sys::cuMemcpyDtoHAsync_v2(
+                slot.pin_out.ptr.add(off) as *mut c_void,
+                slot.dev_out.ptr + off as u64,
+                bytes,
+                self.d2h.cu_stream(),
+            )
+            .result()
+            .ctx("cuMemcpyDtoHAsync")
+        };
+        match dest {
+            Dest::Gram { pairs, .. } => d2h(0, len.div_ceil(GRAM_BLOCK) * *pairs * 8)?,
+            Dest::Combine {
+                outs, out_dtype, ..
+            } => {
+                for k in 0..outs.len() {
+                    d2h(k * l.out_stride, len * out_dtype.size())?;
+                }
+            }
+        }
+        sys::cuMemcpyDtoHAsync_v2(
+            slot.pin_flag.ptr as *mut c_void,
+            slot.dev_flag.ptr,
+            8,
+            self.d2h.cu_stream(),
+        )
+        .result()
+        .ctx("cuMemcpyDtoHAsync")?;
+        cu::event::record(slot.ev_done, self.d2h.cu_stream()).ctx("cuEventRecord")
     }
 
     /// Waits for the sub-chunk in flight in slot `si` (if any) and copies its results out
@@ -655,8 +696,13 @@ impl Inner {
         };
         // SAFETY: a live event recorded after the last copy into this slot's host buffers.
         unsafe { cu::event::synchronize(slot.ev_done) }.ctx("cuEventSynchronize")?;
+        let word = |b: &[u8]| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            a
+        };
         // SAFETY (reads below): the device is done with this slot.
-        let flag = u64::from_le_bytes(unsafe { slot.pin_flag.slice(0, 8) }.try_into().unwrap());
+        let flag = u64::from_le_bytes(word(unsafe { slot.pin_flag.slice(0, 8) }));
         if flag != u64::MAX {
             *bad = Some(bad.map_or(flag, |b| b.min(flag)));
         }
@@ -666,7 +712,7 @@ impl Inner {
                 let n = len.div_ceil(GRAM_BLOCK) * *pairs;
                 let bytes = unsafe { slot.pin_out.slice(0, n * 8) };
                 for (o, b) in out[first..first + n].iter_mut().zip(bytes.chunks_exact(8)) {
-                    *o = f64::from_le_bytes(b.try_into().unwrap());
+                    *o = f64::from_le_bytes(word(b));
                 }
             }
             Dest::Combine {
@@ -684,12 +730,9 @@ impl Inner {
 
     /// Abandons whatever is in flight (after an error), as far as the device still answers.
     fn reset(&mut self) {
-        // SAFETY: plain synchronisation of our own streams.
-        unsafe {
-            let _ = self.bind();
-            for s in [self.h2d, self.compute, self.d2h] {
-                let _ = cu::stream::synchronize(s);
-            }
+        let _ = self.bind();
+        for s in [&self.h2d, &self.compute, &self.d2h] {
+            let _ = s.synchronize();
         }
         for slot in &mut self.slots {
             slot.pending = None;
@@ -786,18 +829,20 @@ impl Inner {
             .iter_mut()
             .enumerate()
             .for_each(|(i, b)| *b = i as u8);
+        let stream = self.h2d.cu_stream();
+        // SAFETY: both buffers hold `bytes`; nothing else uses them.
         let copy = |host: &HostBuf| unsafe {
-            sys::cuMemcpyHtoDAsync_v2(dev.ptr, host.ptr as *const c_void, bytes, self.h2d)
+            sys::cuMemcpyHtoDAsync_v2(dev.ptr, host.ptr as *const c_void, bytes, stream)
                 .result()
                 .ctx("cuMemcpyHtoDAsync")
         };
         copy(&host)?;
-        unsafe { cu::stream::synchronize(self.h2d) }.ctx("cuStreamSynchronize")?;
+        self.h2d.synchronize().ctx("cuStreamSynchronize")?;
         let t = Instant::now();
         for _ in 0..reps {
             copy(&host)?;
         }
-        unsafe { cu::stream::synchronize(self.h2d) }.ctx("cuStreamSynchronize")?;
+        self.h2d.synchronize().ctx("cuStreamSynchronize")?;
         let secs = t.elapsed().as_secs_f64();
         Ok((bytes * reps) as f64 / secs / 1e9)
     }
@@ -805,21 +850,14 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // SAFETY: teardown of handles created in `CudaBackend::open`, in reverse order, with the
-        // context current and the streams idle.
-        unsafe {
-            let _ = self.bind();
-            for s in [self.h2d, self.compute, self.d2h] {
-                let _ = cu::stream::synchronize(s);
-            }
-            self.slots.clear();
-            self.coeffs.free();
-            for s in [self.h2d, self.compute, self.d2h] {
-                let _ = cu::stream::destroy(s);
-            }
-            let _ = cu::module::unload(self.module);
-            let _ = cu::primary_ctx::release(self.dev);
+        // The raw buffers and events go first, with the context current and the streams idle;
+        // the streams, module and context (cudarc's) are released after, by their own drops.
+        let _ = self.bind();
+        for s in [&self.h2d, &self.compute, &self.d2h] {
+            let _ = s.synchronize();
         }
+        self.slots.clear();
+        self.coeffs.free();
     }
 }
 
@@ -838,7 +876,7 @@ impl CudaBackend {
         if !driver_present() {
             return Err(usage(
                 device,
-                "no CUDA driver found (libcuda.so): install the NVIDIA driver, or use --device cpu",
+                "no CUDA driver found (libcuda.so): install the NVIDIA driver, or compute on the CPU",
             ));
         }
         // A symbol missing from an old driver is a panic inside cudarc: make it an error.
@@ -883,48 +921,40 @@ impl CudaBackend {
             return Err(usage(
                 device,
                 "NVRTC not found (libnvrtc.so): add the CUDA toolkit's lib64 folder to \
-                 LD_LIBRARY_PATH or set CUDA_HOME, or use --device cpu",
+                 LD_LIBRARY_PATH or set CUDA_HOME, or compute on the CPU",
             ));
         };
         let image = compile_kernels(&format!("sm_{major}{minor}"))
             .map_err(|e| usage(device, format!("sm_{major}{minor}: {e}")))?;
         let sub = opts.sub_chunk_elems.max(1).next_multiple_of(GRAM_BLOCK);
         let setup = || -> DevResult<Inner> {
-            // SAFETY: `dev` comes from cuDeviceGet; every handle created here is owned by
-            // `Inner`, whose Drop releases them (a failure part-way leaks a little driver
-            // state, which the process exit reclaims).
-            unsafe {
-                let ctx = cu::primary_ctx::retain(dev).ctx("cuDevicePrimaryCtxRetain")?;
-                cu::ctx::set_current(ctx).ctx("cuCtxSetCurrent")?;
-                let module = cu::module::load_data(image.as_ptr() as *const c_void)
-                    .ctx("cuModuleLoadData")?;
-                let f_gram = cu::module::get_function(module, CString::new("warp_gram").unwrap())
-                    .ctx("cuModuleGetFunction(warp_gram)")?;
-                let f_combine =
-                    cu::module::get_function(module, CString::new("warp_combine").unwrap())
-                        .ctx("cuModuleGetFunction(warp_combine)")?;
-                let stream = || {
-                    cu::stream::create(cu::stream::StreamKind::NonBlocking).ctx("cuStreamCreate")
-                };
-                let (h2d, compute, d2h) = (stream()?, stream()?, stream()?);
-                let mut slots = Vec::with_capacity(SLOTS);
-                for _ in 0..SLOTS {
-                    slots.push(Slot::new()?);
-                }
-                Ok(Inner {
-                    dev,
-                    ctx,
-                    module,
-                    f_gram,
-                    f_combine,
-                    h2d,
-                    compute,
-                    d2h,
-                    slots,
-                    coeffs: DevBuf::new(),
-                    sub,
-                })
+            let ctx = CudaContext::new(device).ctx("cuDevicePrimaryCtxRetain")?;
+            let module = ctx
+                .load_module(Ptx::from_binary(image))
+                .ctx("cuModuleLoadData")?;
+            let f_gram = module
+                .load_function("warp_gram")
+                .ctx("cuModuleGetFunction(warp_gram)")?;
+            let f_combine = module
+                .load_function("warp_combine")
+                .ctx("cuModuleGetFunction(warp_combine)")?;
+            let stream = || ctx.new_stream().ctx("cuStreamCreate");
+            let (h2d, compute, d2h) = (stream()?, stream()?, stream()?);
+            let mut slots = Vec::with_capacity(SLOTS);
+            for _ in 0..SLOTS {
+                slots.push(Slot::new()?);
             }
+            Ok(Inner {
+                ctx,
+                f_gram,
+                f_combine,
+                h2d,
+                compute,
+                d2h,
+                slots,
+                coeffs: DevBuf::new(),
+                sub,
+            })
         };
         let inner = setup().map_err(|e| usage(device, e))?;
         Ok(CudaBackend {
@@ -974,9 +1004,9 @@ impl CudaBackend {
         let mut g = self
             .inner
             .lock()
-            .map_err(|_| Error::Usage("CUDA backend state poisoned".into()))?;
+            .map_err(|_| Error::Internal("CUDA backend state poisoned".into()))?;
         g.bench_h2d(bytes.max(1), reps.max(1))
-            .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))
+            .map_err(|e| Error::backend(&self.name, e))
     }
 
     /// Whether a device error made this backend fall back to the CPU.

@@ -2,9 +2,9 @@
 //! (`models--org--name/{blobs,snapshots,refs}`, shared with the python client) through the
 //! blocking `hf-hub` client, or find them there when offline.
 
-use super::http::encode_segment;
+use super::http::{encode_segment, judge_ureq, retry, Verdict};
 use super::repo_id::{is_commit_hash, HubId};
-use super::HubOptions;
+use super::{HubError, HubOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Reporter;
 use hf_hub::api::sync::{ApiBuilder, ApiError};
@@ -43,6 +43,16 @@ pub fn resolve_checkpoint(
     }
 }
 
+/// Opens a checkpoint named on the command line: a local folder or `.safetensors` file, or a hub
+/// id `org/name[@revision]` downloaded into (or, offline, found in) the cache `opts` names.
+pub fn open_checkpoint(
+    spec: &str,
+    opts: &HubOptions,
+    reporter: &dyn Reporter,
+) -> Result<crate::io::Checkpoint> {
+    crate::io::Checkpoint::open(resolve_checkpoint(spec, opts, reporter)?)
+}
+
 /// `models--org--name` under the cache.
 fn repo_cache(opts: &HubOptions, id: &HubId) -> PathBuf {
     opts.cache_dir
@@ -60,19 +70,21 @@ fn offline_snapshot(id: &HubId, opts: &HubOptions) -> Result<PathBuf> {
         match std::fs::read_to_string(&r) {
             Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
             _ => {
-                return Err(Error::Hub(format!(
+                return Err(HubError::not_cached(format!(
                     "{off}: {id} is not in the cache: no {} (download it once online, or unset HF_HUB_OFFLINE)",
                     r.display()
-                )))
+                ))
+                .into())
             }
         }
     };
     let snap = root.join("snapshots").join(&sha);
     if !snap.is_dir() {
-        return Err(Error::Hub(format!(
+        return Err(HubError::not_cached(format!(
             "{off}: {id}: the snapshot of commit {sha} is not in the cache ({} is missing)",
             snap.display()
-        )));
+        ))
+        .into());
     }
     let weights = if snap.join(INDEX).is_file() {
         let mut w = vec![INDEX.to_string()];
@@ -81,18 +93,20 @@ fn offline_snapshot(id: &HubId, opts: &HubOptions) -> Result<PathBuf> {
     } else if snap.join(SINGLE).is_file() {
         vec![SINGLE.to_string()]
     } else {
-        return Err(Error::Hub(format!(
+        return Err(HubError::not_cached(format!(
             "{off}: {id}: neither {INDEX} nor {SINGLE} is in the cache ({})",
             snap.display()
-        )));
+        ))
+        .into());
     };
     for f in &weights {
         let p = snap.join(f);
         if !p.is_file() {
-            return Err(Error::Hub(format!(
+            return Err(HubError::not_cached(format!(
                 "{off}: {id}: {f} is not in the cache ({} is missing)",
                 p.display()
-            )));
+            ))
+            .into());
         }
     }
     Ok(snap)
@@ -151,9 +165,10 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
     .map_err(|e| api_error(id, "list files", e))?;
     let sha = listing.sha.clone();
     if !is_commit_hash(&sha) {
-        return Err(Error::Hub(format!(
+        return Err(HubError::protocol(format!(
             "{id}: the hub answered an invalid commit '{sha}'"
-        )));
+        ))
+        .into());
     }
     let present: BTreeSet<&str> = listing
         .siblings
@@ -180,33 +195,7 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
         .map_err(|e| api_error(id, &format!("download {file}"), e))
     };
 
-    let mut files: Vec<String> = Vec::new();
-    if present.contains(INDEX) {
-        let index = fetch(INDEX)?;
-        let shards = index_shards(&index)?;
-        for s in &shards {
-            if !present.contains(s.as_str()) {
-                return Err(Error::Hub(format!(
-                    "{id}: {INDEX} names {s}, which the repo does not contain"
-                )));
-            }
-        }
-        files.extend(shards);
-    } else if present.contains(SINGLE) {
-        files.push(SINGLE.to_string());
-    } else {
-        let some: Vec<&str> = present.iter().take(8).copied().collect();
-        return Err(Error::Hub(format!(
-            "{id}: no {SINGLE} or {INDEX} in the repo (it has: {})",
-            some.join(", ")
-        )));
-    }
-    files.extend(
-        CHECKPOINT_FILES
-            .iter()
-            .filter(|f| present.contains(**f))
-            .map(|f| f.to_string()),
-    );
+    let files = files_to_fetch(id, &present, &fetch)?;
     for f in &files {
         fetch(f)?;
     }
@@ -220,12 +209,50 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
         }
     }
     if !snap.is_dir() {
-        return Err(Error::Hub(format!(
+        return Err(HubError::protocol(format!(
             "{id}: nothing was downloaded into {}",
             snap.display()
-        )));
+        ))
+        .into());
     }
     Ok(snap)
+}
+
+/// What a merge needs from a repo listing `present`: the weights (the index, fetched with
+/// `fetch` to learn its shards, or the single file) and the config and tokenizer files there.
+fn files_to_fetch(
+    id: &HubId,
+    present: &BTreeSet<&str>,
+    fetch: &dyn Fn(&str) -> Result<PathBuf>,
+) -> Result<Vec<String>> {
+    let mut files: Vec<String> = Vec::new();
+    if present.contains(INDEX) {
+        let index = fetch(INDEX)?;
+        let shards = index_shards(&index)?;
+        if let Some(s) = shards.iter().find(|s| !present.contains(s.as_str())) {
+            return Err(HubError::protocol(format!(
+                "{id}: {INDEX} names {s}, which the repo does not contain"
+            ))
+            .into());
+        }
+        files.extend(shards);
+    } else if present.contains(SINGLE) {
+        files.push(SINGLE.to_string());
+    } else {
+        let some: Vec<&str> = present.iter().take(8).copied().collect();
+        return Err(HubError::protocol(format!(
+            "{id}: no {SINGLE} or {INDEX} in the repo (it has: {})",
+            some.join(", ")
+        ))
+        .into());
+    }
+    files.extend(
+        CHECKPOINT_FILES
+            .iter()
+            .filter(|f| present.contains(**f))
+            .map(|f| f.to_string()),
+    );
+    Ok(files)
 }
 
 fn write_ref(path: &Path, sha: &str) -> Result<()> {
@@ -260,64 +287,44 @@ impl hf_hub::api::Progress for ReporterProgress<'_> {
     }
 }
 
-/// Retry transient failures (connection errors, 408, 429, 5xx) with our backoff; hf-hub resumes a
-/// partial file from where it stopped.
+/// The hub's retry loop ([`retry`]: backoff, `Retry-After`) around one hf-hub call; hf-hub
+/// resumes a partial file from where it stopped.
 fn with_retries<T>(
     opts: &HubOptions,
     reporter: &dyn Reporter,
     what: &str,
     mut f: impl FnMut() -> std::result::Result<T, ApiError>,
 ) -> std::result::Result<T, ApiError> {
-    let mut n = 0;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if n < opts.retry.max_retries && transient(&e) => {
-                let delay = opts.retry.backoff(n);
-                n += 1;
-                reporter.message(&format!(
-                    "{what}: {}; retry {n}/{} in {:.1}s",
-                    short(&e),
-                    opts.retry.max_retries,
-                    delay.as_secs_f64()
-                ));
-                std::thread::sleep(delay);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    retry(&opts.retry, what, reporter, |_| f(), judge_api).map_err(|(e, _)| e)
 }
 
-fn transient(e: &ApiError) -> bool {
+/// hf-hub's errors judged like ours: its HTTP errors as the upload's, its I/O failures (a
+/// dropped download) and "too many retries" of its own as transient.
+fn judge_api(e: &ApiError) -> Verdict {
     match e {
-        ApiError::RequestError(inner) => match inner.as_ref() {
-            ureq::Error::Status(s, _) => super::http::retryable_status(*s),
-            ureq::Error::Transport(_) => true,
+        ApiError::RequestError(inner) => judge_ureq(inner),
+        ApiError::IoError(_) | ApiError::TooManyRetries(_) => Verdict {
+            retry: true,
+            retry_after: None,
+            lost_response: false,
+            reason: e.to_string(),
         },
-        ApiError::IoError(_) | ApiError::TooManyRetries(_) => true,
-        _ => false,
-    }
-}
-
-fn short(e: &ApiError) -> String {
-    match e {
-        ApiError::RequestError(inner) => match inner.as_ref() {
-            ureq::Error::Status(s, _) => format!("HTTP {s}"),
-            ureq::Error::Transport(t) => t.kind().to_string(),
+        _ => Verdict {
+            retry: false,
+            retry_after: None,
+            lost_response: false,
+            reason: String::new(),
         },
-        other => other.to_string(),
     }
 }
 
 fn api_error(id: &HubId, what: &str, e: ApiError) -> Error {
+    let context = format!("{id}: {what}");
     if let ApiError::RequestError(inner) = &e {
         if let ureq::Error::Status(status, resp) = inner.as_ref() {
-            let code = resp.header("X-Error-Code").unwrap_or("");
-            let msg = resp
-                .header("X-Error-Message")
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
-            let hint = match (*status, code) {
+            let code = resp.header("X-Error-Code").map(str::to_string);
+            let msg = resp.header("X-Error-Message").unwrap_or("").to_string();
+            let hint = match (*status, code.as_deref().unwrap_or("")) {
                 (_, "RevisionNotFound") => {
                     format!(" (no revision '{}' in {})", id.revision(), id.repo)
                 }
@@ -329,14 +336,23 @@ fn api_error(id: &HubId, what: &str, e: ApiError) -> Error {
                 ),
                 _ => String::new(),
             };
-            return Error::Hub(format!("{id}: {what}: HTTP {status}{msg}{hint}"));
+            let e = HubError::status(*status, msg)
+                .context(context)
+                .hint(hint)
+                .url(resp.get_url());
+            return HubError { code, ..e }.into();
         }
         if let ureq::Error::Transport(t) = inner.as_ref() {
             let src = std::error::Error::source(t)
                 .map(|s| format!(": {s}"))
                 .unwrap_or_default();
-            return Error::Hub(format!("{id}: {what}: {}{src}", t.kind()));
+            let timed_out = src.contains("timed out");
+            return HubError::network(format!("{}{src}", t.kind()), timed_out)
+                .context(context)
+                .into();
         }
     }
-    Error::Hub(format!("{id}: {what}: {e}"))
+    HubError::network(e.to_string(), false)
+        .context(context)
+        .into()
 }

@@ -1,8 +1,9 @@
-//! The HTTP side of the push protocol: one ureq agent, the bearer token attached only to requests
-//! for the hub's own origin (never to presigned storage URLs), and one retry loop used by every
-//! request: exponential backoff on connection errors, 408, 429 and 5xx, honouring `Retry-After`.
+//! The HTTP side of the hub: one ureq agent, the bearer token attached only to requests for the
+//! hub's own origin (never to presigned storage URLs), and [`retry`], the one retry loop of every
+//! request, uploads and downloads alike: exponential backoff on connection errors, 408, 429 and
+//! 5xx, honouring `Retry-After`.
 
-use super::RetryPolicy;
+use super::{HubError, RetryPolicy};
 use crate::error::Error;
 use crate::progress::Reporter;
 use serde_json::Value;
@@ -11,6 +12,89 @@ use std::time::Duration;
 
 /// Largest JSON answer we read (the LFS batch answer for 256 multipart objects is well below).
 const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// How the retry loop judges one failed attempt.
+pub(crate) struct Verdict {
+    /// Worth another attempt (a transient failure).
+    pub retry: bool,
+    /// How long the server asked to wait (`Retry-After`).
+    pub retry_after: Option<Duration>,
+    /// The request may have reached the server and been acted on (its answer was lost).
+    pub lost_response: bool,
+    /// A short reason for the retry message.
+    pub reason: String,
+}
+
+impl Verdict {
+    fn fatal() -> Verdict {
+        Verdict {
+            retry: false,
+            retry_after: None,
+            lost_response: false,
+            reason: String::new(),
+        }
+    }
+}
+
+/// The one retry loop: runs `attempt` (given the attempt number; it must rebuild its request
+/// body each time) until it succeeds, `judge` says its error is not transient, or the policy's
+/// retries are spent. Waits what the server asked for (`Retry-After`, up to the policy's cap),
+/// else an exponential backoff. A failure comes with whether an earlier attempt may have been
+/// acted on by the server although its answer was lost.
+pub(crate) fn retry<T, E>(
+    policy: &RetryPolicy,
+    what: &str,
+    reporter: &dyn Reporter,
+    mut attempt: impl FnMut(u32) -> Result<T, E>,
+    judge: impl Fn(&E) -> Verdict,
+) -> Result<T, (E, bool)> {
+    let mut ambiguous = false;
+    let mut n = 0u32;
+    loop {
+        let err = match attempt(n) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let v = judge(&err);
+        if !v.retry || n >= policy.max_retries {
+            return Err((err, ambiguous));
+        }
+        ambiguous |= v.lost_response;
+        let delay = match v.retry_after {
+            Some(d) => d.min(policy.max_retry_after),
+            None => policy.backoff(n),
+        };
+        n += 1;
+        reporter.message(&format!(
+            "{what}: {}; retry {n}/{} in {:.1}s",
+            v.reason,
+            policy.max_retries,
+            delay.as_secs_f64()
+        ));
+        std::thread::sleep(delay);
+    }
+}
+
+/// How the retry loop judges a ureq error: 408, 429 and 5xx (not 501/505) and connection-level
+/// failures are transient; a 5xx or a failure after connecting may have been acted on.
+pub(crate) fn judge_ureq(e: &ureq::Error) -> Verdict {
+    match e {
+        ureq::Error::Status(status, resp) => Verdict {
+            retry: retryable_status(*status),
+            retry_after: retry_after(resp),
+            // 5xx from a proxy may come after the origin acted; 408/429 mean not served.
+            lost_response: *status >= 500,
+            reason: format!("HTTP {status}"),
+        },
+        ureq::Error::Transport(t) => Verdict {
+            retry: retryable_transport(t.kind()),
+            retry_after: None,
+            // A refused connection never reached the server; anything later might have.
+            lost_response: t.kind() != ureq::ErrorKind::ConnectionFailed,
+            reason: transport_detail(t),
+        },
+    }
+}
 
 /// A request that failed for good (after retries, or at once for a non-retryable status).
 #[derive(Debug)]
@@ -21,6 +105,10 @@ pub(crate) struct HttpFailure {
     pub code: Option<String>,
     /// What the server or the transport said, on one line.
     pub detail: String,
+    /// No answer in time.
+    pub timed_out: bool,
+    /// The request's URL.
+    pub url: String,
     /// An earlier attempt of this request failed in a way that leaves it unknown whether the
     /// server acted on it (lost response).
     pub ambiguous_earlier_attempt: bool,
@@ -61,16 +149,43 @@ impl From<HttpFailure> for CallError {
 }
 
 impl HttpFailure {
-    pub fn into_error(self, what: &str) -> Error {
+    /// The failure of an attempt's ureq error (consumes the answer's body for the message).
+    fn of(e: ureq::Error, url: &str, ambiguous: bool) -> HttpFailure {
+        let mut f = match e {
+            ureq::Error::Status(status, resp) => failure_from_response(status, resp),
+            ureq::Error::Transport(t) => HttpFailure {
+                status: None,
+                code: None,
+                detail: transport_detail(&t),
+                timed_out: is_timeout(&t),
+                url: String::new(),
+                ambiguous_earlier_attempt: false,
+            },
+        };
+        f.url = url.to_string();
+        f.ambiguous_earlier_attempt = ambiguous;
+        f
+    }
+
+    /// The typed hub error, with `what` as context and advice for 401/403.
+    pub fn to_hub_error(&self, what: &str) -> HubError {
         let hint = match self.status {
-            Some(401) => " (check the token: --token, HF_TOKEN or `hf auth login`)",
+            Some(401) => " (check the token: the one given, HF_TOKEN or `hf auth login`)",
             Some(403) => " (the token lacks write access to this repo or namespace)",
             _ => "",
         };
-        match self.status {
-            Some(s) => Error::Hub(format!("{what}: HTTP {s}: {}{hint}", self.detail)),
-            None => Error::Hub(format!("{what}: {}", self.detail)),
+        let e = match self.status {
+            Some(s) => HubError::status(s, &self.detail),
+            None => HubError::network(&self.detail, self.timed_out),
+        };
+        HubError {
+            code: self.code.clone(),
+            ..e.context(what).hint(hint).url(&self.url)
         }
+    }
+
+    pub fn into_error(self, what: &str) -> Error {
+        self.to_hub_error(what).into()
     }
 }
 
@@ -130,10 +245,10 @@ impl Client {
     ) -> Result<Value, CallError> {
         let bytes = match body {
             Some(v) => serde_json::to_vec(v)
-                .map_err(|e| CallError::Local(Error::Hub(format!("{what}: {e}"))))?,
+                .map_err(|e| CallError::Local(Error::Internal(format!("{what}: {e}"))))?,
             None => Vec::new(),
         };
-        let resp = self.call(what, reporter, |_| {
+        let resp = self.call(what, url, reporter, |_| {
             let req = self
                 .request(method, url)
                 .set("Accept", accept_for(content_type));
@@ -143,18 +258,18 @@ impl Client {
                 req.call()?
             })
         })?;
-        Ok(read_json(resp)?)
+        Ok(read_json(resp, url)?)
     }
 
-    /// Run `attempt` until it succeeds, fails for good, or the retries are spent. `attempt` gets
-    /// the attempt number and must rebuild its request body each time (a file reader is reopened).
+    /// [`retry`] of a request to `url` under this client's policy.
     pub fn call(
         &self,
         what: &str,
+        url: &str,
         reporter: &dyn Reporter,
         attempt: impl FnMut(u32) -> Result<ureq::Response, AttemptError>,
     ) -> Result<ureq::Response, CallError> {
-        self.call_with(&self.retry, what, reporter, attempt)
+        self.call_with(&self.retry, what, url, reporter, attempt)
     }
 
     /// [`Client::call`] under another retry policy.
@@ -162,64 +277,20 @@ impl Client {
         &self,
         policy: &RetryPolicy,
         what: &str,
+        url: &str,
         reporter: &dyn Reporter,
-        mut attempt: impl FnMut(u32) -> Result<ureq::Response, AttemptError>,
+        attempt: impl FnMut(u32) -> Result<ureq::Response, AttemptError>,
     ) -> Result<ureq::Response, CallError> {
-        let mut ambiguous = false;
-        let mut n = 0u32;
-        loop {
-            let err = match attempt(n) {
-                Ok(resp) => return Ok(resp),
-                Err(AttemptError::Local(e)) => return Err(CallError::Local(e)),
-                Err(AttemptError::Http(e)) => *e,
-            };
-            let (failure, delay, lost_response) = match err {
-                ureq::Error::Status(status, resp) => {
-                    let retry_after = retry_after(&resp);
-                    let mut f = failure_from_response(status, resp);
-                    f.ambiguous_earlier_attempt = ambiguous;
-                    if !retryable_status(status) {
-                        return Err(f.into());
-                    }
-                    // 5xx from a proxy may come after the origin acted; 408/429 mean not served.
-                    let lost = status >= 500;
-                    let delay = match retry_after {
-                        Some(d) => d.min(policy.max_retry_after),
-                        None => policy.backoff(n),
-                    };
-                    (f, delay, lost)
-                }
-                ureq::Error::Transport(t) => {
-                    let kind = t.kind();
-                    let f = HttpFailure {
-                        status: None,
-                        code: None,
-                        detail: transport_detail(&t),
-                        ambiguous_earlier_attempt: ambiguous,
-                    };
-                    if !retryable_transport(kind) {
-                        return Err(f.into());
-                    }
-                    // A refused connection never reached the server; anything later might have.
-                    let lost = kind != ureq::ErrorKind::ConnectionFailed;
-                    (f, policy.backoff(n), lost)
-                }
-            };
-            if n >= policy.max_retries {
-                return Err(failure.into());
+        let judge = |e: &AttemptError| match e {
+            AttemptError::Local(_) => Verdict::fatal(),
+            AttemptError::Http(h) => judge_ureq(h),
+        };
+        match retry(policy, what, reporter, attempt, judge) {
+            Ok(r) => Ok(r),
+            Err((AttemptError::Local(e), _)) => Err(CallError::Local(e)),
+            Err((AttemptError::Http(h), ambiguous)) => {
+                Err(CallError::Http(HttpFailure::of(*h, url, ambiguous)))
             }
-            ambiguous |= lost_response;
-            n += 1;
-            let reason = match failure.status {
-                Some(s) => format!("HTTP {s}"),
-                None => failure.detail.clone(),
-            };
-            reporter.message(&format!(
-                "{what}: {reason}; retry {n}/{} in {:.1}s",
-                policy.max_retries,
-                delay.as_secs_f64()
-            ));
-            std::thread::sleep(delay);
         }
     }
 }
@@ -232,26 +303,30 @@ fn accept_for(content_type: &str) -> &str {
     }
 }
 
-pub(crate) fn read_json(resp: ureq::Response) -> Result<Value, HttpFailure> {
+/// The JSON answer of a successful request (`url` for errors).
+pub(crate) fn read_json(resp: ureq::Response, url: &str) -> Result<Value, HttpFailure> {
     let status = resp.status();
+    let failure = |detail: String| HttpFailure {
+        status: Some(status),
+        code: None,
+        detail,
+        timed_out: false,
+        url: url.to_string(),
+        ambiguous_earlier_attempt: false,
+    };
     let mut text = String::new();
     resp.into_reader()
         .take(MAX_JSON_BYTES)
         .read_to_string(&mut text)
-        .map_err(|e| HttpFailure {
-            status: Some(status),
-            code: None,
-            detail: format!("reading the answer: {e}"),
-            ambiguous_earlier_attempt: false,
-        })?;
+        .map_err(|e| failure(format!("reading the answer: {e}")))?;
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(&text).map_err(|e| HttpFailure {
-        status: Some(status),
-        code: None,
-        detail: format!("malformed JSON answer ({e}): {}", one_line(&text, 200)),
-        ambiguous_earlier_attempt: false,
+    serde_json::from_str(&text).map_err(|e| {
+        failure(format!(
+            "malformed JSON answer ({e}): {}",
+            one_line(&text, 200)
+        ))
     })
 }
 
@@ -271,7 +346,7 @@ fn retryable_transport(kind: ureq::ErrorKind) -> bool {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare on the hub and treated as absent).
-fn retry_after(resp: &ureq::Response) -> Option<Duration> {
+pub(crate) fn retry_after(resp: &ureq::Response) -> Option<Duration> {
     let v = resp.header("Retry-After")?.trim();
     let secs: f64 = v.parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
@@ -297,8 +372,25 @@ fn failure_from_response(status: u16, resp: ureq::Response) -> HttpFailure {
         status: Some(status),
         code,
         detail,
+        timed_out: false,
+        url: String::new(),
         ambiguous_earlier_attempt: false,
     }
+}
+
+/// Whether a transport failure is a timeout (the socket's read or write deadline passed).
+fn is_timeout(t: &ureq::Transport) -> bool {
+    let mut src = std::error::Error::source(t);
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            );
+        }
+        src = e.source();
+    }
+    false
 }
 
 /// A transport error without its URL: presigned URLs carry signatures that do not belong in logs.

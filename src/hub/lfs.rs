@@ -8,6 +8,7 @@
 //! its own.
 
 use super::http::{fix_endpoint, AttemptError, CallError, Client};
+use super::HubError;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Reporter;
 use serde_json::{json, Map, Value};
@@ -32,21 +33,21 @@ pub struct PartPlan {
 /// numbers them. Checked arithmetic: sizes near `u64::MAX` or a part count beyond `u32` are errors.
 pub fn plan_parts(size: u64, chunk_size: u64) -> Result<Vec<PartPlan>> {
     if chunk_size == 0 {
-        return Err(Error::Hub(
-            "LFS multipart: the hub sent chunk_size 0".into(),
-        ));
+        return Err(Error::from(HubError::protocol(
+            "LFS multipart: the hub sent chunk_size 0",
+        )));
     }
     let count = size.div_ceil(chunk_size);
     let count = u32::try_from(count).map_err(|_| {
-        Error::Hub(format!(
+        Error::from(HubError::protocol(format!(
             "LFS multipart: {size} bytes in {chunk_size}-byte parts is too many parts"
-        ))
+        )))
     })?;
     (0..count)
         .map(|i| {
-            let offset = u64::from(i)
-                .checked_mul(chunk_size)
-                .ok_or_else(|| Error::Hub("LFS multipart: part offset overflows".into()))?;
+            let offset = u64::from(i).checked_mul(chunk_size).ok_or_else(|| {
+                Error::from(HubError::protocol("LFS multipart: part offset overflows"))
+            })?;
             Ok(PartPlan {
                 number: i + 1,
                 offset,
@@ -95,14 +96,20 @@ pub(crate) fn parse_batch(answer: &Value, endpoint: &str) -> Result<Vec<BatchObj
     let objects = answer
         .get("objects")
         .and_then(Value::as_array)
-        .ok_or_else(|| Error::Hub("LFS batch: malformed answer (no 'objects' list)".into()))?;
+        .ok_or_else(|| {
+            Error::from(HubError::protocol(
+                "LFS batch: malformed answer (no 'objects' list)",
+            ))
+        })?;
     let mut out = Vec::with_capacity(objects.len());
     let mut errors = Vec::new();
     for obj in objects {
         let oid = obj.get("oid").and_then(Value::as_str);
         let size = obj.get("size").and_then(Value::as_u64);
         let (Some(oid), Some(size)) = (oid, size) else {
-            return Err(Error::Hub("LFS batch: malformed object (oid/size)".into()));
+            return Err(Error::from(HubError::protocol(
+                "LFS batch: malformed object (oid/size)",
+            )));
         };
         if let Some(err) = obj.get("error") {
             let msg = err.get("message").and_then(Value::as_str).unwrap_or("?");
@@ -127,10 +134,10 @@ pub(crate) fn parse_batch(answer: &Value, endpoint: &str) -> Result<Vec<BatchObj
         });
     }
     if !errors.is_empty() {
-        return Err(Error::Hub(format!(
+        return Err(Error::from(HubError::protocol(format!(
             "LFS batch refused: {}",
             errors.join("; ")
-        )));
+        ))));
     }
     Ok(out)
 }
@@ -139,7 +146,7 @@ fn parse_action(a: &Value, endpoint: &str) -> Result<Action> {
     let href = a
         .get("href")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::Hub("LFS batch: action without href".into()))?;
+        .ok_or_else(|| Error::from(HubError::protocol("LFS batch: action without href")))?;
     let header = match a.get("header") {
         Some(Value::Object(m)) => m
             .iter()
@@ -171,14 +178,18 @@ fn parse_upload(a: &Value, size: u64, endpoint: &str) -> Result<UploadAction> {
     };
     let chunk_size = header_value(chunk)
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| Error::Hub("LFS batch: chunk_size is not an integer".into()))?;
+        .ok_or_else(|| {
+            Error::from(HubError::protocol(
+                "LFS batch: chunk_size is not an integer",
+            ))
+        })?;
     let part_urls = sorted_part_urls(header, endpoint)?;
     let expected = plan_parts(size, chunk_size)?.len();
     if part_urls.len() != expected {
-        return Err(Error::Hub(format!(
+        return Err(Error::from(HubError::protocol(format!(
             "LFS batch: {} part URLs for {size} bytes in {chunk_size}-byte parts (expected {expected})",
             part_urls.len()
-        )));
+        ))));
     }
     Ok(UploadAction::Multipart {
         completion: Action {
@@ -197,18 +208,24 @@ fn sorted_part_urls(header: &Map<String, Value>, endpoint: &str) -> Result<Vec<S
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let n: u32 = k
-            .parse()
-            .map_err(|_| Error::Hub(format!("LFS batch: bad part number '{k}'")))?;
-        let url = v
-            .as_str()
-            .ok_or_else(|| Error::Hub(format!("LFS batch: part {n} URL is not a string")))?;
+        let n: u32 = k.parse().map_err(|_| {
+            Error::from(HubError::protocol(format!(
+                "LFS batch: bad part number '{k}'"
+            )))
+        })?;
+        let url = v.as_str().ok_or_else(|| {
+            Error::from(HubError::protocol(format!(
+                "LFS batch: part {n} URL is not a string"
+            )))
+        })?;
         parts.push((n, fix_endpoint(url, endpoint)));
     }
     parts.sort_by_key(|(n, _)| *n);
     for (i, (n, _)) in parts.iter().enumerate() {
         if usize::try_from(*n).ok() != Some(i + 1) {
-            return Err(Error::Hub("LFS batch: part numbers are not 1..n".into()));
+            return Err(Error::from(HubError::protocol(
+                "LFS batch: part numbers are not 1..n",
+            )));
         }
     }
     Ok(parts.into_iter().map(|(_, u)| u).collect())
@@ -349,7 +366,9 @@ fn run_unit(
                 .map(str::to_string)
                 .filter(|e| !e.is_empty())
                 .ok_or_else(|| {
-                    Error::Hub(format!("{what}: the storage answered without an ETag"))
+                    Error::from(HubError::protocol(format!(
+                        "{what}: the storage answered without an ETag"
+                    )))
                 })?;
             drain(resp);
             sent.fetch_add(part.len, Ordering::Relaxed);
@@ -380,7 +399,7 @@ fn put_range(
     // Progress counts each byte once: a retry advances only past the furthest point reached.
     let reported = AtomicU64::new(0);
     client
-        .call(what, reporter, |_| {
+        .call(what, url, reporter, |_| {
             let reader =
                 part_reader(path, part).map_err(|e| AttemptError::Local(Error::io(path, e)))?;
             let mut req = client
@@ -459,9 +478,9 @@ fn verify(client: &Client, u: &Upload<'_>, reporter: &dyn Reporter) -> Result<()
     };
     let what = format!("verify {}", u.label);
     let body = serde_json::to_vec(&json!({"oid": u.object.oid, "size": u.object.size}))
-        .map_err(|e| Error::Hub(format!("{what}: {e}")))?;
+        .map_err(|e| Error::from(HubError::protocol(format!("{what}: {e}"))))?;
     client
-        .call(&what, reporter, |_| {
+        .call(&what, &v.href, reporter, |_| {
             let mut req = client
                 .request("POST", &v.href)
                 .set("Content-Type", "application/json")
@@ -489,11 +508,7 @@ pub(crate) fn sha256_file(path: &Path, reporter: &dyn Reporter) -> Result<String
         h.update(&buf[..n]);
         reporter.advance(n as u64);
     }
-    Ok(hex(&h.finalize()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::io::hex(&h.finalize()))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 mod auth;
 mod cli;
 mod download;
+mod error;
 mod http;
 pub mod lfs;
 mod repo_id;
@@ -25,15 +26,17 @@ use std::time::Duration;
 
 pub use auth::token_from_env;
 pub use cli::{push_if_requested, PushToHubArgs};
-pub use download::{resolve_checkpoint, CHECKPOINT_FILES};
+pub use download::{open_checkpoint, resolve_checkpoint, CHECKPOINT_FILES};
+pub use error::{HubError, HubErrorKind};
 pub use repo_id::HubId;
 pub use upload::{push_folder, PushOutcome};
 
 /// The public hub; `HF_ENDPOINT` overrides it (mirrors, test servers).
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-/// How failed requests are retried: exponential backoff from `base_delay`, capped at `max_delay`;
-/// a `Retry-After` from the server is honoured up to `max_retry_after`.
+/// How failed requests (downloads and uploads alike) are retried: exponential backoff from
+/// `base_delay`, capped at `max_delay`; a `Retry-After` from the server is honoured up to
+/// `max_retry_after`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 = no retry).

@@ -7,7 +7,7 @@
 use super::http::{encode_path, encode_segment, CallError, Client};
 use super::lfs::{self, parse_batch, transfer_all, Upload, LFS_CONTENT_TYPE};
 use super::repo_id::check_repo_id;
-use super::{PushOptions, RetryPolicy};
+use super::{HubError, PushOptions, RetryPolicy};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Reporter;
 use base64::Engine;
@@ -77,16 +77,7 @@ pub fn push_folder(
     opts: &PushOptions,
     reporter: &dyn Reporter,
 ) -> Result<PushOutcome> {
-    check_repo_id(repo_id)?;
-    if opts.revision.trim().is_empty() {
-        return Err(Error::Usage("--revision must not be empty".into()));
-    }
-    let token = opts.token.clone().ok_or_else(|| {
-        Error::Usage(
-            "pushing needs a hub token: pass --token, set HF_TOKEN, or log in with `hf auth login`"
-                .into(),
-        )
-    })?;
+    let token = check_push(repo_id, opts)?;
     let files = scan_folder(dir)?;
     if files.is_empty() {
         return Err(Error::Usage(format!("{}: no files to push", dir.display())));
@@ -97,51 +88,18 @@ pub fn push_folder(
         opts.retry.clone(),
         opts.timeout,
     );
-    let ep = client.endpoint().to_string();
-    let rev = encode_segment(&opts.revision);
-
+    let push = Push {
+        client: &client,
+        repo_id,
+        opts,
+        reporter,
+        files: &files,
+    };
     create_repo(&client, repo_id, opts.private, reporter)?;
     let parent = ensure_revision(&client, repo_id, &opts.revision, reporter)?;
-
-    // Preupload: the hub decides LFS vs regular and tells the oid it has at each path.
-    let mut remote: BTreeMap<String, Remote> = BTreeMap::new();
-    for chunk in files.chunks(BATCH_FILES) {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let body = json!({"files": chunk.iter().map(|f| json!({
-            "path": f.path_in_repo,
-            "sample": b64.encode(&f.sample),
-            "size": f.size,
-        })).collect::<Vec<_>>()});
-        let url = format!("{ep}/api/models/{repo_id}/preupload/{rev}");
-        let what = format!("preupload to {repo_id}");
-        let answer = client
-            .json(
-                "POST",
-                &url,
-                Some(&body),
-                "application/json",
-                &what,
-                reporter,
-            )
-            .map_err(|e| e.into_error(&what))?;
-        parse_preupload(&answer, &mut remote)?;
-    }
-    let mut modes = Vec::with_capacity(files.len());
-    for f in &files {
-        let r = remote.remove(&f.path_in_repo).ok_or_else(|| {
-            Error::Hub(format!(
-                "preupload: the hub did not answer for '{}'",
-                f.path_in_repo
-            ))
-        })?;
-        // Empty files cannot be LFS objects (storage refuses empty PUTs): commit them inline.
-        let mode = if f.size == 0 { Mode::Regular } else { r.mode };
-        modes.push((mode, r));
-    }
-
-    let hashed = hash_files(&files, &modes, opts.parallelism, reporter)?;
-
-    // Leave out ignored and unchanged files; the rest become commit operations.
+    let remote = push.preupload()?;
+    let hashed = hash_files(&files, &remote, opts.parallelism, reporter)?;
+    // Ignored and unchanged files are left out; the rest become commit operations.
     let mut ops: Vec<(usize, &Hashed)> = Vec::new();
     let mut unchanged = 0;
     for (i, h) in hashed.iter().enumerate() {
@@ -150,73 +108,15 @@ pub fn push_folder(
             Hashed::Lfs(sha) => sha,
             Hashed::Regular(_, sha1) => sha1,
         };
-        if modes[i].1.oid.as_deref() == Some(local_oid.as_str()) {
+        if remote[i].1.oid.as_deref() == Some(local_oid.as_str()) {
             unchanged += 1;
         } else {
             ops.push((i, h));
         }
     }
-
-    // LFS batch for the distinct objects to commit.
-    let mut wanted: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
-    for (i, h) in &ops {
-        if let Hashed::Lfs(sha) = h {
-            wanted.entry(sha.as_str()).or_insert((files[*i].size, *i));
-        }
-    }
-    let wanted: Vec<(&str, u64, usize)> = wanted.into_iter().map(|(o, (s, i))| (o, s, i)).collect();
-    let mut uploads = Vec::new();
-    let mut already = 0;
-    for chunk in wanted.chunks(BATCH_FILES) {
-        let body = json!({
-            "operation": "upload",
-            "transfers": ["basic", "multipart"],
-            "objects": chunk.iter().map(|(oid, size, _)| json!({"oid": oid, "size": size})).collect::<Vec<_>>(),
-            "hash_algo": "sha256",
-            "ref": {"name": opts.revision},
-        });
-        let url = format!("{ep}/{repo_id}.git/info/lfs/objects/batch");
-        let what = format!("LFS batch for {repo_id}");
-        let answer = client
-            .json("POST", &url, Some(&body), LFS_CONTENT_TYPE, &what, reporter)
-            .map_err(|e| e.into_error(&what))?;
-        let objects = parse_batch(&answer, &ep)?;
-        for (oid, size, i) in chunk {
-            let obj = objects
-                .iter()
-                .find(|o| o.oid == *oid)
-                .ok_or_else(|| Error::Hub(format!("LFS batch: no answer for object {oid}")))?;
-            if obj.size != *size {
-                return Err(Error::Hub(format!(
-                    "LFS batch: size mismatch for object {oid}"
-                )));
-            }
-            if obj.upload.is_none() {
-                already += 1;
-                continue;
-            }
-            uploads.push(Upload {
-                object: obj.clone(),
-                path: &files[*i].abs,
-                label: &files[*i].path_in_repo,
-            });
-        }
-    }
-    if already > 0 {
-        reporter.message(&format!(
-            "{already} LFS file(s) already on the hub, not sent again"
-        ));
-    }
-    let total: u64 = uploads.iter().map(|u| u.object.size).sum();
-    let mut sent = 0;
-    if !uploads.is_empty() {
-        reporter.start("upload", total);
-        let res = transfer_all(&client, &uploads, opts.parallelism, reporter);
-        reporter.finish();
-        sent = res?;
-    }
-
-    let base = PushOutcome {
+    let (uploads, already) = push.lfs_batch(&ops)?;
+    let sent = push.transfer(&uploads)?;
+    let done = PushOutcome {
         commit_url: String::new(),
         commit_oid: String::new(),
         committed: false,
@@ -230,9 +130,9 @@ pub fn push_folder(
         reporter.message("every file is already on the hub unchanged: nothing to commit");
         let head = parent.unwrap_or_default();
         return Ok(PushOutcome {
-            commit_url: format!("{ep}/{repo_id}/commit/{head}"),
+            commit_url: format!("{}/{repo_id}/commit/{head}", client.endpoint()),
             commit_oid: head,
-            ..base
+            ..done
         });
     }
     let (url, oid) = commit(&client, repo_id, opts, parent, &files, &ops, reporter)?;
@@ -240,8 +140,161 @@ pub fn push_folder(
         commit_url: url,
         commit_oid: oid,
         committed: true,
-        ..base
+        ..done
     })
+}
+
+/// The arguments of a push, checked before anything is read or sent; returns the token.
+fn check_push(repo_id: &str, opts: &PushOptions) -> Result<String> {
+    check_repo_id(repo_id)?;
+    if opts.revision.trim().is_empty() {
+        return Err(Error::Usage(
+            "the revision to push to must not be empty".into(),
+        ));
+    }
+    opts.token.clone().ok_or_else(|| {
+        Error::Usage(
+            "pushing needs a hub token: give one, set HF_TOKEN, or log in with `hf auth login`"
+                .into(),
+        )
+    })
+}
+
+/// One push in progress: the phases after the repo and its revision are known.
+struct Push<'a> {
+    client: &'a Client,
+    repo_id: &'a str,
+    opts: &'a PushOptions,
+    reporter: &'a dyn Reporter,
+    files: &'a [LocalFile],
+}
+
+impl<'a> Push<'a> {
+    /// Preupload: the hub decides LFS or regular for each file and tells the oid it has at
+    /// that path. Empty files are always regular (storage refuses empty PUTs).
+    fn preupload(&self) -> Result<Vec<(Mode, Remote)>> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rev = encode_segment(&self.opts.revision);
+        let url = format!(
+            "{}/api/models/{}/preupload/{rev}",
+            self.client.endpoint(),
+            self.repo_id
+        );
+        let what = format!("preupload to {}", self.repo_id);
+        let mut remote: BTreeMap<String, Remote> = BTreeMap::new();
+        for chunk in self.files.chunks(BATCH_FILES) {
+            let body = json!({"files": chunk.iter().map(|f| json!({
+                "path": f.path_in_repo,
+                "sample": b64.encode(&f.sample),
+                "size": f.size,
+            })).collect::<Vec<_>>()});
+            let answer = self
+                .client
+                .json(
+                    "POST",
+                    &url,
+                    Some(&body),
+                    "application/json",
+                    &what,
+                    self.reporter,
+                )
+                .map_err(|e| e.into_error(&what))?;
+            parse_preupload(&answer, &mut remote)?;
+        }
+        self.files
+            .iter()
+            .map(|f| {
+                let r = remote.remove(&f.path_in_repo).ok_or_else(|| {
+                    HubError::protocol(format!(
+                        "preupload: the hub did not answer for '{}'",
+                        f.path_in_repo
+                    ))
+                })?;
+                let mode = if f.size == 0 { Mode::Regular } else { r.mode };
+                Ok((mode, r))
+            })
+            .collect()
+    }
+
+    /// The LFS batch for the distinct objects to commit: what to send where; objects the hub
+    /// already stores are counted and not sent.
+    fn lfs_batch(&self, ops: &[(usize, &Hashed)]) -> Result<(Vec<Upload<'a>>, usize)> {
+        let mut wanted: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+        for (i, h) in ops {
+            if let Hashed::Lfs(sha) = h {
+                wanted
+                    .entry(sha.as_str())
+                    .or_insert((self.files[*i].size, *i));
+            }
+        }
+        let wanted: Vec<(&str, u64, usize)> =
+            wanted.into_iter().map(|(o, (s, i))| (o, s, i)).collect();
+        let ep = self.client.endpoint();
+        let url = format!("{ep}/{}.git/info/lfs/objects/batch", self.repo_id);
+        let what = format!("LFS batch for {}", self.repo_id);
+        let mut uploads = Vec::new();
+        let mut already = 0;
+        for chunk in wanted.chunks(BATCH_FILES) {
+            let body = json!({
+                "operation": "upload",
+                "transfers": ["basic", "multipart"],
+                "objects": chunk.iter().map(|(oid, size, _)| json!({"oid": oid, "size": size})).collect::<Vec<_>>(),
+                "hash_algo": "sha256",
+                "ref": {"name": self.opts.revision},
+            });
+            let answer = self
+                .client
+                .json(
+                    "POST",
+                    &url,
+                    Some(&body),
+                    LFS_CONTENT_TYPE,
+                    &what,
+                    self.reporter,
+                )
+                .map_err(|e| e.into_error(&what))?;
+            let objects = parse_batch(&answer, ep)?;
+            for (oid, size, i) in chunk {
+                let obj = objects.iter().find(|o| o.oid == *oid).ok_or_else(|| {
+                    HubError::protocol(format!("LFS batch: no answer for object {oid}"))
+                })?;
+                if obj.size != *size {
+                    return Err(HubError::protocol(format!(
+                        "LFS batch: size mismatch for object {oid}"
+                    ))
+                    .into());
+                }
+                if obj.upload.is_none() {
+                    already += 1;
+                    continue;
+                }
+                uploads.push(Upload {
+                    object: obj.clone(),
+                    path: &self.files[*i].abs,
+                    label: &self.files[*i].path_in_repo,
+                });
+            }
+        }
+        if already > 0 {
+            self.reporter.message(&format!(
+                "{already} LFS file(s) already on the hub, not sent again"
+            ));
+        }
+        Ok((uploads, already))
+    }
+
+    /// Sends the LFS objects (basic or multipart, `parallelism` PUTs at once); returns the
+    /// bytes sent.
+    fn transfer(&self, uploads: &[Upload]) -> Result<u64> {
+        if uploads.is_empty() {
+            return Ok(0);
+        }
+        let total: u64 = uploads.iter().map(|u| u.object.size).sum();
+        self.reporter.start("upload", total);
+        let res = transfer_all(self.client, uploads, self.opts.parallelism, self.reporter);
+        self.reporter.finish();
+        res
+    }
 }
 
 /// Files under `dir`, sorted, `/`-separated; `.git/` and `.cache/huggingface/` are skipped (as the
@@ -409,22 +462,26 @@ fn parse_preupload(answer: &Value, out: &mut BTreeMap<String, Remote>) -> Result
     let files = answer
         .get("files")
         .and_then(Value::as_array)
-        .ok_or_else(|| Error::Hub("preupload: malformed answer (no 'files')".into()))?;
+        .ok_or_else(|| {
+            Error::from(HubError::protocol(
+                "preupload: malformed answer (no 'files')",
+            ))
+        })?;
     for f in files {
         let path = f.get("path").and_then(Value::as_str);
         let mode = match f.get("uploadMode").and_then(Value::as_str) {
             Some("lfs") => Mode::Lfs,
             Some("regular") => Mode::Regular,
             other => {
-                return Err(Error::Hub(format!(
+                return Err(Error::from(HubError::protocol(format!(
                     "preupload: unsupported upload mode {other:?} (only 'lfs' and 'regular' are spoken)"
-                )))
+                ))))
             }
         };
         let Some(path) = path else {
-            return Err(Error::Hub(
-                "preupload: malformed answer (file without path)".into(),
-            ));
+            return Err(Error::from(HubError::protocol(
+                "preupload: malformed answer (file without path)",
+            )));
         };
         out.insert(
             path.to_string(),
@@ -499,7 +556,7 @@ fn read_regular(path: &Path, reporter: &dyn Reporter) -> Result<Hashed> {
     let mut h = Sha1::new();
     h.update(format!("blob {}\0", content.len()).as_bytes());
     h.update(&content);
-    let oid = lfs::hex(&h.finalize());
+    let oid = crate::io::hex(&h.finalize());
     Ok(Hashed::Regular(content, oid))
 }
 
@@ -555,7 +612,7 @@ fn commit(
         opts.revision
     ));
     let resp = client
-        .call_with(&policy, &what, reporter, |_| {
+        .call_with(&policy, &what, &url, reporter, |_| {
             Ok(client
                 .request("POST", &url)
                 .set("Content-Type", "application/x-ndjson")
@@ -566,22 +623,24 @@ fn commit(
             CallError::Http(f)
                 if f.ambiguous_earlier_attempt && matches!(f.status, Some(409 | 412)) =>
             {
-                Error::Hub(format!(
-                    "{what}: HTTP {}: {} (an earlier attempt whose answer was lost may have been \
-                     applied: check {}/{repo_id}/commits/{})",
-                    f.status.unwrap_or(0),
-                    f.detail,
+                Error::from(f.to_hub_error(&what).hint(format!(
+                    " (an earlier attempt whose answer was lost may have been applied: check \
+                     {}/{repo_id}/commits/{})",
                     client.endpoint(),
                     encode_path(&opts.revision)
-                ))
+                )))
             }
             e => e.into_error(&what),
         })?;
-    let answer = super::http::read_json(resp).map_err(|f| f.into_error(&what))?;
+    let answer = super::http::read_json(resp, &url).map_err(|f| f.into_error(&what))?;
     let oid = answer
         .get("commitOid")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::Hub(format!("{what}: answer without commitOid")))?
+        .ok_or_else(|| {
+            Error::from(HubError::protocol(format!(
+                "{what}: answer without commitOid"
+            )))
+        })?
         .to_string();
     let url = answer
         .get("commitUrl")

@@ -257,9 +257,97 @@ pub fn encode_f32(dtype: DType, x: &[f32], out: &mut [u8]) {
     }
 }
 
+/// The first element of `bytes` (little-endian floats of `dtype`) that is NaN or infinite: the
+/// exponent bits all set. A branch-free scan first (it vectorizes), then the search. Non-float
+/// dtypes have no such values.
+pub fn first_nonfinite(dtype: DType, bytes: &[u8]) -> Option<usize> {
+    fn scan<const N: usize>(bytes: &[u8], exp: u64) -> Option<usize> {
+        let word = |c: &[u8]| {
+            let mut a = [0u8; 8];
+            a[..N].copy_from_slice(c);
+            u64::from_le_bytes(a)
+        };
+        let bad = |c: &[u8]| word(c) & exp == exp;
+        if !bytes.chunks_exact(N).fold(false, |acc, c| acc | bad(c)) {
+            return None;
+        }
+        bytes.chunks_exact(N).position(bad)
+    }
+    match dtype {
+        DType::BF16 => match words16(bytes) {
+            Some(w) => {
+                if !w.iter().fold(false, |acc, &b| acc | (b & 0x7F80 == 0x7F80)) {
+                    return None;
+                }
+                w.iter().position(|&b| b & 0x7F80 == 0x7F80)
+            }
+            None => scan::<2>(bytes, 0x7F80),
+        },
+        DType::F16 => match words16(bytes) {
+            Some(w) => {
+                if !w.iter().fold(false, |acc, &b| acc | (b & 0x7C00 == 0x7C00)) {
+                    return None;
+                }
+                w.iter().position(|&b| b & 0x7C00 == 0x7C00)
+            }
+            None => scan::<2>(bytes, 0x7C00),
+        },
+        DType::F32 => scan::<4>(bytes, 0x7F80_0000),
+        DType::F64 => scan::<8>(bytes, 0x7FF0_0000_0000_0000),
+        _ => None,
+    }
+}
+
+/// [`first_nonfinite`] over large buffers, on several threads (rayon).
+pub fn first_nonfinite_par(dtype: DType, bytes: &[u8]) -> Option<usize> {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 20;
+    let es = dtype.size();
+    let piece = PIECE / es * es;
+    if bytes.len() <= piece {
+        return first_nonfinite(dtype, bytes);
+    }
+    bytes
+        .par_chunks(piece)
+        .enumerate()
+        .find_map_first(|(p, c)| first_nonfinite(dtype, c).map(|i| p * (piece / es) + i))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonfinite_scan_finds_the_first_nan_or_inf() {
+        for d in [DType::BF16, DType::F16, DType::F32, DType::F64] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut xs = vec![1.5f32; 300];
+                xs[0] = f32::MAX.min(6e4);
+                xs[7] = -0.0;
+                xs[201] = bad;
+                xs[250] = bad;
+                let mut bytes = vec![0u8; xs.len() * d.size() + 1];
+                // Aligned and one byte off (the byte-wise path).
+                for off in [0, 1] {
+                    encode_f32(d, &xs, &mut bytes[off..off + xs.len() * d.size()]);
+                    let b = &bytes[off..off + xs.len() * d.size()];
+                    assert_eq!(first_nonfinite(d, b), Some(201), "{d} {bad} {off}");
+                }
+            }
+            let ok = vec![0u8; 64];
+            assert_eq!(first_nonfinite(d, &ok), None);
+        }
+        // f16 overflow: 1e5 does not fit and becomes infinite.
+        let mut b = [0u8; 2];
+        encode_f32(DType::F16, &[1e5], &mut b);
+        assert_eq!(first_nonfinite(DType::F16, &b), Some(0));
+        assert_eq!(first_nonfinite(DType::I32, &[0xFF; 8]), None);
+        // The parallel scan reports the same first element across pieces.
+        let mut big = vec![0u8; 3 << 20];
+        big[(2 << 20) + 6..(2 << 20) + 8].copy_from_slice(&0x7F80u16.to_le_bytes());
+        big[(2 << 20) + 100..(2 << 20) + 102].copy_from_slice(&0xFFC0u16.to_le_bytes());
+        assert_eq!(first_nonfinite_par(DType::BF16, &big), Some((1 << 20) + 3));
+    }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {

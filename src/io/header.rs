@@ -363,7 +363,125 @@ mod tests {
             .contains("larger than the file"));
     }
 
+    /// A valid file: a few tensors of random dtypes and shapes, random metadata, data bytes.
+    fn valid_file(spec: &[(usize, Vec<usize>)], with_metadata: bool) -> Vec<u8> {
+        let dtypes = [
+            DType::F32,
+            DType::BF16,
+            DType::I64,
+            DType::BOOL,
+            DType::F16,
+            DType::U8,
+        ];
+        let mut entries = Vec::new();
+        let mut off = 0u64;
+        for (i, (dt, shape)) in spec.iter().enumerate() {
+            let dtype = dtypes[dt % dtypes.len()];
+            let n = numel(shape).unwrap() * dtype.size() as u64;
+            entries.push(Entry {
+                name: format!("model.layers.{i}.w"),
+                dtype,
+                shape: shape.clone(),
+                begin: off,
+                end: off + n,
+            });
+            off += n;
+        }
+        let mut md = BTreeMap::new();
+        if with_metadata {
+            md.insert("format".to_string(), "pt".to_string());
+        }
+        let mut file = serialize(&entries, &md);
+        file.extend((0..off).map(|i| i as u8));
+        file
+    }
+
+    /// One edit of a file: overwrite, insert or delete a byte, or change a digit of the JSON
+    /// (offsets, shapes, the length prefix's effect) into another digit.
+    fn mutate(file: &mut Vec<u8>, (kind, pos, byte): (u8, usize, u8)) {
+        if file.is_empty() {
+            file.push(byte);
+            return;
+        }
+        let at = pos % file.len();
+        match kind % 5 {
+            0 => file[at] = byte,
+            1 => file.insert(at, byte),
+            2 => {
+                file.remove(at);
+            }
+            3 => {
+                // The next ASCII digit at or after `at` becomes another digit.
+                if let Some(i) = (at..file.len()).find(|&i| file[i].is_ascii_digit()) {
+                    file[i] = b'0' + byte % 10;
+                }
+            }
+            _ => {
+                // A JSON-significant character where it may break the structure.
+                file[at] = b"{}[],:\"-"[usize::from(byte) % 8];
+            }
+        }
+    }
+
+    /// A tensor as both parsers can be compared on: name, dtype, shape, data bytes.
+    type View = (String, String, Vec<usize>, Vec<u8>);
+
+    /// What a header says about its tensors.
+    fn views(file: &[u8]) -> Option<Vec<View>> {
+        let n = header_len(file, file.len() as u64).ok()?;
+        let h = parse(&file[8..8 + n as usize], n, file.len() as u64 - 8 - n).ok()?;
+        let data = &file[h.data_start() as usize..];
+        let mut v: Vec<_> = h
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    e.dtype.name().to_string(),
+                    e.shape.clone(),
+                    data[e.begin as usize..e.end as usize].to_vec(),
+                )
+            })
+            .collect();
+        v.sort();
+        Some(v)
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1500))]
+
+        // Mutated valid files: never a panic, and whatever we accept the reference accepts, with
+        // the same names, dtypes, shapes and data bytes for every tensor.
+        #[test]
+        fn mutated_valid_headers_agree_with_the_reference(
+            spec in proptest::collection::vec(
+                (0usize..6, proptest::collection::vec(0usize..5, 0..3)), 0..5),
+            with_metadata in proptest::prelude::any::<bool>(),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(), proptest::prelude::any::<usize>(),
+                 proptest::prelude::any::<u8>()), 1..4),
+        ) {
+            let mut file = valid_file(&spec, with_metadata);
+            proptest::prop_assert!(views(&file).is_some(), "the unmutated file must be valid");
+            for e in edits {
+                mutate(&mut file, e);
+            }
+            if let Some(ours) = views(&file) {
+                let st = safetensors::SafeTensors::deserialize(&file);
+                proptest::prop_assert!(st.is_ok(), "accepted by us, refused by safetensors: {:?}",
+                    st.err());
+                let st = st.unwrap();
+                let mut theirs: Vec<_> = st
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, t)| (name, format!("{:?}", t.dtype()), t.shape().to_vec(),
+                        t.data().to_vec()))
+                    .collect();
+                theirs.sort();
+                proptest::prop_assert_eq!(ours, theirs);
+            }
+        }
+
         // Arbitrary bytes never panic the parser, and whatever it accepts the reference accepts.
         #[test]
         fn fuzz_parse(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),

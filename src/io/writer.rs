@@ -2,6 +2,11 @@
 //! written first and the data streamed after it in order, all inside a temporary sibling folder
 //! that is fsynced and renamed into place only when everything is complete. Dropping an
 //! unfinished writer (error, Ctrl-C) removes the temporary folder: the destination is untouched.
+//!
+//! A process killed outright (SIGKILL, power loss) cannot clean up: its temporary folder
+//! `.NAME.warp-tmp-PID-N` stays. The next writer into the same parent folder removes it: each
+//! temporary folder holds a lock file that its process keeps locked (flock) while it lives, so a
+//! folder whose lock can be taken belongs to a dead process.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -33,10 +38,12 @@ impl OutTensor {
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     pub max_shard_size: u64,
-    /// Replace an existing destination (only at the final rename).
+    /// Replace an existing destination folder (only at the final rename; never a file).
     pub force: bool,
     /// `__metadata__` of every shard (`format: pt` is always added).
     pub metadata: BTreeMap<String, String>,
+    /// Bytes buffered before each write to the shard file.
+    pub write_buffer: usize,
 }
 
 impl Default for WriterOptions {
@@ -45,6 +52,7 @@ impl Default for WriterOptions {
             max_shard_size: DEFAULT_MAX_SHARD,
             force: false,
             metadata: BTreeMap::new(),
+            write_buffer: WRITE_BUF,
         }
     }
 }
@@ -82,8 +90,15 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         }
     };
     let bytes = value * mult as f64;
-    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+    if bytes.is_nan() || bytes < 1.0 {
         return Err(format!("size '{s}' must be at least 1 byte"));
+    }
+    // u64::MAX as f64 rounds up to 2^64, which is not a u64.
+    if bytes >= u64::MAX as f64 {
+        return Err(format!(
+            "size '{s}' is too large (at most {} bytes)",
+            u64::MAX
+        ));
     }
     Ok(bytes as u64)
 }
@@ -157,22 +172,28 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// A temporary sibling folder of `dest` that becomes `dest` on [`commit`](Self::commit) and is
-/// removed if dropped before: the way a run with several outputs stays all-or-nothing.
+/// removed if dropped before: the way a run with several outputs stays all-or-nothing. Parent
+/// folders it had to create for `dest` are removed again (when empty) if it is dropped.
 pub struct Staging {
     dest: PathBuf,
     tmp: PathBuf,
     force: bool,
     done: bool,
+    /// The lock file inside `tmp`, locked while this process lives (see the module docs).
+    lock: Option<File>,
+    /// Ancestors of `dest` created here, outermost first.
+    created: Vec<PathBuf>,
+    reclaimed: Vec<PathBuf>,
 }
+
+/// The lock file inside a temporary folder; removed before the folder is renamed into place.
+const LOCK_FILE: &str = ".warp-lock";
+const TMP_TAG: &str = ".warp-tmp-";
+const OLD_TAG: &str = ".warp-old-";
 
 impl Staging {
     pub fn new(dest: &Path, force: bool) -> Result<Staging> {
-        if dest.exists() && !force {
-            return Err(Error::Usage(format!(
-                "destination {} exists (use --force to replace it)",
-                dest.display()
-            )));
-        }
+        check_replaceable(dest, force)?;
         let name = dest
             .file_name()
             .ok_or_else(|| Error::Usage(format!("invalid destination {}", dest.display())))?;
@@ -180,20 +201,32 @@ impl Staging {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        fs::create_dir_all(&parent).at(&parent)?;
-        let tmp = parent.join(format!(
-            ".{}.warp-tmp-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            unique()
-        ));
-        fs::create_dir(&tmp).at(&tmp)?;
-        Ok(Staging {
+        let created = create_parents(&parent)?;
+        let mut staging = Staging {
             dest: dest.to_path_buf(),
-            tmp,
+            tmp: PathBuf::new(),
             force,
             done: false,
-        })
+            lock: None,
+            created,
+            reclaimed: reclaim_stale(&parent),
+        };
+        let tag = format!("{}-{}", std::process::id(), unique());
+        staging.tmp = parent.join(format!(".{}{TMP_TAG}{tag}", name.to_string_lossy()));
+        fs::create_dir(&staging.tmp).at(&staging.tmp)?;
+        // The lock file appears already locked (made aside, then renamed): a reclaimer never
+        // finds it unlocked while this process lives. Until then, the folder has no lock file
+        // and is judged by its pid, which is alive.
+        let aside = staging.tmp.join(format!("{LOCK_FILE}.new"));
+        let lock = File::create(&aside).at(&aside)?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(&aside, std::io::Error::last_os_error()));
+        }
+        let lock_path = staging.tmp.join(LOCK_FILE);
+        fs::rename(&aside, &lock_path).at(&lock_path)?;
+        staging.lock = Some(lock);
+        Ok(staging)
     }
 
     /// The temporary folder to fill.
@@ -201,19 +234,33 @@ impl Staging {
         &self.tmp
     }
 
+    /// Temporary folders of dead processes removed from the parent folder when this was created.
+    pub fn reclaimed(&self) -> &[PathBuf] {
+        &self.reclaimed
+    }
+
     /// fsyncs and renames the temporary folder into place (replacing `dest` only with force).
     pub fn commit(mut self) -> Result<PathBuf> {
+        // The lock file must not end up in the output; the descriptor keeps the lock until the
+        // rename is done (a folder without lock file is judged by its pid meanwhile).
+        let lock_path = self.tmp.join(LOCK_FILE);
+        fs::remove_file(&lock_path).at(&lock_path)?;
         sync_dir(&self.tmp)?;
         let parent = self.tmp.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut old = None;
-        if self.dest.exists() {
-            if !self.force {
-                return Err(Error::Usage(format!(
-                    "destination {} appeared while writing; not replacing it without --force",
+        if fs::symlink_metadata(&self.dest).is_ok() {
+            check_replaceable(&self.dest, self.force).map_err(|_| {
+                Error::Usage(format!(
+                    "destination {} appeared while writing; not replacing it",
                     self.dest.display()
-                )));
-            }
-            let o = parent.join(format!(".warp-old-{}-{}", std::process::id(), unique()));
+                ))
+            })?;
+            let name = self.dest.file_name().unwrap_or_default().to_string_lossy();
+            let o = parent.join(format!(
+                ".{name}{OLD_TAG}{}-{}",
+                std::process::id(),
+                unique()
+            ));
             fs::rename(&self.dest, &o).at(&self.dest)?;
             old = Some(o);
         }
@@ -226,11 +273,7 @@ impl Staging {
         self.done = true;
         sync_dir(&parent)?;
         if let Some(o) = old {
-            let _ = if o.is_dir() {
-                fs::remove_dir_all(&o)
-            } else {
-                fs::remove_file(&o)
-            };
+            let _ = fs::remove_dir_all(&o);
         }
         Ok(self.dest.clone())
     }
@@ -238,10 +281,156 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.done {
+        if self.done {
+            return;
+        }
+        if !self.tmp.as_os_str().is_empty() {
             let _ = fs::remove_dir_all(&self.tmp);
         }
+        for dir in self.created.iter().rev() {
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
     }
+}
+
+/// Refuses a destination that exists and is not a folder (a file, a link, a device: never
+/// replaced), or a folder when `force` is not set.
+fn check_replaceable(dest: &Path, force: bool) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(dest) else {
+        return Ok(());
+    };
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        if force {
+            return Ok(());
+        }
+        return Err(Error::Usage(format!(
+            "destination {} exists (it is replaced only when forced)",
+            dest.display()
+        )));
+    }
+    let kind = if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_file() {
+        "a file"
+    } else {
+        "a device, pipe or socket"
+    };
+    Err(Error::Usage(format!(
+        "destination {} exists and is {kind}, not a folder: only an output folder is ever \
+         replaced",
+        dest.display()
+    )))
+}
+
+/// Creates `dir` and its missing ancestors; returns the ones created, outermost first.
+fn create_parents(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    missing.reverse();
+    let mut created = Vec::with_capacity(missing.len());
+    for d in missing {
+        match fs::create_dir(&d) {
+            Ok(()) => created.push(d),
+            // Created meanwhile by someone else: theirs, not ours to remove.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                for c in created.iter().rev() {
+                    let _ = fs::remove_dir(c);
+                }
+                return Err(Error::io(&d, e));
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes the temporary folders that dead writers left in `parent` (see the module docs) and
+/// returns them. A folder is left alone when its lock is held, or, without a lock file, while
+/// the process named in it lives. A replaced destination set aside by a writer that died while
+/// swapping it (`.NAME.warp-old-PID-N`) is put back when NAME is missing, removed otherwise.
+pub fn reclaim_stale(parent: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = fs::read_dir(parent) else {
+        return removed;
+    };
+    for entry in rd.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let Some((dest_name, tag, pid)) = parse_temp_name(name) else {
+            continue;
+        };
+        let path = entry.path();
+        // Only real folders: never follow a link somewhere else.
+        if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let dead = if tag == TMP_TAG {
+            match lock_is_free(&path.join(LOCK_FILE)) {
+                Some(free) => free,
+                None => !pid_alive(pid),
+            }
+        } else {
+            !pid_alive(pid)
+        };
+        if !dead {
+            continue;
+        }
+        let dest = parent.join(dest_name);
+        if tag == OLD_TAG && fs::symlink_metadata(&dest).is_err() {
+            if fs::rename(&path, &dest).is_ok() {
+                removed.push(path);
+            }
+        } else if fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// `.NAME.warp-tmp-PID-N` or `.NAME.warp-old-PID-N` → (NAME, tag, PID).
+fn parse_temp_name(name: &str) -> Option<(&str, &'static str, i32)> {
+    let rest = name.strip_prefix('.')?;
+    for tag in [TMP_TAG, OLD_TAG] {
+        if let Some((dest, id)) = rest.rsplit_once(tag) {
+            let (pid, n) = id.split_once('-')?;
+            if dest.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.is_empty() {
+                return None;
+            }
+            return Some((dest, tag, pid.parse().ok().filter(|p| *p > 0)?));
+        }
+    }
+    None
+}
+
+/// Whether the lock on `path` can be taken now (its holder is gone); None without a lock file.
+fn lock_is_free(path: &Path) -> Option<bool> {
+    let f = File::open(path).ok()?;
+    // SAFETY: flock on a descriptor owned here; closing it releases the lock again.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    Some(r == 0)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Streams a checkpoint into `dest` atomically. Call [`write`](Self::write) with the data of the
@@ -258,14 +447,17 @@ pub struct CheckpointWriter {
     cur_tensor: usize,
     written_in_tensor: u64,
     out: Option<(BufWriter<File>, PathBuf)>,
+    write_buffer: usize,
 }
 
-const WRITE_BUF: usize = 8 << 20;
+/// Default write buffer of each shard file.
+pub const WRITE_BUF: usize = 8 << 20;
 
 impl CheckpointWriter {
     pub fn create(dest: &Path, tensors: Vec<OutTensor>, opts: &WriterOptions) -> Result<Self> {
         let staging = Staging::new(dest, opts.force)?;
         let tmp = staging.path().to_path_buf();
+        let write_buffer = opts.write_buffer.max(4096);
         let mut metadata = opts.metadata.clone();
         metadata.insert("format".into(), "pt".into());
         let shards = plan_shards(&tensors, opts.max_shard_size);
@@ -280,9 +472,15 @@ impl CheckpointWriter {
             cur_tensor: 0,
             written_in_tensor: 0,
             out: None,
+            write_buffer,
         };
         w.open_shard()?;
         Ok(w)
+    }
+
+    /// Temporary folders of dead processes removed when this writer was created.
+    pub fn reclaimed(&self) -> &[PathBuf] {
+        self.staging.as_ref().map_or(&[], |s| s.reclaimed())
     }
 
     pub fn tensors(&self) -> &[OutTensor] {
@@ -319,7 +517,7 @@ impl CheckpointWriter {
         let shown = self.shown(&plan.file);
         let path = self.tmp.join(&plan.file);
         let f = File::create(&path).at(&shown)?;
-        let mut bw = BufWriter::with_capacity(WRITE_BUF, f);
+        let mut bw = BufWriter::with_capacity(self.write_buffer, f);
         bw.write_all(&head).at(&shown)?;
         self.out = Some((bw, shown));
         self.cur_tensor = plan.tensors.start;
@@ -369,14 +567,13 @@ impl CheckpointWriter {
                 .get(self.cur_tensor)
                 .filter(|_| self.cur_shard < self.shards.len())
             else {
-                return Err(Error::Usage("internal: write past the last tensor".into()));
+                return Err(Error::Internal("write past the last tensor".into()));
             };
             let left = t.nbytes() - self.written_in_tensor;
             let n = (bytes.len() as u64).min(left) as usize;
-            let (bw, shown) = self
-                .out
-                .as_mut()
-                .expect("a shard is open while tensors remain");
+            let Some((bw, shown)) = self.out.as_mut() else {
+                return Err(Error::Internal("no shard open while tensors remain".into()));
+            };
             bw.write_all(&bytes[..n]).at(&*shown)?;
             self.written_in_tensor += n as u64;
             bytes = &bytes[n..];
@@ -401,8 +598,8 @@ impl CheckpointWriter {
     /// Checks that every tensor is complete, writes the index, fsyncs and renames into place.
     pub fn finish(mut self) -> Result<PathBuf> {
         if let Some(t) = self.current_tensor() {
-            return Err(Error::Usage(format!(
-                "internal: output incomplete at tensor '{t}'"
+            return Err(Error::Internal(format!(
+                "output incomplete at tensor '{t}'"
             )));
         }
         self.close_shard()?;
@@ -418,10 +615,14 @@ impl CheckpointWriter {
                 "metadata": { "total_size": total },
                 "weight_map": weight_map,
             });
-            let text = serde_json::to_string_pretty(&index).expect("index serializes");
+            let text = serde_json::to_string_pretty(&index)
+                .map_err(|e| Error::Internal(format!("index: {e}")))?;
             self.add_file(INDEX_FILE, text.as_bytes())?;
         }
-        let staging = self.staging.take().expect("staging lives until finish");
+        let staging = self
+            .staging
+            .take()
+            .ok_or_else(|| Error::Internal("writer finished twice".into()))?;
         staging.commit()
     }
 }
@@ -500,6 +701,82 @@ mod tests {
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("").is_err());
+        let e = parse_size("99999999999999999999").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(parse_size("0").unwrap_err().contains("at least 1 byte"));
+    }
+
+    #[test]
+    fn temp_names() {
+        assert_eq!(
+            parse_temp_name(".out.warp-tmp-123-456"),
+            Some(("out", TMP_TAG, 123))
+        );
+        assert_eq!(
+            parse_temp_name(".a.b.warp-old-9-1"),
+            Some(("a.b", OLD_TAG, 9))
+        );
+        for bad in [
+            "out.warp-tmp-1-2",
+            ".out.warp-tmp-x-2",
+            ".out.warp-tmp-1-",
+            ".warp-tmp-1-2",
+            ".out.warp-tmp-0-2",
+        ] {
+            assert_eq!(parse_temp_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stale_folders_of_dead_processes_are_reclaimed_live_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        // A live writer of this process: locked.
+        let live = Staging::new(&p.join("live"), false).unwrap();
+        // A dead one with a lock file nobody holds, one without lock file and a dead pid, and one
+        // without lock file whose pid (ours) lives.
+        let locked = p.join(format!(".x.warp-tmp-{}-1", std::process::id()));
+        fs::create_dir(&locked).unwrap();
+        fs::write(locked.join(LOCK_FILE), b"").unwrap();
+        let dead_pid = p.join(".y.warp-tmp-2147483000-1");
+        fs::create_dir(&dead_pid).unwrap();
+        let alive_pid = p.join(format!(".z.warp-tmp-{}-7", std::process::id()));
+        fs::create_dir(&alive_pid).unwrap();
+        // A destination set aside by a dead writer: restored when it is missing.
+        let old = p.join(".kept.warp-old-2147483000-3");
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("f"), b"v").unwrap();
+        let mut got = reclaim_stale(p);
+        got.sort();
+        let mut want = vec![locked, dead_pid, old];
+        want.sort();
+        assert_eq!(got, want);
+        assert!(live.path().is_dir() && alive_pid.is_dir());
+        assert_eq!(fs::read(p.join("kept/f")).unwrap(), b"v");
+    }
+
+    #[test]
+    fn only_folders_are_replaced_and_created_parents_go_away() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        for force in [false, true] {
+            let e = Staging::new(&file, force).err().unwrap().to_string();
+            assert!(e.contains("is a file, not a folder"), "{e}");
+        }
+        let e = Staging::new(Path::new("/dev/null"), true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("device"), "{e}");
+        let deep = d.path().join("a/b/c/out");
+        let s = Staging::new(&deep, false).unwrap();
+        assert!(d.path().join("a/b/c").is_dir());
+        drop(s);
+        assert!(!d.path().join("a").exists());
+        let s = Staging::new(&deep, false).unwrap();
+        s.commit().unwrap();
+        assert!(deep.is_dir() && !deep.join(LOCK_FILE).exists());
     }
 
     #[test]

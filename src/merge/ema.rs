@@ -12,7 +12,7 @@ pub struct Ema {
 impl Ema {
     pub fn new(mu: f64, n: usize) -> Result<Ema> {
         if !(mu > 0.0 && mu <= 1.0) {
-            return Err(Error::Usage(format!("--mu {mu}: must be in (0, 1]")));
+            return Err(Error::setting("mu", format!("{mu}: must be in (0, 1]")));
         }
         if n < 2 {
             return Err(Error::Usage("EMA needs at least two checkpoints".into()));

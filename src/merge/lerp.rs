@@ -1,6 +1,6 @@
 //! LERP / task arithmetic: θinit + Σ λm·δm (λm = 1/M by default), with fused LITI points.
 
-use super::{check_etas, eta_outputs, extrapolation_note, liti_rows, Gram, Method};
+use super::{check_etas, check_liti, eta_outputs, extrapolation_note, liti_rows, Gram, Method};
 use crate::error::{Error, Result};
 
 pub struct Lerp {
@@ -17,16 +17,21 @@ impl Lerp {
             weights
         };
         if weights.len() != m {
-            return Err(Error::Usage(format!(
-                "{} --weight values for {m} models: give one per model or none",
-                weights.len()
-            )));
+            return Err(Error::setting(
+                "weights",
+                format!(
+                    "{} values for {m} models: give one per model or none",
+                    weights.len()
+                ),
+            ));
         }
-        if weights.iter().any(|w| !w.is_finite()) {
-            return Err(Error::Usage("--weight values must be finite".into()));
+        if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
+            return Err(Error::setting("weights", format!("{w}: must be finite")));
         }
-        check_etas(&etas)?;
-        Ok(Lerp { weights, etas })
+        let etas = check_etas(&etas)?;
+        let lerp = Lerp { weights, etas };
+        lerp.validate(m + 1)?;
+        Ok(lerp)
     }
 }
 
@@ -42,6 +47,15 @@ impl Method for Lerp {
     }
     fn recipe(&self) -> serde_json::Value {
         serde_json::json!({ "method": "lerp", "weights": self.weights, "eta": self.etas })
+    }
+    fn validate(&self, inputs: usize) -> Result<()> {
+        if inputs != self.weights.len() + 1 {
+            return Err(Error::Internal(format!(
+                "LERP of {} models given {inputs} inputs",
+                self.weights.len()
+            )));
+        }
+        check_liti(&self.weights, &self.etas)
     }
     fn notes(&self, k: usize) -> Vec<String> {
         self.etas

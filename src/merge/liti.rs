@@ -1,7 +1,7 @@
 //! LITI: θη = (1−η)·θinit + η·θmerged for one or several η (η > 1 extrapolates).
 //! Inputs are [init, merged].
 
-use super::{check_etas, eta_outputs, extrapolation_note, liti_rows, Gram, Method};
+use super::{check_etas, check_liti, eta_outputs, extrapolation_note, liti_rows, Gram, Method};
 use crate::error::{Error, Result};
 
 pub struct Liti {
@@ -11,10 +11,13 @@ pub struct Liti {
 impl Liti {
     pub fn new(etas: Vec<f64>) -> Result<Liti> {
         if etas.is_empty() {
-            return Err(Error::Usage("give at least one --eta".into()));
+            return Err(Error::setting("etas", "LITI needs at least one value"));
         }
-        check_etas(&etas)?;
-        Ok(Liti { etas })
+        let liti = Liti {
+            etas: check_etas(&etas)?,
+        };
+        liti.validate(2)?;
+        Ok(liti)
     }
 }
 
@@ -33,5 +36,11 @@ impl Method for Liti {
     }
     fn notes(&self, k: usize) -> Vec<String> {
         extrapolation_note(self.etas[k])
+    }
+    fn validate(&self, inputs: usize) -> Result<()> {
+        if inputs != 2 {
+            return Err(Error::Internal(format!("LITI given {inputs} inputs")));
+        }
+        check_liti(&[1.0], &self.etas)
     }
 }

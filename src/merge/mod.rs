@@ -12,7 +12,7 @@ pub mod slerp;
 
 pub use gram::Gram;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How tensors share the statistics that drive the coefficients (SLERP's angle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -77,6 +77,41 @@ pub trait Method: Send + Sync {
     fn notes(&self, _k: usize) -> Vec<String> {
         Vec::new()
     }
+    /// Checks the method against a job of `inputs` checkpoints before anything is read: the
+    /// number of inputs, and coefficients that overflow f32 (the engine computes in f32) whatever
+    /// the tensors hold. The default checks the rows of methods without statistics.
+    fn validate(&self, inputs: usize) -> Result<()> {
+        if self.needs_gram() {
+            return Ok(());
+        }
+        check_rows(&self.coefficients(None)?, inputs)
+    }
+    /// The diagnostics of one Gram matrix (a tensor, a transformer block or the whole model) in
+    /// the merge report: by default the task vectors' norms and pairwise angles.
+    fn report_entry(&self, gram: &Gram) -> serde_json::Value {
+        gram.to_json()
+    }
+}
+
+/// Checks a K×N coefficient matrix: N = `inputs` columns in every row, every coefficient finite
+/// once rounded to f32 (a larger one makes every output value infinite or NaN).
+pub fn check_rows(rows: &[Vec<f64>], inputs: usize) -> Result<()> {
+    for row in rows {
+        if row.len() != inputs {
+            return Err(Error::Internal(format!(
+                "{} coefficients for {inputs} inputs",
+                row.len()
+            )));
+        }
+        if let Some(c) = row.iter().find(|c| !(**c as f32).is_finite()) {
+            return Err(Error::Usage(format!(
+                "a merge coefficient is {c:e}, beyond the f32 range (±{:e}) the merge computes in: \
+                 every output value would be infinite or NaN",
+                f32::MAX
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Output name of a LITI point: two decimals ("eta-0.30"), more when η needs them ("eta-0.125").
@@ -106,6 +141,21 @@ pub fn liti_rows(a: &[f64], etas: &[f64]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// Checks the fused-LITI rows of merge weights `a` (over the task vectors) at each η (or the
+/// merge itself when there is none), naming the η or the weights that overflow. Errors name the
+/// settings by their field (`etas`, `weights`), which the CLI shows as its flags.
+pub fn check_liti(a: &[f64], etas: &[f64]) -> Result<()> {
+    if etas.is_empty() {
+        return check_rows(&liti_rows(a, &[]), a.len() + 1)
+            .map_err(|e| Error::setting("weights", format!("{a:?}: {e}")));
+    }
+    for &eta in etas {
+        check_rows(&liti_rows(a, &[eta]), a.len() + 1)
+            .map_err(|e| Error::setting("etas", format!("{eta}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Output names for a list of η (just the destination when none is given).
 pub fn eta_outputs(etas: &[f64]) -> Vec<String> {
     if etas.is_empty() {
@@ -115,23 +165,29 @@ pub fn eta_outputs(etas: &[f64]) -> Vec<String> {
     }
 }
 
-/// Validates a list of η: finite, ≥ 0, distinct once formatted as output names.
-pub fn check_etas(etas: &[f64]) -> Result<()> {
+/// Validates a list of η and returns it with −0 written as 0 (so that `-0` and `0` name the same
+/// output): finite, ≥ 0, distinct once formatted as output names.
+pub fn check_etas(etas: &[f64]) -> Result<Vec<f64>> {
     let mut names = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(etas.len());
     for &e in etas {
         if !e.is_finite() || e < 0.0 {
-            return Err(crate::Error::Usage(format!(
-                "--eta {e}: must be a finite number ≥ 0"
-            )));
+            return Err(Error::setting(
+                "etas",
+                format!("{e}: must be a finite number ≥ 0"),
+            ));
         }
+        // −0 + 0 is +0 in IEEE arithmetic; every other value is unchanged.
+        let e = e + 0.0;
         if !names.insert(eta_name(e)) {
-            return Err(crate::Error::Usage(format!(
-                "--eta {e}: two η values give the same output folder {}",
-                eta_name(e)
-            )));
+            return Err(Error::setting(
+                "etas",
+                format!("{e} given twice (both would be written to {})", eta_name(e)),
+            ));
         }
+        out.push(e);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The model-card note for extrapolated LITI points (η > 1).
@@ -174,10 +230,28 @@ mod tests {
         let r = &rows[2];
         assert!((r[0] - 0.775).abs() < 1e-15 && (r[1] - 0.15).abs() < 1e-15);
         assert!(check_etas(&[0.3, 0.301]).is_ok());
+        // −0 is 0: the same output, so given with 0 it is a duplicate, alone it is written as 0.
+        assert!(check_etas(&[0.0, -0.0]).is_err());
+        let z = check_etas(&[-0.0]).unwrap();
+        assert!(z[0] == 0.0 && z[0].is_sign_positive());
+        assert_eq!(eta_name(z[0]), "eta-0.00");
         assert_eq!(eta_name(0.3), "eta-0.30");
         assert_eq!(eta_name(0.125), "eta-0.125");
         assert_eq!(eta_name(1.0), "eta-1.00");
         assert!(check_etas(&[0.3, 0.30]).is_err());
         assert!(check_etas(&[-0.1]).is_err());
+    }
+
+    #[test]
+    fn rows_beyond_f32_are_refused() {
+        assert!(check_rows(&liti_rows(&[0.5, 0.5], &[1e30]), 3).is_ok());
+        for eta in [1e39, 1e308] {
+            let e = check_rows(&liti_rows(&[0.5, 0.5], &[eta]), 3).unwrap_err();
+            assert!(e.to_string().contains("beyond the f32 range"), "{e}");
+        }
+        assert!(matches!(
+            check_rows(&[vec![1.0]], 2),
+            Err(Error::Internal(_))
+        ));
     }
 }

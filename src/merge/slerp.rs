@@ -37,21 +37,23 @@ impl Slerp {
     pub fn new(m: usize, etas: Vec<f64>, grouping: Grouping, threshold: f64) -> Result<Slerp> {
         if m < 2 {
             return Err(Error::Usage(
-                "SLERP needs at least two models besides --init".into(),
+                "SLERP needs at least two models besides the init".into(),
             ));
         }
         if !(threshold > 0.0 && threshold <= 1.0) {
-            return Err(Error::Usage(format!(
-                "--lerp-threshold {threshold}: must be in (0, 1]"
-            )));
+            return Err(Error::setting(
+                "lerp_threshold",
+                format!("{threshold}: must be in (0, 1]"),
+            ));
         }
-        check_etas(&etas)?;
-        Ok(Slerp {
+        let slerp = Slerp {
             m,
-            etas,
+            etas: check_etas(&etas)?,
             grouping,
             threshold,
-        })
+        };
+        slerp.validate(m + 1)?;
+        Ok(slerp)
     }
 }
 
@@ -111,7 +113,8 @@ impl Method for Slerp {
         self.grouping
     }
     fn coefficients(&self, gram: Option<&Gram>) -> Result<Vec<Vec<f64>>> {
-        let g = gram.ok_or_else(|| Error::Usage("internal: SLERP without statistics".into()))?;
+        let g =
+            gram.ok_or_else(|| Error::Internal("SLERP coefficients without statistics".into()))?;
         let (a, _) = slerp_weights(g, self.threshold);
         Ok(liti_rows(&a, &self.etas))
     }
@@ -131,6 +134,61 @@ impl Method for Slerp {
             .map(|&e| extrapolation_note(e))
             .unwrap_or_default()
     }
+    /// The coefficients depend on the tensors, but they are bounded: each step of the iteration
+    /// multiplies the running ones by sin((1−λ)Ω)/sin Ω and adds sin(λΩ)/sin Ω, both at most
+    /// 1/sin Ω ≤ 1/√(1−t²) for the threshold t (beyond it LERP's weights, at most 1, are used).
+    /// An η that would take that bound beyond f32 is refused here; below it, the engine still
+    /// checks each tensor's coefficients and outputs.
+    fn validate(&self, inputs: usize) -> Result<()> {
+        if inputs != self.m + 1 {
+            return Err(Error::Internal(format!(
+                "SLERP of {} models given {inputs} inputs",
+                self.m
+            )));
+        }
+        let Some(bound) = coefficient_bound(self.m, self.threshold) else {
+            return Ok(());
+        };
+        for &eta in &self.etas {
+            let worst = [eta * bound, 1.0 + eta * bound];
+            if worst.iter().any(|c| !(*c as f32).is_finite()) {
+                return Err(Error::setting(
+                    "etas",
+                    format!(
+                        "{eta}: SLERP coefficients of {} models (LERP threshold {}) reach up to \
+                         {bound:.3e}, so this η takes them beyond the f32 range (±{:e}) the \
+                         merge computes in",
+                        self.m,
+                        self.threshold,
+                        f32::MAX
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+    /// Norms, angles, the SLERP coefficients and what each iterative step did.
+    fn report_entry(&self, gram: &Gram) -> serde_json::Value {
+        let mut v = gram.to_json();
+        let (a, steps) = slerp_weights(gram, self.threshold);
+        v["coefficients"] = serde_json::json!(a);
+        v["steps"] = steps
+            .iter()
+            .map(|s| serde_json::Value::String(format!("{s:?}")))
+            .collect();
+        v
+    }
+}
+
+/// An upper bound of Σ|a_m| for the iterative SLERP of `m` task vectors with LERP beyond
+/// |cos Ω| > `threshold`; None when the threshold allows sin Ω → 0 (no bound).
+fn coefficient_bound(m: usize, threshold: f64) -> Option<f64> {
+    let sin_min = (1.0 - threshold * threshold).sqrt();
+    if sin_min <= 0.0 {
+        return None;
+    }
+    let w = (1.0 / sin_min).max(1.0);
+    Some((1..m).fold(1.0, |b, _| b * w + w))
 }
 
 #[cfg(test)]
@@ -208,6 +266,22 @@ mod tests {
         let (a, steps) = slerp_weights(&gram_of(&[vec![0.0; 3], v]), DEFAULT_THRESHOLD);
         assert_eq!(a, vec![0.5, 0.5]);
         assert_eq!(steps[0], Step::LerpZero);
+    }
+
+    #[test]
+    fn the_coefficient_bound_holds_and_refuses_overflowing_etas() {
+        // Near the threshold (the largest coefficients SLERP can produce): within the bound.
+        let t = DEFAULT_THRESHOLD;
+        let cos = -t + 1e-9;
+        let g = gram_of(&[vec![1.0, 0.0], vec![cos, (1.0 - cos * cos).sqrt()]]);
+        let (a, _) = slerp_weights(&g, t);
+        let b = coefficient_bound(2, t).unwrap();
+        assert!(a.iter().map(|x| x.abs()).sum::<f64>() <= b, "{a:?} vs {b}");
+        for eta in [1e39, 1e308] {
+            assert!(Slerp::new(2, vec![eta], Grouping::Tensor, t).is_err());
+        }
+        assert!(Slerp::new(2, vec![1e30], Grouping::Tensor, t).is_ok());
+        assert_eq!(coefficient_bound(3, 1.0), None);
     }
 
     #[test]

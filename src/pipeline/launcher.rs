@@ -19,7 +19,9 @@ pub trait Launcher {
 /// Each child runs in a process group of its own, so a Ctrl-C at the terminal reaches this
 /// process only; on cancellation (or when a step fails) it sends the running children SIGTERM,
 /// which they handle like Ctrl-C (an RL run stops at its last checkpoint, a merge removes its
-/// temporary folder), and waits for them.
+/// temporary folder), and waits for them. The children are tracked
+/// ([`crate::cancel::track_child`]), so if this process is forced to end at once (a second
+/// signal) they still get their SIGTERM.
 pub struct Local {
     pub jobs: usize,
 }
@@ -73,6 +75,9 @@ fn stop_all(running: Vec<(&Step, Child)>) {
                 libc::kill(pid, libc::SIGTERM);
             }
         }
+        // Asked once: a forced stop of this process must not send a second signal, which
+        // would end the child at once instead of at its next check.
+        crate::cancel::untrack_child(child.id());
     }
     for (_, mut child) in running {
         let _ = child.wait();
@@ -91,7 +96,10 @@ impl Launcher for Local {
                 let verb = if resumable(st) { "resume" } else { "start " };
                 reporter.message(&format!("{verb} {}  (log: {})", st.id, st.log.display()));
                 match spawn(st) {
-                    Ok(child) => running.push((st, child)),
+                    Ok(child) => {
+                        crate::cancel::track_child(child.id());
+                        running.push((st, child));
+                    }
                     Err(e) => {
                         failure = Some(e);
                         break;
@@ -106,9 +114,11 @@ impl Launcher for Local {
             let mut k = 0;
             while k < running.len() && failure.is_none() {
                 let (st, child) = &mut running[k];
-                match child.try_wait().at(&st.log)? {
-                    None => k += 1,
-                    Some(status) => {
+                match child.try_wait().at(&st.log) {
+                    Err(e) => failure = Some(e),
+                    Ok(None) => k += 1,
+                    Ok(Some(status)) => {
+                        crate::cancel::untrack_child(child.id());
                         let st = *st;
                         running.swap_remove(k);
                         if status.success() && st.done.exists() {

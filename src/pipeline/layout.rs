@@ -218,6 +218,15 @@ impl RlRunLayout {
     pub fn trainer_dir(checkpoint: &Path) -> PathBuf {
         checkpoint.join("trainer")
     }
+    /// The saved steps whose policy folder is complete, by step: the trajectory points. Every
+    /// complete checkpoint is one; a run of the trl backend keeps the resumable trainer state
+    /// of its newest step only, so its older steps are points but not checkpoints.
+    pub fn saved_steps(&self) -> Result<Vec<(u64, PathBuf)>> {
+        Ok(numbered(&self.dir, "step-")?
+            .into_iter()
+            .filter(|(_, p)| p.join("policy").is_dir())
+            .collect())
+    }
     /// The complete resumable checkpoints, by step (a staged, unfinished one is hidden and never
     /// matches).
     pub fn checkpoints(&self) -> Result<Vec<(u64, PathBuf)>> {

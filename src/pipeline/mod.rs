@@ -27,6 +27,7 @@ use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
 use crate::merge::eta_name;
 use crate::progress::Reporter;
+use crate::rl::settings::Backend;
 
 pub use eval_table::{EvalRow, EvalTable, Point, PointKind};
 pub use launcher::{Launcher, Local};
@@ -78,6 +79,9 @@ pub struct PipelineConfig {
     pub devices: Vec<Device>,
     /// `local` (this machine).
     pub launcher: String,
+    /// The RL trainer of every run: `warp` (libtorch, one device) or `trl` (TRL's RLOOTrainer
+    /// under `accelerate launch`: docs/SCALE.md); same run layout either way.
+    pub trainer: Backend,
     /// Evaluation: completions per held-out prompt, and how many prompts (0 = all).
     pub eval_samples: u32,
     pub eval_prompts: u32,
@@ -114,6 +118,7 @@ impl Default for PipelineConfig {
             jobs: 1,
             devices: vec![Device::Auto],
             launcher: "local".into(),
+            trainer: Backend::Warp,
             eval_samples: 2,
             eval_prompts: 500,
             eval_temperature: None,
@@ -277,7 +282,7 @@ pub fn discover(out: &Path) -> Result<Vec<Point>> {
     let layout = RunLayout::new(out);
     let mut pts = Vec::new();
     let traj = |pts: &mut Vec<Point>, run: &RlRunLayout, it: u32, m: u32, anchor_init: bool| {
-        for (step, d) in run.checkpoints()? {
+        for (step, d) in run.saved_steps()? {
             let which: &[(&str, PointKind)] = if anchor_init {
                 &[("policy", PointKind::AnchorInit)]
             } else {

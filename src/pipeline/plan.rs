@@ -63,6 +63,13 @@ const PIPELINE_KEYS: [&str; 10] = [
 /// flags. Neither may set a key the pipeline sets itself.
 fn rl_base(c: &PipelineConfig) -> Result<RlConfig> {
     let mut over = c.rl.clone();
+    let backend_flag = |a: &String| a == "--backend" || a.starts_with("--backend=");
+    if over.contains_key("backend") || c.rl_args.iter().any(backend_flag) {
+        return Err(Error::setting(
+            "rl.backend",
+            "set by the pipeline for every run (use its key `trainer`)",
+        ));
+    }
     for key in over.keys() {
         if PIPELINE_KEYS.contains(&key.as_str()) {
             return Err(Error::setting(
@@ -96,7 +103,9 @@ fn rl_base(c: &PipelineConfig) -> Result<RlConfig> {
             over.insert(id.to_string(), v.clone());
         }
     }
-    RlConfig::default().with_overrides(&over, Path::new("pipeline config `rl`"))
+    let mut base = RlConfig::default().with_overrides(&over, Path::new("pipeline config `rl`"))?;
+    base.backend = c.trainer;
+    Ok(base)
 }
 
 fn first_line(s: &str) -> String {
@@ -307,6 +316,9 @@ impl Builder<'_> {
             c.eval_temperature
                 .unwrap_or(self.base.temperature)
                 .to_string(),
+            // Conversation prompts are rendered as the RL runs render them.
+            "--chat-template".into(),
+            self.base.chat_template.to_string(),
             "--device".into(),
             c.devices[0].to_string(),
             "-o".into(),

@@ -45,7 +45,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tch::{Device, Kind};
 
-use super::data::{write_prompts, PromptRecord};
+use super::data::{write_prompts, Prompt, PromptRecord};
 use super::eval::{sample, SampleOptions};
 use super::generate::score;
 use super::model::LlamaModel;
@@ -699,7 +699,8 @@ pub fn policy_samples(
         batch: 1024,
         seed,
     };
-    Ok(sample(policy, tok, prompts, &o)?
+    let texts: Vec<Prompt> = prompts.iter().map(|p| Prompt::Text(p.clone())).collect();
+    Ok(sample(policy, tok, &texts, &o)?
         .into_iter()
         .map(|s| (prompts[s.prompt].clone(), s.text))
         .collect())

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
+use super::chat::TemplateChoice;
+use super::data::{Prompt, PromptLine};
 use super::generate::{generate, score, GenerateOptions};
 use super::model::LlamaModel;
 use super::reward::Reward;
@@ -53,12 +55,12 @@ pub struct Sample {
 pub fn sample(
     model: &LlamaModel,
     tok: &Tokenizer,
-    prompts: &[String],
+    prompts: &[Prompt],
     o: &SampleOptions,
 ) -> Result<Vec<Sample>> {
     let mut jobs = Vec::with_capacity(prompts.len() * o.samples);
     for (i, p) in prompts.iter().enumerate() {
-        let ids = tok.encode(p)?;
+        let ids = tok.encode_prompt(p)?;
         for _ in 0..o.samples {
             jobs.push((i, ids.clone()));
         }
@@ -177,17 +179,17 @@ pub struct EvalResult {
 pub fn evaluate(
     model: &LlamaModel,
     tok: &Tokenizer,
-    prompts: &[String],
+    prompts: &[Prompt],
     reward: &mut dyn Reward,
     reference: Option<&LlamaModel>,
     o: &SampleOptions,
 ) -> Result<EvalResult> {
     let samples = sample(model, tok, prompts, o)?;
-    let pairs: Vec<(String, String)> = samples
+    let pairs: Vec<(&Prompt, &str)> = samples
         .iter()
-        .map(|s| (prompts[s.prompt].clone(), s.text.clone()))
+        .map(|s| (&prompts[s.prompt], s.text.as_str()))
         .collect();
-    let rewards = reward.score(&pairs)?;
+    let rewards = reward.score_prompts(&pairs)?;
     let (reward, reward_se) = mean_se(&rewards);
     let kls = match reference {
         Some(r) => Some(kl_per_sample(
@@ -236,14 +238,19 @@ impl EvalResult {
     }
 }
 
-/// Evaluates every point against the SFT model `sft` (KL reference) on `prompts`, on
-/// `device`; the SFT model itself comes first (kind `sft`, label `SFT`). One progress step per
-/// checkpoint. Returns the rows of the evaluation CSV and every sample
-/// ([`crate::stats::samples`]: point `k` of the table is row `k`).
+/// Evaluates every point against the SFT model `sft` (KL reference) on the `prompts` read from
+/// `prompts_path` (encoded by the SFT model's tokenizer, conversations with the chat template
+/// `chat`; a line that cannot be encoded is an error naming it), on `device`; the SFT model
+/// itself comes first (kind `sft`, label `SFT`). One progress step per checkpoint. Returns the
+/// rows of the evaluation CSV and every sample ([`crate::stats::samples`]: point `k` of the
+/// table is row `k`).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_points(
     points: &[Point],
     sft: &Path,
-    prompts: &[String],
+    prompts_path: &Path,
+    prompts: &[PromptLine],
+    chat: &TemplateChoice,
     reward: &mut dyn Reward,
     o: &SampleOptions,
     device: Device,
@@ -251,7 +258,11 @@ pub fn evaluate_points(
 ) -> Result<(Vec<EvalRow>, SampleTable)> {
     let device = super::tch_device(device)?;
     let reference = LlamaModel::load(sft, device)?;
-    let tok = Tokenizer::from_dir(sft)?;
+    let mut tok = Tokenizer::from_dir(sft)?;
+    tok.set_chat_template(chat)?;
+    tok.encode_prompt_lines(prompts_path, prompts)?;
+    let prompts: Vec<Prompt> = prompts.iter().map(|l| l.prompt.clone()).collect();
+    let prompts = prompts.as_slice();
     let mut first = Point::new(PointKind::Sft, sft);
     first.label = "SFT".into();
     let all: Vec<Point> = std::iter::once(first)

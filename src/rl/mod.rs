@@ -3,7 +3,9 @@
 //! model (`warp sft`). See docs/RL.md.
 //!
 //! [`settings`] (the RL tools' configs) is compiled in every build, so the commands can show
-//! their flags and say that this build lacks the feature; everything else needs `rl`.
+//! their flags and say that this build lacks the feature; everything else needs `rl` (of
+//! [`chat`], only the template choice, a setting, is in every build).
+pub mod chat;
 pub mod settings;
 
 #[cfg(feature = "rl")]
@@ -35,16 +37,19 @@ pub mod sft;
 #[cfg(feature = "rl")]
 pub mod task;
 #[cfg(feature = "rl")]
+pub mod textgen;
+#[cfg(feature = "rl")]
 pub mod tokenizer;
 #[cfg(feature = "rl")]
 pub mod trainer;
+pub mod trl;
 
 #[cfg(feature = "rl")]
-pub use config::{LlamaConfig, RopeScaling};
+pub use config::{Family, LlamaConfig, ModelConfig, Rope, RopeScaling};
 #[cfg(feature = "rl")]
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
 #[cfg(feature = "rl")]
-pub use model::{KvCache, LlamaModel};
+pub use model::{CausalLm, Head, KvCache, LlamaModel, ParamSpec};
 pub use settings::{Anchor, Baseline, RlConfig, SftConfig, TrainDtype};
 #[cfg(feature = "rl")]
 pub use tokenizer::Tokenizer;

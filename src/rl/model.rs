@@ -1,51 +1,40 @@
-//! Llama-family decoder in tch: RMSNorm, RoPE (`rope_theta`, linear scaling), grouped-query
-//! attention, SwiGLU MLP, tied or untied embeddings. Weights come from our checkpoint reader and
-//! go back out through our writer under the same Hugging Face names, so a trained policy is a
-//! normal checkpoint.
+//! The decoder of every supported family (see `super::config`) in tch. Weights come from our
+//! checkpoint reader and go back out through our writer under the same Hugging Face names and
+//! layout ([`ModelConfig::parameter_layout`]), so a trained policy is a normal checkpoint.
 //!
 //! Parameters live in a [`nn::VarStore`] under their HF names ("model.layers.0.self_attn.q_proj.
-//! weight", …), ready for a tch optimizer. Compute follows `transformers`' eager Llama: RMSNorm
-//! and softmax in f32, RoPE angles in f32, masked scores filled with the dtype's minimum (so a
-//! fully masked row, e.g. a left-padding query, stays finite).
+//! weight", …), in the model's `kind`, ready for a tch optimizer. Compute follows transformers:
+//! RMSNorm in f32 (Llama or Gemma style), RoPE angles in f32 cast to the activation dtype,
+//! softmax in f32; attention through libtorch's fused kernel, or transformers' eager math where
+//! soft-capping needs it (see `attention`). Every libtorch call is fallible: a failure (shape,
+//! dtype, device, out of memory) is an [`Error::Backend`] naming the model and the step.
 
+mod attention;
+mod layers;
+mod layout;
+mod rope;
+
+use std::collections::HashMap;
 use std::path::Path;
 
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, TchError, Tensor};
 
-use super::config::{LlamaConfig, RopeScaling};
+use super::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::io::{companion, Checkpoint, CheckpointWriter, DType, OutTensor, WriterOptions};
+use attention::{Masks, Scoring};
+use layers::{Assembler, CacheSlot, Layer, Norm, Pass};
+pub use layout::{Head, ParamSpec};
+use rope::RopeFreqs;
 
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, self.b.as_ref())
-    }
-}
-
-struct Layer {
-    input_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    post_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-/// Keys and values of past positions, per layer, in preallocated buffers of `capacity`
+/// Keys and values of past positions, per layer, in buffers preallocated for `capacity`
 /// positions: `[batch, kv_heads, capacity, head_dim]`.
 pub struct KvCache {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
     len: i64,
     capacity: i64,
+    batch: i64,
 }
 
 impl KvCache {
@@ -59,6 +48,10 @@ impl KvCache {
     pub fn capacity(&self) -> i64 {
         self.capacity
     }
+    /// Forgets every cached position (the buffers stay allocated).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
 }
 
 /// The output projection to the vocabulary.
@@ -66,25 +59,33 @@ enum LmHead {
     /// Tied to the input embedding.
     Tied,
     Own(Tensor),
-    /// Loaded as a backbone ([`LlamaModel::backbone_from_checkpoint`]): hidden states only.
+    /// Loaded as a backbone ([`CausalLm::backbone_from_checkpoint`]): hidden states only.
     Absent,
 }
 
-/// A loaded policy: config, parameters, and where each tensor came from on disk.
-pub struct LlamaModel {
-    pub config: LlamaConfig,
+/// A loaded decoder: config, parameters, and where each tensor came from on disk.
+pub struct CausalLm {
+    pub config: ModelConfig,
     pub vs: nn::VarStore,
     pub device: Device,
-    /// Compute dtype of the parameters (`Kind::Float` unless changed).
+    /// Dtype of the parameters and activations (`Kind::Float` unless loaded otherwise).
     pub kind: Kind,
+    /// The checkpoint path, for messages.
+    name: String,
     embed: Tensor,
+    /// Gemma: √hidden in the activation dtype, the embedding's multiplier.
+    embed_scale: Option<Tensor>,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: LmHead,
-    inv_freq: Tensor,
+    /// The global rotary embedding, then Gemma 3's local one.
+    ropes: Vec<RopeFreqs>,
     /// (HF name, on-disk dtype) of every parameter, in the order they are saved.
     names: Vec<(String, DType)>,
 }
+
+/// The name the rest of the crate knew the model by.
+pub type LlamaModel = CausalLm;
 
 fn kind_of(dtype: DType) -> Option<Kind> {
     match dtype {
@@ -119,182 +120,172 @@ pub fn read_tensor(ck: &Checkpoint, name: &str, kind: Kind, device: Device) -> R
     let bytes = ck.bytes(info, 0..info.nbytes);
     // Safetensors data is little-endian, as is every target libtorch runs on here.
     let t = Tensor::f_from_data_size(bytes, &shape, src)
+        .and_then(|t| t.f_to_device(device))
+        .and_then(|t| t.f_to_kind(kind))
         .map_err(|e| Error::tensor(shard, name, format!("libtorch: {e}")))?;
-    Ok(t.to_device(device).to_kind(kind))
+    Ok(t)
 }
 
-/// Reads parameters by HF name into the var store, checking shapes against the config.
-struct Loader<'a> {
-    ck: &'a Checkpoint,
-    root: nn::Path<'a>,
+/// Registers `t` in the var store under its HF name: tch nests by path ("a.b.c" is
+/// sub("a").sub("b"), variable "c"), so the store lists it under that name.
+fn register(root: &nn::Path, name: &str, t: Tensor) -> Tensor {
+    let mut parts = name.split('.');
+    let first = parts.next().unwrap_or("_");
+    let mut rest: Vec<&str> = parts.collect();
+    let Some(leaf) = rest.pop() else {
+        return root.add(first, t, true);
+    };
+    let path = rest.iter().fold(root.sub(first), |p, s| p.sub(*s));
+    path.add(leaf, t, true)
+}
+
+/// Parameters by name, and (name, on-disk dtype) in layout order.
+type Loaded = (HashMap<String, Tensor>, Vec<(String, DType)>);
+
+/// Reads the parameters of `specs` (shapes checked against the header first).
+fn load_params(
+    ck: &Checkpoint,
+    specs: &[ParamSpec],
+    root: &nn::Path,
     kind: Kind,
     device: Device,
-    names: Vec<(String, DType)>,
-}
-
-impl Loader<'_> {
-    fn param(&mut self, name: String, shape: &[i64]) -> Result<Tensor> {
-        let t = read_tensor(self.ck, &name, self.kind, self.device)?;
-        let info = self.ck.get(&name).expect("read_tensor found it");
-        if t.size() != shape {
+) -> Result<Loaded> {
+    let mut params = HashMap::with_capacity(specs.len());
+    let mut names = Vec::with_capacity(specs.len());
+    for s in specs {
+        let info = ck.get(&s.name).ok_or_else(|| {
+            Error::format(
+                &ck.path,
+                format!("tensor '{}' is missing from the checkpoint", s.name),
+            )
+        })?;
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        if shape != s.shape {
             return Err(Error::tensor(
-                &self.ck.shards[info.shard].path,
-                &name,
-                format!("shape {:?}, config.json implies {shape:?}", t.size()),
+                &ck.shards[info.shard].path,
+                &s.name,
+                format!("shape {shape:?}, config.json implies {:?}", s.shape),
             ));
         }
-        self.names.push((name.clone(), info.dtype));
-        // tch names nest by path ("a.b.c" is sub("a").sub("b"), variable "c"): the var store
-        // then lists the parameter under its HF name.
-        let mut parts: Vec<&str> = name.split('.').collect();
-        let leaf = parts.pop().expect("split yields one part");
-        let mut path = self.root.sub(parts.first().copied().unwrap_or("_"));
-        for p in parts.iter().skip(1) {
-            path = path.sub(*p);
-        }
-        Ok(path.var_copy(leaf, &t))
+        let t = read_tensor(ck, &s.name, kind, device)?;
+        names.push((s.name.clone(), info.dtype));
+        params.insert(s.name.clone(), register(root, &s.name, t));
     }
-
-    fn linear(&mut self, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Linear> {
-        let w = self.param(format!("{prefix}.weight"), &[out, inp])?;
-        let b = if bias {
-            Some(self.param(format!("{prefix}.bias"), &[out])?)
-        } else {
-            None
-        };
-        Ok(Linear { w, b })
-    }
+    Ok((params, names))
 }
 
-/// RoPE inverse frequencies, computed in f32 as `transformers` does (linear scaling divides
-/// them by the factor, i.e. divides the positions).
-fn inv_freq(c: &LlamaConfig, device: Device) -> Tensor {
-    let d = c.head_dim as i64;
-    let exponent =
-        Tensor::arange_start_step(0, d, 2, (Kind::Int64, device)).to_kind(Kind::Float) / (d as f64);
-    let base = Tensor::from(c.rope_theta as f32).to_device(device);
-    let inv = base.pow(&exponent).reciprocal();
-    match c.rope_scaling {
-        RopeScaling::None => inv,
-        RopeScaling::Linear(f) => inv / f,
-    }
-}
-
-fn rotate_half(x: &Tensor) -> Tensor {
-    let d = *x.size().last().expect("rank >= 1");
-    let x1 = x.narrow(-1, 0, d / 2);
-    let x2 = x.narrow(-1, d / 2, d / 2);
-    Tensor::cat(&[x2.neg(), x1], -1)
-}
-
-impl LlamaModel {
+impl CausalLm {
     /// Loads `config.json` and the weights of a checkpoint folder (single file or shards), in
     /// f32 on `device`.
-    pub fn load(path: impl AsRef<Path>, device: Device) -> Result<LlamaModel> {
+    pub fn load(path: impl AsRef<Path>, device: Device) -> Result<CausalLm> {
         Self::load_with_kind(path, device, Kind::Float)
     }
 
     /// As [`load`](Self::load), with the parameters in `kind` (Float, BFloat16, Half).
-    pub fn load_with_kind(
-        path: impl AsRef<Path>,
-        device: Device,
-        kind: Kind,
-    ) -> Result<LlamaModel> {
+    pub fn load_with_kind(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<CausalLm> {
         let ck = Checkpoint::open(path.as_ref())?;
-        let config = LlamaConfig::from_dir(&ck.dir)?;
+        let config = ModelConfig::from_dir(&ck.dir)?;
         Self::from_checkpoint(&ck, config, device, kind)
     }
 
     /// Builds the model from an open checkpoint and its (validated) config.
     pub fn from_checkpoint(
         ck: &Checkpoint,
-        config: LlamaConfig,
+        config: ModelConfig,
         device: Device,
         kind: Kind,
-    ) -> Result<LlamaModel> {
-        Self::build(ck, config, device, kind, true)
+    ) -> Result<CausalLm> {
+        Self::build(ck, config, device, kind, Head::Lm)
     }
 
     /// Loads the decoder without its LM head, in f32 on `device`: for checkpoints that carry
     /// another head (a reward model's `score`, see `super::reward_model`). `lm_head.weight` is
     /// neither needed nor read; [`forward`](Self::forward) is then an error and
     /// [`hidden_states`](Self::hidden_states) the output.
-    pub fn load_backbone(path: impl AsRef<Path>, device: Device) -> Result<LlamaModel> {
+    pub fn load_backbone(path: impl AsRef<Path>, device: Device) -> Result<CausalLm> {
         let ck = Checkpoint::open(path.as_ref())?;
-        let config = LlamaConfig::from_dir(&ck.dir)?;
+        let config = ModelConfig::from_dir(&ck.dir)?;
         Self::backbone_from_checkpoint(&ck, config, device, Kind::Float)
     }
 
     /// As [`load_backbone`](Self::load_backbone), from an open checkpoint.
     pub fn backbone_from_checkpoint(
         ck: &Checkpoint,
-        config: LlamaConfig,
+        config: ModelConfig,
         device: Device,
         kind: Kind,
-    ) -> Result<LlamaModel> {
-        Self::build(ck, config, device, kind, false)
+    ) -> Result<CausalLm> {
+        Self::build(ck, config, device, kind, Head::None)
     }
 
     fn build(
         ck: &Checkpoint,
-        config: LlamaConfig,
+        config: ModelConfig,
         device: Device,
         kind: Kind,
-        with_head: bool,
-    ) -> Result<LlamaModel> {
-        let c = &config;
-        let vs = nn::VarStore::new(device);
-        let h = c.hidden_size as i64;
-        let q_out = (c.num_attention_heads * c.head_dim) as i64;
-        let kv_out = (c.num_key_value_heads * c.head_dim) as i64;
-        let inter = c.intermediate_size as i64;
-        let vocab = c.vocab_size as i64;
-        let mut l = Loader {
-            ck,
-            root: vs.root(),
+        head: Head,
+    ) -> Result<CausalLm> {
+        if !matches!(
             kind,
-            device,
-            names: Vec::new(),
-        };
-        let embed = l.param("model.embed_tokens.weight".into(), &[vocab, h])?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                input_norm: l.param(format!("{p}.input_layernorm.weight"), &[h])?,
-                q: l.linear(&format!("{p}.self_attn.q_proj"), q_out, h, c.qkv_bias)?,
-                k: l.linear(&format!("{p}.self_attn.k_proj"), kv_out, h, c.qkv_bias)?,
-                v: l.linear(&format!("{p}.self_attn.v_proj"), kv_out, h, c.qkv_bias)?,
-                o: l.linear(&format!("{p}.self_attn.o_proj"), h, q_out, c.o_bias)?,
-                post_norm: l.param(format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate: l.linear(&format!("{p}.mlp.gate_proj"), inter, h, c.mlp_bias)?,
-                up: l.linear(&format!("{p}.mlp.up_proj"), inter, h, c.mlp_bias)?,
-                down: l.linear(&format!("{p}.mlp.down_proj"), h, inter, c.mlp_bias)?,
-            });
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        ) {
+            return Err(Error::Internal(format!(
+                "model parameters cannot be {kind:?}"
+            )));
         }
-        let norm = l.param("model.norm.weight".into(), &[h])?;
-        // Tied: `lm_head.weight` is the embedding (a copy in the file, if any, is ignored).
-        let lm_head = if !with_head {
-            LmHead::Absent
-        } else if c.tie_word_embeddings {
-            LmHead::Tied
-        } else {
-            LmHead::Own(l.param("lm_head.weight".into(), &[vocab, h])?)
+        let name = ck.path.display().to_string();
+        let vs = nn::VarStore::new(device);
+        let specs = config.parameter_layout(head);
+        let (mut params, names) = load_params(ck, &specs, &vs.root(), kind, device)?;
+        let mut a = Assembler {
+            params: &mut params,
         };
-        let names = l.names;
-        let inv_freq = inv_freq(c, device);
-        Ok(LlamaModel {
+        let embed = a.take("model.embed_tokens.weight")?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| a.layer(&config, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = a.take("model.norm.weight")?;
+        let lm_head = match head {
+            Head::None => LmHead::Absent,
+            Head::Lm if config.tie_word_embeddings => LmHead::Tied,
+            Head::Lm => LmHead::Own(a.take("lm_head.weight")?),
+        };
+        let backend = |e: TchError| Error::backend(format!("model {name}: loading"), e);
+        let mut ropes =
+            vec![RopeFreqs::new(&config.rope, config.rotary_dim, device).map_err(backend)?];
+        if let Some(local) = &config.local_rope {
+            ropes.push(RopeFreqs::new(local, config.rotary_dim, device).map_err(backend)?);
+        }
+        // transformers keeps √hidden as an f32 buffer and casts it to the weights' dtype (so
+        // bf16 Gemma multiplies by the bf16-rounded value).
+        let embed_scale = match config.family.gemma_style() {
+            true => Some(
+                Tensor::from((config.hidden_size as f64).sqrt() as f32)
+                    .f_to_kind(kind)
+                    .and_then(|t| t.f_to_device(device))
+                    .map_err(backend)?,
+            ),
+            false => None,
+        };
+        Ok(CausalLm {
             config,
             vs,
             device,
             kind,
+            name,
             embed,
+            embed_scale,
             layers,
             norm,
             lm_head,
-            inv_freq,
+            ropes,
             names,
         })
+    }
+
+    /// The checkpoint this model was loaded from, as given.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The HF names of the parameters, in the order they are saved.
@@ -302,8 +293,13 @@ impl LlamaModel {
         self.names.iter().map(|(n, _)| n.as_str())
     }
 
+    fn backend(&self, what: &str) -> impl Fn(TchError) -> Error + '_ {
+        let what = what.to_string();
+        move |e| Error::backend(format!("model {}: {what}", self.name), e)
+    }
+
     /// An empty KV cache for `batch` sequences of up to `capacity` positions.
-    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache> {
         let c = &self.config;
         let shape = [
             batch,
@@ -311,29 +307,32 @@ impl LlamaModel {
             capacity,
             c.head_dim as i64,
         ];
-        let mk = || Tensor::zeros(shape, (self.kind, self.device));
-        KvCache {
-            k: (0..c.num_hidden_layers).map(|_| mk()).collect(),
-            v: (0..c.num_hidden_layers).map(|_| mk()).collect(),
+        let mk = || Tensor::f_zeros(shape, (self.kind, self.device));
+        let n = c.num_hidden_layers;
+        let err = self.backend("allocating the KV cache");
+        Ok(KvCache {
+            k: (0..n)
+                .map(|_| mk())
+                .collect::<Result<_, _>>()
+                .map_err(&err)?,
+            v: (0..n)
+                .map(|_| mk())
+                .collect::<Result<_, _>>()
+                .map_err(&err)?,
             len: 0,
             capacity,
-        }
+            batch,
+        })
     }
 
-    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        let y = xf * (var + self.config.rms_norm_eps).rsqrt();
-        w * y.to_kind(self.kind)
-    }
-
-    /// Logits `[batch, t, vocab]` (f32) for `input_ids` `[batch, t]`.
+    /// Logits `[batch, t, vocab]` (f32) for `input_ids` `[batch, t]`: [`hidden_states`]
+    /// (Self::hidden_states) then [`logits_from_hidden`](Self::logits_from_hidden).
     ///
     /// `attention_mask` `[batch, past + t]`: 1 for real tokens, 0 for padding (left padding in
     /// the prompt, or positions after a sequence ended); it covers the cached positions too.
     /// `position_ids` `[batch, t]`: each token's position in its own sequence (with left padding,
     /// `cumsum(mask) - 1`). With a cache, `input_ids` are appended after its `len()` positions
-    /// and the cache grows by `t`.
+    /// and the cache grows by `t`. Ids must lie in `0..vocab_size` (not checked on the device).
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -341,19 +340,47 @@ impl LlamaModel {
         position_ids: &Tensor,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let head = match &self.lm_head {
-            LmHead::Tied => &self.embed,
-            LmHead::Own(w) => w,
-            LmHead::Absent => {
-                return Err(Error::Usage(
-                    "this model was loaded as a backbone, without its LM head: it has hidden \
-                     states, not logits"
-                        .into(),
-                ))
+        self.lm_head_weight()?;
+        let h = self.decode(input_ids, attention_mask, position_ids, cache)?;
+        self.logits_from_hidden(&h)
+    }
+
+    fn lm_head_weight(&self) -> Result<&Tensor> {
+        match &self.lm_head {
+            LmHead::Tied => Ok(&self.embed),
+            LmHead::Own(w) => Ok(w),
+            LmHead::Absent => Err(Error::Internal(format!(
+                "model {} was loaded as a backbone, without its LM head: it has hidden states, \
+                 not logits",
+                self.name
+            ))),
+        }
+    }
+
+    /// The LM head (and Gemma 2/3's final soft-capping) on hidden states `[…, hidden]` from
+    /// [`hidden_states`](Self::hidden_states): f32 logits `[…, vocab]`. Applied to a slice of
+    /// positions it gives their logits only, so callers can bound memory by chunking.
+    pub fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head_weight()?;
+        let h = self.config.hidden_size as i64;
+        if hidden.size().last() != Some(&h) {
+            return Err(Error::Internal(format!(
+                "model {}: hidden states of shape {:?}, expected [..., {h}]",
+                self.name,
+                hidden.size()
+            )));
+        }
+        let run = || -> Result<Tensor, TchError> {
+            let logits = hidden
+                .f_to_kind(self.kind)?
+                .f_linear::<Tensor>(w, None)?
+                .f_to_kind(Kind::Float)?;
+            match self.config.final_logit_softcapping {
+                None => Ok(logits),
+                Some(cap) => logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap),
             }
         };
-        let x = self.decode(input_ids, attention_mask, position_ids, cache)?;
-        Ok(x.linear::<Tensor>(head, None).to_kind(Kind::Float))
+        run().map_err(self.backend("LM head"))
     }
 
     /// Final hidden states `[batch, t, hidden]` (after the last RMSNorm, in the model's `kind`)
@@ -368,113 +395,140 @@ impl LlamaModel {
         self.decode(input_ids, attention_mask, position_ids, None)
     }
 
-    /// The decoder: embedding, layers, final norm (see [`forward`](Self::forward)).
-    // `x = x + y`, not `x += y`: tch's `+=` is in place, which autograd refuses for tensors that
-    // the backward pass still needs.
-    #[allow(clippy::assign_op_pattern)]
-    fn decode(
+    /// As [`hidden_states`](Self::hidden_states), appending to `cache` as
+    /// [`forward`](Self::forward) does: generation applies the LM head to the last position only.
+    pub fn hidden_states_cached(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         position_ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, t) = input_ids
-            .size2()
-            .map_err(|e| Error::Usage(format!("input_ids: {e}")))?;
-        let past = cache.as_ref().map_or(0, |kv| kv.len);
+        self.decode(input_ids, attention_mask, position_ids, Some(cache))
+    }
+
+    /// Checks the inputs of a forward pass; returns (batch, t, past).
+    fn check_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: Option<&KvCache>,
+    ) -> Result<(i64, i64, i64)> {
+        let bad = |what: String| Error::Internal(format!("model {}: {what}", self.name));
+        let (b, t) = match input_ids.size()[..] {
+            [b, t] if t > 0 => (b, t),
+            _ => return Err(bad(format!("input_ids of shape {:?}", input_ids.size()))),
+        };
+        if input_ids.kind() != Kind::Int64 || position_ids.kind() != Kind::Int64 {
+            return Err(bad("input and position ids must be int64".into()));
+        }
+        let past = cache.map_or(0, |kv| kv.len);
         let total = past + t;
-        if let Some(kv) = cache.as_ref() {
-            if total > kv.capacity {
-                return Err(Error::Usage(format!(
-                    "KV cache full: {past} + {t} positions > capacity {}",
-                    kv.capacity
+        if let Some(kv) = cache {
+            if total > kv.capacity || kv.batch != b {
+                return Err(bad(format!(
+                    "KV cache of {} sequences × {} positions cannot take {b} × ({past} + {t})",
+                    kv.batch, kv.capacity
                 )));
             }
         }
         if attention_mask.size() != [b, total] {
-            return Err(Error::Usage(format!(
+            return Err(bad(format!(
                 "attention_mask has shape {:?}, expected [{b}, {total}]",
                 attention_mask.size()
             )));
         }
         if position_ids.size() != [b, t] {
-            return Err(Error::Usage(format!(
+            return Err(bad(format!(
                 "position_ids has shape {:?}, expected [{b}, {t}]",
                 position_ids.size()
             )));
         }
-        let (nh, nkv, hd) = (
-            c.num_attention_heads as i64,
-            c.num_key_value_heads as i64,
-            c.head_dim as i64,
-        );
-        // RoPE tables [b, 1, t, hd] in f32.
-        let freqs =
-            position_ids.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let cos = emb.cos().unsqueeze(1).to_kind(self.kind);
-        let sin = emb.sin().unsqueeze(1).to_kind(self.kind);
-        // Allowed (query i at absolute index past+i, key j): j <= past+i and mask[b, j] = 1.
-        let dev = self.device;
-        let qi = Tensor::arange_start(past, total, (Kind::Int64, dev)).view([t, 1]);
-        let kj = Tensor::arange(total, (Kind::Int64, dev)).view([1, total]);
-        let causal = kj.le_tensor(&qi).view([1, 1, t, total]);
-        let keep = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, total]);
-        let blocked = causal.logical_and(&keep).logical_not();
-        let scale = 1.0 / (hd as f64).sqrt();
-        let neg = match self.kind {
-            Kind::BFloat16 => -3.389_531_4e38,
-            Kind::Half => -65504.0,
-            Kind::Double => f64::MIN,
-            _ => f32::MIN as f64,
-        };
+        Ok((b, t, past))
+    }
 
-        let mut x = Tensor::embedding(&self.embed, input_ids, -1, false, false);
+    /// The decoder: embedding, layers, final norm (see [`forward`](Self::forward)).
+    fn decode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, past) =
+            self.check_inputs(input_ids, attention_mask, position_ids, cache.as_deref())?;
+        let dev = self.device;
+        // Token ids are not range-checked here: that would read a flag back from the device at
+        // every decoding step. `generate`, `score` and the reward model check them on the host.
+        let prepare = || -> Result<_, TchError> {
+            Ok((
+                input_ids.f_to_device(dev)?,
+                attention_mask.f_to_device(dev)?,
+                position_ids.f_to_device(dev)?,
+            ))
+        };
+        let (ids, mask, pos) = prepare().map_err(self.backend("forward"))?;
+        self.run_layers(&ids, &mask, &pos, past, (b, t), cache)
+    }
+
+    fn run_layers(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        pos: &Tensor,
+        past: i64,
+        (b, t): (i64, i64),
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let rep = (c.num_attention_heads / c.num_key_value_heads) as i64;
+        let window = c.sliding_window.map(|w| w as i64);
+        let setup = || -> Result<_, TchError> {
+            let masks = Masks::new(mask, past, t, window, rep)?;
+            let tables = self
+                .ropes
+                .iter()
+                .map(|r| r.tables(pos, self.kind))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?;
+            if let Some(s) = &self.embed_scale {
+                x = x.f_mul(s)?;
+            }
+            Ok((masks, tables, x))
+        };
+        let (masks, tables, mut x) = setup().map_err(self.backend("embedding and masks"))?;
+        let pass = Pass {
+            config: c,
+            norm: Norm {
+                eps: c.rms_norm_eps,
+                gemma: c.family.gemma_style(),
+            },
+            masks: &masks,
+            tables: &tables,
+            scoring: Scoring {
+                scale: c.attention_scale,
+                softcap: c.attn_logit_softcapping,
+            },
+            batch: b,
+            t,
+        };
         for (li, layer) in self.layers.iter().enumerate() {
-            let hn = self.rms_norm(&x, &layer.input_norm);
-            let q = layer.q.forward(&hn).view([b, t, nh, hd]).transpose(1, 2);
-            let k = layer.k.forward(&hn).view([b, t, nkv, hd]).transpose(1, 2);
-            let v = layer.v.forward(&hn).view([b, t, nkv, hd]).transpose(1, 2);
-            let q = &q * &cos + rotate_half(&q) * &sin;
-            let k = &k * &cos + rotate_half(&k) * &sin;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(kv) => {
-                    kv.k[li].narrow(2, past, t).copy_(&k);
-                    kv.v[li].narrow(2, past, t).copy_(&v);
-                    (kv.k[li].narrow(2, 0, total), kv.v[li].narrow(2, 0, total))
-                }
-                None => (k, v),
-            };
-            let rep = nh / nkv;
-            let (k, v) = if rep > 1 {
-                (
-                    k.repeat_interleave_self_int(rep, 1, None),
-                    v.repeat_interleave_self_int(rep, 1, None),
-                )
-            } else {
-                (k, v)
-            };
-            let scores = q.matmul(&k.transpose(-2, -1)) * scale;
-            let scores = scores.masked_fill(&blocked, neg);
-            let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
-            let attn = probs
-                .matmul(&v)
-                .transpose(1, 2)
-                .contiguous()
-                .view([b, t, nh * hd]);
-            x = x + layer.o.forward(&attn);
-            let hn = self.rms_norm(&x, &layer.post_norm);
-            let mlp = layer
-                .down
-                .forward(&(layer.gate.forward(&hn).silu() * layer.up.forward(&hn)));
-            x = x + mlp;
+            let slot = cache.as_deref().map(|kv| CacheSlot {
+                k: &kv.k[li],
+                v: &kv.v[li],
+                past,
+            });
+            x = layer
+                .forward(&x, &pass, slot)
+                .map_err(self.backend(&format!("layer {li}")))?;
         }
         if let Some(kv) = cache {
-            kv.len = total;
+            kv.len = past + t;
         }
-        Ok(self.rms_norm(&x, &self.norm))
+        pass.norm
+            .apply(&x, &self.norm)
+            .map_err(self.backend("final norm"))
     }
 
     /// Saves the parameters as a checkpoint at `dest` in HF layout (same tensor names as loaded,
@@ -493,7 +547,7 @@ impl LlamaModel {
         for (name, disk) in &self.names {
             let t = vars
                 .get(name)
-                .ok_or_else(|| Error::Usage(format!("internal: parameter '{name}' not found")))?;
+                .ok_or_else(|| Error::Internal(format!("parameter '{name}' not found")))?;
             out.push(OutTensor {
                 name: name.clone(),
                 dtype: dtype.unwrap_or(*disk),
@@ -504,18 +558,19 @@ impl LlamaModel {
         for o in &out {
             let kind = kind_of(o.dtype)
                 .ok_or_else(|| Error::Usage(format!("cannot save a parameter as {}", o.dtype)))?;
-            let t = tch::no_grad(|| {
-                vars[&o.name]
-                    .detach()
-                    .to_device(Device::Cpu)
-                    .to_kind(kind)
-                    .contiguous()
-            });
-            let n = t.numel();
-            let mut buf = vec![0u8; n * o.dtype.size()];
-            t.f_copy_data_u8(&mut buf, n)
-                .map_err(|e| Error::Usage(format!("libtorch: {e}")))?;
-            w.write(&buf)?;
+            let bytes = tch::no_grad(|| -> Result<Vec<u8>, TchError> {
+                let t = vars[&o.name]
+                    .f_detach()?
+                    .f_to_device(Device::Cpu)?
+                    .f_to_kind(kind)?
+                    .f_contiguous()?;
+                let n = t.numel();
+                let mut buf = vec![0u8; n * o.dtype.size()];
+                t.f_copy_data_u8(&mut buf, n)?;
+                Ok(buf)
+            })
+            .map_err(self.backend(&format!("saving '{}'", o.name)))?;
+            w.write(&bytes)?;
         }
         if let Some(dir) = companions_from {
             companion::copy_companions(dir, &mut w)?;

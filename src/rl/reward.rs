@@ -3,6 +3,7 @@
 //! `--reward` specs: `verify:arith` (the built-in task's verifier), `model:PATH` (a reward-model
 //! checkpoint with a scalar head) and `cmd:PROGRAM` (an external scorer over JSONL).
 
+use super::data::Prompt;
 use crate::error::{Error, Result};
 
 pub trait Reward {
@@ -10,6 +11,17 @@ pub trait Reward {
     fn name(&self) -> &str;
     /// One finite reward per pair, in order.
     fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>>;
+    /// One finite reward per (prompt, completion) pair, where a prompt is plain text or a
+    /// conversation. By default a conversation is scored as the text of its last user message
+    /// ([`Prompt::user_text`]); the rewards that see whole conversations (`model:` with the
+    /// reward model's chat template, `cmd:` with a `"messages"` field) override this.
+    fn score_prompts(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f64>> {
+        let texts: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(p, c)| (p.user_text(), c.to_string()))
+            .collect();
+        self.score(&texts)
+    }
 }
 
 /// `verify:arith`: 1 when the completion is the right sum (see [`super::task`]), else 0.

@@ -2,8 +2,8 @@
 //!
 //! The command is split on whitespace (no shell, no quoting: wrap anything fancier in a script).
 //! Protocol of one call:
-//! - stdin: one JSON object per pair and line, `{"prompt": "…", "completion": "…"}`, then end of
-//!   file;
+//! - stdin: one JSON object per pair and line, `{"prompt": "…", "completion": "…"}` (a
+//!   conversation prompt as `{"messages": […], "completion": "…"}`), then end of file;
 //! - stdout: exactly one finite number per line (surrounding spaces allowed), one line per pair,
 //!   in order;
 //! - exit status 0. Stderr is free for the program's logs: only its tail is kept, for error
@@ -174,19 +174,31 @@ impl CmdReward {
 
     /// Runs the program once over `pairs` (see the module docs); one finite reward per pair.
     pub fn run(&self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
-        if pairs.is_empty() {
+        self.run_records(
+            pairs
+                .iter()
+                .map(|(prompt, completion)| {
+                    serde_json::json!({"prompt": prompt, "completion": completion})
+                })
+                .collect(),
+        )
+    }
+
+    /// Runs the program once over these input lines; one finite reward per line.
+    fn run_records(&self, records: Vec<serde_json::Value>) -> Result<Vec<f64>> {
+        if records.is_empty() {
             return Ok(Vec::new());
         }
         let mut input = Vec::new();
-        for (prompt, completion) in pairs {
-            let line = serde_json::json!({"prompt": prompt, "completion": completion});
+        for line in &records {
             input.extend_from_slice(line.to_string().as_bytes());
             input.push(b'\n');
         }
-        let cap = (1 << 20) + STDOUT_PER_PAIR * pairs.len();
+        let n = records.len();
+        let cap = (1 << 20) + STDOUT_PER_PAIR * n;
         let (pid, rx) = self.spawn(input, cap)?;
-        let out = self.wait(pid, &rx, pairs.len(), cap)?;
-        self.finish(out, pairs.len())
+        let out = self.wait(pid, &rx, n, cap)?;
+        self.finish(out, n)
     }
 
     /// Starts the program with helper threads: one writes `input` to its stdin, two drain its
@@ -366,5 +378,23 @@ impl Reward for CmdReward {
 
     fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
         self.run(pairs)
+    }
+
+    fn score_prompts(&mut self, pairs: &[(&super::data::Prompt, &str)]) -> Result<Vec<f64>> {
+        self.run_records(
+            pairs
+                .iter()
+                .map(|(p, c)| {
+                    let (key, value) = p.json_field();
+                    let mut line = serde_json::Map::new();
+                    line.insert(key.into(), value);
+                    line.insert(
+                        "completion".into(),
+                        serde_json::Value::String(c.to_string()),
+                    );
+                    serde_json::Value::Object(line)
+                })
+                .collect(),
+        )
     }
 }

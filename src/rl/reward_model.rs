@@ -1,25 +1,26 @@
 //! `model:PATH` reward: a reward-model checkpoint as `transformers` saves a
-//! `LlamaForSequenceClassification` (or the Mistral / Qwen2 one) with one label: the decoder's
-//! weights `model.*` (no `lm_head`), a bias-free head `score.weight` `[1, hidden]`, config.json
-//! (`architectures`, `id2label` with one entry, `pad_token_id`) and the tokenizer files beside
-//! them.
+//! `…ForSequenceClassification` of any supported family (Llama, Mistral, Qwen2, Qwen3, Gemma,
+//! Gemma 2, Gemma 3 text, Phi-3) with one label: the decoder's weights `model.*` (no `lm_head`),
+//! a bias-free head `score.weight` `[1, hidden]`, config.json (`architectures`, `id2label` with
+//! one entry, `pad_token_id`) and the tokenizer files beside them.
 //!
 //! The reward of a (prompt, completion) pair is `transformers`' output for it: the pair is
 //! tokenized with the reward model's own tokenizer (the prompt with its special tokens, i.e. BOS,
-//! then the completion without), and `score` is applied to the final hidden state of the
+//! then the completion without; a conversation prompt with the completion as a final assistant
+//! message, rendered by the reward model's own chat template and tokenized without special
+//! tokens, as transformers' `apply_chat_template` gives), and `score` is applied to the final hidden state of the
 //! rightmost token whose id is not config.json's `pad_token_id` (transformers' pooling rule: the
 //! last token, unless the text itself ends in pad-id tokens; the last token when the config has
 //! no `pad_token_id`). Runs without gradients, in f32, in batches: sequences sorted by length,
 //! left-padded, position ids `cumsum(mask) - 1` (as in `super::generate`), so each one is scored
 //! as if alone; rewards come back in input order.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use super::config::LlamaConfig;
-use super::generate::position_ids;
 use super::model::{read_tensor, LlamaModel};
 use super::reward::Reward;
 use super::tokenizer::Tokenizer;
@@ -30,7 +31,6 @@ use crate::io::Checkpoint;
 pub struct RewardModel {
     /// `model:` + the path as given.
     name: String,
-    path: PathBuf,
     model: LlamaModel,
     tokenizer: Tokenizer,
     /// The score head's single row, `[hidden]`, f32.
@@ -67,6 +67,17 @@ impl RewardModel {
     /// `path` onto `device`, to score `batch_size` sequences per forward pass. Errors name the
     /// file: no `score.weight` (e.g. a causal LM), more than one label, a wrong shape.
     pub fn load(path: impl AsRef<Path>, device: Device, batch_size: usize) -> Result<RewardModel> {
+        Self::load_with_kind(path, device, Kind::Float, batch_size)
+    }
+
+    /// As [`load`](Self::load), with the decoder in `kind` (e.g. BFloat16 on a GPU); the score
+    /// head is applied in f32 to the final hidden state cast to f32.
+    pub fn load_with_kind(
+        path: impl AsRef<Path>,
+        device: Device,
+        kind: Kind,
+        batch_size: usize,
+    ) -> Result<RewardModel> {
         let path = path.as_ref();
         let name = format!("model:{}", path.display());
         if batch_size == 0 {
@@ -116,7 +127,7 @@ impl RewardModel {
             ));
         }
         let pad_token_id = config.pad_token_id;
-        let mut model = LlamaModel::backbone_from_checkpoint(&ck, config, device, Kind::Float)?;
+        let mut model = LlamaModel::backbone_from_checkpoint(&ck, config, device, kind)?;
         model.vs.freeze();
         let tokenizer = Tokenizer::from_dir(&ck.dir)?;
         let vocab = model.config.vocab_size;
@@ -129,12 +140,14 @@ impl RewardModel {
                 ),
             ));
         }
+        let score = score
+            .f_view([h])
+            .map_err(|e| Error::backend(format!("{name}: loading"), e))?;
         Ok(RewardModel {
             name,
-            path: path.to_path_buf(),
             model,
             tokenizer,
-            score: score.view([h]),
+            score,
             pad_token_id,
             batch_size,
         })
@@ -158,25 +171,43 @@ impl RewardModel {
 
     /// One reward per pair, in order.
     pub fn rewards(&self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
+        let seqs = pairs
+            .iter()
+            .map(|(prompt, completion)| self.encode_pair(prompt, completion))
+            .collect::<Result<Vec<_>>>()?;
+        self.score_ids(&seqs)
+    }
+
+    /// One reward per (prompt, completion) pair, in order; conversations are rendered with the
+    /// reward model's chat template ([`Tokenizer::encode_with_completion`]).
+    pub fn rewards_prompts(&self, pairs: &[(&super::data::Prompt, &str)]) -> Result<Vec<f64>> {
+        let seqs = pairs
+            .iter()
+            .map(|(prompt, completion)| self.tokenizer.encode_with_completion(prompt, completion))
+            .collect::<Result<Vec<_>>>()?;
+        self.score_ids(&seqs)
+    }
+
+    /// The score of each token sequence (as [`encode_pair`](Self::encode_pair) makes them), in
+    /// order: sorted by length and scored `batch_size` at a time, left-padded.
+    pub fn score_ids(&self, seqs: &[Vec<i64>]) -> Result<Vec<f64>> {
         let max_pos = self.model.config.max_position_embeddings;
-        let mut seqs = Vec::with_capacity(pairs.len());
-        for (i, (prompt, completion)) in pairs.iter().enumerate() {
-            let ids = self.encode_pair(prompt, completion)?;
-            if ids.is_empty() {
+        let vocab = self.model.config.vocab_size as i64;
+        for (i, ids) in seqs.iter().enumerate() {
+            if ids.is_empty() || ids.len() > max_pos {
                 return Err(Error::Mismatch(format!(
-                    "{}: pair {i} has no tokens (empty prompt and completion, no BOS)",
-                    self.name
-                )));
-            }
-            if ids.len() > max_pos {
-                return Err(Error::Mismatch(format!(
-                    "{}: pair {i} has {} tokens, more than the reward model's \
+                    "{}: pair {i} has {} tokens, not between 1 and the reward model's \
                      max_position_embeddings {max_pos}",
                     self.name,
                     ids.len()
                 )));
             }
-            seqs.push(ids);
+            if let Some(t) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+                return Err(Error::Mismatch(format!(
+                    "{}: pair {i}: token id {t} outside the vocabulary (0..{vocab})",
+                    self.name
+                )));
+            }
         }
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
@@ -186,8 +217,8 @@ impl RewardModel {
             let scores = tch::no_grad(|| self.score_batch(&batch))?;
             for (&i, r) in chunk.iter().zip(scores) {
                 if !r.is_finite() {
-                    return Err(Error::format(
-                        &self.path,
+                    return Err(Error::reward(
+                        &self.name,
                         format!("the reward model scored pair {i} {r}, not a finite number"),
                     ));
                 }
@@ -211,19 +242,35 @@ impl RewardModel {
         }
         let dev = self.model.device;
         let shape = [b as i64, w as i64];
-        let ids = Tensor::from_slice(&ids).view(shape).to_device(dev);
-        let mask = Tensor::from_slice(&mask).view(shape).to_device(dev);
-        let hidden = self
-            .model
-            .hidden_states(&ids, &mask, &position_ids(&mask))?;
-        let rows = Tensor::arange(b as i64, (Kind::Int64, dev));
-        let cols = Tensor::from_slice(&pooled).to_device(dev);
-        let last = hidden.index(&[Some(rows), Some(cols)]).to_kind(Kind::Float);
-        let scores = last
-            .matmul(&self.score)
-            .to_kind(Kind::Double)
-            .to_device(Device::Cpu);
-        Vec::<f64>::try_from(&scores).map_err(|e| Error::Usage(format!("libtorch: {e}")))
+        let inputs = || -> std::result::Result<_, TchError> {
+            let ids = Tensor::f_from_slice(&ids)?
+                .f_view(shape)?
+                .f_to_device(dev)?;
+            let mask = Tensor::f_from_slice(&mask)?
+                .f_view(shape)?
+                .f_to_device(dev)?;
+            let pos = mask
+                .f_cumsum(1, Kind::Int64)?
+                .f_sub_scalar(1)?
+                .f_clamp_min(0)?;
+            Ok((ids, mask, pos))
+        };
+        let backend = |e: TchError| Error::backend(format!("{}: scoring", self.name), e);
+        let (ids, mask, pos) = inputs().map_err(backend)?;
+        let hidden = self.model.hidden_states(&ids, &mask, &pos)?;
+        let head = || -> std::result::Result<Vec<f64>, TchError> {
+            let rows = Tensor::f_arange(b as i64, (Kind::Int64, dev))?;
+            let cols = Tensor::f_from_slice(&pooled)?.f_to_device(dev)?;
+            let last = hidden
+                .f_index(&[Some(rows), Some(cols)])?
+                .f_to_kind(Kind::Float)?;
+            let scores = last
+                .f_matmul(&self.score)?
+                .f_to_kind(Kind::Double)?
+                .f_to_device(Device::Cpu)?;
+            Vec::<f64>::try_from(&scores)
+        };
+        head().map_err(backend)
     }
 }
 
@@ -234,5 +281,9 @@ impl Reward for RewardModel {
 
     fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
         self.rewards(pairs)
+    }
+
+    fn score_prompts(&mut self, pairs: &[(&super::data::Prompt, &str)]) -> Result<Vec<f64>> {
+        self.rewards_prompts(pairs)
     }
 }

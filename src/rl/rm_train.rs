@@ -121,7 +121,7 @@ fn scores(model: &LlamaModel, seqs: &[Vec<i64>], pad_id: i64) -> Result<Tensor> 
     let shape = [b as i64, w as i64];
     let ids = Tensor::from_slice(&ids).view(shape);
     let mask = Tensor::from_slice(&mask).view(shape);
-    let logits = model.forward(&ids, &mask, &position_ids(&mask), None)?;
+    let logits = model.forward(&ids, &mask, &position_ids(&mask)?, None)?;
     logits
         .f_select(1, w as i64 - 1)
         .and_then(|t| t.f_select(1, 0))

@@ -42,6 +42,17 @@ pub enum TrainDtype {
     Bf16,
 }
 
+/// Which trainer runs the RL stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// warp's own trainer (libtorch, one device).
+    Warp,
+    /// TRL's RLOOTrainer under `accelerate launch` (FSDP / DeepSpeed across GPUs and nodes;
+    /// docs/SCALE.md), same run layout.
+    Trl,
+}
+
 /// The settings of one RL run (`warp rl`): its flags, its `--config` file and the `config` of
 /// the run folder's `run.json`.
 ///
@@ -53,9 +64,14 @@ pub struct RlConfig {
     /// Init policy: checkpoint folder or hub id org/name[@rev] (default: the built-in SFT model).
     #[arg(value_name = "MODEL", default_value = "builtin:arith/model")]
     pub model: String,
-    /// Prompt set, JSONL with one {"prompt": …} per line.
+    /// Prompt set, JSONL: one {"prompt": "…"} (plain text) or {"messages": [{"role": …,
+    /// "content": …}, …]} (a conversation, rendered with the chat template) per line.
     #[arg(long, value_name = "FILE", default_value = "builtin:arith/train.jsonl")]
     pub prompts: PathBuf,
+    /// Chat template of "messages" prompts: auto (the model's own), none (refuse them), or a
+    /// Jinja file (or the name of one of the model's named templates).
+    #[arg(long, value_name = "auto|none|FILE", default_value_t = crate::rl::chat::TemplateChoice::Auto)]
+    pub chat_template: crate::rl::chat::TemplateChoice,
     /// verify:arith (built-in task), model:PATH (reward model with a scalar head) or
     /// cmd:PROGRAM (reads JSONL {prompt, completion} on stdin, prints one number per line).
     #[arg(long, value_name = "SPEC", default_value = "verify:arith")]
@@ -117,6 +133,19 @@ pub struct RlConfig {
     /// Seconds a cmd: reward may take per call before it is killed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub reward_timeout: f64,
+    /// The trainer: warp (libtorch, one device) or trl (TRL's RLOOTrainer under `accelerate
+    /// launch`, for models beyond one device; needs `source scripts/setup-trl.sh`, or
+    /// WARP_TRL_PYTHON; see docs/SCALE.md).
+    #[arg(long, value_enum, default_value_t = Backend::Warp)]
+    pub backend: Backend,
+    /// trl backend: the accelerate config file (e.g. python/accelerate/fsdp.yaml); without one,
+    /// a single process.
+    #[arg(long, value_name = "FILE")]
+    pub accelerate_config: Option<PathBuf>,
+    /// trl backend: further RLOOConfig settings, a JSON object (e.g.
+    /// '{"gradient_checkpointing": true, "gradient_accumulation_steps": 4}').
+    #[arg(long, value_name = "JSON")]
+    pub trl_args: Option<String>,
 }
 
 impl Default for RlConfig {
@@ -192,7 +221,39 @@ impl RlConfig {
                     self.reward_timeout
                 )
             },
-        )
+        )?;
+        self.check_backend()
+    }
+
+    /// What the trl backend cannot do (RLOOTrainer: docs/SCALE.md), and its own settings.
+    fn check_backend(&self) -> Result<()> {
+        if self.backend == Backend::Warp {
+            for (field, set) in [
+                ("accelerate_config", self.accelerate_config.is_some()),
+                ("trl_args", self.trl_args.is_some()),
+            ] {
+                positive(field, !set, || "applies to the trl backend only".into())?;
+            }
+            return Ok(());
+        }
+        positive("baseline", self.baseline == Baseline::Rloo, || {
+            "the trl backend has the leave-one-out baseline only (RLOOTrainer)".into()
+        })?;
+        positive(
+            "beta",
+            self.anchor != Anchor::Ema || self.beta > 0.0,
+            || {
+                "must be > 0 with the EMA anchor on the trl backend (TRL keeps no reference model, \
+             hence no EMA, when beta is 0)"
+                    .into()
+            },
+        )?;
+        if let Some(j) = &self.trl_args {
+            let v: serde_json::Value = serde_json::from_str(j)
+                .map_err(|e| Error::setting("trl_args", format!("not valid JSON: {e}")))?;
+            positive("trl_args", v.is_object(), || "must be a JSON object".into())?;
+        }
+        Ok(())
     }
 
     /// Reads a config file: JSON, or TOML when the name ends in `.toml`. Keys not given keep
@@ -372,6 +433,36 @@ mod tests {
         bad(|c| c.temperature = f64::NAN, "temperature");
         bad(|c| c.beta = -1.0, "beta");
         bad(|c| c.reward_timeout = 0.0, "reward_timeout");
+        bad(|c| c.trl_args = Some("{}".into()), "trl_args");
+        bad(
+            |c| {
+                c.backend = Backend::Trl;
+                c.baseline = Baseline::None;
+            },
+            "baseline",
+        );
+        bad(
+            |c| {
+                c.backend = Backend::Trl;
+                c.beta = 0.0;
+            },
+            "beta",
+        );
+        bad(
+            |c| {
+                c.backend = Backend::Trl;
+                c.trl_args = Some("[1]".into());
+            },
+            "trl_args",
+        );
+        let c = RlConfig {
+            backend: Backend::Trl,
+            anchor: Anchor::Init,
+            beta: 0.0,
+            trl_args: Some(r#"{"gradient_checkpointing": true}"#.into()),
+            ..RlConfig::default()
+        };
+        c.check().unwrap();
         let c = RlConfig {
             n: 1,
             baseline: Baseline::None,

@@ -202,11 +202,15 @@ pub fn measure(
         batch: 1024,
         seed,
     };
-    let sampled = evaluate(model, tok, prompts, &mut VerifyArith, None, &o)?;
+    let prompts: Vec<super::data::Prompt> = prompts
+        .iter()
+        .map(|p| super::data::Prompt::Text(p.clone()))
+        .collect();
+    let sampled = evaluate(model, tok, &prompts, &mut VerifyArith, None, &o)?;
     let greedy = evaluate(
         model,
         tok,
-        prompts,
+        &prompts,
         &mut VerifyArith,
         None,
         &SampleOptions {

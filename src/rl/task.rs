@@ -24,8 +24,10 @@ pub fn prompt(a: u64, b: u64) -> String {
 pub fn parse_prompt(prompt: &str) -> Option<(u64, u64)> {
     let body = prompt.trim_end().strip_suffix('=')?;
     let start = body
-        .rfind(|c: char| !(c.is_ascii_digit() || c == '+'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_digit() || c == '+'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let (a, b) = body[start..].split_once('+')?;
     let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|c| c.is_ascii_digit());
     if !digits(a) || !digits(b) {
@@ -90,6 +92,7 @@ mod tests {
     fn prompts_parse_and_verify() {
         assert_eq!(parse_prompt("37+58="), Some((37, 58)));
         assert_eq!(parse_prompt("Q: 3+4="), Some((3, 4)));
+        assert_eq!(parse_prompt("é3+4="), Some((3, 4)));
         assert_eq!(parse_prompt("3*4="), None);
         assert_eq!(parse_prompt("+4="), None);
         assert_eq!(arith_reward("37+58=", "95"), 1.0);

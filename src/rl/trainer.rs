@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::data::read_prompts;
+use super::data::{read_prompt_lines, Prompt};
 use super::eval::token_kl;
 use super::generate::{generate, score_at, GenerateOptions};
 use super::model::{read_tensor, LlamaModel};
@@ -123,7 +123,7 @@ pub struct Trainer {
     pub init: LlamaModel,
     opt: Adam,
     reward: Box<dyn Reward>,
-    prompts: Vec<String>,
+    prompts: Vec<Prompt>,
     prompt_ids: Vec<Vec<i64>>,
     /// Whether the saved policy/ema folders hold the exact training state (all f32); else the
     /// trainer state keeps f32 copies for resuming.
@@ -222,10 +222,11 @@ impl Trainer {
     ) -> Result<Trainer> {
         let device = super::tch_device(cfg.device)?;
         let spec = crate::builtin::resolve_spec(&cfg.model)?;
-        let ck = crate::io::open_spec(&spec, reporter)?;
+        let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), reporter)?;
         let model_dir = ck.dir.clone();
         let config = super::LlamaConfig::from_dir(&model_dir)?;
-        let tok = Tokenizer::from_dir(&model_dir)?;
+        let mut tok = Tokenizer::from_dir(&model_dir)?;
+        tok.set_chat_template(&cfg.chat_template)?;
         if tok.vocab_size() > config.vocab_size {
             return Err(Error::format(
                 model_dir.join("tokenizer.json"),
@@ -242,7 +243,7 @@ impl Trainer {
             None => fresh_models(&cfg, &ck, config, device)?,
             Some(dir) => restore_models(&cfg, &ck, config, dir, exact_on_disk, device)?,
         };
-        let (records, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
+        let (prompts, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
         let reward = reward::from_spec_opts(
             &cfg.reward,
             &reward::RewardOptions {
@@ -252,7 +253,7 @@ impl Trainer {
             },
         )?;
         Ok(Trainer {
-            prompts: records.into_iter().map(|r| r.prompt).collect(),
+            prompts,
             prompt_ids,
             out: out.to_path_buf(),
             layout: RlRunLayout::new(out),
@@ -304,6 +305,23 @@ impl Trainer {
         Ok(fin)
     }
 
+    /// Checked rewards of `completions` (token ids), the i-th a completion of prompt
+    /// `sample_prompts[i]`.
+    fn rewards(&mut self, sample_prompts: &[usize], completions: &[Vec<i64>]) -> Result<Vec<f64>> {
+        let texts = completions
+            .iter()
+            .map(|c| self.tok.decode(c))
+            .collect::<Result<Vec<_>>>()?;
+        let pairs: Vec<(&Prompt, &str)> = sample_prompts
+            .iter()
+            .zip(&texts)
+            .map(|(&i, t)| (&self.prompts[i], t.as_str()))
+            .collect();
+        let rewards = self.reward.score_prompts(&pairs)?;
+        check_rewards(&rewards, pairs.len(), self.reward.name())?;
+        Ok(rewards)
+    }
+
     /// One optimizer step (and EMA update); `probe_ema` also samples from the EMA for its metrics.
     pub fn train_step(&mut self, probe_ema: bool) -> Result<StepMetrics> {
         let started = Instant::now();
@@ -328,14 +346,11 @@ impl Trainer {
             record_logits: false,
         };
         let g = generate(&self.policy, &ids, &gen_opts)?;
-        let texts: Vec<(String, String)> = chosen
+        let sample_prompts: Vec<usize> = chosen
             .iter()
             .flat_map(|&i| std::iter::repeat(i).take(c.n))
-            .zip(&g.completions)
-            .map(|(i, comp)| Ok((self.prompts[i].clone(), self.tok.decode(comp)?)))
-            .collect::<Result<_>>()?;
-        let rewards = self.reward.score(&texts)?;
-        check_rewards(&rewards, texts.len(), self.reward.name())?;
+            .collect();
+        let rewards = self.rewards(&sample_prompts, &g.completions)?;
         let pairs: Vec<(Vec<i64>, Vec<i64>)> = ids.into_iter().zip(g.completions).collect();
 
         self.opt.zero_grad();
@@ -385,8 +400,7 @@ impl Trainer {
         let std = (rv.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / rv.len() as f64).sqrt();
         let samples_per_s = rv.len() as f64 / started.elapsed().as_secs_f64();
         let ema = if probe_ema {
-            let prompt_texts: Vec<&str> = texts.iter().map(|(p, _)| p.as_str()).collect();
-            Some(self.probe_ema(&prompt_texts, &pairs, &gen_opts)?)
+            Some(self.probe_ema(&sample_prompts, &pairs, &gen_opts)?)
         } else {
             None
         };
@@ -419,25 +433,18 @@ impl Trainer {
         });
     }
 
-    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts: the prompts
-    /// as training scores them (`prompt_texts`, the prompt file's text, not a decoding of its
-    /// tokens, which drops special tokens and may normalise), so that `ema_reward_mean` and
-    /// `reward_mean` are the same measurement of two models.
+    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts, scored as
+    /// training scores them ([`Self::rewards`]: the prompt file's text, not a decoding of its
+    /// tokens), so that `ema_reward_mean` and `reward_mean` measure two models the same way.
     fn probe_ema(
         &mut self,
-        prompt_texts: &[&str],
+        sample_prompts: &[usize],
         pairs: &[(Vec<i64>, Vec<i64>)],
         o: &GenerateOptions,
     ) -> Result<(f64, f64)> {
         let prompts: Vec<Vec<i64>> = pairs.iter().map(|(p, _)| p.clone()).collect();
         let g = generate(&self.ema, &prompts, o)?;
-        let texts: Vec<(String, String)> = prompt_texts
-            .iter()
-            .zip(&g.completions)
-            .map(|(p, comp)| Ok((p.to_string(), self.tok.decode(comp)?)))
-            .collect::<Result<_>>()?;
-        let rewards = self.reward.score(&texts)?;
-        check_rewards(&rewards, texts.len(), self.reward.name())?;
+        let rewards = self.rewards(sample_prompts, &g.completions)?;
         let pairs: Vec<(Vec<i64>, Vec<i64>)> = prompts.into_iter().zip(g.completions).collect();
         let kl = tch::no_grad(|| -> Result<f64> {
             let e = score_at(&self.ema, &pairs, self.tok.pad_id, o.temperature)?;
@@ -596,34 +603,33 @@ fn restore_models(
     })
 }
 
-/// The prompt set of the run and its token ids; a prompt too long for the model is an error
-/// naming its line.
+/// The prompt set of the run (plain and conversation lines) and its token ids; a line that
+/// cannot be encoded (e.g. a conversation without a chat template) or is too long for the model
+/// is an error naming it.
 fn read_training_prompts(
     cfg: &RlConfig,
     tok: &Tokenizer,
     policy: &LlamaModel,
-) -> Result<(Vec<super::data::PromptRecord>, Vec<Vec<i64>>)> {
+) -> Result<(Vec<Prompt>, Vec<Vec<i64>>)> {
     let path = crate::builtin::resolve_path(&cfg.prompts)?;
-    let records = read_prompts(&path)?;
-    let mut prompt_ids = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        let ids = tok.encode(&r.prompt)?;
+    let lines = read_prompt_lines(&path)?;
+    let prompt_ids = tok.encode_prompt_lines(&cfg.prompts, &lines)?;
+    for (l, ids) in lines.iter().zip(&prompt_ids) {
         if ids.len() + cfg.max_new_tokens > policy.config.max_position_embeddings {
             return Err(Error::format(
                 &cfg.prompts,
                 format!(
                     "line {}: prompt of {} tokens + max_new_tokens {} exceeds the model's \
                      max_position_embeddings {}",
-                    i + 1,
+                    l.line,
                     ids.len(),
                     cfg.max_new_tokens,
                     policy.config.max_position_embeddings
                 ),
             ));
         }
-        prompt_ids.push(ids);
     }
-    Ok((records, prompt_ids))
+    Ok((lines.into_iter().map(|l| l.prompt).collect(), prompt_ids))
 }
 
 /// Policy-gradient weights of samples grouped by prompt (`n` consecutive samples each):

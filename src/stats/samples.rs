@@ -53,7 +53,8 @@ pub const HEADER: &str = "point,prompt,sample,reward,kl,len,completion";
 pub struct EvalSettings {
     /// The prompt file.
     pub prompts: String,
-    /// SHA-256 (hex) of the prompts used, each followed by a newline.
+    /// SHA-256 (hex) of the prompts used, each (as its JSON record, `{"prompt": …}` or
+    /// `{"messages": …}`) followed by a newline.
     pub prompts_sha256: String,
     pub n_prompts: usize,
     pub samples: usize,

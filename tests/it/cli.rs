@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{bin, entries, ok, run, Run};
 
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "slerp",
     "liti",
     "lerp",
@@ -22,6 +22,7 @@ const COMMANDS: [&str; 15] = [
     "sft",
     "run",
     "eval",
+    "generate",
     "plot",
     "push",
     "download",
@@ -198,6 +199,7 @@ fn exit_codes_and_one_line_errors() {
             vec!["rl", "-o", "run", "--steps", "2"],
             vec!["sft", "-o", "sft"],
             vec!["eval", "--run", "x", "-o", "e.csv"],
+            vec!["generate", "m", "--prompt", "x"],
             vec!["run", "-o", "x"],
         ] {
             let r = run("warp", &args, d);

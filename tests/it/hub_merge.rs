@@ -29,12 +29,9 @@ fn run_ok(name: &str, args: &[&str], cwd: &Path, server: &HubServer, home: &Path
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn slerp_from_hub_ids_and_push_the_merge() {
-    let server = HubServer::start();
-    let home = tempfile::tempdir().unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let w = d.path();
+/// Three fixtures (base and two fine-tunes) on the hub as org/base, org/ft1, org/ft2 (one
+/// pushed by the fixture tool itself, the others by `warp push`), and in `w`.
+fn publish_inputs(w: &Path, server: &HubServer, home: &Path) {
     for (name, extra) in [
         ("base", vec![]),
         ("ft1", vec!["--base-seed", "0", "--seed", "1"]),
@@ -56,22 +53,19 @@ fn slerp_from_hub_ids_and_push_the_merge() {
             // One input is pushed by the fixture tool itself.
             args.extend(["--push-to-hub", "org/ft2"]);
         }
-        run_ok("warp-fixture", &args, w, &server, home.path());
+        run_ok("warp-fixture", &args, w, server, home);
     }
-    run_ok(
-        "warp",
-        &["push", "-q", "base", "org/base"],
-        w,
-        &server,
-        home.path(),
-    );
-    run_ok(
-        "warp",
-        &["push", "-q", "ft1", "org/ft1"],
-        w,
-        &server,
-        home.path(),
-    );
+    run_ok("warp", &["push", "-q", "base", "org/base"], w, server, home);
+    run_ok("warp", &["push", "-q", "ft1", "org/ft1"], w, server, home);
+}
+
+#[test]
+fn slerp_from_hub_ids_and_push_the_merge() {
+    let server = HubServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path();
+    publish_inputs(w, &server, home.path());
 
     // Local merge (reference) and the hub merge, pushed.
     common::ok(

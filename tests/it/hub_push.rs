@@ -546,3 +546,82 @@ fn downloads_retry_server_errors() {
         3
     );
 }
+
+#[test]
+fn hub_errors_are_typed_a_401_is_not_a_timeout() {
+    use warp::hub::HubErrorKind;
+    let server = HubServer::start();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("config.json"), b"{}").unwrap();
+    // A refused token: the status, its kind and the URL (no query) are there to match on.
+    let wrong = PushOptions {
+        token: Some("hf_wrong_secret".into()),
+        ..push_opts(&server)
+    };
+    let Err(Error::Hub(h)) = push_folder(src.path(), "org/t", &wrong, &Silent) else {
+        panic!("expected a hub error")
+    };
+    assert_eq!((h.kind, h.status), (HubErrorKind::Status, Some(401)));
+    assert!(!h.timed_out());
+    assert!(
+        h.url.as_deref().is_some_and(|u| u.starts_with(&server.url)),
+        "{h:?}"
+    );
+    // A server that never answers: a timeout, no status.
+    server.fail(
+        "POST",
+        "/preupload/",
+        Fault::Stall(Duration::from_secs(3)),
+        10,
+    );
+    let impatient = PushOptions {
+        timeout: Duration::from_millis(300),
+        retry: RetryPolicy {
+            max_retries: 0,
+            ..fast_retry()
+        },
+        ..push_opts(&server)
+    };
+    let Err(Error::Hub(h)) = push_folder(src.path(), "org/t", &impatient, &Silent) else {
+        panic!("expected a hub error")
+    };
+    assert!(h.timed_out() && h.status.is_none(), "{h:?}");
+    // Offline and not cached: its own kind.
+    let cache = tempfile::tempdir().unwrap();
+    let mut offline = hub_opts(&server, cache.path());
+    offline.offline = true;
+    let Err(Error::Hub(h)) = resolve_checkpoint("org/t", &offline, &Silent) else {
+        panic!("expected a hub error")
+    };
+    assert_eq!(h.kind, HubErrorKind::NotCached);
+}
+
+#[test]
+fn downloads_honour_retry_after_too() {
+    let server = HubServer::start();
+    let src = tempfile::tempdir().unwrap();
+    let files = write_checkpoint(src.path(), 12);
+    push_folder(src.path(), "org/busy", &push_opts(&server), &Silent).unwrap();
+    let listing = "/api/models/org/busy/revision/";
+    let before = server.log().len();
+    server.fail(
+        "GET",
+        listing,
+        Fault::Status {
+            code: 429,
+            retry_after: Some(1),
+        },
+        1,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let snap = resolve_checkpoint("org/busy", &hub_opts(&server, cache.path()), &Silent).unwrap();
+    assert_same_files(&snap, &files);
+    let log = server.log();
+    let tries: Vec<_> = log[before..]
+        .iter()
+        .filter(|l| l.path.contains(listing))
+        .collect();
+    assert_eq!((tries[0].status, tries[1].status), (429, 200));
+    // The backoff alone would be ~10 ms; Retry-After asked for a second.
+    assert!(tries[1].at - tries[0].at >= Duration::from_millis(950));
+}

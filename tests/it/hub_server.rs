@@ -630,85 +630,19 @@ fn route_hub(ctx: &Ctx, req: &Request, body: &[u8]) -> Response {
             Response::json(200, json!({"errors": [], "warnings": []}))
         }
         ("GET", ["api", "models", org, name, "revision", rev]) => {
-            with_repo(ctx, req, org, name, false, |st, repo_id| {
-                let repo = &st.repos[repo_id];
-                let Some(head) = resolve_rev(repo, rev) else {
-                    return Response::error(
-                        404,
-                        "RevisionNotFound",
-                        &format!("Invalid rev id: {rev}"),
-                    );
-                };
-                let c = &repo.commits[&head];
-                let siblings: Vec<Value> =
-                    c.files.keys().map(|p| json!({ "rfilename": p })).collect();
-                Response::json(
-                    200,
-                    json!({
-                        "_id": "0", "id": repo_id, "modelId": repo_id, "sha": head,
-                        "private": repo.private, "disabled": false, "gated": false,
-                        "lastModified": "2024-01-01T00:00:00.000Z", "tags": [], "siblings": siblings,
-                    }),
-                )
+            with_repo(ctx, req, org, name, false, |st, id| {
+                revision_info(st, id, rev)
             })
         }
         ("GET", ["api", "models", org, name, "tree", rev, rest @ ..]) => {
             let prefix = rest.join("/");
-            with_repo(ctx, req, org, name, false, |st, repo_id| {
-                let repo = &st.repos[repo_id];
-                let Some(head) = resolve_rev(repo, rev) else {
-                    return Response::error(
-                        404,
-                        "RevisionNotFound",
-                        &format!("Invalid rev id: {rev}"),
-                    );
-                };
-                let entries: Vec<Value> = repo.commits[&head]
-                    .files
-                    .iter()
-                    .filter(|(p, _)| prefix.is_empty() || p.starts_with(&format!("{prefix}/")))
-                    .map(|(p, e)| match e {
-                        Entry::Regular(b) => {
-                            json!({"type": "file", "oid": git_oid(b), "size": b.len(), "path": p})
-                        }
-                        Entry::Lfs { sha256, size } => {
-                            let ptr = pointer(sha256, *size);
-                            json!({"type": "file", "oid": git_oid(&ptr), "size": size, "path": p,
-                                   "lfs": {"oid": sha256, "size": size, "pointerSize": ptr.len()}})
-                        }
-                    })
-                    .collect();
-                Response::json(200, Value::Array(entries))
+            with_repo(ctx, req, org, name, false, |st, id| {
+                tree(st, id, rev, &prefix)
             })
         }
         ("POST", ["api", "models", org, name, "preupload", rev]) => {
-            with_repo(ctx, req, org, name, true, |st, repo_id| {
-                let Ok(v) = serde_json::from_slice::<Value>(body) else {
-                    return Response::error(400, "", "bad JSON");
-                };
-                let repo = &st.repos[repo_id];
-                let head = resolve_rev(repo, rev).and_then(|h| repo.commits.get(&h));
-                let mut out = vec![];
-                for f in v["files"].as_array().cloned().unwrap_or_default() {
-                    let path = f["path"].as_str().unwrap_or("").to_string();
-                    let size = f["size"].as_u64().unwrap_or(0);
-                    let sample = base64::engine::general_purpose::STANDARD
-                        .decode(f["sample"].as_str().unwrap_or(""))
-                        .unwrap_or_default();
-                    let lfs = is_lfs_path(&path, size, &sample);
-                    let oid = head.and_then(|c| c.files.get(&path)).map(|e| match e {
-                        Entry::Regular(b) => git_oid(b),
-                        Entry::Lfs { sha256, .. } => sha256.clone(),
-                    });
-                    out.push(
-                        json!({"path": path, "uploadMode": if lfs {"lfs"} else {"regular"},
-                                    "shouldIgnore": false, "oid": oid}),
-                    );
-                }
-                Response::json(
-                    200,
-                    json!({"files": out, "commitOid": head.map(|_| resolve_rev(repo, rev))}),
-                )
+            with_repo(ctx, req, org, name, true, |st, id| {
+                preupload(st, id, rev, body)
             })
         }
         ("POST", ["api", "models", org, name, "commit", rev]) => {
@@ -717,20 +651,8 @@ fn route_hub(ctx: &Ctx, req: &Request, body: &[u8]) -> Response {
             })
         }
         ("POST", ["api", "models", org, name, "branch", branch]) => {
-            with_repo(ctx, req, org, name, true, |st, repo_id| {
-                let repo = st.repos.get_mut(repo_id).expect("repo checked");
-                if repo.branches.contains_key(*branch) {
-                    return Response::error(409, "", "Reference already exists");
-                }
-                let start = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| v["startingPoint"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "main".into());
-                let Some(h) = resolve_rev(repo, &start) else {
-                    return Response::error(404, "RevisionNotFound", "bad startingPoint");
-                };
-                repo.branches.insert(branch.to_string(), h);
-                Response::json(200, json!({}))
+            with_repo(ctx, req, org, name, true, |st, id| {
+                create_branch(st, id, branch, body)
             })
         }
         ("POST", [org, name_git, "info", "lfs", "objects", "batch"]) => {
@@ -741,61 +663,160 @@ fn route_hub(ctx: &Ctx, req: &Request, body: &[u8]) -> Response {
                 lfs_batch(ctx, st, repo_id, body)
             })
         }
-        ("POST", [org, name_git, "info", "lfs", "objects", "complete", oid]) => {
-            let _ = (org, name_git);
+        ("POST", [_, _, "info", "lfs", "objects", "complete", oid]) => {
             complete_multipart(ctx, oid, body)
         }
-        ("POST", [org, name_git, "info", "lfs", "objects", "verify"]) => {
-            let _ = (org, name_git);
-            if !authorized(ctx, req) {
-                return Response::error(401, "", "Invalid credentials in Authorization header");
-            }
-            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-            let oid = v["oid"].as_str().unwrap_or("");
-            let st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
-            match st.objects.get(oid) {
-                Some(o) if Some(o.len() as u64) == v["size"].as_u64() => {
-                    Response::json(200, json!({}))
-                }
-                _ => Response::error(404, "", "object not found"),
-            }
-        }
+        ("POST", [_, _, "info", "lfs", "objects", "verify"]) => lfs_verify(ctx, req, body),
         ("GET" | "HEAD", [org, name, "resolve", rev, file @ ..]) if !file.is_empty() => {
             let file = file.join("/");
-            with_repo(ctx, req, org, name, false, |st, repo_id| {
-                let repo = &st.repos[repo_id];
-                let Some(head) = resolve_rev(repo, rev) else {
-                    return Response::error(
-                        404,
-                        "RevisionNotFound",
-                        &format!("Invalid rev id: {rev}"),
-                    );
-                };
-                match repo.commits[&head].files.get(&file) {
-                    None => {
-                        Response::error(404, "EntryNotFound", &format!("{file} does not exist"))
-                            .header("X-Repo-Commit", head)
-                    }
-                    Some(Entry::Regular(b)) => ranged(
-                        req,
-                        b,
-                        Response::new(200)
-                            .header("ETag", format!("\"{}\"", git_oid(b)))
-                            .header("X-Repo-Commit", head.clone()),
-                    ),
-                    Some(Entry::Lfs { sha256, size }) => Response::new(302)
-                        .header(
-                            "Location",
-                            format!("{}/lfs/{sha256}?X-Amz-Signature=test", ctx.cdn),
-                        )
-                        .header("X-Linked-Etag", format!("\"{sha256}\""))
-                        .header("X-Linked-Size", size.to_string())
-                        .header("ETag", format!("\"{}\"", git_oid(&pointer(sha256, *size))))
-                        .header("X-Repo-Commit", head.clone()),
-                }
+            with_repo(ctx, req, org, name, false, |st, id| {
+                resolve_file(ctx, req, st, id, rev, &file)
             })
         }
         _ => Response::error(404, "", &format!("no route for {m} {}", req.path)),
+    }
+}
+
+fn no_revision(rev: &str) -> Response {
+    Response::error(404, "RevisionNotFound", &format!("Invalid rev id: {rev}"))
+}
+
+/// `GET /api/models/{repo}/revision/{rev}`: the commit and its files.
+fn revision_info(st: &mut State, repo_id: &str, rev: &str) -> Response {
+    let repo = &st.repos[repo_id];
+    let Some(head) = resolve_rev(repo, rev) else {
+        return no_revision(rev);
+    };
+    let c = &repo.commits[&head];
+    let siblings: Vec<Value> = c.files.keys().map(|p| json!({ "rfilename": p })).collect();
+    Response::json(
+        200,
+        json!({
+            "_id": "0", "id": repo_id, "modelId": repo_id, "sha": head,
+            "private": repo.private, "disabled": false, "gated": false,
+            "lastModified": "2024-01-01T00:00:00.000Z", "tags": [], "siblings": siblings,
+        }),
+    )
+}
+
+/// `GET /api/models/{repo}/tree/{rev}/{prefix}`: the files with their oids.
+fn tree(st: &mut State, repo_id: &str, rev: &str, prefix: &str) -> Response {
+    let repo = &st.repos[repo_id];
+    let Some(head) = resolve_rev(repo, rev) else {
+        return no_revision(rev);
+    };
+    let entries: Vec<Value> = repo.commits[&head]
+        .files
+        .iter()
+        .filter(|(p, _)| prefix.is_empty() || p.starts_with(&format!("{prefix}/")))
+        .map(|(p, e)| match e {
+            Entry::Regular(b) => {
+                json!({"type": "file", "oid": git_oid(b), "size": b.len(), "path": p})
+            }
+            Entry::Lfs { sha256, size } => {
+                let ptr = pointer(sha256, *size);
+                json!({"type": "file", "oid": git_oid(&ptr), "size": size, "path": p,
+                       "lfs": {"oid": sha256, "size": size, "pointerSize": ptr.len()}})
+            }
+        })
+        .collect();
+    Response::json(200, Value::Array(entries))
+}
+
+/// `POST /api/models/{repo}/preupload/{rev}`: LFS or regular per file, and the oid at its path.
+fn preupload(st: &mut State, repo_id: &str, rev: &str, body: &[u8]) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Response::error(400, "", "bad JSON");
+    };
+    let repo = &st.repos[repo_id];
+    let head = resolve_rev(repo, rev).and_then(|h| repo.commits.get(&h));
+    let mut out = vec![];
+    for f in v["files"].as_array().cloned().unwrap_or_default() {
+        let path = f["path"].as_str().unwrap_or("").to_string();
+        let size = f["size"].as_u64().unwrap_or(0);
+        let sample = base64::engine::general_purpose::STANDARD
+            .decode(f["sample"].as_str().unwrap_or(""))
+            .unwrap_or_default();
+        let lfs = is_lfs_path(&path, size, &sample);
+        let oid = head.and_then(|c| c.files.get(&path)).map(|e| match e {
+            Entry::Regular(b) => git_oid(b),
+            Entry::Lfs { sha256, .. } => sha256.clone(),
+        });
+        out.push(
+            json!({"path": path, "uploadMode": if lfs {"lfs"} else {"regular"},
+                        "shouldIgnore": false, "oid": oid}),
+        );
+    }
+    Response::json(
+        200,
+        json!({"files": out, "commitOid": head.map(|_| resolve_rev(repo, rev))}),
+    )
+}
+
+/// `POST /api/models/{repo}/branch/{branch}`.
+fn create_branch(st: &mut State, repo_id: &str, branch: &str, body: &[u8]) -> Response {
+    let repo = st.repos.get_mut(repo_id).expect("repo checked");
+    if repo.branches.contains_key(branch) {
+        return Response::error(409, "", "Reference already exists");
+    }
+    let start = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["startingPoint"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "main".into());
+    let Some(h) = resolve_rev(repo, &start) else {
+        return Response::error(404, "RevisionNotFound", "bad startingPoint");
+    };
+    repo.branches.insert(branch.to_string(), h);
+    Response::json(200, json!({}))
+}
+
+/// `POST {repo}.git/info/lfs/objects/verify`: the object is stored with that size.
+fn lfs_verify(ctx: &Ctx, req: &Request, body: &[u8]) -> Response {
+    if !authorized(ctx, req) {
+        return Response::error(401, "", "Invalid credentials in Authorization header");
+    }
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let oid = v["oid"].as_str().unwrap_or("");
+    let st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+    match st.objects.get(oid) {
+        Some(o) if Some(o.len() as u64) == v["size"].as_u64() => Response::json(200, json!({})),
+        _ => Response::error(404, "", "object not found"),
+    }
+}
+
+/// `GET|HEAD /{repo}/resolve/{rev}/{file}`: a regular file's bytes, or a redirect to the
+/// storage for an LFS one.
+fn resolve_file(
+    ctx: &Ctx,
+    req: &Request,
+    st: &mut State,
+    repo_id: &str,
+    rev: &str,
+    file: &str,
+) -> Response {
+    let repo = &st.repos[repo_id];
+    let Some(head) = resolve_rev(repo, rev) else {
+        return no_revision(rev);
+    };
+    match repo.commits[&head].files.get(file) {
+        None => Response::error(404, "EntryNotFound", &format!("{file} does not exist"))
+            .header("X-Repo-Commit", head),
+        Some(Entry::Regular(b)) => ranged(
+            req,
+            b,
+            Response::new(200)
+                .header("ETag", format!("\"{}\"", git_oid(b)))
+                .header("X-Repo-Commit", head.clone()),
+        ),
+        Some(Entry::Lfs { sha256, size }) => Response::new(302)
+            .header(
+                "Location",
+                format!("{}/lfs/{sha256}?X-Amz-Signature=test", ctx.cdn),
+            )
+            .header("X-Linked-Etag", format!("\"{sha256}\""))
+            .header("X-Linked-Size", size.to_string())
+            .header("ETag", format!("\"{}\"", git_oid(&pointer(sha256, *size))))
+            .header("X-Repo-Commit", head.clone()),
     }
 }
 

@@ -363,3 +363,475 @@ fn ctrl_c_leaves_the_destination_untouched() {
         entries(d.path())
     );
 }
+
+// ---- Issue 13: what happens around a run ----
+
+/// Spawns `name args` in `dir` with stderr captured.
+fn spawn(name: &str, args: &[&str], dir: &Path) -> std::process::Child {
+    std::process::Command::new(bin(name))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until a temporary output folder appears in `dir` (the run is writing).
+fn wait_for_temp(dir: &Path) {
+    let t0 = std::time::Instant::now();
+    while !entries(dir).iter().any(|e| e.contains("warp-tmp")) {
+        assert!(t0.elapsed().as_secs() < 60, "the run never started writing");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn temps(dir: &Path) -> Vec<String> {
+    entries(dir)
+        .into_iter()
+        .filter(|e| e.contains("warp-tmp") || e.contains("warp-old"))
+        .collect()
+}
+
+/// A few hundred MB of f32 input, converted slowly (one thread, the smallest memory budget) so
+/// that signals and file changes land mid-run.
+fn big_input(dir: &Path) {
+    ok(
+        "warp-fixture",
+        &["--size", "250MB", "--dtype", "f32", "-o", "in", "-q"],
+        dir,
+    );
+}
+
+const SLOW: &[&str] = &[
+    "--dtype",
+    "bf16",
+    "--memory-budget",
+    "1B",
+    "--threads",
+    "1",
+    "-q",
+];
+
+#[test]
+fn sigkill_leftovers_are_reclaimed_by_the_next_run_into_the_parent() {
+    let d = tempfile::tempdir().unwrap();
+    big_input(d.path());
+    let parent = d.path().join("runs");
+    std::fs::create_dir(&parent).unwrap();
+    // Killed at several points, later ones first, the last one as soon as it writes (so it
+    // certainly dies mid-run). Each new run reclaims what the previous killed one left.
+    let mut killed = 0;
+    for (i, delay_ms) in [600u64, 150, 30, 0].into_iter().enumerate() {
+        let out = format!("runs/out{i}");
+        let mut args = vec!["in", "-o", &out];
+        args.extend_from_slice(SLOW);
+        let mut child = spawn("warp-convert", &args, d.path());
+        wait_for_temp(&parent);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL: no cleanup can run
+        if !child.wait().unwrap().success() {
+            killed += 1;
+            let left = temps(&parent);
+            assert_eq!(left.len(), 1, "earlier leftovers not reclaimed: {left:?}");
+        }
+    }
+    assert!(killed >= 1 && !temps(&parent).is_empty());
+    // The next run into that parent (with --force onto a folder a killed run never finished)
+    // removes every leftover and says so.
+    let _ = std::fs::create_dir(parent.join("out0")); // unless the first run finished it
+    let r = run(
+        "warp-convert",
+        &["in", "-o", "runs/out0", "--force", "--dtype", "bf16"],
+        d.path(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("no longer runs"), "{}", r.stderr);
+    assert_eq!(temps(&parent), Vec::<String>::new());
+    assert!(
+        entries(&parent).iter().all(|e| !e.starts_with('.')),
+        "{:?}",
+        entries(&parent)
+    );
+    assert!(parent.join("out0/model.safetensors").is_file());
+}
+
+#[test]
+fn an_input_truncated_mid_run_is_a_clear_error_and_nothing_is_left() {
+    let d = tempfile::tempdir().unwrap();
+    big_input(d.path());
+    let shard = d.path().join("in/model.safetensors");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    let mut args = vec!["in", "-o", "out"];
+    args.extend_from_slice(SLOW);
+    let child = spawn("warp-convert", &args, d.path());
+    wait_for_temp(d.path());
+    // A re-download or re-save in place: the file shrinks under the reader's mapping, below
+    // the tensor being read (the next read of a mapped page past the end raises SIGBUS).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len / 256)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "no clean error exit: {stderr}");
+    assert!(
+        stderr.contains("in/model.safetensors") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Bus error"), "{stderr}");
+    assert!(!d.path().join("out").exists());
+    assert_eq!(temps(d.path()), Vec::<String>::new());
+}
+
+#[test]
+fn an_input_rewritten_in_place_mid_run_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    big_input(d.path());
+    let shard = d.path().join("in/model.safetensors");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    let mut args = vec!["in", "-o", "out"];
+    args.extend_from_slice(SLOW);
+    let child = spawn("warp-convert", &args, d.path());
+    wait_for_temp(d.path());
+    // Same size, other bytes: no read fails, but the result would mix two versions. (A pause
+    // first: the check compares modification times, which have the clock tick's granularity.)
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
+    f.seek(SeekFrom::Start(len - 4096)).unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    drop(f);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in/model.safetensors") && stderr.contains("changed while"),
+        "{stderr}"
+    );
+    assert!(!d.path().join("out").exists());
+    assert_eq!(temps(d.path()), Vec::<String>::new());
+}
+
+#[test]
+fn coefficients_that_overflow_are_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    f32_file(&p.join("i.safetensors"), &[("w", vec![1.0, 2.0])]);
+    f32_file(&p.join("a.safetensors"), &[("w", vec![1.5, 2.0])]);
+    f32_file(&p.join("b.safetensors"), &[("w", vec![1.0, 2.5])]);
+    let base = ["a.safetensors", "b.safetensors", "--init", "i.safetensors"];
+    for eta in ["1e308", "1e39"] {
+        for tool in ["warp-slerp", "warp-lerp"] {
+            let mut a = base.to_vec();
+            a.extend(["--eta", eta, "-o", "out/x"]);
+            let e = fails(tool, &a, p, &["eta", "f32 range"]);
+            assert_eq!(run(tool, &a, p).code, 2, "{e}");
+        }
+        fails(
+            "warp-liti",
+            &[
+                "--init",
+                "i.safetensors",
+                "--merged",
+                "a.safetensors",
+                "--eta",
+                eta,
+                "-o",
+                "out/x",
+            ],
+            p,
+            &["f32 range"],
+        );
+    }
+    let mut a = base.to_vec();
+    a.extend(["--weight", "1e308", "--weight", "0.5", "-o", "out/x"]);
+    fails("warp-lerp", &a, p, &["f32 range"]);
+    assert!(!p.join("out").exists(), "{:?}", entries(p));
+    assert_eq!(temps(p), Vec::<String>::new());
+}
+
+#[test]
+fn nonfinite_outputs_are_errors_naming_the_output_tensor_unless_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    // Finite inputs whose combination overflows f32: 1e30 · 1e10.
+    f32_file(&p.join("i.safetensors"), &[("w", vec![0.0, 1.0])]);
+    f32_file(&p.join("a.safetensors"), &[("w", vec![1e30, 1.0])]);
+    let liti = [
+        "--init",
+        "i.safetensors",
+        "--merged",
+        "a.safetensors",
+        "--eta",
+        "1e10",
+    ];
+    let mut a = liti.to_vec();
+    a.extend(["-o", "out"]);
+    fails(
+        "warp-liti",
+        &a,
+        p,
+        &["out", "tensor 'w'", "non-finite", "element 0", "output"],
+    );
+    assert!(!p.join("out").exists());
+    a.push("--allow-nonfinite");
+    ok("warp-liti", &a, p);
+    // f32 → f16: 1e5 is beyond f16 (the conversion would write infinity).
+    f32_file(&p.join("big.safetensors"), &[("w", vec![1.0, 1e5])]);
+    fails(
+        "warp-convert",
+        &["big.safetensors", "-o", "h", "--dtype", "f16"],
+        p,
+        &["tensor 'w'", "non-finite", "element 1", "F16"],
+    );
+    assert!(!p.join("h").exists());
+    ok(
+        "warp-convert",
+        &[
+            "big.safetensors",
+            "-o",
+            "h",
+            "--dtype",
+            "f16",
+            "--allow-nonfinite",
+            "-q",
+        ],
+        p,
+    );
+}
+
+#[test]
+fn convert_and_inspect_refuse_nan_unless_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    f32_file(
+        &p.join("nan.safetensors"),
+        &[("ok", vec![1.0]), ("w", vec![1.0, 2.0, f32::NAN])],
+    );
+    fails(
+        "warp-convert",
+        &["nan.safetensors", "-o", "out"],
+        p,
+        &["nan.safetensors", "tensor 'w'", "non-finite", "element 2"],
+    );
+    assert!(!p.join("out").exists());
+    ok(
+        "warp-convert",
+        &["nan.safetensors", "-o", "out", "--allow-nonfinite", "-q"],
+        p,
+    );
+    assert_same_tensors(&p.join("out"), &p.join("nan.safetensors"));
+    // warp-inspect checks values: a checkpoint holding NaN is not OK.
+    let r = run("warp-inspect", &["nan.safetensors"], p);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("tensor 'w'") && r.stderr.contains("element 2"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("OK"), "{}", r.stdout);
+    f32_file(&p.join("fine.safetensors"), &[("w", vec![1.0, 2.0])]);
+    assert!(ok("warp-inspect", &["fine.safetensors"], p).contains("OK"));
+}
+
+#[test]
+fn a_wrong_total_size_fails_inspect_and_is_a_warning_for_merges() {
+    let d = tempfile::tempdir().unwrap();
+    let ck = d.path().join("ck");
+    sharded(
+        &ck,
+        serde_json::json!({"metadata": {"total_size": 999}, "weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}),
+    );
+    fails(
+        "warp-inspect",
+        &["ck"],
+        d.path(),
+        &[
+            "model.safetensors.index.json",
+            "total_size is 999",
+            "12 bytes",
+        ],
+    );
+    let r = run("warp-convert", &["ck", "-o", "out"], d.path());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("total_size is 999"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_shard_that_is_a_directory_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    let ck = d.path().join("ck");
+    sharded(
+        &ck,
+        serde_json::json!({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}),
+    );
+    std::fs::remove_file(ck.join("s2.safetensors")).unwrap();
+    std::fs::create_dir(ck.join("s2.safetensors")).unwrap();
+    let e = fails(
+        "warp-inspect",
+        &["ck"],
+        d.path(),
+        &["s2.safetensors", "is a directory"],
+    );
+    assert!(!e.contains("No such device"), "{e}");
+    bad_checkpoint(d.path(), "ck", &["s2.safetensors", "is a directory"]);
+}
+
+#[test]
+fn minus_zero_eta_is_zero_and_duplicates_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    f32_file(&p.join("i.safetensors"), &[("w", vec![1.0, 2.0])]);
+    f32_file(&p.join("a.safetensors"), &[("w", vec![1.5, 2.0])]);
+    let liti = ["--init", "i.safetensors", "--merged", "a.safetensors"];
+    let mut a = liti.to_vec();
+    a.extend(["--eta", "0", "--eta=-0", "-o", "out"]);
+    fails("warp-liti", &a, p, &["eta", "twice", "eta-0.00"]);
+    assert!(!p.join("out").exists());
+    let mut a = liti.to_vec();
+    a.extend(["--eta=-0", "--eta", "1", "-o", "out", "-q"]);
+    ok("warp-liti", &a, p);
+    assert_eq!(entries(&p.join("out")), vec!["eta-0.00", "eta-1.00"]);
+}
+
+#[test]
+fn force_replaces_only_folders() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    f32_file(&p.join("in.safetensors"), &[("w", vec![1.0])]);
+    std::fs::write(p.join("file"), b"precious").unwrap();
+    std::os::unix::fs::symlink("file", p.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(p.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path: a non-regular file, as a device node would be.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    for (dest, kind) in [
+        ("file", "a file"),
+        ("link", "symbolic link"),
+        ("fifo", "pipe"),
+    ] {
+        fails(
+            "warp-convert",
+            &["in.safetensors", "-o", dest, "--force"],
+            p,
+            &[dest, kind, "not a folder"],
+        );
+    }
+    assert_eq!(std::fs::read(p.join("file")).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(p.join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(temps(p), Vec::<String>::new());
+}
+
+#[test]
+fn parents_created_for_the_output_are_removed_when_the_run_fails() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    f32_file(&p.join("nan.safetensors"), &[("w", vec![f32::NAN])]);
+    fails(
+        "warp-convert",
+        &["nan.safetensors", "-o", "a/b/c/out"],
+        p,
+        &["non-finite"],
+    );
+    assert!(!p.join("a").exists(), "{:?}", entries(p));
+    // A parent that existed before stays.
+    std::fs::create_dir(p.join("keep")).unwrap();
+    fails(
+        "warp-convert",
+        &["nan.safetensors", "-o", "keep/x/out"],
+        p,
+        &["non-finite"],
+    );
+    assert_eq!(entries(&p.join("keep")), Vec::<String>::new());
+}
+
+#[test]
+fn sizes_too_large_say_so() {
+    let d = tempfile::tempdir().unwrap();
+    f32_file(&d.path().join("in.safetensors"), &[("w", vec![1.0])]);
+    let e = fails(
+        "warp-convert",
+        &[
+            "in.safetensors",
+            "-o",
+            "out",
+            "--memory-budget",
+            "99999999999999999999",
+        ],
+        d.path(),
+        &["too large"],
+    );
+    assert!(!e.contains("at least 1 byte"), "{e}");
+}
+
+#[test]
+fn tiny_budgets_run_at_the_stated_floor() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        "warp-fixture",
+        &["--size", "20MB", "--dtype", "bf16", "-o", "in", "-q"],
+        p,
+    );
+    let plan = ok(
+        "warp-convert",
+        &["in", "-o", "out", "--memory-budget", "1B", "--dry-run"],
+        p,
+    );
+    assert!(
+        plan.contains("below the least this job can run in"),
+        "{plan}"
+    );
+    assert!(plan.contains("estimated peak memory"), "{plan}");
+    let r = run(
+        "warp-convert",
+        &["in", "-o", "out", "--memory-budget", "64KB"],
+        p,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("below the least"), "{}", r.stderr);
+    ok("warp-convert", &["in", "-o", "ref", "-q"], p);
+    assert_same_tensors(&p.join("out"), &p.join("ref"));
+}
+
+#[test]
+fn dtype_conversion_updates_the_config() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        "warp-fixture",
+        &["--size", "5MB", "--dtype", "bf16", "-o", "in", "-q"],
+        p,
+    );
+    let cfg = |dir: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join(dir).join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(cfg("in")["torch_dtype"], "bfloat16");
+    ok(
+        "warp-convert",
+        &["in", "-o", "f32", "--dtype", "f32", "-q"],
+        p,
+    );
+    assert_eq!(cfg("f32")["torch_dtype"], "float32");
+    let mut want = cfg("in");
+    want["torch_dtype"] = "float32".into();
+    assert_eq!(cfg("f32"), want);
+    // Without a dtype change the config is copied byte for byte.
+    ok("warp-convert", &["in", "-o", "same", "-q"], p);
+    assert_eq!(
+        std::fs::read(p.join("same/config.json")).unwrap(),
+        std::fs::read(p.join("in/config.json")).unwrap()
+    );
+}

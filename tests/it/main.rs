@@ -22,10 +22,16 @@ mod cuda;
 #[cfg(feature = "rl")]
 mod pipeline;
 #[cfg(feature = "rl")]
+mod rl_chat;
+#[cfg(feature = "rl")]
 mod rl_cli;
+#[cfg(feature = "rl")]
+mod rl_families;
 #[cfg(feature = "rl")]
 mod rl_model;
 #[cfg(feature = "rl")]
 mod rl_reward;
 #[cfg(feature = "rl")]
 mod rl_train;
+#[cfg(feature = "rl")]
+mod trl;

@@ -482,8 +482,17 @@ fn lerp_liti_and_ema_match_the_reference() {
     }
 }
 
+/// Runs warp-slerp with `args` in `w`.
+fn slerp_ok(args: Vec<String>, w: &Path) -> String {
+    ok(
+        "warp-slerp",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        w,
+    )
+}
+
 #[test]
-fn closed_form_cases() {
+fn fused_eta_0_and_1_are_the_init_and_the_merge_bit_for_bit() {
     let w = tempfile::tempdir().unwrap();
     let c = Case {
         dtype: "bf16",
@@ -501,20 +510,15 @@ fn closed_form_cases() {
         a.extend(s(extra));
         a
     };
-    let run = |a: Vec<String>| {
-        ok(
-            "warp-slerp",
-            &a.iter().map(String::as_str).collect::<Vec<_>>(),
-            w.path(),
-        )
-    };
-    run(args(&["--eta", "0", "--eta", "1", "-o", "fused"]));
-    run(args(&["-o", "merged"]));
-    // η = 0 is the init, bit for bit; η = 1 is the merge, bit for bit.
+    slerp_ok(args(&["--eta", "0", "--eta", "1", "-o", "fused"]), w.path());
+    slerp_ok(args(&["-o", "merged"]), w.path());
     assert_same_tensors(&w.path().join("fused/eta-0.00"), &init);
     assert_same_tensors(&w.path().join("fused/eta-1.00"), &w.path().join("merged"));
+}
 
-    // SLERP of M identical policies returns that policy.
+#[test]
+fn slerp_of_identical_policies_is_that_policy() {
+    let w = tempfile::tempdir().unwrap();
     let c = Case {
         dtype: "bf16",
         m: 3,
@@ -532,15 +536,15 @@ fn closed_form_cases() {
         "-o",
         "same",
     ]));
-    ok(
-        "warp-slerp",
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        w.path(),
-    );
+    slerp_ok(a, w.path());
     assert_same_tensors(&w.path().join("same"), Path::new(&ms[0]));
+}
 
-    // Orthogonal task vectors of equal norm: α1 = α2 = 1/√2, and the merge keeps the norm
-    // (Lemma 1), checked on the data: |θslerp − θinit| = |δ1|.
+/// Orthogonal task vectors of equal norm: α1 = α2 = 1/√2, and the merge keeps the norm
+/// (Lemma 1), checked on the data: |θslerp − θinit| = |δ1|.
+#[test]
+fn orthogonal_task_vectors_of_equal_norm_keep_it() {
+    let w = tempfile::tempdir().unwrap();
     let c = Case {
         dtype: "f32",
         m: 2,
@@ -560,11 +564,7 @@ fn closed_form_cases() {
         "--report",
         "orth.json",
     ]));
-    ok(
-        "warp-slerp",
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        w.path(),
-    );
+    slerp_ok(a, w.path());
     let (ci, cp, co) = (
         Checkpoint::open(dir.join("init")).unwrap(),
         Checkpoint::open(&ms[0]).unwrap(),
@@ -573,17 +573,17 @@ fn closed_form_cases() {
     let rep: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(w.path().join("orth.json")).unwrap())
             .unwrap();
+    let norm = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f64>()
+            .sqrt()
+    };
     for t in ci.tensors() {
         let (_, i) = values(&ci, &t.name);
         let (_, p) = values(&cp, &t.name);
         let (_, o) = values(&co, &t.name);
-        let norm = |a: &[f64], b: &[f64]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y) * (x - y))
-                .sum::<f64>()
-                .sqrt()
-        };
         let (d1, dm) = (norm(&p, &i), norm(&o, &i));
         assert!(
             (dm - d1).abs() <= 1e-5 * d1,
@@ -698,8 +698,27 @@ fn mismatched_inputs_are_listed_and_nothing_is_written() {
     );
     assert!(!err.contains("y.safetensors:"), "{err}");
     assert!(!p.join("out").exists());
+}
 
-    // Non-finite values are refused (naming file, tensor, element) unless allowed.
+/// init, a y.safetensors that matches it, for the tests below.
+fn init_and_y(p: &Path) {
+    f32_file(
+        &p.join("init.safetensors"),
+        &[("a", vec![1.0, 2.0]), ("b", vec![3.0])],
+    );
+    f32_file(
+        &p.join("y.safetensors"),
+        &[("a", vec![1.0, 2.5]), ("b", vec![3.5])],
+    );
+}
+
+#[test]
+fn nonfinite_inputs_are_refused_unless_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    init_and_y(p);
+
+    // Refused naming file, tensor, element.
     f32_file(
         &p.join("nan.safetensors"),
         &[("a", vec![1.0, f32::NAN]), ("b", vec![3.0])],
@@ -719,17 +738,16 @@ fn mismatched_inputs_are_listed_and_nothing_is_written() {
             "--eta",
             "1",
         ]);
-        fails(
+        let err = fails(
             tool[0],
             &a,
             p,
-            &[
-                "nan.safetensors",
-                "tensor 'a'",
-                "non-finite",
-                "element 1",
-                "--allow-nonfinite",
-            ],
+            &["nan.safetensors", "tensor 'a'", "non-finite", "element 1"],
+        );
+        // The message says how to allow it (the library names the setting, the CLI its flag).
+        assert!(
+            err.contains("allow_nonfinite") || err.contains("--allow-nonfinite"),
+            "{err}"
         );
         assert!(!p.join("out").exists());
         assert!(
@@ -752,7 +770,12 @@ fn mismatched_inputs_are_listed_and_nothing_is_written() {
         ],
         p,
     );
+}
 
+#[test]
+fn non_float_tensors_must_be_equal_across_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
     // Non-float tensors must be equal across inputs.
     let int_file = |path: &Path, v: i64| {
         let h = r#"{"ids":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},"w":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;

@@ -256,3 +256,65 @@ fn ctrl_c_stops_warp_run_and_its_children_and_the_run_resumes() {
     }
     assert!(out.join("eval.csv").is_file() && out.join("front.svg").is_file());
 }
+
+/// Two Ctrl-C in a row: `warp run` ends at once (killed by the signal), but its steps still get
+/// one SIGTERM each and stop cleanly at a step boundary (their logs say so), leaving resumable
+/// runs and no orphan running on.
+#[test]
+fn a_second_ctrl_c_ends_warp_run_at_once_and_its_steps_still_stop_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = d.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "iterations = 1\nruns = 2\nsteps = 200\ncheckpoints = 100\netas = [0.5]\neta = 0.5\n\
+         init_anchor_runs = false\njobs = 2\ndevices = [\"cpu\"]\nthreads = 1\n\
+         [rl]\nbatch = 4\nn = 2\n",
+    )
+    .unwrap();
+    let out = d.join("run");
+    let child = Command::new(bin("warp"))
+        .args(["run", s(&cfg), "-o", s(&out)])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    for m in [1, 2] {
+        let ckpt = out.join(format!("iter-1/run-{m}/step-000002/trainer/state.json"));
+        while !ckpt.is_file() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(180),
+                "no checkpoint in run-{m}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // SAFETY: kill(2) on our child's pid (not reaped yet), twice.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(30));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (code, stderr) = wait(child, 60);
+    // Ended by the signal itself (no exit code), not by its own error path.
+    assert_eq!(code, None, "{stderr}");
+    let t1 = Instant::now();
+    while !processes_mentioning(s(&out.join("iter-1"))).is_empty() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(120),
+            "steps still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for m in [1, 2] {
+        let r = out.join(format!("iter-1/run-{m}"));
+        let log = std::fs::read_to_string(out.join(format!("logs/iter-1-run-{m}.log"))).unwrap();
+        assert!(log.contains("interrupted by SIGTERM"), "run-{m}: {log}");
+        assert!(r.join("run.json").is_file() && !r.join("final").exists());
+        assert!(
+            entries(&r).iter().all(|e| !e.starts_with('.')),
+            "run-{m}: {:?}",
+            entries(&r)
+        );
+    }
+}

@@ -336,10 +336,8 @@ fn scoring_a_pair_alone_equals_scoring_it_in_a_padded_batch() {
     }
 }
 
-#[test]
-fn sampling_is_deterministic_given_the_seed_and_stops_at_eos() {
-    let model = LlamaModel::load(fixture("tiny-llama-bf16"), Device::Cpu).unwrap();
-    let mut opts = GenerateOptions {
+fn sampling_opts() -> GenerateOptions {
+    GenerateOptions {
         max_new_tokens: 40,
         temperature: 1.0,
         top_k: 0,
@@ -348,7 +346,13 @@ fn sampling_is_deterministic_given_the_seed_and_stops_at_eos() {
         eos_ids: vec![2],
         pad_id: 0,
         record_logits: false,
-    };
+    }
+}
+
+#[test]
+fn sampling_is_deterministic_given_the_seed_and_stops_at_eos() {
+    let model = LlamaModel::load(fixture("tiny-llama-bf16"), Device::Cpu).unwrap();
+    let mut opts = sampling_opts();
     let a = generate(&model, &prompts(), &opts).unwrap();
     let b = generate(&model, &prompts(), &opts).unwrap();
     assert_eq!(a.completions, b.completions);
@@ -364,69 +368,11 @@ fn sampling_is_deterministic_given_the_seed_and_stops_at_eos() {
         assert!(!comp[..comp.len().saturating_sub(1)].contains(&2));
         assert_eq!(*fin, comp.last() == Some(&2));
     }
-    // Top-k: every sampled token is among the k largest logits of its step; top-p 1e-6 on
-    // keeps only the argmax, i.e. greedy.
-    let k3 = generate(
-        &model,
-        &prompts(),
-        &GenerateOptions {
-            top_k: 3,
-            record_logits: true,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
-    let logits = k3.logits.as_ref().unwrap();
-    for (i, comp) in k3.completions.iter().enumerate() {
-        for (s, &tok) in comp.iter().enumerate() {
-            let row = logits.get(i as i64).get(s as i64);
-            let (top, _) = row.topk(3, -1, true, true);
-            assert!(
-                row.double_value(&[tok]) >= top.double_value(&[2]),
-                "row {i} step {s}"
-            );
-        }
-    }
-    let p_small = generate(
-        &model,
-        &prompts(),
-        &GenerateOptions {
-            top_p: 1e-6,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
-    let greedy = generate(
-        &model,
-        &prompts(),
-        &GenerateOptions {
-            temperature: 0.0,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
-    assert_eq!(p_small.completions, greedy.completions);
-    // Greedy with top-k 1 equals temperature 0.
-    let g0 = generate(
-        &model,
-        &prompts(),
-        &GenerateOptions {
-            temperature: 0.0,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
-    let k1 = generate(
-        &model,
-        &prompts(),
-        &GenerateOptions {
-            top_k: 1,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
-    assert_eq!(g0.completions, k1.completions);
-    // Too long for max_position_embeddings (64): a usage error, not a crash.
+    // The result is as wide as the longest completion: no column where every row has ended.
+    let w = a.prompt_len;
+    let longest = a.completions.iter().map(Vec::len).max().unwrap() as i64;
+    assert_eq!(a.tokens.size()[1], w + longest);
+    // Too long for max_position_embeddings (64): an error, not a crash.
     let e = generate(
         &model,
         &prompts(),
@@ -438,6 +384,45 @@ fn sampling_is_deterministic_given_the_seed_and_stops_at_eos() {
     .err()
     .expect("must refuse");
     assert!(e.to_string().contains("max_position_embeddings"), "{e}");
+}
+
+#[test]
+fn top_k_and_top_p_filter_and_their_limits_are_greedy() {
+    let model = LlamaModel::load(fixture("tiny-llama-bf16"), Device::Cpu).unwrap();
+    let opts = sampling_opts();
+    let run = |o: GenerateOptions| generate(&model, &prompts(), &o).unwrap();
+    // Top-k: every sampled token is among the k largest logits of its step.
+    let k3 = run(GenerateOptions {
+        top_k: 3,
+        record_logits: true,
+        ..opts.clone()
+    });
+    let logits = k3.logits.as_ref().unwrap();
+    for (i, comp) in k3.completions.iter().enumerate() {
+        for (s, &tok) in comp.iter().enumerate() {
+            let row = logits.get(i as i64).get(s as i64);
+            let (top, _) = row.topk(3, -1, true, true);
+            assert!(
+                row.double_value(&[tok]) >= top.double_value(&[2]),
+                "row {i} step {s}"
+            );
+        }
+    }
+    // Top-p 1e-6 keeps only the argmax, as top-k 1: both are greedy.
+    let greedy = run(GenerateOptions {
+        temperature: 0.0,
+        ..opts.clone()
+    });
+    let p_small = run(GenerateOptions {
+        top_p: 1e-6,
+        ..opts.clone()
+    });
+    let k1 = run(GenerateOptions {
+        top_k: 1,
+        ..opts.clone()
+    });
+    assert_eq!(p_small.completions, greedy.completions);
+    assert_eq!(k1.completions, greedy.completions);
 }
 
 #[test]
@@ -517,7 +502,7 @@ fn unsupported_configs_and_missing_tensors_are_clear_errors() {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-        ("model_type", "gemma".into(), "model_type"),
+        ("model_type", "falcon".into(), "model_type"),
         ("hidden_act", "gelu_pytorch_tanh".into(), "hidden_act"),
         (
             "rope_scaling",

@@ -1,0 +1,103 @@
+//! The tensors of a checkpoint of each family, under the names and in the shapes transformers
+//! writes: the loader reads exactly these, the writer writes them back, tests and memory plans
+//! count them.
+
+use crate::rl::config::ModelConfig;
+
+/// One parameter tensor: its Hugging Face name and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+}
+
+/// Which output head a checkpoint carries besides the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `lm_head.weight` `[vocab, hidden]`, unless tied to the embedding.
+    Lm,
+    /// None (a reward model's `score` head is read separately).
+    None,
+}
+
+impl ModelConfig {
+    /// The parameters of the decoder (and `head`), in the order we save them.
+    pub fn parameter_layout(&self, head: Head) -> Vec<ParamSpec> {
+        let c = self;
+        let h = c.hidden_size as i64;
+        let vocab = c.vocab_size as i64;
+        let mut out = vec![spec("model.embed_tokens.weight", &[vocab, h])];
+        for i in 0..c.num_hidden_layers {
+            layer(c, &format!("model.layers.{i}"), &mut out);
+        }
+        out.push(spec("model.norm.weight", &[h]));
+        if head == Head::Lm && !c.tie_word_embeddings {
+            out.push(spec("lm_head.weight", &[vocab, h]));
+        }
+        out
+    }
+
+    /// The number of parameters of the decoder (and `head`).
+    pub fn num_parameters(&self, head: Head) -> u64 {
+        self.parameter_layout(head)
+            .iter()
+            .map(|p| p.shape.iter().product::<i64>() as u64)
+            .sum()
+    }
+}
+
+fn spec(name: &str, shape: &[i64]) -> ParamSpec {
+    ParamSpec {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+    }
+}
+
+fn linear(out: &mut Vec<ParamSpec>, name: &str, rows: i64, cols: i64, bias: bool) {
+    out.push(spec(&format!("{name}.weight"), &[rows, cols]));
+    if bias {
+        out.push(spec(&format!("{name}.bias"), &[rows]));
+    }
+}
+
+fn layer(c: &ModelConfig, p: &str, out: &mut Vec<ParamSpec>) {
+    let h = c.hidden_size as i64;
+    let hd = c.head_dim as i64;
+    let q = c.num_attention_heads as i64 * hd;
+    let kv = c.num_key_value_heads as i64 * hd;
+    let inter = c.intermediate_size as i64;
+    out.push(spec(&format!("{p}.input_layernorm.weight"), &[h]));
+    if c.family.fused_projections() {
+        linear(
+            out,
+            &format!("{p}.self_attn.qkv_proj"),
+            q + 2 * kv,
+            h,
+            false,
+        );
+    } else {
+        linear(out, &format!("{p}.self_attn.q_proj"), q, h, c.qkv_bias);
+        linear(out, &format!("{p}.self_attn.k_proj"), kv, h, c.qkv_bias);
+        linear(out, &format!("{p}.self_attn.v_proj"), kv, h, c.qkv_bias);
+    }
+    linear(out, &format!("{p}.self_attn.o_proj"), h, q, c.o_bias);
+    if c.family.qk_norm() {
+        out.push(spec(&format!("{p}.self_attn.q_norm.weight"), &[hd]));
+        out.push(spec(&format!("{p}.self_attn.k_norm.weight"), &[hd]));
+    }
+    out.push(spec(&format!("{p}.post_attention_layernorm.weight"), &[h]));
+    if c.family.sandwich_norms() {
+        out.push(spec(&format!("{p}.pre_feedforward_layernorm.weight"), &[h]));
+        out.push(spec(
+            &format!("{p}.post_feedforward_layernorm.weight"),
+            &[h],
+        ));
+    }
+    if c.family.fused_projections() {
+        linear(out, &format!("{p}.mlp.gate_up_proj"), 2 * inter, h, false);
+    } else {
+        linear(out, &format!("{p}.mlp.gate_proj"), inter, h, c.mlp_bias);
+        linear(out, &format!("{p}.mlp.up_proj"), inter, h, c.mlp_bias);
+    }
+    linear(out, &format!("{p}.mlp.down_proj"), h, inter, c.mlp_bias);
+}
