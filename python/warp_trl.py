@@ -74,13 +74,15 @@ DEFAULTS = {
     "dtype": "f32",
     "device": "auto",
     "reward_timeout": 60.0,
+    "chat_template": "auto",
 }
 REQUIRED = ("model", "prompts")
 # Recorded by warp but used by the launcher, not here: accepted as they are.
 PASSIVE = ("backend", "accelerate_config", "trl_args")
 INTS = ("steps", "batch", "n", "max_new_tokens", "warmup", "seed", "save_every")
 FLOATS = ("beta", "mu", "temperature", "lr", "grad_clip", "length_penalty", "reward_timeout")
-STRINGS = ("model", "prompts", "reward", "baseline", "anchor", "dtype", "device", "backend")
+STRINGS = ("model", "prompts", "reward", "baseline", "anchor", "dtype", "device", "backend",
+           "chat_template")
 # RLOOConfig fields that define WARP's algorithm: --trl-args may not change them.
 FIXED_TRL_ARGS = (
     "beta", "num_generations", "sync_ref_model", "ref_model_sync_steps", "ref_model_mixup_alpha",
@@ -159,6 +161,8 @@ def load_config(path):
                   "EMA, when beta is 0)")
     if c["dtype"] not in ("f32", "bf16"):
         raise bad("dtype", "must be 'f32' or 'bf16'")
+    if c["chat_template"] == "":
+        raise bad("chat_template", "must be auto, none or a Jinja file")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c["device"]):
         raise bad("device", "must be auto, cpu, cuda or cuda:N")
     if c.get("backend", "trl") != "trl":
@@ -539,6 +543,30 @@ def versions():
 # ---------------------------------------------------------------------------------------------
 # Training.
 
+def choose_chat_template(tok, choice, model_path):
+    """Applies warp's --chat-template to `tok`, as warp's own trainer reads it: auto keeps the
+    model's template, none removes it (conversations are refused), anything else is a Jinja file
+    or the name of one of the model's named templates."""
+    if choice == "auto":
+        return
+    if choice == "none":
+        tok.chat_template = None
+        return
+    if os.path.isfile(choice):
+        try:
+            with open(choice, encoding="utf-8") as f:
+                tok.chat_template = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"chat template {choice}: cannot read: {e}") from None
+        return
+    named = tok.chat_template if isinstance(tok.chat_template, dict) else {}
+    if choice in named:
+        tok.chat_template = named[choice]
+        return
+    raise UsageError(f"chat template {choice}: no such file, and {model_path} has no named "
+                     f"template of that name")
+
+
 def lr_factor(step, warmup):
     """warp's schedule (src/rl/optim.rs): optimizer step `step` (1-based) uses lr * step / warmup
     during warm-up, then lr."""
@@ -562,6 +590,7 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
     numbered = read_prompts(cfg["prompts"], with_lines=True)
     prompts = [p for _, p in numbered]
     tok = AutoTokenizer.from_pretrained(model_path, padding_side="left", truncation_side="left")
+    choose_chat_template(tok, cfg["chat_template"], model_path)
     max_pos = getattr(transformers.AutoConfig.from_pretrained(model_path),
                       "max_position_embeddings", None)
     for line, p in numbered:
@@ -569,8 +598,11 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
             n_tok = len(tok(p)["input_ids"])
         else:
             if not tok.chat_template:
+                why = ("--chat-template none refuses conversations"
+                       if cfg["chat_template"] == "none"
+                       else f"the tokenizer of {model_path} has none")
                 raise UsageError(f"{cfg['prompts']}: line {line}: a \"messages\" line needs a chat "
-                                 f"template, and the tokenizer of {model_path} has none")
+                                 f"template, and {why}")
             r = tok.apply_chat_template(p, tokenize=True, add_generation_prompt=True)
             n_tok = len(r["input_ids"] if hasattr(r, "keys") else r)
         if max_pos is not None and n_tok + cfg["max_new_tokens"] > max_pos:

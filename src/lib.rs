@@ -19,6 +19,7 @@ pub mod report;
 /// The RL tools' settings in every build; the RL code itself with the `rl` feature.
 pub mod rl;
 pub mod rng;
+pub mod slurm;
 pub mod stats;
 
 pub use device::Device;

@@ -13,6 +13,7 @@
 //! This layer holds the terminal concerns (indicatif progress, signals, flag names in messages);
 //! the library below knows none of them.
 
+mod cancel;
 mod common;
 mod completions;
 mod convert;
@@ -33,6 +34,7 @@ mod run;
 mod sft;
 pub mod signals;
 mod slerp;
+mod status;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -67,6 +69,8 @@ pub enum Command {
     Rl(rl::Args),
     Sft(sft::Args),
     Run(run::Args),
+    Status(status::Args),
+    Cancel(cancel::Args),
     Eval(eval::Args),
     Generate(generate::Args),
     Plot(plot::Args),
@@ -158,6 +162,8 @@ fn cooperative(c: &Command) -> bool {
     !matches!(
         c,
         Command::Inspect(_)
+            | Command::Status(_)
+            | Command::Cancel(_)
             | Command::Plot(_)
             | Command::Report(_)
             | Command::Push(_)
@@ -178,6 +184,8 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Rl(a) => rl::run(a, ctx),
         Command::Sft(a) => sft::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
+        Command::Status(a) => status::run(a, ctx),
+        Command::Cancel(a) => cancel::run(a, ctx),
         Command::Eval(a) => eval::run(a, ctx),
         Command::Generate(a) => generate::run(a, ctx),
         Command::Plot(a) => plot::run(a, ctx),

@@ -1,10 +1,12 @@
 //! `warp run`: the iterated WARP pipeline.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use super::Ctx;
 use crate::error::{Error, Result};
 use crate::pipeline::{PipelineConfig, PointKind};
+use crate::progress::Reporter;
 
 /// The iterated WARP pipeline: RL runs, SLERP + LITI, evaluation, the front; resumable.
 ///
@@ -15,18 +17,25 @@ use crate::pipeline::{PipelineConfig, PointKind};
 ///
 /// With no CONFIG it runs the built-in task on the CPU. Each step is a command of this program
 /// recorded in OUT/plan.json (an RL step reads its settings from OUT/configs/STEP.json); complete
-/// steps are skipped and interrupted RL runs resumed, so running it again continues. On SIGINT,
-/// SIGTERM or SIGHUP the running steps are stopped (SIGTERM) and waited for. From iteration 2
-/// on, each iteration's SLERP is also interpolated toward the SFT model (the paper's output
-/// front, {(1 − η)·θ_sft + η·θ_slerp}). Settings come from the task, then the preset, then
-/// CONFIG.toml, then the flags. Keys of CONFIG.toml (all optional): task, preset, model,
-/// prompts, heldout, reward, output, iterations, runs, steps, mu, beta, eta, etas, seed,
-/// checkpoints, rl (a table of other `warp rl` settings), rl_args, init_anchor_runs, jobs,
-/// devices, launcher, trainer (warp or trl), eval_samples, eval_prompts, eval_temperature (default: the RL
+/// steps are skipped and interrupted RL runs resumed, so running it again (`warp run OUT`)
+/// continues. On SIGINT, SIGTERM or SIGHUP the running steps are stopped (SIGTERM) and waited
+/// for. From iteration 2 on, each iteration's SLERP is also interpolated toward the SFT model
+/// (the paper's output front, {(1 − η)·θ_sft + η·θ_slerp}). Settings come from the task, then
+/// the preset, then CONFIG.toml, then the flags. Keys of CONFIG.toml (all optional): task,
+/// preset, model, prompts, heldout, reward, output, iterations, runs, steps, mu, beta, eta,
+/// etas, seed, checkpoints, rl (a table of other `warp rl` settings), rl_args,
+/// init_anchor_runs, jobs, devices, launcher, slurm (a table: resources of the Slurm jobs),
+/// trainer (warp or trl), eval_samples, eval_prompts, eval_temperature (default: the RL
 /// temperature), threads.
+///
+/// With `--launcher slurm` every step becomes a Slurm batch job (the RL runs of an iteration one
+/// job array, each step waiting for its predecessors with afterok): it submits the steps that
+/// are neither complete nor queued, prints them and returns; `--wait` follows the jobs to the
+/// end instead (Ctrl-C cancels them). `warp status OUT` shows where each step stands, `warp
+/// cancel OUT` cancels the jobs.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Pipeline settings (TOML).
+    /// Pipeline settings (TOML), or a run folder to continue with the settings of its plan.json.
     config: Option<PathBuf>,
     /// The built-in task: arith (addition, verifiable reward; the default) or cipher (shift the
     /// letters of a word; a learned reward model rewards four shifts). Sets model, prompts,
@@ -65,9 +74,13 @@ pub struct Args {
     /// Commands at once.
     #[arg(long)]
     jobs: Option<u32>,
-    /// Where the steps run: local.
+    /// Where the steps run: local (child processes of this one) or slurm (batch jobs).
     #[arg(long)]
     launcher: Option<String>,
+    /// Slurm launcher: follow the jobs until the pipeline is complete (as the local launcher
+    /// always does), then print the front. Ctrl-C cancels the jobs.
+    #[arg(long)]
+    wait: bool,
     /// Print each step's command (and an RL step's settings) without writing or running
     /// anything.
     #[arg(long)]
@@ -79,11 +92,19 @@ pub struct Args {
 
 /// The task's and preset's settings, the config file's over them, the flags over those.
 fn settings(a: &Args) -> Result<PipelineConfig> {
-    let mut c = crate::pipeline::presets::layered(
-        a.task.as_deref(),
-        a.preset.as_deref(),
-        a.config.as_deref(),
-    )?;
+    let mut c = match &a.config {
+        // A run folder: its recorded settings (task and preset already applied), and the folder
+        // where it now is.
+        Some(p) if p.is_dir() => PipelineConfig {
+            output: p.clone(),
+            ..crate::pipeline::read_plan(p)?.config
+        },
+        _ => crate::pipeline::presets::layered(
+            a.task.as_deref(),
+            a.preset.as_deref(),
+            a.config.as_deref(),
+        )?,
+    };
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = v.clone(); } )* };
     }
@@ -103,11 +124,58 @@ pub fn run(a: &Args, _: &Ctx) -> Result<()> {
         return Err(Error::feature("rl", "warp run"));
     }
     let reporter = super::Progress::new(a.quiet);
+    if c.launcher == "slurm" {
+        return slurm(&c, &exe, a.wait, &reporter);
+    }
     let launcher = crate::pipeline::Local {
         jobs: c.jobs as usize,
     };
     crate::pipeline::execute(&c, &exe, &launcher, &reporter)?;
     super::common::out_line(front(&c)?.trim_end())
+}
+
+/// Submits the steps to Slurm; then follows them (`--wait`) or lists what was submitted.
+fn slurm(c: &PipelineConfig, exe: &Path, wait: bool, reporter: &dyn Reporter) -> Result<()> {
+    let s = crate::pipeline::submit(c, exe, reporter)?;
+    let (sub, out) = (&s.submission, s.config.layout().root().to_path_buf());
+    let logs: HashMap<&str, &Path> = s
+        .steps
+        .iter()
+        .map(|st| (st.id.as_str(), st.log.as_path()))
+        .collect();
+    if wait {
+        for (id, job) in &sub.submitted {
+            reporter.message(&format!(
+                "submitted {id}  (job {job}; log: {})",
+                logs[id.as_str()].display()
+            ));
+        }
+        s.slurm.wait(&s.steps, reporter)?;
+        return super::common::out_line(front(&s.config)?.trim_end());
+    }
+    if sub.submitted.is_empty() && sub.queued.is_empty() {
+        // Nothing left to do.
+        return super::common::out_line(front(&s.config)?.trim_end());
+    }
+    let mut text = format!(
+        "{} step(s) submitted, {} still queued, {} complete (run folder {})\n",
+        sub.submitted.len(),
+        sub.queued.len(),
+        sub.done.len(),
+        out.display()
+    );
+    for (id, job) in &sub.submitted {
+        text += &format!(
+            "{id:<20} job {job:<12} log {}\n",
+            logs[id.as_str()].display()
+        );
+    }
+    super::common::out_line(text.trim_end())?;
+    let dir = out.display();
+    reporter.message(&format!(
+        "follow with `warp status {dir}` (or run again with --wait); stop with `warp cancel {dir}`"
+    ));
+    Ok(())
 }
 
 fn dry_run(c: &PipelineConfig, exe: &std::path::Path) -> Result<()> {

@@ -7,8 +7,9 @@
 //!
 //! Every step is a command line of this very executable recorded in `OUT/plan.json` (an RL step
 //! reads its settings from a config file, `OUT/configs/STEP.json`), so a scheduler can run the M
-//! runs of an iteration on M GPUs or nodes; the [`Launcher`] seam runs them here (`local`). A
-//! step whose output exists is skipped, and an RL run that was interrupted is resumed
+//! runs of an iteration on M GPUs or nodes; the [`Launcher`] seam runs them here (`local`), and
+//! [`submit`] hands the whole plan to Slurm ([`crate::slurm`]) as batch jobs with dependencies.
+//! A step whose output exists is skipped, and an RL run that was interrupted is resumed
 //! (`warp rl --resume`), so re-running `warp run` continues where it stopped. Where everything
 //! goes is [`RunLayout`].
 
@@ -28,6 +29,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::merge::eta_name;
 use crate::progress::Reporter;
 use crate::rl::settings::Backend;
+use crate::slurm::{Slurm, SlurmConfig, Submission};
 
 pub use eval_table::{EvalRow, EvalTable, Point, PointKind};
 pub use launcher::{Launcher, Local};
@@ -77,8 +79,11 @@ pub struct PipelineConfig {
     /// Devices given to the RL runs in turn (`auto`, `cpu`, `cuda:N`); the evaluation uses the
     /// first.
     pub devices: Vec<Device>,
-    /// `local` (this machine).
+    /// `local` (child processes of `warp run` on this machine) or `slurm` (batch jobs on a
+    /// Slurm cluster, with the resources of the `slurm` table; docs/SLURM.md).
     pub launcher: String,
+    /// The Slurm launcher's settings: resources per kind of step, prelude lines.
+    pub slurm: SlurmConfig,
     /// The RL trainer of every run: `warp` (libtorch, one device) or `trl` (TRL's RLOOTrainer
     /// under `accelerate launch`: docs/SCALE.md); same run layout either way.
     pub trainer: Backend,
@@ -118,6 +123,7 @@ impl Default for PipelineConfig {
             jobs: 1,
             devices: vec![Device::Auto],
             launcher: "local".into(),
+            slurm: SlurmConfig::default(),
             trainer: Backend::Warp,
             eval_samples: 2,
             eval_prompts: 500,
@@ -181,16 +187,14 @@ impl PipelineConfig {
         if self.devices.is_empty() {
             return bad("devices", "must not be empty".into());
         }
-        if self.launcher != "local" {
-            return bad(
+        match self.launcher.as_str() {
+            "local" => Ok(()),
+            "slurm" => self.slurm.check(),
+            other => bad(
                 "launcher",
-                format!(
-                    "unknown launcher '{}' (only 'local' for now)",
-                    self.launcher
-                ),
-            );
+                format!("unknown launcher '{other}' (local or slurm)"),
+            ),
         }
-        Ok(())
     }
 
     /// The η grid plus the next-init η, sorted, without duplicates.
@@ -232,6 +236,80 @@ pub fn write_plan(c: &PipelineConfig, p: &Plan) -> Result<()> {
         steps: &p.steps,
     };
     crate::io::write_file_atomic(&layout.plan_json(), &json(&record)?)
+}
+
+/// A run folder's `plan.json`, read back.
+#[derive(Debug, Deserialize)]
+pub struct RecordedPlan {
+    pub warp_version: String,
+    pub config: PipelineConfig,
+    pub steps: Vec<Step>,
+}
+
+/// Reads `DIR/plan.json`.
+pub fn read_plan(dir: &Path) -> Result<RecordedPlan> {
+    let path = RunLayout::new(dir).plan_json();
+    let text = match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let msg = "not a `warp run` folder (no plan.json)";
+            return Err(Error::io(&path, std::io::Error::new(e.kind(), msg)));
+        }
+        r => r.at(&path)?,
+    };
+    serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))
+}
+
+/// The steps of a plan as the Slurm launcher takes them.
+pub fn slurm_steps(steps: &[Step]) -> Vec<crate::slurm::Step> {
+    steps
+        .iter()
+        .map(|st| crate::slurm::Step {
+            id: st.id.clone(),
+            after: st.after.clone(),
+            argv: st.argv.clone(),
+            resume: match (&st.resume_argv, &st.started) {
+                (Some(argv), Some(started)) => Some(crate::slurm::Resume {
+                    started: started.clone(),
+                    argv: argv.clone(),
+                }),
+                _ => None,
+            },
+            done: st.done.clone(),
+            log: st.log.clone(),
+            kind: st.kind,
+            array: st.array.clone(),
+        })
+        .collect()
+}
+
+/// What [`submit`] did, and what to follow the jobs with.
+pub struct Submitted {
+    pub slurm: Slurm,
+    pub steps: Vec<crate::slurm::Step>,
+    pub submission: Submission,
+    /// The settings as recorded (the run folder made absolute).
+    pub config: PipelineConfig,
+}
+
+/// The Slurm launcher: writes the plan and submits every step that is neither complete nor
+/// queued as a batch job (the RL runs of an iteration as one job array, `afterok` on the
+/// predecessors); returns without waiting. The run folder is made absolute first, so the plan's
+/// paths mean the same in the jobs and to `warp status` run from anywhere.
+pub fn submit(c: &PipelineConfig, exe: &Path, reporter: &dyn Reporter) -> Result<Submitted> {
+    let mut c = c.clone();
+    c.output = std::path::absolute(&c.output).at(&c.output)?;
+    c.check()?;
+    let p = plan(&c, exe)?;
+    write_plan(&c, &p)?;
+    let steps = slurm_steps(&p.steps);
+    let slurm = Slurm::new(c.slurm.clone(), &c.output)?;
+    let submission = slurm.submit(&steps, reporter)?;
+    Ok(Submitted {
+        slurm,
+        steps,
+        submission,
+        config: c,
+    })
 }
 
 /// Pretty JSON text, with a final newline.

@@ -10,6 +10,7 @@ use super::{PipelineConfig, RunLayout};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::rl::settings::{Anchor, RlConfig};
+use crate::slurm::StepKind;
 
 /// One command of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,11 @@ pub struct Step {
     pub device: Option<Device>,
     /// The settings file the command reads (RL steps).
     pub config: Option<PathBuf>,
+    /// What it does (rl, merge, eval, plot): a scheduler's resources are per kind.
+    pub kind: StepKind,
+    /// Steps with the same group can be scheduled as one job array: the RL runs of an
+    /// iteration (`iter-i/rl`), the init-anchored runs (`init-anchor/rl`).
+    pub array: Option<String>,
 }
 
 /// The steps, in an order that respects `after`, and the RL settings files they read.
@@ -178,7 +184,11 @@ impl Builder<'_> {
         let mut resume = self.argv("rl", ["--resume".into(), s(run.dir()), "-q".into()]);
         resume.extend(self.threads.iter().cloned());
         self.plan.rl_configs.push((config.clone(), cfg));
+        // `iter-1/run-2` → `iter-1/rl`: the runs that start together.
+        let array = id.rsplit_once('/').map(|(group, _)| format!("{group}/rl"));
         self.plan.steps.push(Step {
+            kind: StepKind::Rl,
+            array,
             log: self.layout.log(&id),
             after: after.to_vec(),
             argv,
@@ -237,6 +247,8 @@ impl Builder<'_> {
             log,
             device: None,
             config: None,
+            kind: StepKind::Merge,
+            array: None,
         };
         let slerp = merge(
             slerp_id.clone(),
@@ -336,6 +348,8 @@ impl Builder<'_> {
             log: self.layout.log("eval"),
             device: Some(c.devices[0]),
             config: None,
+            kind: StepKind::Eval,
+            array: None,
         };
         let svg = self.layout.front_svg();
         let title = format!(
@@ -362,6 +376,8 @@ impl Builder<'_> {
             log: self.layout.log("plot"),
             device: None,
             config: None,
+            kind: StepKind::Plot,
+            array: None,
         };
         self.plan.steps.extend([eval, plot]);
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{bin, entries, ok, run, Run};
 
-const COMMANDS: [&str; 16] = [
+const COMMANDS: [&str; 18] = [
     "slerp",
     "liti",
     "lerp",
@@ -21,6 +21,8 @@ const COMMANDS: [&str; 16] = [
     "rl",
     "sft",
     "run",
+    "status",
+    "cancel",
     "eval",
     "generate",
     "plot",

@@ -16,6 +16,8 @@ mod merge_reference;
 mod plot;
 mod roundtrip;
 mod science;
+mod slurm;
+mod slurm_cluster;
 
 #[cfg(feature = "cuda")]
 mod cuda;

@@ -166,8 +166,22 @@ fn warp_run_rejects_bad_configs() {
         tmp.path(),
         &["runs", "must be ≥ 2"],
     );
-    std::fs::write(&cfg, "launcher = \"slurm\"\n").unwrap();
-    fails("warp", &["run", s(&cfg)], tmp.path(), &["launcher"]);
+    std::fs::write(&cfg, "launcher = \"pbs\"\n").unwrap();
+    fails(
+        "warp",
+        &["run", s(&cfg)],
+        tmp.path(),
+        &["launcher", "local or slurm"],
+    );
+    std::fs::write(&cfg, "launcher = \"slurm\"\n[slurm.rl]\nmem = \"8 G\"\n").unwrap();
+    fails("warp", &["run", s(&cfg)], tmp.path(), &["slurm.rl.mem"]);
+    std::fs::write(&cfg, "[slurm]\npartitio = \"gpu\"\n").unwrap();
+    fails(
+        "warp",
+        &["run", s(&cfg)],
+        tmp.path(),
+        &["bad.toml", "partitio"],
+    );
     assert!(!tmp.path().join("warp-run").exists());
 }
 

@@ -766,6 +766,28 @@ fn messages_prompts_use_the_chat_template() {
          {% endfor %}"
     );
     std::fs::write(&tc, v.to_string()).unwrap();
+    // --chat-template none (as warp writes it into the config) refuses conversations even though
+    // the model has a template.
+    let cfg = config(
+        &tmp.path().join("c-none"),
+        serde_json::json!({"prompts": s(&msgs), "model": s(&model), "chat_template": "none"}),
+    );
+    let o = python(
+        &[
+            "train",
+            s(&cfg),
+            "-o",
+            s(&tmp.path().join("out-none")),
+            "-q",
+        ],
+        "",
+    );
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("--chat-template none"),
+        "{err}"
+    );
     let cfg = config(
         &tmp.path().join("c2"),
         serde_json::json!({"prompts": s(&msgs), "model": s(&model), "steps": 2, "save_every": 2}),
