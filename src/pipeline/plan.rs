@@ -302,6 +302,8 @@ impl Builder<'_> {
             started: None,
             device: None,
             config: None,
+            kind: StepKind::Merge,
+            array: None,
             id,
         });
     }
