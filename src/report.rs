@@ -48,8 +48,9 @@ pub struct RunData {
 }
 
 impl RunData {
-    /// Reads `plan.json`, the evaluation (`eval.csv`, `eval-samples.csv`, `eval.json`) and the
-    /// merges' angle reports of a run folder. Errors name the file.
+    /// Reads `plan.json`, the evaluation (`eval.csv`, `eval-samples.csv` or its gzip copy
+    /// `eval-samples.csv.gz`, `eval.json`) and the merges' angle reports of a run folder. Errors
+    /// name the file.
     pub fn load(dir: &Path) -> Result<RunData> {
         let layout = RunLayout::new(dir);
         let plan = layout.plan_json();
@@ -60,7 +61,7 @@ impl RunData {
             .map_err(|e| Error::format(&plan, format!("config: {e}")))?;
         let rows = EvalTable::from_csv(&layout.eval_csv())?.rows;
         let samples_csv = layout.eval_samples_csv();
-        let samples = SampleTable::read_csv(&samples_csv)?;
+        let samples = SampleTable::read_csv_or_gz(&samples_csv)?;
         let settings = EvalSettings::read(&layout.eval_json())?;
         if samples.points != rows.len()
             || samples.prompts != settings.n_prompts

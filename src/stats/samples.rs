@@ -276,6 +276,23 @@ impl SampleTable {
         Self::parse(&text, path)
     }
 
+    /// Reads `path`, or, when it does not exist, its gzip-compressed copy `path.gz` (how the
+    /// committed run artefacts of docs/results keep their size down).
+    pub fn read_csv_or_gz(path: &Path) -> Result<SampleTable> {
+        let gz = path.with_file_name(format!(
+            "{}.gz",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        if path.exists() || !gz.exists() {
+            return Self::read_csv(path);
+        }
+        let file = std::fs::File::open(&gz).at(&gz)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(file), &mut text)
+            .map_err(|e| Error::format(&gz, format!("not a gzip-compressed text file: {e}")))?;
+        Self::parse(&text, &gz)
+    }
+
     /// Parses CSV text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<SampleTable> {
         let at = |line: usize, msg: String| Error::format(origin, format!("line {line}: {msg}"));
