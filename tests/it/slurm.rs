@@ -792,7 +792,8 @@ while IFS= read -r line; do echo 1; done"#;
             table.lines().skip(1).all(|l| l.contains(" done ")),
             "{table}"
         );
-        assert_eq!(table.lines().count(), 1 + 12, "{table}");
+        // 12 steps and the last iteration's front toward the SFT (iter-2/front).
+        assert_eq!(table.lines().count(), 1 + 13, "{table}");
 
         // `warp status` of the local run, from elsewhere: from the files alone. `warp cancel`
         // has nothing to do with it.
@@ -802,7 +803,7 @@ while IFS= read -r line; do echo 1; done"#;
             "{table}"
         );
         assert!(
-            summary.contains("12/12 done") && summary.contains("local launcher"),
+            summary.contains("13/13 done") && summary.contains("local launcher"),
             "{summary}"
         );
         let o = warp(&c, tmp.path(), &["cancel", "local-run"]);
