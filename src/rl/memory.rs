@@ -698,16 +698,32 @@ mod tests {
         big.model.heads = 32;
         big.model.kv_heads = 8;
         big.model.head_dim = 128;
-        let k = auto_micro_batch(&big);
-        assert!(k % 4 == 0 && k < 64, "{k}");
-        let per = |k| {
+        let per = |m: &PlanInput, k| {
             let p = plan(&PlanInput {
                 micro_batch: k,
-                ..big.clone()
+                ..m.clone()
             });
             p.sum(Phase::Generation).max(p.sum(Phase::Training))
         };
-        assert!(per(k) <= 512 << 20 && per(k + 4) > 512 << 20);
+        let budget = 512 << 20;
+        // The rule, checked against the plan itself: the largest multiple of n that fits, else
+        // (not even one prompt group fits) the largest smaller micro-batch that does.
+        for layers in [2, 6, 24, 96] {
+            big.model.layers = layers;
+            let k = auto_micro_batch(&big);
+            assert!(k < 64, "{layers} layers: {k}");
+            if k >= 4 {
+                assert_eq!(k % 4, 0, "{layers} layers: {k}");
+                assert!(
+                    per(&big, k) <= budget && per(&big, k + 4) > budget,
+                    "{layers}: {k}"
+                );
+            } else {
+                assert!(per(&big, 4) > budget, "{layers} layers: {k}");
+                assert!(k == 1 || per(&big, k) <= budget, "{layers} layers: {k}");
+                assert!(per(&big, k + 1) > budget, "{layers} layers: {k}");
+            }
+        }
     }
 
     #[test]
