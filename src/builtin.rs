@@ -31,22 +31,46 @@ macro_rules! embed {
 }
 
 /// Every built-in task.
-pub const TASKS: &[Task] = &[Task {
-    // Two-number addition with a verifiable reward; the model is `warp sft`'s output with the
-    // defaults (docs/RL.md).
-    name: "arith",
-    files: embed!("arith":
-        "model/config.json",
-        "model/generation_config.json",
-        "model/model.safetensors",
-        "model/special_tokens_map.json",
-        "model/tokenizer.json",
-        "model/tokenizer_config.json",
-        "train.jsonl",
-        "heldout.jsonl",
-        "sft.json",
-    ),
-}];
+pub const TASKS: &[Task] = &[
+    Task {
+        // Two-number addition with a verifiable reward; the model is `warp sft`'s output with the
+        // defaults (docs/RL.md).
+        name: "arith",
+        files: embed!("arith":
+            "model/config.json",
+            "model/generation_config.json",
+            "model/model.safetensors",
+            "model/special_tokens_map.json",
+            "model/tokenizer.json",
+            "model/tokenizer_config.json",
+            "train.jsonl",
+            "heldout.jsonl",
+            "sft.json",
+        ),
+    },
+    Task {
+        // Shift the letters of a word; a learned reward model (rm/, for `model:builtin:cipher/rm`)
+        // rewards four of the shifts. `warp sft --task cipher`'s output with the defaults
+        // (src/rl/cipher.rs).
+        name: "cipher",
+        files: embed!("cipher":
+            "model/config.json",
+            "model/generation_config.json",
+            "model/model.safetensors",
+            "model/special_tokens_map.json",
+            "model/tokenizer.json",
+            "model/tokenizer_config.json",
+            "rm/config.json",
+            "rm/model.safetensors",
+            "rm/special_tokens_map.json",
+            "rm/tokenizer.json",
+            "rm/tokenizer_config.json",
+            "train.jsonl",
+            "heldout.jsonl",
+            "task.json",
+        ),
+    },
+];
 
 /// The task named `name`.
 pub fn task(name: &str) -> Option<&'static Task> {

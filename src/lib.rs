@@ -15,9 +15,12 @@ pub mod merge;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;
+pub mod report;
 /// The RL tools' settings in every build; the RL code itself with the `rl` feature.
 pub mod rl;
+pub mod rng;
 pub mod slurm;
+pub mod stats;
 
 pub use device::Device;
 pub use error::{Error, Result};

@@ -39,7 +39,7 @@ pub const PAD: f64 = 0.05;
 fn layer(kind: Kind) -> u8 {
     match kind {
         Kind::Policy | Kind::Ema | Kind::AnchorInit => 0,
-        Kind::Liti => 1,
+        Kind::Liti | Kind::Front => 1,
         Kind::Lerp | Kind::Model => 2,
         Kind::Slerp => 3,
         Kind::Sft => 4,
@@ -83,6 +83,7 @@ impl Series {
             Kind::Sft => "SFT (init)".into(),
             Kind::Model => "other checkpoints".into(),
             Kind::Liti => format!("LITI, iteration {} (η)", it(self.iteration)),
+            Kind::Front => format!("SLERP {} toward the SFT (η)", it(self.iteration)),
             Kind::Slerp => format!("SLERP, iteration {}", it(self.iteration)),
             Kind::Lerp => format!("LERP, iteration {}", it(self.iteration)),
             Kind::Policy => format!("policy, it. {}, run {run}", it(self.iteration)),
@@ -245,7 +246,7 @@ fn style(s: &Series, iterations: &[u32], runs: &[u32]) -> Style {
     if !s.kind.is_trajectory() {
         return Style {
             color: hue.into(),
-            dash: "",
+            dash: if s.kind == Kind::Front { "7 3" } else { "" },
             width: 2.2,
         };
     }
@@ -294,6 +295,9 @@ fn marker(kind: Kind, color: &str) -> String {
         Kind::Lerp => format!(
             r##"<rect x="-4.5" y="-4.5" width="9" height="9" fill="{color}" stroke="#222222" stroke-width="0.8"/>"##
         ),
+        Kind::Front => format!(
+            r##"<polygon points="0,-5 5,0 0,5 -5,0" fill="{color}" stroke="#FFFFFF" stroke-width="1"/>"##
+        ),
         _ => format!(r#"<circle r="1.8" fill="{color}"/>"#),
     }
 }
@@ -303,6 +307,7 @@ fn marker_radius(kind: Kind) -> f64 {
     match kind {
         Kind::Sft => 6.0,
         Kind::Liti => 4.5,
+        Kind::Front => 5.0,
         Kind::Slerp => 9.0,
         Kind::Lerp => 5.0,
         Kind::Model => 4.5,
@@ -446,7 +451,7 @@ fn group<'a>(t: &'a EvalTable, drawn: &[&'a EvalRow]) -> SeriesMap<'a> {
     }
     for (k, v) in series.iter_mut() {
         let key = |p: &EvalRow| match k.kind {
-            Kind::Liti => p.point.eta.unwrap_or(0.0),
+            Kind::Liti | Kind::Front => p.point.eta.unwrap_or(0.0),
             _ => p.point.step.unwrap_or(0) as f64,
         };
         v.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.kl.total_cmp(&b.kl)));
@@ -502,6 +507,9 @@ pub fn pareto_svg(t: &EvalTable, title: &str) -> String {
     error_bars(&mut s, &f, &series, &styles);
     for (k, v) in series.iter().filter(|(k, _)| k.kind == Kind::Liti) {
         polyline(&mut s, &f, v, &styles[k], "liti");
+    }
+    for (k, v) in series.iter().filter(|(k, _)| k.kind == Kind::Front) {
+        polyline(&mut s, &f, v, &styles[k], "front");
     }
     let mut layers: Vec<(&Series, &Vec<&EvalRow>)> = series.iter().collect();
     layers.sort_by_key(|(k, _)| layer(k.kind));
@@ -606,12 +614,15 @@ fn labels(
             s.extend(placer.place(at, &text, 11.0, &sides, true, attrs));
         }
     }
-    for (k, v) in series.iter().filter(|(k, _)| k.kind == Kind::Liti) {
+    let curves = series
+        .iter()
+        .filter(|(k, _)| matches!(k.kind, Kind::Liti | Kind::Front));
+    for (k, v) in curves {
         let attrs = format!(r#"class="eta" fill="{}""#, styles[k].color);
         let sides = [Side::AboveLeft, Side::BelowRight, Side::Left, Side::Right];
         for p in v.iter() {
             let (x, y) = f.at(p);
-            let at = (x, y, marker_radius(Kind::Liti));
+            let at = (x, y, marker_radius(k.kind));
             let text = short(p.point.eta.unwrap_or(f64::NAN));
             s.extend(placer.place(at, &text, 9.0, &sides, false, &attrs));
         }
@@ -698,7 +709,7 @@ fn legend(
             s,
             r#"<g class="legend-entry" transform="translate({x:.2} {y:.2})">"#
         );
-        if k.kind.is_trajectory() || k.kind == Kind::Liti {
+        if k.kind.is_trajectory() || matches!(k.kind, Kind::Liti | Kind::Front) {
             let _ = write!(
                 s,
                 r#"<line x1="0" y1="0" x2="28" y2="0" stroke="{}" stroke-width="{}"{}/>"#,

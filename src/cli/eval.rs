@@ -10,10 +10,13 @@ use crate::device::Device;
 ///
 /// Measure checkpoints on held-out prompts: mean reward of sampled completions and
 /// KL(π ‖ π_SFT), estimated on the same samples (per-token KL over the vocabulary, summed over
-/// the completion). Writes the CSV that `warp plot` draws and prints it as a table.
+/// the completion). Writes the CSV that `warp plot` draws and prints it as a table; beside it
+/// (OUT.csv → OUT-samples.csv, OUT.json) every sample's reward, KL, length and text, and the
+/// evaluation's settings, which `warp report` resamples.
 ///
 /// Every checkpoint sees the same prompts and the same random stream, so differences between
-/// checkpoints are not blurred by sampling noise more than necessary. Needs the `rl` feature.
+/// checkpoints are paired: not blurred by sampling noise more than necessary. Needs the `rl`
+/// feature.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Checkpoint folders to evaluate (kind "model"); see also --run.
@@ -44,8 +47,10 @@ pub struct Args {
     /// Completions per prompt.
     #[arg(long, default_value_t = 2)]
     samples: usize,
-    /// Sampling temperature of the evaluation (KL is between the tempered distributions).
-    #[arg(long, default_value_t = 1.0)]
+    /// Sampling temperature of the evaluation (KL is between the tempered distributions). The
+    /// default is `warp rl`'s: RL optimizes reward − β·KL of the tempered policy, so that is the
+    /// trade-off to measure.
+    #[arg(long, default_value_t = 0.9)]
     temperature: f64,
     /// Longest completion, in tokens.
     #[arg(long, default_value_t = 8)]
@@ -123,7 +128,7 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     };
     let reporter = super::Progress::new(a.quiet);
     let sft = resolve_path(&a.sft)?;
-    let rows = evaluate_points(
+    let (rows, samples) = evaluate_points(
         &points,
         &sft,
         &prompts_path,
@@ -135,6 +140,30 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
         &reporter,
     )?;
     let table = EvalTable { rows };
+    // Each prompt as its JSON record ({"prompt": …} or {"messages": …}), for the hash.
+    let canonical: Vec<String> = prompts
+        .iter()
+        .map(|l| {
+            let (field, v) = l.prompt.json_field();
+            serde_json::json!({ field: v }).to_string()
+        })
+        .collect();
+    let settings = crate::stats::EvalSettings {
+        prompts: a.prompts.display().to_string(),
+        prompts_sha256: crate::stats::EvalSettings::hash_prompts(&canonical),
+        n_prompts: prompts.len(),
+        samples: a.samples,
+        temperature: a.temperature,
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+        reward: a.reward.clone(),
+        sft: a.sft.display().to_string(),
+        points: table.rows.len(),
+    };
+    // The CSV last: in a pipeline its existence marks the step complete.
+    let (samples_csv, settings_json) = crate::stats::samples::sidecars(&a.output);
+    samples.write_csv(&samples_csv)?;
+    settings.write(&settings_json)?;
     crate::io::write_file_atomic(&a.output, table.to_csv().as_bytes())?;
     super::common::out_line(summary(&table).trim_end())
 }

@@ -81,13 +81,48 @@ pub fn run(_: &Args, _: &Ctx) -> crate::Result<()> {
 
 #[cfg(feature = "rl")]
 pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
-    use crate::error::Error;
     use crate::progress::Reporter;
-    use crate::rl::data::{read_prompt_lines, Prompt};
-    use crate::rl::textgen::{encode_prompts, generate_texts, TextGenOptions};
+    use crate::rl::textgen::generate_texts;
     use crate::rl::{LlamaModel, Tokenizer};
 
-    let mut o = TextGenOptions {
+    let mut o = options(a)?;
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let progress = super::Progress::new(a.quiet);
+    let spec = crate::builtin::resolve_spec(&a.model)?;
+    let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), &progress)?;
+    let mut tok = Tokenizer::from_dir(&ck.dir)?;
+    tok.set_chat_template(&a.chat_template)?;
+    let (prompts, ids) = prompts(a, &tok)?;
+    let device = crate::rl::tch_device(a.device)?;
+    let kind = if a.bf16 {
+        tch::Kind::BFloat16
+    } else {
+        tch::Kind::Float
+    };
+    let config = crate::rl::LlamaConfig::from_dir(&ck.dir)?;
+    fit_new_tokens(&mut o, &ids, config.max_position_embeddings, a, ctx)?;
+    let model = LlamaModel::from_checkpoint(&ck, config, device, kind)?;
+    let total = (prompts.len() * a.samples) as u64;
+    progress.start_steps("generate", total);
+    generate_texts(&model, &tok, &ids, &o, |c| {
+        progress.advance(1);
+        super::common::out_line(&c.to_json(&prompts[c.prompt_index]).to_string())
+    })?;
+    progress.finish();
+    Ok(())
+}
+
+#[cfg(feature = "rl")]
+fn bad<T>(flag: &str, msg: String) -> crate::Result<T> {
+    Err(crate::Error::Usage(format!("{flag}: {msg}")))
+}
+
+#[cfg(feature = "rl")]
+/// The sampling options, checked before anything is loaded.
+fn options(a: &Args) -> crate::Result<crate::rl::textgen::TextGenOptions> {
+    let o = crate::rl::textgen::TextGenOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: if a.greedy { 0.0 } else { a.temperature },
         top_k: a.top_k,
@@ -96,7 +131,6 @@ pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
         seed: a.seed,
         batch_size: a.batch_size,
     };
-    let bad = |flag: &str, msg: String| Err(Error::Usage(format!("{flag}: {msg}")));
     for (flag, v) in [
         ("--max-new-tokens", a.max_new_tokens),
         ("--samples", a.samples),
@@ -116,18 +150,19 @@ pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
         return bad("--top-p", format!("must be in (0, 1], got {}", a.top_p));
     }
     if a.prompt.is_empty() && a.prompts.is_none() {
-        return Err(Error::Usage(
+        return Err(crate::Error::Usage(
             "no prompts: give --prompt TEXT (repeatable) and/or --prompts FILE".into(),
         ));
     }
-    if let Some(t) = a.threads {
-        tch::set_num_threads(t as i32);
-    }
-    let progress = super::Progress::new(a.quiet);
-    let spec = crate::builtin::resolve_spec(&a.model)?;
-    let ck = crate::hub::open_checkpoint(&spec, &crate::hub::HubOptions::from_env(), &progress)?;
-    let mut tok = Tokenizer::from_dir(&ck.dir)?;
-    tok.set_chat_template(&a.chat_template)?;
+    Ok(o)
+}
+
+#[cfg(feature = "rl")]
+/// The --prompt ones, then the --prompts file's lines, with their token ids.
+type Encoded = (Vec<crate::rl::data::Prompt>, Vec<Vec<i64>>);
+#[cfg(feature = "rl")]
+fn prompts(a: &Args, tok: &crate::rl::Tokenizer) -> crate::Result<Encoded> {
+    use crate::rl::data::{read_prompt_lines, Prompt};
     let mut prompts: Vec<Prompt> = a
         .prompt
         .iter()
@@ -139,28 +174,32 @@ pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
             }
         })
         .collect();
-    let mut ids = encode_prompts(&tok, &prompts)?;
+    let mut ids = crate::rl::textgen::encode_prompts(tok, &prompts)?;
     if let Some(file) = &a.prompts {
         let file = crate::builtin::resolve_path(file)?;
         let lines = read_prompt_lines(&file)?;
         ids.extend(tok.encode_prompt_lines(&file, &lines)?);
         prompts.extend(lines.into_iter().map(|l| l.prompt));
     }
-    let device = crate::rl::tch_device(a.device)?;
-    let kind = if a.bf16 {
-        tch::Kind::BFloat16
-    } else {
-        tch::Kind::Float
-    };
-    let config = crate::rl::LlamaConfig::from_dir(&ck.dir)?;
-    // Completions must fit the model's positions after the longest prompt: the default limit
-    // shrinks to fit (small models have few positions), a given one that does not fit is an error.
+    Ok((prompts, ids))
+}
+
+#[cfg(feature = "rl")]
+/// Completions must fit the model's positions after the longest prompt: the default limit
+/// shrinks to fit (small models have few positions), a given one that does not fit is an error.
+fn fit_new_tokens(
+    o: &mut crate::rl::textgen::TextGenOptions,
+    ids: &[Vec<i64>],
+    positions: usize,
+    a: &Args,
+    ctx: &Ctx,
+) -> crate::Result<()> {
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
-    let room = config.max_position_embeddings.saturating_sub(longest);
+    let room = positions.saturating_sub(longest);
     if room == 0 {
-        return Err(Error::Usage(format!(
-            "a prompt of {longest} tokens leaves no room in the model's max_position_embeddings {}",
-            config.max_position_embeddings
+        return Err(crate::Error::Usage(format!(
+            "a prompt of {longest} tokens leaves no room in the model's max_position_embeddings \
+             {positions}"
         )));
     }
     if o.max_new_tokens > room {
@@ -171,27 +210,19 @@ pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
                 "--max-new-tokens",
                 format!(
                     "{} new tokens after a prompt of {longest} exceed the model's \
-                     max_position_embeddings {}",
-                    o.max_new_tokens, config.max_position_embeddings
+                     max_position_embeddings {positions}",
+                    o.max_new_tokens
                 ),
             );
         }
         if !a.quiet {
             eprintln!(
-                "{}: at most {room} new tokens (the model has {} positions, the longest prompt \
-                 {longest} tokens)",
-                ctx.prog, config.max_position_embeddings
+                "{}: at most {room} new tokens (the model has {positions} positions, the longest \
+                 prompt {longest} tokens)",
+                ctx.prog
             );
         }
         o.max_new_tokens = room;
     }
-    let model = LlamaModel::from_checkpoint(&ck, config, device, kind)?;
-    let total = (prompts.len() * a.samples) as u64;
-    progress.start_steps("generate", total);
-    generate_texts(&model, &tok, &ids, &o, |c| {
-        progress.advance(1);
-        super::common::out_line(&c.to_json(&prompts[c.prompt_index]).to_string())
-    })?;
-    progress.finish();
     Ok(())
 }

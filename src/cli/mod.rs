@@ -28,6 +28,7 @@ mod liti;
 mod plot;
 mod progress;
 mod push;
+mod report;
 mod rl;
 mod run;
 mod sft;
@@ -73,6 +74,7 @@ pub enum Command {
     Eval(eval::Args),
     Generate(generate::Args),
     Plot(plot::Args),
+    Report(report::Args),
     Push(push::Args),
     Download(download::Args),
     Completions(completions::Args),
@@ -163,6 +165,7 @@ fn cooperative(c: &Command) -> bool {
             | Command::Status(_)
             | Command::Cancel(_)
             | Command::Plot(_)
+            | Command::Report(_)
             | Command::Push(_)
             | Command::Download(_)
             | Command::Completions(_)
@@ -186,6 +189,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Eval(a) => eval::run(a, ctx),
         Command::Generate(a) => generate::run(a, ctx),
         Command::Plot(a) => plot::run(a, ctx),
+        Command::Report(a) => report::run(a, ctx),
         Command::Push(a) => push::run(a, ctx),
         Command::Download(a) => download::run(a, ctx),
         Command::Completions(a) => completions::run(a, ctx),

@@ -19,11 +19,15 @@ use crate::progress::Reporter;
 /// recorded in OUT/plan.json (an RL step reads its settings from OUT/configs/STEP.json); complete
 /// steps are skipped and interrupted RL runs resumed, so running it again (`warp run OUT`)
 /// continues. On SIGINT, SIGTERM or SIGHUP the running steps are stopped (SIGTERM) and waited
-/// for. Keys of CONFIG.toml (all optional): model, prompts, heldout, reward, output, iterations,
-/// runs, steps, mu, beta, eta, etas, seed, checkpoints, rl (a table of other `warp rl`
-/// settings), rl_args, init_anchor_runs, jobs, devices, launcher, slurm (a table: resources of
-/// the Slurm jobs), trainer (warp or trl), eval_samples, eval_prompts, threads, merge_dtype
-/// (sft, bf16, f16 or f32: the dtype of the merged checkpoints).
+/// for. From iteration 2 on, each iteration's SLERP is also interpolated toward the SFT model
+/// (the paper's output front, {(1 − η)·θ_sft + η·θ_slerp}). Settings come from the task, then
+/// the preset, then CONFIG.toml, then the flags. Keys of CONFIG.toml (all optional): task,
+/// preset, model, prompts, heldout, reward, output, iterations, runs, steps, mu, beta, eta,
+/// etas, seed, checkpoints, rl (a table of other `warp rl` settings), rl_args,
+/// init_anchor_runs, jobs, devices, launcher, slurm (a table: resources of the Slurm jobs),
+/// trainer (warp or trl), eval_samples, eval_prompts, eval_temperature (default: the RL
+/// temperature), threads, merge_dtype (sft, bf16, f16 or f32: the dtype of the merged
+/// checkpoints).
 ///
 /// With `--launcher slurm` every step becomes a Slurm batch job (the RL runs of an iteration one
 /// job array, each step waiting for its predecessors with afterok): it submits the steps that
@@ -34,6 +38,16 @@ use crate::progress::Reporter;
 pub struct Args {
     /// Pipeline settings (TOML), or a run folder to continue with the settings of its plan.json.
     config: Option<PathBuf>,
+    /// The built-in task: arith (addition, verifiable reward; the default) or cipher (shift the
+    /// letters of a word; a learned reward model rewards four shifts). Sets model, prompts,
+    /// heldout, reward and the task's RL settings (overrides the config's `task`).
+    #[arg(long, value_name = "NAME")]
+    task: Option<String>,
+    /// small (the default demo: 2 iterations of 2 RLOO runs of 100 steps, μ 0.05, η 0.5) or
+    /// paper (REINFORCE without baseline, μ 0.01, η 0.3, 3 iterations of 400 steps; about an
+    /// hour on 2 cores) (overrides the config's `preset`).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
     /// Output folder (overrides the config's `output`).
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -77,16 +91,20 @@ pub struct Args {
     quiet: bool,
 }
 
-/// The config file's settings with the flags given over them.
+/// The task's and preset's settings, the config file's over them, the flags over those.
 fn settings(a: &Args) -> Result<PipelineConfig> {
     let mut c = match &a.config {
-        // A run folder: its recorded settings, and the folder where it now is.
+        // A run folder: its recorded settings (task and preset already applied), and the folder
+        // where it now is.
         Some(p) if p.is_dir() => PipelineConfig {
             output: p.clone(),
             ..crate::pipeline::read_plan(p)?.config
         },
-        Some(p) => PipelineConfig::from_toml(p)?,
-        None => PipelineConfig::default(),
+        _ => crate::pipeline::presets::layered(
+            a.task.as_deref(),
+            a.preset.as_deref(),
+            a.config.as_deref(),
+        )?,
     };
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = v.clone(); } )* };
@@ -199,8 +217,10 @@ fn front(c: &PipelineConfig) -> Result<String> {
         let p = &r.point;
         let name = match (p.kind, p.iteration) {
             (PointKind::Sft, _) => "sft".to_string(),
-            (PointKind::Liti | PointKind::Lerp, Some(i)) => format!("{} it{i}", p.kind),
-            (PointKind::Liti | PointKind::Lerp, None) => p.kind.to_string(),
+            (PointKind::Liti | PointKind::Lerp | PointKind::Front, Some(i)) => {
+                format!("{} it{i}", p.kind)
+            }
+            (PointKind::Liti | PointKind::Lerp | PointKind::Front, None) => p.kind.to_string(),
             _ => continue,
         };
         text += &format!(

@@ -4,8 +4,8 @@
 //!
 //! A header row naming the [`COLUMNS`] (any order; extra columns are ignored), then one row per
 //! evaluated model. `kind` is a [`PointKind`]; cells that do not apply are empty. `kl` and
-//! `reward` are required (`nan`/`inf` are accepted: such a point is not drawn); `liti` needs
-//! `iteration` and `eta`, `policy`/`ema` need `iteration`, `run` and `step`, `slerp`/`lerp` need
+//! `reward` are required (`nan`/`inf` are accepted: such a point is not drawn); `liti` and
+//! `front` need `iteration` and `eta`, `policy`/`ema` need `iteration`, `run` and `step`, `slerp`/`lerp` need
 //! `iteration`, `anchor_init` needs `run` and `step`. Fields are split on commas (no quoting:
 //! the writer replaces commas in labels and paths by semicolons), so a row whose field count
 //! differs from the header's is an error, as is any bad cell: each names the file, line and
@@ -38,6 +38,10 @@ pub enum PointKind {
     Sft,
     /// A point of the LITI curve of one WARP iteration.
     Liti,
+    /// A point of iteration i's SLERP interpolated toward the SFT model,
+    /// (1 − η)·θ_sft + η·θ_slerp^i: the paper's output front when i is the last iteration.
+    /// (Iteration 1's is its LITI curve, whose init is the SFT model.)
+    Front,
     /// The SLERP merge of an iteration.
     Slerp,
     /// The LERP merge of an iteration (baseline).
@@ -53,9 +57,10 @@ pub enum PointKind {
 }
 
 impl PointKind {
-    pub const ALL: [PointKind; 8] = [
+    pub const ALL: [PointKind; 9] = [
         PointKind::Sft,
         PointKind::Liti,
+        PointKind::Front,
         PointKind::Slerp,
         PointKind::Lerp,
         PointKind::Policy,
@@ -68,6 +73,7 @@ impl PointKind {
         match self {
             PointKind::Sft => "sft",
             PointKind::Liti => "liti",
+            PointKind::Front => "front",
             PointKind::Slerp => "slerp",
             PointKind::Lerp => "lerp",
             PointKind::Policy => "policy",
@@ -318,7 +324,9 @@ fn parse_row<'a>(cell: impl Fn(usize) -> Cell<'a>) -> std::result::Result<EvalRo
     let p = &r.point;
     let need: &[(&Cell, bool)] = match k {
         PointKind::Sft | PointKind::Model => &[],
-        PointKind::Liti => &[(&iteration, p.iteration.is_some()), (&eta, p.eta.is_some())],
+        PointKind::Liti | PointKind::Front => {
+            &[(&iteration, p.iteration.is_some()), (&eta, p.eta.is_some())]
+        }
         PointKind::Slerp | PointKind::Lerp => &[(&iteration, p.iteration.is_some())],
         PointKind::Policy | PointKind::Ema => &[
             (&iteration, p.iteration.is_some()),

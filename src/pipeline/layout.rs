@@ -11,7 +11,10 @@
 //!   iter-i/slerp/eta-X.XX/          SLERP with fused LITI, one folder per η
 //!   iter-i/slerp-angles.json        angles between the task vectors
 //!   iter-i/lerp/                    LERP of the same policies
+//!   iter-i/front/eta-X.XX/          iteration i's SLERP toward the SFT (i ≥ 2): the paper's
+//!                                   output front {(1 − η)·θ_sft + η·θ_slerp^i}
 //!   eval.csv, front.svg             the evaluation and its plot
+//!   eval-samples.csv, eval.json     every sample of the evaluation, and its settings
 //!
 //! RUN/                              RlRunLayout
 //!   run.json                        warp version and the RlConfig
@@ -71,6 +74,14 @@ impl RunLayout {
     pub fn eval_csv(&self) -> PathBuf {
         self.root.join("eval.csv")
     }
+    /// Every sample of the evaluation (`eval-samples.csv`, [`crate::stats::samples`]).
+    pub fn eval_samples_csv(&self) -> PathBuf {
+        crate::stats::samples::sidecars(&self.eval_csv()).0
+    }
+    /// The evaluation's settings (`eval.json`).
+    pub fn eval_json(&self) -> PathBuf {
+        crate::stats::samples::sidecars(&self.eval_csv()).1
+    }
     pub fn front_svg(&self) -> PathBuf {
         self.root.join("front.svg")
     }
@@ -106,6 +117,11 @@ impl RunLayout {
     pub fn slerp_angles(&self, i: u32) -> PathBuf {
         self.iteration(i).join("slerp-angles.json")
     }
+    /// Step id and folder of iteration `i`'s front toward the SFT model (iterations ≥ 2): its
+    /// SLERP interpolated toward the SFT, one sub-folder per η.
+    pub fn front(&self, i: u32) -> (String, PathBuf) {
+        (format!("iter-{i}/front"), self.iteration(i).join("front"))
+    }
     /// Step id and folder of iteration `i`'s LERP.
     pub fn lerp(&self, i: u32) -> (String, PathBuf) {
         (format!("iter-{i}/lerp"), self.iteration(i).join("lerp"))
@@ -128,24 +144,32 @@ impl RunLayout {
     }
     /// The LITI points of iteration `i`'s SLERP present, by η.
     pub fn slerp_grid(&self, i: u32) -> Result<Vec<(f64, PathBuf)>> {
-        let dir = self.slerp(i).1;
-        let mut grid = Vec::new();
-        if !dir.is_dir() {
-            return Ok(grid);
-        }
-        for e in std::fs::read_dir(&dir).at(&dir)? {
-            let e = e.at(&dir)?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if let Some(eta) = name
-                .strip_prefix("eta-")
-                .and_then(|v| v.parse::<f64>().ok())
-            {
-                grid.push((eta, e.path()));
-            }
-        }
-        grid.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Ok(grid)
+        eta_grid(&self.slerp(i).1)
     }
+    /// The points of iteration `i`'s front toward the SFT present, by η.
+    pub fn front_grid(&self, i: u32) -> Result<Vec<(f64, PathBuf)>> {
+        eta_grid(&self.front(i).1)
+    }
+}
+
+/// The `eta-X.XX` sub-folders of `dir`, by η (none when `dir` does not exist).
+fn eta_grid(dir: &Path) -> Result<Vec<(f64, PathBuf)>> {
+    let mut grid = Vec::new();
+    if !dir.is_dir() {
+        return Ok(grid);
+    }
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(eta) = name
+            .strip_prefix("eta-")
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            grid.push((eta, e.path()));
+        }
+    }
+    grid.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(grid)
 }
 
 fn runs_in(dir: &Path) -> Result<Vec<(u32, RlRunLayout)>> {

@@ -17,6 +17,7 @@ pub mod eval_table;
 pub mod launcher;
 pub mod layout;
 mod plan;
+pub mod presets;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,10 @@ pub use plan::{plan, Plan, Step};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
+    /// The built-in task whose data, reward and RL settings are the defaults ([`presets`]).
+    pub task: String,
+    /// The schedule: `small` (the default demo) or `paper` ([`presets`]).
+    pub preset: String,
     /// The SFT model the first iteration starts from (folder, hub id or `builtin:…`).
     pub model: String,
     /// Training prompts (JSONL).
@@ -85,6 +90,10 @@ pub struct PipelineConfig {
     /// Evaluation: completions per held-out prompt, and how many prompts (0 = all).
     pub eval_samples: u32,
     pub eval_prompts: u32,
+    /// Evaluation temperature; by default the RL runs' sampling temperature, because RL
+    /// optimizes reward − β·KL of the policy at that temperature: that is the trade-off the
+    /// front shows.
+    pub eval_temperature: Option<f64>,
     /// libtorch threads per command (0 = libtorch's default).
     pub threads: u32,
     /// Dtype of the merged (SLERP, LITI, LERP) checkpoints: `sft` (the SFT model's, default),
@@ -99,6 +108,8 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
+            task: "arith".into(),
+            preset: "small".into(),
             model: "builtin:arith/model".into(),
             prompts: "builtin:arith/train.jsonl".into(),
             heldout: "builtin:arith/heldout.jsonl".into(),
@@ -123,6 +134,7 @@ impl Default for PipelineConfig {
             trainer: Backend::Warp,
             eval_samples: 2,
             eval_prompts: 500,
+            eval_temperature: None,
             threads: 0,
             merge_dtype: "sft".into(),
             sft_dtype: None,
@@ -161,6 +173,12 @@ impl PipelineConfig {
         }
         if self.etas.is_empty() || self.etas.iter().any(|e| !e.is_finite()) {
             return bad("etas", "must be a non-empty list of numbers".into());
+        }
+        if let Some(t) = self
+            .eval_temperature
+            .filter(|t| !(t.is_finite() && *t > 0.0))
+        {
+            return bad("eval_temperature", format!("must be > 0, got {t}"));
         }
         if !(self.eta > 0.0 && self.eta <= 1.0) {
             return bad("eta", format!("must be in (0, 1], got {}", self.eta));
@@ -381,8 +399,8 @@ pub fn execute(
 }
 
 /// The checkpoints of a `warp run` folder: the RL trajectories (policy and EMA at every saved
-/// step), the LITI grid of each SLERP (its η = 1 point also as `slerp`), the LERP, and the
-/// init-anchored runs.
+/// step), the LITI grid of each SLERP (its η = 1 point also as `slerp`), the fronts toward the
+/// SFT, the LERP, and the init-anchored runs.
 pub fn discover(out: &Path) -> Result<Vec<Point>> {
     let layout = RunLayout::new(out);
     let mut pts = Vec::new();
@@ -415,6 +433,11 @@ pub fn discover(out: &Path) -> Result<Vec<Point>> {
                 (p.iteration, p.eta) = (Some(i), Some(eta));
                 pts.push(p);
             }
+        }
+        for (eta, path) in layout.front_grid(i)? {
+            let mut p = Point::new(PointKind::Front, &path);
+            (p.iteration, p.eta) = (Some(i), Some(eta));
+            pts.push(p);
         }
         let lerp = layout.lerp(i).1;
         if lerp.is_dir() {

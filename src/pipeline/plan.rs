@@ -320,6 +320,43 @@ impl Builder<'_> {
         slerp_id
     }
 
+    /// Iteration `i`'s SLERP interpolated toward the SFT model over the η grid (`warp liti`):
+    /// the paper's output front when `i` is the last iteration, and what iterations are
+    /// compared on.
+    fn front_step(&mut self, i: u32, slerp_id: &str, dtype: DType) {
+        let c = self.c;
+        let (id, dir) = self.layout.front(i);
+        let mut args = vec![
+            "--init".into(),
+            c.model.clone(),
+            "--merged".into(),
+            s(&self.layout.slerp_eta(i, 1.0)),
+            "-o".into(),
+            s(&dir),
+        ];
+        for e in c.eta_grid() {
+            args.extend(["--eta".into(), e.to_string()]);
+        }
+        args.extend([
+            "--dtype".into(),
+            dtype.name().to_ascii_lowercase(),
+            "-q".into(),
+        ]);
+        self.plan.steps.push(Step {
+            log: self.layout.log(&id),
+            after: vec![slerp_id.to_string()],
+            argv: self.argv("liti", args),
+            resume_argv: None,
+            done: dir,
+            started: None,
+            device: None,
+            config: None,
+            kind: StepKind::Merge,
+            array: None,
+            id,
+        });
+    }
+
     /// `warp eval` of the whole folder after every other step, then `warp plot`.
     fn eval_steps(&mut self) {
         let c = self.c;
@@ -338,6 +375,10 @@ impl Builder<'_> {
             c.eval_samples.to_string(),
             "--max-prompts".into(),
             c.eval_prompts.to_string(),
+            "--temperature".into(),
+            c.eval_temperature
+                .unwrap_or(self.base.temperature)
+                .to_string(),
             // Conversation prompts are rendered as the RL runs render them.
             "--chat-template".into(),
             self.base.chat_template.to_string(),
@@ -430,6 +471,9 @@ pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
             init.clone()
         };
         let slerp_id = b.merge_steps(i, &merge_init, &policies, &ids, target);
+        if i > 1 {
+            b.front_step(i, &slerp_id, target);
+        }
         init = s(&b.layout.slerp_eta(i, c.eta));
         after = vec![slerp_id];
     }

@@ -14,6 +14,7 @@ use super::tokenizer::Tokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::pipeline::{EvalRow, Point, PointKind};
+use crate::stats::SampleTable;
 
 #[derive(Debug, Clone)]
 pub struct SampleOptions {
@@ -149,6 +150,17 @@ pub fn mean_se(xs: &[f64]) -> (f64, f64) {
     (m, (var / n).sqrt())
 }
 
+/// One sampled completion as the evaluation measured it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOutcome {
+    pub reward: f64,
+    /// Σ over its tokens of the per-token KL to the reference (0 without one).
+    pub kl: f64,
+    /// Tokens, EOS included.
+    pub len: u32,
+    pub text: String,
+}
+
 /// What [`evaluate`] measured.
 #[derive(Debug, Clone)]
 pub struct EvalResult {
@@ -159,6 +171,8 @@ pub struct EvalResult {
     pub kl: Option<(f64, f64)>,
     /// Mean completion length in tokens (EOS included).
     pub mean_len: f64,
+    /// Every sample, by prompt, then sample (the order of [`sample`]).
+    pub samples: Vec<SampleOutcome>,
 }
 
 /// Mean reward of sampled completions on `prompts`, and KL to `reference` on the same samples.
@@ -177,24 +191,35 @@ pub fn evaluate(
         .collect();
     let rewards = reward.score_prompts(&pairs)?;
     let (reward, reward_se) = mean_se(&rewards);
-    let kl = match reference {
-        Some(r) => Some(mean_se(&kl_per_sample(
+    let kls = match reference {
+        Some(r) => Some(kl_per_sample(
             model,
             r,
             &samples,
             tok.pad_id,
             o.temperature,
             o.batch,
-        )?)),
+        )?),
         None => None,
     };
     let lens: Vec<f64> = samples.iter().map(|s| s.ids.len() as f64).collect();
+    let outcomes = samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| SampleOutcome {
+            reward: rewards[i],
+            kl: kls.as_ref().map_or(0.0, |k| k[i]),
+            len: s.ids.len() as u32,
+            text: s.text,
+        })
+        .collect();
     Ok(EvalResult {
-        n: samples.len(),
+        n: rewards.len(),
         reward,
         reward_se,
-        kl,
+        kl: kls.as_deref().map(mean_se),
         mean_len: mean_se(&lens).0,
+        samples: outcomes,
     })
 }
 
@@ -216,7 +241,9 @@ impl EvalResult {
 /// Evaluates every point against the SFT model `sft` (KL reference) on the `prompts` read from
 /// `prompts_path` (encoded by the SFT model's tokenizer, conversations with the chat template
 /// `chat`; a line that cannot be encoded is an error naming it), on `device`; the SFT model
-/// itself comes first (kind `sft`, label `SFT`). One progress step per checkpoint.
+/// itself comes first (kind `sft`, label `SFT`). One progress step per checkpoint. Returns the
+/// rows of the evaluation CSV and every sample ([`crate::stats::samples`]: point `k` of the
+/// table is row `k`).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_points(
     points: &[Point],
@@ -228,7 +255,7 @@ pub fn evaluate_points(
     o: &SampleOptions,
     device: Device,
     reporter: &dyn crate::progress::Reporter,
-) -> Result<Vec<EvalRow>> {
+) -> Result<(Vec<EvalRow>, SampleTable)> {
     let device = super::tch_device(device)?;
     let reference = LlamaModel::load(sft, device)?;
     let mut tok = Tokenizer::from_dir(sft)?;
@@ -243,6 +270,7 @@ pub fn evaluate_points(
         .collect();
     reporter.start_steps("eval", all.len() as u64);
     let mut out = Vec::with_capacity(all.len());
+    let mut table = SampleTable::new(all.len(), prompts.len(), o.samples);
     for p in all {
         crate::cancel::check()?;
         let r = if p.kind == PointKind::Sft {
@@ -267,8 +295,23 @@ pub fn evaluate_points(
             p.path.display(),
             r.reward
         ));
+        let first = table.index(out.len(), 0, 0);
+        if r.samples.len() != prompts.len() * o.samples {
+            return Err(Error::Internal(format!(
+                "{} samples evaluated, expected {} prompts × {}",
+                r.samples.len(),
+                prompts.len(),
+                o.samples
+            )));
+        }
+        for (k, s) in r.samples.iter().enumerate() {
+            table.reward[first + k] = s.reward;
+            table.kl[first + k] = s.kl;
+            table.len[first + k] = s.len;
+            table.completion[first + k] = s.text.clone();
+        }
         out.push(r.row(p));
     }
     reporter.finish();
-    Ok(out)
+    Ok((out, table))
 }

@@ -11,6 +11,8 @@ pub mod settings;
 #[cfg(feature = "rl")]
 pub mod chunked;
 #[cfg(feature = "rl")]
+pub mod cipher;
+#[cfg(feature = "rl")]
 pub mod config;
 #[cfg(feature = "rl")]
 pub mod cuda;
@@ -32,6 +34,8 @@ pub mod reward;
 pub mod reward_cmd;
 #[cfg(feature = "rl")]
 pub mod reward_model;
+#[cfg(feature = "rl")]
+pub mod rm_train;
 #[cfg(feature = "rl")]
 pub mod rng;
 #[cfg(feature = "rl")]

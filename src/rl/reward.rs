@@ -86,8 +86,9 @@ pub fn from_spec_opts(spec: &str, opts: &RewardOptions) -> Result<Box<dyn Reward
         )),
         Some(("model", path)) if !path.is_empty() => {
             // A folder, a .safetensors file, or a hub id (org/name[@rev], downloaded to the cache).
+            let path = crate::builtin::resolve_spec(path)?;
             let local = crate::hub::resolve_checkpoint(
-                path,
+                &path,
                 &crate::hub::HubOptions::from_env(),
                 &crate::progress::Silent,
             )?;

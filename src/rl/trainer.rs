@@ -830,8 +830,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts (the KL when
-    /// the init is held).
+    /// Reward and KL(ema ‖ init) of the EMA's own samples on this step's prompts, scored as
+    /// training scores them ([`Self::rewards`]: the prompt file's text, not a decoding of its
+    /// tokens), so that `ema_reward_mean` and `reward_mean` measure two models the same way.
     fn probe_ema(
         &mut self,
         sample_prompts: &[usize],

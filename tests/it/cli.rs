@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{bin, entries, ok, run, Run};
 
-const COMMANDS: [&str; 18] = [
+const COMMANDS: [&str; 19] = [
     "slerp",
     "liti",
     "lerp",
@@ -26,6 +26,7 @@ const COMMANDS: [&str; 18] = [
     "eval",
     "generate",
     "plot",
+    "report",
     "push",
     "download",
     "completions",

@@ -15,6 +15,7 @@ mod io_errors;
 mod merge_reference;
 mod plot;
 mod roundtrip;
+mod science;
 mod slurm;
 mod slurm_cluster;
 

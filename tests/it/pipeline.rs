@@ -65,6 +65,7 @@ fn warp_run_completes_skips_and_resumes() {
             "iter-2/run-2",
             "iter-2/slerp",
             "iter-2/lerp",
+            "iter-2/front",
             "eval",
             "plot"
         ]
@@ -83,6 +84,24 @@ fn warp_run_completes_skips_and_resumes() {
     assert_eq!(count("policy"), 4);
     assert_eq!(count("ema"), 4);
     assert_eq!(count("anchor_init"), 2);
+    // Iteration 2's SLERP toward the SFT model (the paper's output front).
+    assert_eq!(count("front"), 3);
+    // Every sample of every row, and the settings (temperature: the RL runs').
+    let samples = warp::stats::SampleTable::read_csv(&out.join("eval-samples.csv")).unwrap();
+    assert_eq!(
+        (samples.points, samples.prompts, samples.samples),
+        (r.len(), 8, 1)
+    );
+    let settings = warp::stats::EvalSettings::read(&out.join("eval.json")).unwrap();
+    assert_eq!((settings.temperature, settings.points), (0.9, r.len()));
+    for (k, row) in r.iter().enumerate() {
+        let m = samples.prompt_means(k);
+        let mean = m.reward.iter().sum::<f64>() / 8.0;
+        assert!(
+            (mean - row[8].parse::<f64>().unwrap()).abs() < 1e-5,
+            "{row:?}"
+        );
+    }
     for row in &r {
         let kl: f64 = row[6].parse().unwrap();
         let reward: f64 = row[8].parse().unwrap();

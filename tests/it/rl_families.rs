@@ -9,7 +9,8 @@
 //!   within the bf16 tolerance below;
 //! - logits recorded during cached sampling equal an uncached forward over the samples, and
 //!   `score` equals their log-softmax;
-//! - greedy `generate` returns transformers' greedy `generate` tokens (f32, one left-padded batch);
+//! - greedy `generate` returns transformers' greedy `generate` tokens (f32, one left-padded batch),
+//!   and so does the `warp generate --greedy` command (given a character-level tokenizer);
 //! - a perturbed copy saved by us (in the other dtype) loads in transformers with equal logits
 //!   and the same tensor names and shapes;
 //! - the family's `…ForSequenceClassification` scores equal our `RewardModel`'s;
@@ -269,7 +270,7 @@ fn check_cache(name: &str, model: &CausalLm, new_tokens: usize) {
     }
 }
 
-fn check_greedy(r: &mut Reference, name: &str, dir: &Path, model: &CausalLm) {
+fn check_greedy(r: &mut Reference, name: &str, dir: &Path, model: &CausalLm) -> Vec<Vec<i64>> {
     let n = 10;
     let theirs = r.call(json!({"op": "generate", "dir": dir, "prompts": prompts(),
         "max_new_tokens": n, "eos_token_id": 2, "pad_token_id": 0}));
@@ -287,6 +288,118 @@ fn check_greedy(r: &mut Reference, name: &str, dir: &Path, model: &CausalLm) {
         g.completions, theirs,
         "{name}: greedy tokens differ from transformers'"
     );
+    theirs
+}
+
+/// One character per token id 4..63 (the tiny configs' vocabulary of 64), so that text prompts
+/// encode to exactly the ids of `prompts()`.
+const CHARS: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX";
+
+/// A character-level tokenizer over CHARS (BOS added to every text) into `dir`.
+fn write_char_tokenizer(dir: &Path) {
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in CHARS.chars().enumerate() {
+        vocab.insert(c.to_string(), json!(i + 4));
+    }
+    let special = |id: usize, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>"),
+            special(3, "<unk>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated",
+            "invert": false},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 0}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "Fuse"},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"add_bos_token": true, "bos_token": "<s>", "eos_token": "</s>",
+            "pad_token": "<pad>", "unk_token": "<unk>",
+            "tokenizer_class": "PreTrainedTokenizerFast"})
+        .to_string(),
+    )
+    .unwrap();
+}
+
+/// `warp generate --greedy` (the binary, f32) on a copy of the family's model with a
+/// character-level tokenizer (BOS added, as the prompts start with it) returns transformers'
+/// greedy tokens: the same ids up to its first EOS, then only transformers' padding.
+fn check_generate_command(name: &str, dir: &Path, tmp: &Path, theirs: &[Vec<i64>]) {
+    let gen = tmp.join("generate-model");
+    std::fs::create_dir(&gen).unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), gen.join(e.file_name())).unwrap();
+        }
+    }
+    write_char_tokenizer(&gen);
+    let chars: Vec<char> = CHARS.chars().collect();
+    let mut lines = String::new();
+    for p in prompts() {
+        assert_eq!(p[0], 1);
+        let text: String = p[1..].iter().map(|&t| chars[t as usize - 4]).collect();
+        lines += &json!({ "prompt": text }).to_string();
+        lines.push('\n');
+    }
+    let file = tmp.join("generate-prompts.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let out = common::ok(
+        "warp",
+        &[
+            "generate",
+            gen.to_str().unwrap(),
+            "--prompts",
+            file.to_str().unwrap(),
+            "--greedy",
+            "--max-new-tokens",
+            "10",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "-q",
+        ],
+        tmp,
+    );
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), theirs.len(), "{name}: {out}");
+    for (i, (row, theirs)) in rows.iter().zip(theirs).enumerate() {
+        assert_eq!(row["index"], json!(i), "{name}");
+        assert_eq!(
+            row["prompt_tokens"],
+            json!(prompts()[i].len()),
+            "{name}: prompt {i}"
+        );
+        let ours: Vec<i64> = serde_json::from_value(row["token_ids"].clone()).unwrap();
+        let (head, tail) = theirs.split_at(ours.len().min(theirs.len()));
+        assert_eq!(ours, head, "{name}: warp generate, prompt {i}");
+        let eos = ours.last() == Some(&2);
+        assert_eq!(
+            row["finish_reason"],
+            if eos { "eos" } else { "length" },
+            "{name}"
+        );
+        assert!(
+            (eos && tail.iter().all(|&t| t == 0)) || (!eos && tail.is_empty()),
+            "{name}: prompt {i}: transformers went on after ours stopped: {theirs:?}"
+        );
+    }
+    eprintln!("{name}: warp generate --greedy equals transformers' greedy generate");
 }
 
 fn layout(dir: &Path) -> Vec<(String, Vec<usize>)> {
@@ -408,7 +521,8 @@ fn run(name: &str, case: Case) {
     check_logits(&mut r, name, &dir, &case);
     let model = CausalLm::load(&dir, Device::Cpu).unwrap();
     check_cache(name, &model, case.cache_new_tokens);
-    check_greedy(&mut r, name, &dir, &model);
+    let greedy = check_greedy(&mut r, name, &dir, &model);
+    check_generate_command(name, &dir, tmp.path(), &greedy);
     let saved = check_save(&mut r, name, &dir, &case, tmp.path());
     check_seqcls(&mut r, name, &case, tmp.path());
     check_bf16_backward(name, &dir);
@@ -595,4 +709,110 @@ fn phi3_tied_window_partial_rotary() {
             "bfloat16",
         ),
     );
+}
+
+/// End to end: `warp run` (two iterations, two runs each, a `cmd:` reward) on a tiny
+/// Gemma-2-shaped model made by transformers (soft-capping, alternating sliding windows, tied
+/// head), then the merged outputs and a trained policy load in transformers with logits equal
+/// to ours.
+#[test]
+fn gemma2_pipeline_with_a_cmd_reward_loads_in_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let tok = t.join("tokenizer");
+    std::fs::create_dir(&tok).unwrap();
+    write_char_tokenizer(&tok);
+    std::fs::write(tok.join("special_tokens_map.json"), "{}").unwrap();
+    let model = t.join("gemma2");
+    let config = base(
+        "gemma2",
+        json!({"head_dim": 16, "tie_word_embeddings": true, "sliding_window": 4,
+            "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
+            "query_pre_attn_scalar": 12, "num_hidden_layers": 2}),
+    );
+    let mut r = Reference::start();
+    r.call(
+        json!({"op": "make", "dir": model, "class": "Gemma2ForCausalLM", "config": config,
+        "seed": 5, "std": 0.15, "save_dtype": "float32", "tokenizer_dir": tok}),
+    );
+    let chars: Vec<char> = CHARS.chars().collect();
+    let mut lines = String::new();
+    for i in 0..12 {
+        let text: String = (0..5)
+            .map(|j| chars[(7 * i + 3 * j) % chars.len()])
+            .collect();
+        lines += &json!({ "prompt": text }).to_string();
+        lines.push('\n');
+    }
+    let prompts = t.join("prompts.jsonl");
+    std::fs::write(&prompts, lines).unwrap();
+    // The reward: the share of digits in the completion (read as JSONL {prompt, completion}).
+    let reward = t.join("reward.py");
+    std::fs::write(
+        &reward,
+        format!(
+            "#!{}\nimport json, sys\nfor line in sys.stdin:\n    c = json.loads(line)['completion']\n    \
+             print(sum(ch.isdigit() for ch in c) / max(len(c), 1), flush=True)\n",
+            common::python()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&reward, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = t.join("gemma2.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"model = "{}"
+prompts = "{}"
+heldout = "{}"
+reward = "cmd:{}"
+iterations = 2
+runs = 2
+steps = 2
+checkpoints = 1
+init_anchor_runs = false
+etas = [0.0, 0.5, 1.0]
+eta = 0.5
+rl_args = ["--batch", "4", "-n", "2", "--max-new-tokens", "6", "--lr", "1e-3"]
+eval_prompts = 4
+eval_samples = 1
+threads = 1
+"#,
+            model.display(),
+            prompts.display(),
+            prompts.display(),
+            reward.display()
+        ),
+    )
+    .unwrap();
+    let out = t.join("run");
+    let table = common::ok(
+        "warp",
+        &["run", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()],
+        t,
+    );
+    eprintln!("{table}");
+    assert!(table.contains("liti it2"), "{table}");
+    let p = self::prompts();
+    for dir in [
+        out.join("iter-2/slerp/eta-0.50"),
+        out.join("iter-2/slerp/eta-1.00"),
+        out.join("iter-2/lerp"),
+        out.join("iter-2/run-1/final/policy"),
+    ] {
+        assert!(dir.join("config.json").is_file(), "{}", dir.display());
+        let theirs = &hf_logits(&mut r, &dir, "float32", &[&p])[0];
+        let m = CausalLm::load(&dir, Device::Cpu).unwrap();
+        let (d, mag) = compare(&ours(&m, &p), theirs, &p);
+        eprintln!(
+            "{}: max |ours - transformers| = {d:.3e} (max |logit| {mag:.3})",
+            dir.display()
+        );
+        assert!(d < TOL, "{}: logits differ by {d}", dir.display());
+    }
+    // Training moved the weights: the iteration-2 SLERP is not the SFT model.
+    let sft = CausalLm::load(&model, Device::Cpu).unwrap();
+    let merged = CausalLm::load(out.join("iter-2/slerp/eta-1.00"), Device::Cpu).unwrap();
+    let (d, _) = compare(&ours(&sft, &p), &ours(&merged, &p), &p);
+    assert!(d > 1e-4, "the pipeline left the model unchanged ({d})");
 }

@@ -792,7 +792,8 @@ while IFS= read -r line; do echo 1; done"#;
             table.lines().skip(1).all(|l| l.contains(" done ")),
             "{table}"
         );
-        assert_eq!(table.lines().count(), 1 + 12, "{table}");
+        // 12 steps and the last iteration's front toward the SFT (iter-2/front).
+        assert_eq!(table.lines().count(), 1 + 13, "{table}");
 
         // `warp status` of the local run, from elsewhere: from the files alone. `warp cancel`
         // has nothing to do with it.
@@ -802,13 +803,99 @@ while IFS= read -r line; do echo 1; done"#;
             "{table}"
         );
         assert!(
-            summary.contains("12/12 done") && summary.contains("local launcher"),
+            summary.contains("13/13 done") && summary.contains("local launcher"),
             "{summary}"
         );
         let o = warp(&c, tmp.path(), &["cancel", "local-run"]);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains("local launcher"), "{err}");
+    }
+
+    /// Issue 18's combination: the pipeline with trainer = "trl" through the Slurm launcher. The
+    /// RL steps (an array of `accelerate launch … warp_trl.py`) find TRL through WARP_TRL_PYTHON,
+    /// which sbatch passes on from the submitting environment (scripts/setup-trl.sh).
+    #[test]
+    fn trl_trainer_through_the_slurm_launcher() {
+        assert!(
+            std::env::var_os("WARP_TRL_PYTHON").is_some(),
+            "source scripts/setup-trl.sh"
+        );
+        let Some(c) = cluster("trl_trainer_through_the_slurm_launcher") else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("trl.toml");
+        std::fs::write(
+            &cfg,
+            r#"trainer = "trl"
+launcher = "slurm"
+iterations = 1
+runs = 2
+steps = 2
+checkpoints = 1
+init_anchor_runs = false
+etas = [0.0, 0.5, 1.0]
+eta = 0.5
+rl_args = ["--batch", "4", "-n", "2"]
+eval_prompts = 8
+eval_samples = 1
+threads = 1
+[slurm]
+cpus = 1
+poll_seconds = 0.3
+marker_grace_seconds = 5
+"#,
+        )
+        .unwrap();
+        let out = tmp.path().join("run");
+        let t0 = Instant::now();
+        let (front, err) = ok(
+            &c,
+            tmp.path(),
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--wait",
+            ],
+        );
+        eprintln!(
+            "warp run, trainer = trl, Slurm launcher: {:.1} s\n{err}",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(front.contains("liti it1"), "{front}");
+        // The two RL runs went as one job array, and TRL trained them (EMA folders included).
+        let (a, b) = (job_of(&out, "iter-1/run-1"), job_of(&out, "iter-1/run-2"));
+        assert_eq!(a.split('_').next(), b.split('_').next(), "{a} {b}");
+        assert_ne!(a, b);
+        for run in ["iter-1/run-1", "iter-1/run-2"] {
+            let v: serde_json::Value =
+                serde_json::from_str(&read(&out.join(run).join("run.json"))).unwrap();
+            assert_eq!(v["backend"], "trl", "{run}");
+            assert!(
+                out.join(run).join("final/ema/model.safetensors").is_file(),
+                "{run}"
+            );
+        }
+        let csv = read(&out.join("eval.csv"));
+        let kinds: Vec<&str> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap())
+            .collect();
+        let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+        assert_eq!(
+            (count("sft"), count("policy"), count("ema"), count("liti")),
+            (1, 2, 2, 3),
+            "{csv}"
+        );
+        let table = status(&c, &out, "trainer = trl");
+        assert!(
+            table.lines().skip(1).all(|l| l.contains(" done ")),
+            "{table}"
+        );
     }
 
     #[test]

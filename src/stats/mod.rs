@@ -1,0 +1,382 @@
+//! Statistics of evaluations: how sure a comparison between checkpoints is.
+//!
+//! Every checkpoint of a run is evaluated on the same prompts with the same random stream
+//! ([`samples`]: the per-sample file `warp eval` writes), so a comparison between two checkpoints
+//! is *paired*: it is computed prompt by prompt, and the noise the two share cancels. A statistic
+//! is any function of the (mean KL, mean reward) of some checkpoints: a difference in reward, a
+//! difference in KL, or the gap between two fronts at equal KL ([`front::gap`]).
+//!
+//! # One seed: bootstrap over prompts
+//! The prompts are the unit of resampling: a replicate draws `P` prompts with replacement (the
+//! same draw for every checkpoint, keeping the pairing) and all the samples of a drawn prompt go
+//! with it (they share the prompt, so they are not independent). The statistic is recomputed on
+//! every replicate; the interval is the 2.5–97.5 % percentile interval of the replicates.
+//!
+//! # Several seeds
+//! A seed is one complete repetition of the experiment (its own RL runs, merges and evaluation);
+//! all are evaluated on the same prompts. The estimate is the mean `T̄` over the `K` seeds of the
+//! per-seed statistic `T_k`. With `σ²_seed` the variance from training randomness, `σ²_prompt`
+//! from which prompts were drawn (shared by all seeds) and `σ²_noise` from each evaluation's own
+//! sampling, `Var(T̄) = σ²_seed/K + σ²_prompt/P + σ²_noise/(K·P)`. A replicate resamples the
+//! prompts once for all seeds, so these are measured as:
+//! - `V_p`, the bootstrap variance of the seed mean: `σ²_prompt/P + σ²_noise/(K·P)`;
+//! - `W`, the mean of the per-seed bootstrap variances: `σ²_prompt/P + σ²_noise/P`;
+//! - `s²`, the variance of the `T_k` over seeds (the shared prompts cancel):
+//!   `σ²_seed + σ²_noise/P`.
+//!
+//! Counting each part once: `V_noise = max(0, (W − V_p)/(K − 1))` (that is `σ²_noise/(K·P)`),
+//! `V_seed = max(0, s²/K − V_noise)`, `V = V_seed + V_p`. This is the method of moments of the
+//! crossed seeds × prompts random-effects model — for a mean, the classical two-way ANOVA
+//! estimate — computed from bootstrap variances so that it also holds for statistics that are not
+//! means (the gap between two fronts). The interval is `T̄ ± t·√V`, Student's t at the
+//! Welch–Satterthwaite degrees of freedom `ν = V² / ((s²/K)²/(K − 1) + V_p²/(P − 1))`: when the
+//! seeds really differ, `ν` is close to `K − 1` (3 seeds: t = 4.3), the honest price of few
+//! seeds; when they agree, the prompts dominate and `ν` grows. The seeds are not resampled: with
+//! 3 seeds a bootstrap over them has 10 distinct resamples and shrinks their variance by
+//! `(K − 1)/K`. The coverage of both kinds of interval is checked on simulated data with a known
+//! truth (tests/science.rs).
+
+pub mod dist;
+pub mod front;
+pub mod samples;
+
+pub use front::{gap, pareto, Envelope, Gap, Point};
+pub use samples::{EvalSettings, SampleTable};
+
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+
+/// Per-prompt means (over the prompt's samples) of one checkpoint's KL and reward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptMeans {
+    pub kl: Vec<f64>,
+    pub reward: Vec<f64>,
+}
+
+/// How to resample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BootstrapOptions {
+    /// Bootstrap replicates.
+    pub replicates: usize,
+    /// Seed of the resampling stream.
+    pub seed: u64,
+    /// Coverage of the intervals (0.95).
+    pub level: f64,
+}
+
+impl Default for BootstrapOptions {
+    fn default() -> Self {
+        BootstrapOptions {
+            replicates: 2000,
+            seed: 0,
+            level: 0.95,
+        }
+    }
+}
+
+/// The prompt draws of the replicates: replicate `b` is the `b`-th call of `next`, `n` indices
+/// in `0..n`, from one SplitMix64 stream of `seed`.
+pub struct Resampler(SplitMix64);
+
+impl Resampler {
+    pub fn new(seed: u64) -> Resampler {
+        Resampler(SplitMix64::stream(seed, 0xB007))
+    }
+
+    /// The next replicate's `n` prompt indices.
+    pub fn next_indices(&mut self, n: usize) -> Vec<u32> {
+        (0..n).map(|_| self.0.below(n as u64) as u32).collect()
+    }
+}
+
+/// One seed's part of an estimate: the checkpoints the statistic reads, and the statistic of
+/// their (mean KL, mean reward), `None` where it is undefined (e.g. two fronts with no common
+/// KL range).
+pub struct SeedInput<'a> {
+    pub points: Vec<&'a PromptMeans>,
+    pub stat: Box<StatFn<'a>>,
+}
+
+/// A statistic of some checkpoints' (mean KL, mean reward); `None` where undefined.
+pub type StatFn<'a> = dyn Fn(&[Point]) -> Option<f64> + 'a;
+
+/// A statistic with its interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Estimate {
+    /// The statistic on all prompts (the mean over seeds).
+    pub value: f64,
+    /// The interval at the requested level.
+    pub lo: f64,
+    pub hi: f64,
+    /// Standard error (one seed: of the bootstrap replicates; several: √V).
+    pub se: f64,
+    /// The statistic of each seed on all prompts.
+    pub per_seed: Vec<f64>,
+    /// Replicates used, and those left out because the statistic was undefined in some seed.
+    pub replicates: usize,
+    pub undefined: usize,
+    /// Degrees of freedom of the t interval (several seeds); `None` for one seed (percentiles).
+    pub df: Option<f64>,
+    /// The variance parts (several seeds): between seeds, and prompts + evaluation noise.
+    pub var_seed: f64,
+    pub var_prompt: f64,
+}
+
+impl Estimate {
+    pub fn seeds(&self) -> usize {
+        self.per_seed.len()
+    }
+
+    /// Whether the interval lies above zero (`Greater`), below it (`Less`) or contains it.
+    pub fn sign(&self) -> std::cmp::Ordering {
+        if self.lo > 0.0 {
+            std::cmp::Ordering::Greater
+        } else if self.hi < 0.0 {
+            std::cmp::Ordering::Less
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    }
+}
+
+/// Weighted mean of `x` with integer weights summing to `x.len()`.
+fn weighted_mean(x: &[f64], counts: &[u32]) -> f64 {
+    x.iter()
+        .zip(counts)
+        .map(|(v, &c)| v * c as f64)
+        .sum::<f64>()
+        / x.len() as f64
+}
+
+/// Mean and sample variance (divisor n − 1).
+fn mean_var(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let m = x.iter().sum::<f64>() / n;
+    let v = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0);
+    (m, v)
+}
+
+/// The `q` quantile of sorted data, interpolating linearly between order statistics (numpy's
+/// default).
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q;
+    let k = h.floor() as usize;
+    if k + 1 >= sorted.len() {
+        return sorted[sorted.len() - 1];
+    }
+    sorted[k] + (h - k as f64) * (sorted[k + 1] - sorted[k])
+}
+
+fn eval_stat(s: &SeedInput, counts: Option<&[u32]>) -> Option<f64> {
+    let pts: Vec<Point> = s
+        .points
+        .iter()
+        .map(|m| match counts {
+            None => Point {
+                kl: m.kl.iter().sum::<f64>() / m.kl.len() as f64,
+                reward: m.reward.iter().sum::<f64>() / m.reward.len() as f64,
+            },
+            Some(c) => Point {
+                kl: weighted_mean(&m.kl, c),
+                reward: weighted_mean(&m.reward, c),
+            },
+        })
+        .collect();
+    (s.stat)(&pts).filter(|v| v.is_finite())
+}
+
+/// Estimates a statistic over one or more seeds (see the module docs). `Ok(None)` when it is
+/// undefined on the full data of some seed. Errors: no seed, checkpoints whose prompt counts
+/// differ, fewer than 2 prompts, fewer than 2 usable replicates.
+pub fn estimate(seeds: &[SeedInput], o: &BootstrapOptions) -> Result<Option<Estimate>> {
+    let p = seeds
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .map(|m| m.reward.len())
+        .next()
+        .ok_or_else(|| Error::Internal("an estimate needs at least one seed and point".into()))?;
+    let same = seeds
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .all(|m| m.reward.len() == p && m.kl.len() == p);
+    if !same || p < 2 {
+        return Err(Error::Mismatch(format!(
+            "checkpoints compared prompt by prompt need the same prompts (at least 2); got \
+             prompt counts {:?}",
+            seeds
+                .iter()
+                .flat_map(|s| s.points.iter().map(|m| m.reward.len()))
+                .collect::<Vec<_>>()
+        )));
+    }
+    let mut per_seed = Vec::with_capacity(seeds.len());
+    for s in seeds {
+        match eval_stat(s, None) {
+            Some(v) => per_seed.push(v),
+            None => return Ok(None),
+        }
+    }
+    let k = seeds.len();
+    let mut rs = Resampler::new(o.seed);
+    // reps[b][k]: the statistic of seed k in replicate b.
+    let mut reps: Vec<Vec<f64>> = Vec::with_capacity(o.replicates);
+    let mut undefined = 0;
+    for _ in 0..o.replicates {
+        let idx = rs.next_indices(p);
+        let mut counts = vec![0u32; p];
+        for i in idx {
+            counts[i as usize] += 1;
+        }
+        let r: Option<Vec<f64>> = seeds.iter().map(|s| eval_stat(s, Some(&counts))).collect();
+        match r {
+            Some(r) => reps.push(r),
+            None => undefined += 1,
+        }
+    }
+    if reps.len() < 2 {
+        return Err(Error::Mismatch(format!(
+            "the statistic is undefined in {undefined} of {} bootstrap replicates",
+            o.replicates
+        )));
+    }
+    let alpha = (1.0 - o.level) / 2.0;
+    if k == 1 {
+        let mut v: Vec<f64> = reps.iter().map(|r| r[0]).collect();
+        let (_, var) = mean_var(&v);
+        v.sort_by(f64::total_cmp);
+        return Ok(Some(Estimate {
+            value: per_seed[0],
+            lo: quantile_sorted(&v, alpha),
+            hi: quantile_sorted(&v, 1.0 - alpha),
+            se: var.sqrt(),
+            per_seed,
+            replicates: reps.len(),
+            undefined,
+            df: None,
+            var_seed: 0.0,
+            var_prompt: var,
+        }));
+    }
+    let kf = k as f64;
+    let (value, s2) = mean_var(&per_seed);
+    let means: Vec<f64> = reps.iter().map(|r| r.iter().sum::<f64>() / kf).collect();
+    let (_, v_p) = mean_var(&means);
+    let w = (0..k)
+        .map(|j| mean_var(&reps.iter().map(|r| r[j]).collect::<Vec<_>>()).1)
+        .sum::<f64>()
+        / kf;
+    let v_noise = ((w - v_p) / (kf - 1.0)).max(0.0);
+    let v_seed = (s2 / kf - v_noise).max(0.0);
+    let v = v_seed + v_p;
+    let denom = (s2 / kf).powi(2) / (kf - 1.0) + v_p.powi(2) / (p as f64 - 1.0);
+    let df = if denom > 0.0 {
+        v * v / denom
+    } else {
+        f64::INFINITY
+    };
+    let t = dist::t_quantile(1.0 - alpha, df.max(kf - 1.0));
+    let se = v.sqrt();
+    Ok(Some(Estimate {
+        value,
+        lo: value - t * se,
+        hi: value + t * se,
+        se,
+        per_seed,
+        replicates: reps.len(),
+        undefined,
+        df: Some(df),
+        var_seed: v_seed,
+        var_prompt: v_p,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pm(reward: &[f64]) -> PromptMeans {
+        PromptMeans {
+            kl: vec![0.0; reward.len()],
+            reward: reward.to_vec(),
+        }
+    }
+
+    #[test]
+    fn one_seed_paired_difference() {
+        // B − A is exactly 1 on every prompt: every replicate gives 1, the interval is [1, 1].
+        let a = pm(&[0.0, 0.5, 1.0, 0.25]);
+        let b = pm(&[1.0, 1.5, 2.0, 1.25]);
+        let s = SeedInput {
+            points: vec![&a, &b],
+            stat: Box::new(|p: &[Point]| Some(p[1].reward - p[0].reward)),
+        };
+        let e = estimate(&[s], &BootstrapOptions::default())
+            .unwrap()
+            .unwrap();
+        assert!((e.value - 1.0).abs() < 1e-12 && (e.lo - 1.0).abs() < 1e-12);
+        assert!((e.hi - 1.0).abs() < 1e-12 && e.se < 1e-12);
+        assert_eq!((e.replicates, e.undefined, e.df), (2000, 0, None));
+    }
+
+    #[test]
+    fn undefined_statistics() {
+        let a = pm(&[0.0, 1.0]);
+        let none = SeedInput {
+            points: vec![&a],
+            stat: Box::new(|_: &[Point]| None),
+        };
+        assert_eq!(
+            estimate(&[none], &BootstrapOptions::default()).unwrap(),
+            None
+        );
+        // Defined on all prompts, undefined on replicates whose mean reward is 0 or 1.
+        let partly = SeedInput {
+            points: vec![&a],
+            stat: Box::new(|p: &[Point]| (p[0].reward > 0.0 && p[0].reward < 1.0).then_some(1.0)),
+        };
+        let e = estimate(&[partly], &BootstrapOptions::default())
+            .unwrap()
+            .unwrap();
+        // Half of the replicates draw the same prompt twice.
+        assert!(e.undefined > 800 && e.undefined < 1200, "{}", e.undefined);
+        assert_eq!(e.replicates + e.undefined, 2000);
+        let b = pm(&[0.0, 1.0, 2.0]);
+        let mixed = SeedInput {
+            points: vec![&a, &b],
+            stat: Box::new(|_: &[Point]| Some(0.0)),
+        };
+        assert!(estimate(&[mixed], &BootstrapOptions::default())
+            .unwrap_err()
+            .to_string()
+            .contains("same prompts"));
+    }
+
+    #[test]
+    fn resampler_is_deterministic_and_uniform() {
+        let mut a = Resampler::new(3);
+        let mut b = Resampler::new(3);
+        assert_eq!(a.next_indices(50), b.next_indices(50));
+        assert_ne!(a.next_indices(50), Resampler::new(4).next_indices(50));
+        let mut counts = [0usize; 10];
+        let mut r = Resampler::new(0);
+        for _ in 0..10_000 {
+            for i in r.next_indices(10) {
+                counts[i as usize] += 1;
+            }
+        }
+        // 10 000 draws per index expected; binomial sd ≈ 95.
+        assert!(
+            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn quantiles_match_numpy_linear() {
+        let v = [1.0, 2.0, 4.0, 8.0];
+        // numpy.quantile([1, 2, 4, 8], [0, 0.25, 0.5, 0.9, 1]) = [1, 1.75, 3, 6.8, 8].
+        for (q, want) in [(0.0, 1.0), (0.25, 1.75), (0.5, 3.0), (0.9, 6.8), (1.0, 8.0)] {
+            assert!((quantile_sorted(&v, q) - want).abs() < 1e-12, "{q}");
+        }
+    }
+}
