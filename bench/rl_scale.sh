@@ -78,9 +78,9 @@ warp_run() {
   rm -rf "$out"
   # The memory plan's estimate (the trainer before issue 16 has no --dry-run).
   if "$bin" --help | grep -q -- --dry-run; then
-    plan=$("$bin" "$dir/model" --prompts "$dir/prompts.jsonl" -o "$out" --device cpu \
+    plan=$("$bin" "$dir/model" --prompts "$dir/prompts.jsonl" -o "$out" \
       --reward "cmd:python3 bench/rl_reward.py" "$@" --dry-run |
-      awk '/estimated peak/ {v=$3; u=$4; m=(u=="GiB")?2^30:(u=="MiB")?2^20:1; printf "%d", v*m}')
+      awk '/estimated peak/ {v=$3; u=$4; m=(u=="GiB")?2^30:(u=="MiB")?2^20:1; printf "%.0f", v * m}')
   fi
   timed "$bin" "$dir/model" --prompts "$dir/prompts.jsonl" -o "$out" \
     --reward "cmd:python3 bench/rl_reward.py" --steps "$steps" --seed "$round" \
