@@ -6,6 +6,7 @@ set -eu
 run=$1
 dest=$2
 mkdir -p "$dest"
+dest=$(cd "$dest" && pwd)
 cp "$run/plan.json" "$run/eval.csv" "$run/eval.json" "$dest/"
 [ -f "$run/front.svg" ] && cp "$run/front.svg" "$dest/"
 gzip -9n < "$run/eval-samples.csv" > "$dest/eval-samples.csv.gz"

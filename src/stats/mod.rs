@@ -185,10 +185,8 @@ fn eval_stat(s: &SeedInput, counts: Option<&[u32]>) -> Option<f64> {
     (s.stat)(&pts).filter(|v| v.is_finite())
 }
 
-/// Estimates a statistic over one or more seeds (see the module docs). `Ok(None)` when it is
-/// undefined on the full data of some seed. Errors: no seed, checkpoints whose prompt counts
-/// differ, fewer than 2 prompts, fewer than 2 usable replicates.
-pub fn estimate(seeds: &[SeedInput], o: &BootstrapOptions) -> Result<Option<Estimate>> {
+/// The number of prompts every checkpoint of `seeds` was measured on (the same for all, ≥ 2).
+fn prompt_count(seeds: &[SeedInput]) -> Result<usize> {
     let p = seeds
         .iter()
         .flat_map(|s| s.points.iter())
@@ -209,6 +207,14 @@ pub fn estimate(seeds: &[SeedInput], o: &BootstrapOptions) -> Result<Option<Esti
                 .collect::<Vec<_>>()
         )));
     }
+    Ok(p)
+}
+
+/// Estimates a statistic over one or more seeds (see the module docs). `Ok(None)` when it is
+/// undefined on the full data of some seed. Errors: no seed, checkpoints whose prompt counts
+/// differ, fewer than 2 prompts, fewer than 2 usable replicates.
+pub fn estimate(seeds: &[SeedInput], o: &BootstrapOptions) -> Result<Option<Estimate>> {
+    let p = prompt_count(seeds)?;
     let mut per_seed = Vec::with_capacity(seeds.len());
     for s in seeds {
         match eval_stat(s, None) {

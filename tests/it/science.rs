@@ -639,3 +639,33 @@ fn report_reads_two_seeds_of_a_pipeline() {
     assert!(text.starts_with("# R\n") && text.ends_with("after\n") && !text.contains("STALE"));
     assert!(text.contains("### 6."), "{text}");
 }
+
+/// docs/RESULTS.md's generated tables are what `warp report` makes of the run artefacts committed
+/// under docs/results (every folder there with a plan.json, in name order, as the shell's
+/// `docs/results/*/` lists them): the command the document records, run on a copy of it.
+#[test]
+fn results_md_is_the_report_of_the_committed_runs() {
+    let root = common::repo_root();
+    let mut dirs: Vec<String> = std::fs::read_dir(root.join("docs/results"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("plan.json").is_file())
+        .map(|p| format!("docs/results/{}", p.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no run folders under docs/results");
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = tmp.path().join("RESULTS.md");
+    let committed = std::fs::read_to_string(root.join("docs/RESULTS.md")).unwrap();
+    std::fs::write(&doc, &committed).unwrap();
+    let mut args: Vec<&str> = vec!["report"];
+    args.extend(dirs.iter().map(String::as_str));
+    args.extend(["--update", doc.to_str().unwrap()]);
+    common::ok("warp", &args, &root);
+    let regenerated = std::fs::read_to_string(&doc).unwrap();
+    assert!(
+        regenerated == committed,
+        "docs/RESULTS.md differs from `warp report {} --update docs/RESULTS.md`",
+        dirs.join(" ")
+    );
+}
