@@ -44,8 +44,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     task: Option<String>,
     /// small (the default demo: 2 iterations of 2 RLOO runs of 100 steps, μ 0.05, η 0.5) or
-    /// paper (REINFORCE without baseline, μ 0.01, η 0.3, 3 iterations of 400 steps; about an
-    /// hour on 2 cores) (overrides the config's `preset`).
+    /// paper (REINFORCE without baseline, μ 0.01, η 0.3, 3 iterations of 400 steps; 15–25
+    /// minutes on 2 shared cores) (overrides the config's `preset`).
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
     /// Output folder (overrides the config's `output`).
