@@ -575,8 +575,9 @@ pub fn for_run(
         .unwrap_or(0);
     let reward_model = match cfg.reward.split_once(':') {
         Some(("model", path)) if !path.is_empty() => {
+            let path = crate::builtin::resolve_spec(path)?;
             let p = crate::hub::resolve_checkpoint(
-                path,
+                &path,
                 &crate::hub::HubOptions::from_env(),
                 reporter,
             )?;
