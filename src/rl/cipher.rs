@@ -400,55 +400,9 @@ pub fn model_config(d: &Dims, reward_model: bool) -> Value {
     v
 }
 
-/// The tokenizer and generation files: a character-level WordLevel tokenizer.json (BOS prepended
-/// by the post-processor), readable by `tokenizers` and transformers' `PreTrainedTokenizerFast`.
+/// The tokenizer and generation files: character-level, as the arithmetic task's.
 pub fn tokenizer_files() -> Vec<(&'static str, String)> {
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in SPECIALS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(CHARS.chars().map(String::from))
-        .enumerate()
-    {
-        vocab.insert(t, json!(i));
-    }
-    let added: Vec<Value> = SPECIALS
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let bos = json!({"SpecialToken": {"id": "<s>", "type_id": 0}});
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated",
-                          "invert": false},
-        "post_processor": {"type": "TemplateProcessing",
-            "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos,
-                     {"Sequence": {"id": "B", "type_id": 0}}],
-            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
-        "decoder": {"type": "Fuse"},
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
-    });
-    let tok_cfg = json!({
-        "add_bos_token": true, "add_eos_token": false, "bos_token": "<s>", "eos_token": "</s>",
-        "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": MAX_POSITIONS,
-        "clean_up_tokenization_spaces": false, "tokenizer_class": "PreTrainedTokenizerFast",
-    });
-    let special = json!({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
-                         "unk_token": "<unk>"});
-    let gen = json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0});
-    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
-    vec![
-        ("tokenizer.json", pretty(&tokenizer)),
-        ("tokenizer_config.json", pretty(&tok_cfg)),
-        ("special_tokens_map.json", pretty(&special)),
-        ("generation_config.json", pretty(&gen)),
-    ]
+    super::sft::char_tokenizer_files(CHARS, MAX_POSITIONS)
 }
 
 /// Writes a randomly initialised causal LM of the task (N(0, 0.02) matrices, unit norms, drawn

@@ -55,15 +55,20 @@ pub fn model_config(c: &SftConfig) -> Value {
     })
 }
 
-/// The tokenizer and generation files of the built-in model: a character-level WordLevel
-/// tokenizer.json (BOS prepended by the post-processor), readable by `tokenizers` and
-/// transformers' `PreTrainedTokenizerFast`.
+/// The tokenizer and generation files of the built-in model (see [`char_tokenizer_files`]).
 pub fn tokenizer_files() -> Vec<(&'static str, String)> {
+    char_tokenizer_files(CHARS, 32)
+}
+
+/// The tokenizer and generation files of a built-in task: a character-level WordLevel
+/// tokenizer.json over the specials and `chars` (BOS prepended by the post-processor), readable by
+/// `tokenizers` and transformers' `PreTrainedTokenizerFast`.
+pub(crate) fn char_tokenizer_files(chars: &str, max_length: usize) -> Vec<(&'static str, String)> {
     let mut vocab = serde_json::Map::new();
     for (i, t) in SPECIALS
         .iter()
         .map(|s| s.to_string())
-        .chain(CHARS.chars().map(String::from))
+        .chain(chars.chars().map(String::from))
         .enumerate()
     {
         vocab.insert(t, json!(i));
@@ -92,7 +97,7 @@ pub fn tokenizer_files() -> Vec<(&'static str, String)> {
     });
     let tok_cfg = json!({
         "add_bos_token": true, "add_eos_token": false, "bos_token": "<s>", "eos_token": "</s>",
-        "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": 32,
+        "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": max_length,
         "clean_up_tokenization_spaces": false, "tokenizer_class": "PreTrainedTokenizerFast",
     });
     let special = json!({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",

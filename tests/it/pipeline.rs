@@ -230,7 +230,14 @@ fn warp_sft_reproduces_the_committed_model() {
         "retrained {acc}, committed {want}"
     );
     assert!(got["heldout_greedy_accuracy"].as_f64().unwrap() >= 0.9);
-    for f in ["train.jsonl", "heldout.jsonl"] {
+    for f in [
+        "train.jsonl",
+        "heldout.jsonl",
+        "model/tokenizer.json",
+        "model/tokenizer_config.json",
+        "model/special_tokens_map.json",
+        "model/generation_config.json",
+    ] {
         assert_eq!(
             std::fs::read(out.join(f)).unwrap(),
             std::fs::read(fixture.join(f)).unwrap(),

@@ -477,6 +477,20 @@ fn cipher_fixture_reproduces() {
         let built = std::fs::read(tmp.path().join("a").join(f)).unwrap();
         assert!(built == std::fs::read(dir.join(f)).unwrap(), "{f} differs");
     }
+    // The tokenizer and generation files do not depend on training: the committed ones, byte
+    // for byte.
+    for f in [
+        "model/tokenizer.json",
+        "model/tokenizer_config.json",
+        "model/special_tokens_map.json",
+        "model/generation_config.json",
+        "rm/tokenizer.json",
+        "rm/tokenizer_config.json",
+        "rm/special_tokens_map.json",
+    ] {
+        let built = std::fs::read(tmp.path().join("a").join(f)).unwrap();
+        assert!(built == std::fs::read(dir.join(f)).unwrap(), "{f} differs");
+    }
     for f in ["model/model.safetensors", "rm/model.safetensors"] {
         let a = std::fs::read(tmp.path().join("a").join(f)).unwrap();
         assert!(
