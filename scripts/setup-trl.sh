@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced (`source scripts/setup-trl.sh`) before running the TRL backend of the RL stage
-# (python/warp_trl.py), tests/trl.rs or bench/rl_step.sh.
+# (python/warp_align/trl_backend.py), tests/trl.rs or bench/rl_step.sh.
 #
 # Sources scripts/setup-torch.sh (the torch 2.11.0 / transformers 5.24.0 venv), then makes (once)
 # and reuses a second venv holding TRL, accelerate and datasets at the versions pinned in
@@ -10,7 +10,7 @@
 # That venv sees the torch venv's packages through a .pth file (torch, transformers and numpy are
 # not downloaded again), and every package of the torch venv is pinned as a constraint, so pip can
 # neither upgrade nor duplicate them. Exports, besides what setup-torch.sh exports:
-#     WARP_TRL_PYTHON   the Python that runs python/warp_trl.py (import trl works)
+#     WARP_TRL_PYTHON   the Python that runs python/warp_align/trl_backend.py (import trl works)
 #     WARP_TRL_VENV     that venv; its bin/ (with `accelerate`) is put first on PATH
 # Must be sourced from bash; does not change the caller's shell options.
 

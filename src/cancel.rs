@@ -24,6 +24,14 @@ pub fn request_by_signal(sig: i32) {
     REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// Forgets a cancellation request so that the next operation runs: for a process that outlives
+/// a cancelled operation (the Python module, [`crate::python`]); a command-line program exits
+/// instead.
+pub fn clear() {
+    SIGNAL.store(0, Ordering::SeqCst);
+    REQUESTED.store(false, Ordering::SeqCst);
+}
+
 /// Whether cancellation was requested.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)

@@ -15,6 +15,9 @@ pub mod merge;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;
+/// The Python extension module `warp_align._native` (feature `python`).
+#[cfg(feature = "python")]
+pub mod python;
 pub mod report;
 /// The RL tools' settings in every build; the RL code itself with the `rl` feature.
 pub mod rl;

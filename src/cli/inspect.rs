@@ -37,17 +37,7 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     };
     let params: u64 = ck.tensors().iter().map(|t| t.numel()).sum();
     if a.json {
-        let tensors: Vec<_> = ck
-            .tensors()
-            .iter()
-            .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, "bytes": t.nbytes, "shard": shard_name(t.shard)}))
-            .collect();
-        let v = serde_json::json!({
-            "path": ck.path, "layout": ck.layout, "shards": ck.shards.len(),
-            "tensors": tensors, "total_bytes": ck.total_bytes(), "parameters": params,
-            "metadata": ck.shards.first().and_then(|s| s.header.metadata.clone()),
-            "warnings": ck.warnings,
-        });
+        let v = crate::io::verify::inspect_json(&ck);
         return out(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
     }
     let mut s = format!(

@@ -27,7 +27,7 @@ pub struct Args {
     #[command(flatten)]
     config: RlConfig,
     /// Run folder (must not exist, or be empty).
-    #[arg(short, long, value_name = "DIR", required_unless_present = "resume")]
+    #[arg(short, long, value_name = "DIR", required_unless_present_any = ["resume", "print_schema"])]
     output: Option<PathBuf>,
     /// Continue the run in DIR from its last complete checkpoint, with its recorded settings
     /// (only --steps, --threads and --quiet may be given with it).
@@ -50,6 +50,17 @@ pub struct Args {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Print the settings' schema as JSON (name, type, default, allowed values and help of each
+    /// setting) and exit: the Python side (the TRL backend, the warp_align package) reads it.
+    #[arg(long, exclusive = true)]
+    print_schema: bool,
+}
+
+/// `--print-schema`.
+fn print_schema() -> Result<()> {
+    let v = crate::rl::schema::rl_schema();
+    let text = serde_json::to_string_pretty(&v).map_err(|e| Error::Internal(e.to_string()))?;
+    super::common::out_line(&text)
 }
 
 /// The ids of the arguments given on the command line.
@@ -174,6 +185,9 @@ fn run_trl(a: &Args, ctx: &Ctx) -> Result<Option<()>> {
 
 #[cfg(not(feature = "rl"))]
 pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
+    if a.print_schema {
+        return print_schema();
+    }
     if run_trl(a, ctx)?.is_some() {
         return Ok(());
     }
@@ -190,6 +204,9 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
 pub fn run(a: &Args, ctx: &Ctx) -> Result<()> {
     use crate::progress::Reporter;
     use crate::rl::trainer::Trainer;
+    if a.print_schema {
+        return print_schema();
+    }
     if run_trl(a, ctx)?.is_some() {
         return Ok(());
     }

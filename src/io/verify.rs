@@ -45,3 +45,28 @@ pub fn check_finite_values(ck: &Checkpoint, reporter: &dyn Reporter) -> Result<(
     reporter.finish();
     Ok(())
 }
+
+/// What `warp inspect --json` prints about a checkpoint (validated by the caller): its path,
+/// layout, shards, every tensor (name, dtype, shape, bytes, shard file), totals, the first
+/// shard's metadata and the warnings.
+pub fn inspect_json(ck: &Checkpoint) -> serde_json::Value {
+    let shard_name = |i: usize| {
+        ck.shards[i]
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let params: u64 = ck.tensors().iter().map(|t| t.numel()).sum();
+    let tensors: Vec<_> = ck
+        .tensors()
+        .iter()
+        .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, "bytes": t.nbytes, "shard": shard_name(t.shard)}))
+        .collect();
+    serde_json::json!({
+        "path": ck.path, "layout": ck.layout, "shards": ck.shards.len(),
+        "tensors": tensors, "total_bytes": ck.total_bytes(), "parameters": params,
+        "metadata": ck.shards.first().and_then(|s| s.header.metadata.clone()),
+        "warnings": ck.warnings,
+    })
+}

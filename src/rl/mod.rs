@@ -6,6 +6,7 @@
 //! their flags and say that this build lacks the feature; everything else needs `rl` (of
 //! [`chat`], only the template choice, a setting, is in every build).
 pub mod chat;
+pub mod schema;
 pub mod settings;
 
 #[cfg(feature = "rl")]

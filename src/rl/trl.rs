@@ -1,7 +1,9 @@
 //! The TRL backend of the RL stage: `warp rl` with `backend = "trl"` hands the run to TRL's
 //! RLOOTrainer under `accelerate launch` (docs/SCALE.md), through the Python entry point kept in
-//! the source tree as python/warp_trl.py and embedded here, so an installed `warp` needs no source
-//! tree: it is written once to the cache, keyed by its content hash.
+//! the source tree as python/warp_align/trl_backend.py (a module of the Python package, and the
+//! one copy of it) and embedded here, so an installed `warp` needs neither the source tree nor
+//! the package: it is written once to the cache, keyed by its content hash. The entry point reads
+//! the RL settings' schema from `$WARP_RL_SCHEMA`, which [`command`] sets.
 //!
 //! Python and accelerate come from the environment: `$WARP_TRL_PYTHON` (exported by
 //! scripts/setup-trl.sh) and the `accelerate` beside it, else `accelerate` on `PATH`. The child
@@ -17,8 +19,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, IoContext, Result};
 use crate::io::write_file_atomic;
 
-/// python/warp_trl.py.
-pub const ENTRY_POINT: &str = include_str!("../../python/warp_trl.py");
+/// python/warp_align/trl_backend.py (the Python package's module).
+pub const ENTRY_POINT: &str = include_str!("../../python/warp_align/trl_backend.py");
 
 /// How the trainer is launched.
 #[derive(Debug, Clone, Default)]
@@ -147,6 +149,8 @@ pub fn command(args: &[String], l: &Launch) -> Result<Command> {
         c.args(["--num_cpu_threads_per_process", &t.to_string()]);
     }
     c.arg("-q").arg(entry_point()?).args(args);
+    // The settings' names, types, defaults and allowed values, declared once in Rust.
+    c.env("WARP_RL_SCHEMA", crate::rl::schema::rl_schema().to_string());
     if let Some(t) = l.threads {
         c.args(["--threads", &t.to_string()]);
     }
@@ -163,7 +167,7 @@ fn run(args: Vec<String>, l: &Launch) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let mut cmd = command(&args, l)?;
     cmd.process_group(0);
-    let shown = format!("accelerate launch … warp_trl.py {}", args[0]);
+    let shown = format!("accelerate launch … trl_backend.py {}", args[0]);
     let child = cmd
         .spawn()
         .map_err(|e| Error::backend("trl backend", format!("cannot start accelerate: {e}")))?;

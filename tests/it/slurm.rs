@@ -813,7 +813,7 @@ while IFS= read -r line; do echo 1; done"#;
     }
 
     /// Issue 18's combination: the pipeline with trainer = "trl" through the Slurm launcher. The
-    /// RL steps (an array of `accelerate launch … warp_trl.py`) find TRL through WARP_TRL_PYTHON,
+    /// RL steps (an array of `accelerate launch … trl_backend.py`) find TRL through WARP_TRL_PYTHON,
     /// which sbatch passes on from the submitting environment (scripts/setup-trl.sh).
     #[test]
     fn trl_trainer_through_the_slurm_launcher() {

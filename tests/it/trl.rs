@@ -1,5 +1,5 @@
-//! The TRL backend of the RL stage (python/warp_trl.py on TRL's RLOOTrainer, feature `rl` for the
-//! warp side of the comparisons), run for real through `accelerate launch` on the CPU with the
+//! The TRL backend of the RL stage (python/warp_align/trl_backend.py on TRL's RLOOTrainer,
+//! feature `rl` for the warp side of the comparisons), run for real through `accelerate launch` on the CPU with the
 //! built-in model:
 //! - TRL's reference model is WARP's EMA: a test-only callback (tests/ref/trl_policy_steps.py)
 //!   saves the policy after every step; the EMA of those iterates, recomputed here in f64, equals
@@ -41,7 +41,7 @@ fn trl_venv() -> PathBuf {
 }
 
 fn entry() -> PathBuf {
-    repo_root().join("python/warp_trl.py")
+    repo_root().join("python/warp_align/trl_backend.py")
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -68,7 +68,8 @@ fn launch(args: &[&str], env: &[(&str, &str)]) -> Output {
     launch_with(&one, args, env)
 }
 
-/// `accelerate launch LAUNCH_ARGS python/warp_trl.py ARGS` with one torch thread per process.
+/// `accelerate launch LAUNCH_ARGS python/warp_align/trl_backend.py ARGS` with one torch thread
+/// per process.
 fn launch_with(launch_args: &[&str], args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(trl_venv().join("bin/accelerate"));
     c.arg("launch")
@@ -76,6 +77,8 @@ fn launch_with(launch_args: &[&str], args: &[&str], env: &[(&str, &str)]) -> Out
         .args(["--num_cpu_threads_per_process", "1", "-q"])
         .arg(entry())
         .args(args)
+        // The entry point reads warp's RL settings' schema from `warp rl --print-schema`.
+        .env("WARP_BIN", common::bin("warp"))
         .stdin(Stdio::null())
         .process_group(0);
     for (k, v) in env {
@@ -91,6 +94,7 @@ fn python(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(trl_venv().join("bin/python"))
         .arg(entry())
         .args(args)
+        .env("WARP_BIN", common::bin("warp"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -233,7 +237,7 @@ fn ema_anchor_layout_loading_and_resume() {
         &[("WARP_TRL_POLICY_STEPS", s(&steps_dir))],
     );
     let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "warp_trl.py train failed:\n{stderr}");
+    assert!(o.status.success(), "trl_backend.py train failed:\n{stderr}");
     eprintln!("trl run: {:.1} s", t0.elapsed().as_secs_f64());
     assert_eq!(stdout.trim(), s(&out.join("final")));
 
@@ -485,7 +489,7 @@ fn rewards_match_warp() {
         .zip(&theirs)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
-    eprintln!("model: max |warp − warp_trl.py| = {d:.2e} over {ours:?}");
+    eprintln!("model: max |warp − trl_backend.py| = {d:.2e} over {ours:?}");
     assert_eq!(ours.len(), theirs.len());
     assert!(d < 1e-4, "{ours:?} vs {theirs:?}");
     assert!(

@@ -1,4 +1,4 @@
-"""Test-only callback for python/warp_trl.py (`--callback tests/ref/trl_policy_steps.py`): after
+"""Test-only callback for python/warp_align/trl_backend.py (`--callback tests/ref/trl_policy_steps.py`): after
 every optimizer step, the policy's full state dict in f32 goes to
 $WARP_TRL_POLICY_STEPS/policy-N.safetensors (N = 1, 2, ...), and the initial weights to
 policy-0.safetensors when training begins. tests/trl.rs recomputes the EMA of these iterates in

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """warp's RL stage (WARP stage 1) on TRL's RLOOTrainer, for models beyond one device.
 
-    accelerate launch [--config_file python/accelerate/fsdp.yaml] python/warp_trl.py \\
+    accelerate launch [--config_file python/accelerate/fsdp.yaml] python/warp_align/trl_backend.py \\
         train CONFIG.json -o OUT [--threads N] [--trl-args JSON] [--callback FILE.py] [-q]
-    accelerate launch ... python/warp_trl.py resume OUT [--steps T]
-    python python/warp_trl.py score SPEC [--timeout S] < pairs.jsonl     (one reward per line)
+    accelerate launch ... python/warp_align/trl_backend.py resume OUT [--steps T]
+    python python/warp_align/trl_backend.py score SPEC [--timeout S] < pairs.jsonl     (one reward per line)
 
 CONFIG.json holds warp's RL settings, the object `warp-rl` records under "config" in run.json
 (a whole run.json is accepted too): model, prompts, reward, steps, batch, n, beta, mu, temperature,
@@ -52,40 +52,72 @@ class UsageError(WarpError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Settings: warp's RlConfig fields, their defaults (those of `warp-rl`) and checks.
+# Settings: warp's RlConfig. Their names, types, defaults and allowed values are declared once, in
+# Rust (src/rl/settings.rs), and read here from its schema (src/rl/schema.rs); only what the TRL
+# backend adds (its own restrictions, the range checks) is written below.
 
-DEFAULTS = {
-    "reward": "verify:arith",
-    "steps": 100,
-    "batch": 16,
-    "n": 4,
-    "beta": 0.1,
-    "mu": 0.05,
-    "temperature": 0.9,
-    "max_new_tokens": 8,
-    "lr": 3e-4,
-    "warmup": 10,
-    "grad_clip": 1.0,
-    "baseline": "rloo",
-    "anchor": "ema",
-    "length_penalty": 0.0,
-    "seed": 0,
-    "save_every": 50,
-    "dtype": "f32",
-    "device": "auto",
-    "reward_timeout": 60.0,
-    "chat_template": "auto",
-}
+# Paths, not the built-in task's `builtin:` specs (`warp rl` resolves those before launching).
 REQUIRED = ("model", "prompts")
-# Recorded by warp but used by the launcher, not here: accepted as they are.
-PASSIVE = ("backend", "accelerate_config", "trl_args",
-           # warp's own trainer: micro-batching, saved dtype, metrics cadence, reward-model batch,
-           # memory plan (TRL has its own equivalents, set through trl_args).
-           "save_dtype", "micro_batch", "metrics_every", "reward_batch", "max_memory")
-INTS = ("steps", "batch", "n", "max_new_tokens", "warmup", "seed", "save_every")
-FLOATS = ("beta", "mu", "temperature", "lr", "grad_clip", "length_penalty", "reward_timeout")
-STRINGS = ("model", "prompts", "reward", "baseline", "anchor", "dtype", "device", "backend",
-           "chat_template")
+# Accepted as a JSON object as well as its text.
+OBJECT_OR_TEXT = ("trl_args",)
+_SCHEMA = None
+
+
+def rl_schema():
+    """warp's RL settings' schema (`warp rl --print-schema`): from $WARP_RL_SCHEMA (set by
+    `warp rl --backend trl` when it launches this file), else the warp_align package's extension
+    module, else the `warp` program ($WARP_BIN, or on PATH)."""
+    global _SCHEMA
+    if _SCHEMA is not None:
+        return _SCHEMA
+    text = os.environ.get("WARP_RL_SCHEMA")
+    origin = "$WARP_RL_SCHEMA"
+    if not text:
+        try:
+            from warp_align._native import rl_schema as native
+            text, origin = native(), "warp_align._native.rl_schema()"
+        except ImportError:
+            exe = os.environ.get("WARP_BIN") or shutil.which("warp")
+            if not exe:
+                raise WarpError("cannot find warp's RL settings schema: launch this through "
+                                "`warp rl --backend trl`, install the warp_align package, or put "
+                                "`warp` on PATH (or set WARP_BIN)") from None
+            origin = f"{exe} rl --print-schema"
+            try:
+                text = subprocess.run([exe, "rl", "--print-schema"], capture_output=True,
+                                      text=True, check=True).stdout
+            except (OSError, subprocess.CalledProcessError) as e:
+                raise WarpError(f"{origin}: {e}") from None
+    try:
+        v = json.loads(text)
+        _SCHEMA = {f["name"]: f for f in v["fields"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise WarpError(f"{origin}: not warp's RL settings schema: {e}") from None
+    return _SCHEMA
+
+
+def defaults():
+    """The settings' defaults (those of `warp rl`), by name."""
+    return {k: f["default"] for k, f in rl_schema().items()}
+
+
+def _type_ok(f, x):
+    if x is None:
+        return f["nullable"]
+    t = f["type"]
+    if t == "integer":
+        return isinstance(x, int) and not isinstance(x, bool)
+    if t == "number":
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if t == "boolean":
+        return isinstance(x, bool)
+    return isinstance(x, str)
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a finite number", "boolean": "true or false",
+               "string": "a string"}
+
+
 # RLOOConfig fields that define WARP's algorithm: --trl-args may not change them.
 FIXED_TRL_ARGS = (
     "beta", "num_generations", "sync_ref_model", "ref_model_sync_steps", "ref_model_mixup_alpha",
@@ -111,30 +143,30 @@ def load_config(path):
         v = v["config"]
     if not isinstance(v, dict):
         raise UsageError(f"{path}: not a JSON object")
-    known = set(DEFAULTS) | set(REQUIRED) | set(PASSIVE)
+    schema = rl_schema()
     for k in v:
-        if k not in known:
-            raise UsageError(f"{path}: unknown field '{k}' (known: {', '.join(sorted(known))})")
+        if k not in schema:
+            raise UsageError(f"{path}: unknown field '{k}' (known: {', '.join(sorted(schema))})")
     for k in REQUIRED:
         if k not in v:
             raise UsageError(f"{path}: missing field '{k}'")
-    c = {k: v[k] for k in REQUIRED}
-    c.update(DEFAULTS)
+    c = defaults()
+    # This entry point is the trl backend, whatever warp's default trainer is.
+    c["backend"] = "trl"
     c.update(v)
 
     def bad(k, what):
         return UsageError(f"{path}: field '{k}' {what}, got {json.dumps(c[k])}")
 
-    for k in INTS:
-        if not (isinstance(c[k], int) and not isinstance(c[k], bool)):
-            raise bad(k, "is not an integer")
-    for k in FLOATS:
-        if isinstance(c[k], bool) or not isinstance(c[k], (int, float)) or not math.isfinite(c[k]):
-            raise bad(k, "is not a finite number")
-        c[k] = float(c[k])
-    for k in STRINGS:
-        if k in c and not isinstance(c[k], str):
-            raise bad(k, "is not a string")
+    for k, f in schema.items():
+        if k in OBJECT_OR_TEXT and isinstance(c[k], dict):
+            continue
+        if not _type_ok(f, c[k]):
+            raise bad(k, f"is not {_TYPE_WORDS.get(f['type'], f['type'])}")
+        if f["type"] == "number" and c[k] is not None:
+            c[k] = float(c[k])
+        if f["choices"] and c[k] is not None and c[k] not in f["choices"]:
+            raise bad(k, f"must be one of {', '.join(f['choices'])}")
     for k in ("steps", "batch", "n", "max_new_tokens", "save_every"):
         if c[k] <= 0:
             raise bad(k, "must be > 0")
@@ -157,22 +189,15 @@ def load_config(path):
                   "leave-one-out baseline; 'none', plain REINFORCE, needs warp's own trainer)")
     if c["n"] < 2:
         raise bad("n", "must be >= 2 (the leave-one-out baseline needs 2 completions per prompt)")
-    if c["anchor"] not in ("ema", "init"):
-        raise bad("anchor", "must be 'ema' or 'init'")
     if c["anchor"] == "ema" and c["beta"] == 0:
         raise bad("beta", "must be > 0 with anchor 'ema' (TRL builds no reference model, hence no "
                   "EMA, when beta is 0)")
-    if c["dtype"] not in ("auto", "f32", "bf16"):
-        raise bad("dtype", "must be 'auto', 'f32' or 'bf16'")
     if c["chat_template"] == "":
         raise bad("chat_template", "must be auto, none or a Jinja file")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c["device"]):
         raise bad("device", "must be auto, cpu, cuda or cuda:N")
-    if c.get("backend", "trl") != "trl":
+    if c["backend"] != "trl":
         raise bad("backend", "must be 'trl' for this entry point")
-    c["backend"] = "trl"
-    if c.get("accelerate_config") is not None and not isinstance(c["accelerate_config"], str):
-        raise bad("accelerate_config", "is not a string")
     t = c.get("trl_args")
     if isinstance(t, str):
         c["trl_args"] = parse_trl_args(t, f"{path}: field 'trl_args'")

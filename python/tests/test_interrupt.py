@@ -1,0 +1,93 @@
+"""A merge from Python releases the GIL while it works, and stops cleanly on KeyboardInterrupt:
+nothing is left at the destination (the same cleanup as SIGINT in the CLI), and the next call
+runs normally."""
+
+import _thread
+import threading
+
+import pytest
+
+import warp_align as wa
+from conftest import assert_same_tree, cli
+
+
+class Trigger:
+    """A progress object that sets `started` at the first bytes merged."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.n = 0
+        self.total = None
+
+    def reset(self, total=None):
+        self.total = total
+
+    def update(self, n):
+        self.n += n
+        self.started.set()
+
+
+def leftovers(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_keyboard_interrupt_during_a_merge_leaves_nothing(big, tmp_path):
+    out = tmp_path / "out"
+    bar = Trigger()
+
+    def interrupt():
+        bar.started.wait(60)
+        _thread.interrupt_main()
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    # A small budget: many chunks, so the merge is well under way when interrupted.
+    with pytest.raises(KeyboardInterrupt):
+        wa.liti(big["init"], big["p1"], etas=[0.3, 0.7], out=out, memory_budget="32MiB",
+                threads=1, progress=bar)
+    t.join()
+    assert bar.started.is_set() and 0 < bar.n < bar.total, (bar.n, bar.total)
+    # No output folder, no staging folder beside it.
+    assert leftovers(tmp_path) == []
+    # The next merge runs (the cancellation was forgotten) and equals the CLI's.
+    wa.liti(big["init"], big["p1"], etas=[0.3], out=out, memory_budget="32MiB")
+    cli("liti", "--init", big["init"], "--merged", big["p1"], "--eta", 0.3, "-o",
+        tmp_path / "cli", "-q")
+    assert_same_tree(out, tmp_path / "cli")
+
+
+def test_an_exception_in_the_progress_object_cancels_the_merge(big, tmp_path):
+    class Boom(Trigger):
+        def update(self, n):
+            raise ValueError("stop here")
+
+    with pytest.raises(ValueError, match="stop here"):
+        wa.ema([big["init"], big["p1"]], 0.5, out=tmp_path / "out", memory_budget="32MiB",
+               progress=Boom())
+    assert leftovers(tmp_path) == []
+
+
+def test_the_gil_is_released_during_a_merge(big, tmp_path):
+    """A Python thread started once the merge is under way does a fixed amount of pure-Python
+    work (a few tenths of a second) and finishes before the merge does: it could not if the
+    merge held the GIL (it would get the GIL only between progress callbacks)."""
+    bar = Trigger()
+    state = {"counted": 0, "merge_done": False, "merge_done_when_counted": None}
+
+    def count():
+        bar.started.wait(60)
+        n = 0
+        for _ in range(3_000_000):
+            n += 1
+        state["counted"] = n
+        state["merge_done_when_counted"] = state["merge_done"]
+
+    t = threading.Thread(target=count)
+    t.start()
+    wa.liti(big["init"], big["p1"], etas=[0.3, 0.7], out=tmp_path / "out",
+            memory_budget="32MiB", threads=1, progress=bar)
+    state["merge_done"] = True
+    t.join()
+    assert state["counted"] == 3_000_000
+    assert state["merge_done_when_counted"] is False, \
+        "the counting thread could not run while the merge ran"
