@@ -3,6 +3,7 @@ nothing is left at the destination (the same cleanup as SIGINT in the CLI), and 
 runs normally."""
 
 import _thread
+import logging
 import threading
 
 import pytest
@@ -68,26 +69,41 @@ def test_an_exception_in_the_progress_object_cancels_the_merge(big, tmp_path):
 
 
 def test_the_gil_is_released_during_a_merge(big, tmp_path):
-    """A Python thread started once the merge is under way does a fixed amount of pure-Python
-    work (a few tenths of a second) and finishes before the merge does: it could not if the
-    merge held the GIL (it would get the GIL only between progress callbacks)."""
-    bar = Trigger()
+    """A Python thread started when the merge begins (its first log line) does a fixed amount of
+    pure-Python work (a few tenths of a second) and finishes before the merge does. It could
+    not if the merge held the GIL: without a progress object the caller's thread runs no Python
+    code until the merge ends (checked: with the GIL held, this test fails)."""
+    started = threading.Event()
     state = {"counted": 0, "merge_done": False, "merge_done_when_counted": None}
 
+    class Started(logging.Handler):
+        def emit(self, record):
+            started.set()
+
     def count():
-        bar.started.wait(60)
+        started.wait(60)
         n = 0
         for _ in range(3_000_000):
             n += 1
         state["counted"] = n
         state["merge_done_when_counted"] = state["merge_done"]
 
+    log = logging.getLogger("warp_align")
+    handler = Started()
+    log.addHandler(handler)
+    old_level = log.level
+    log.setLevel(logging.INFO)
     t = threading.Thread(target=count)
     t.start()
-    wa.liti(big["init"], big["p1"], etas=[0.3, 0.7], out=tmp_path / "out",
-            memory_budget="32MiB", threads=1, progress=bar)
-    state["merge_done"] = True
-    t.join()
+    try:
+        wa.liti(big["init"], big["p1"], etas=[0.3, 0.7], out=tmp_path / "out",
+                memory_budget="32MiB", threads=1)
+        state["merge_done"] = True
+    finally:
+        started.set()
+        t.join()
+        log.removeHandler(handler)
+        log.setLevel(old_level)
     assert state["counted"] == 3_000_000
     assert state["merge_done_when_counted"] is False, \
         "the counting thread could not run while the merge ran"

@@ -73,7 +73,10 @@ def init(tmp_path_factory):
 
 def train(init, run, seed):
     import datasets
+    import transformers
     from trl import RLOOConfig, RLOOTrainer
+
+    transformers.logging.disable_progress_bar()
 
     torch.set_num_threads(1)
     prompts = [json.loads(line)["prompt"]
@@ -114,8 +117,10 @@ def test_the_saved_ema_is_the_ema_of_the_policy_iterates(runs, init):
         moved = max_diff({k: v.astype(np.float32) for k, v in it[t].items()}, it[t - 1])
         assert moved > 1e-4, f"step {t} left the policy unchanged"
     # warp's run layout.
-    assert sorted(p.name for p in run.iterdir()) == ["final", "run.json", "step-000002"]
-    for d in ("final", "step-000002"):
+    # (The trainer saves every save_steps = 2 steps and at its last step.)
+    saves = ["step-000002", f"step-{STEPS:06d}"]
+    assert sorted(p.name for p in run.iterdir()) == ["final", "run.json", *saves]
+    for d in ("final", *saves):
         assert sorted(p.name for p in (run / d).iterdir()) == ["ema", "policy"]
         for w in ("ema", "policy"):
             assert (run / d / w / "model.safetensors").is_file()
@@ -123,7 +128,7 @@ def test_the_saved_ema_is_the_ema_of_the_policy_iterates(runs, init):
             assert (run / d / w / "tokenizer.json").is_file()
     rec = json.loads((run / "run.json").read_text())
     assert rec["backend"] == "trl-callback" and rec["mu"] == MU and rec["steps"] == STEPS
-    for d, t in (("step-000002", 2), ("final", STEPS)):
+    for d, t in (("step-000002", 2), (saves[1], STEPS), ("final", STEPS)):
         ema = load_file(run / d / "ema" / "model.safetensors")
         pol = load_file(run / d / "policy" / "model.safetensors")
         assert all(v.dtype == np.float32 for v in ema.values())

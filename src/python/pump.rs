@@ -62,11 +62,10 @@ impl Reporter for Queue {
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// `progress`: None, or an object with tqdm's `update(n)` (and optionally `reset(total=)`,
-/// `set_description`, `set_postfix_str`, `refresh`; else its `total` is set).
+/// `set_description`, `set_postfix_str`, `refresh`; else its `total` is set). Runs no Python
+/// code for events nobody receives (byte counts without a progress object), so that a merge
+/// without one does not make the caller's thread take the GIL for more than the signal check.
 fn deliver(py: Python<'_>, progress: Option<&Py<PyAny>>, events: Vec<Event>) -> PyResult<()> {
-    let logger = py
-        .import("logging")?
-        .call_method1("getLogger", ("warp_align",))?;
     let bar = progress.map(|p| p.bind(py));
     let mut pending = 0u64;
     let flush = |pending: &mut u64| -> PyResult<()> {
@@ -81,11 +80,12 @@ fn deliver(py: Python<'_>, progress: Option<&Py<PyAny>>, events: Vec<Event>) -> 
             Event::Advance(n) => pending += n,
             Event::Message(m) => {
                 flush(&mut pending)?;
-                logger.call_method1("info", ("%s", m))?;
+                py.import("logging")?
+                    .call_method1("getLogger", ("warp_align",))?
+                    .call_method1("info", ("%s", m))?;
             }
             Event::Start(label, total) => {
                 flush(&mut pending)?;
-                logger.call_method1("debug", ("%s: %s", label.clone(), total))?;
                 if let Some(b) = bar {
                     if b.hasattr("reset")? {
                         let kw = pyo3::types::PyDict::new(py);
