@@ -26,27 +26,27 @@ pub struct Options {
     pub report: Option<PathBuf>,
 }
 
-fn arg(msg: String) -> Error {
-    Error::Usage(msg)
+/// A bad argument `name` (ArgumentError in Python).
+fn arg(name: &str, msg: String) -> Error {
+    Error::setting(name, msg)
 }
 
 /// `out` can be created: absent (or `force`), its nearest existing ancestor a folder.
 fn check_out(out: &Path, force: bool) -> Result<()> {
     if out.exists() && !force {
-        return Err(arg(format!(
-            "out {}: exists (pass force=True to replace it)",
-            out.display()
-        )));
+        return Err(arg(
+            "out",
+            format!("{}: exists (pass force=True to replace it)", out.display()),
+        ));
     }
     let mut p = out.to_path_buf();
     while let Some(parent) = p.parent().filter(|q| !q.as_os_str().is_empty()) {
         if parent.exists() {
             if !parent.is_dir() {
-                return Err(arg(format!(
-                    "out {}: {} is not a folder",
-                    out.display(),
-                    parent.display()
-                )));
+                return Err(arg(
+                    "out",
+                    format!("{}: {} is not a folder", out.display(), parent.display()),
+                ));
             }
             break;
         }
@@ -61,10 +61,10 @@ fn check_report(file: &Path) -> Result<()> {
         _ => PathBuf::from("."),
     };
     if file.is_dir() || !parent.is_dir() {
-        return Err(arg(format!(
-            "report {}: not a file in an existing folder",
-            file.display()
-        )));
+        return Err(arg(
+            "report",
+            format!("{}: not a file in an existing folder", file.display()),
+        ));
     }
     Ok(())
 }
@@ -112,10 +112,10 @@ pub fn merge(
     let plan = Plan::new(&job)?;
     if !o.force {
         if let Some(x) = plan.outputs.iter().find(|x| x.exists()) {
-            return Err(arg(format!(
-                "destination {} exists (pass force=True to replace it)",
-                x.display()
-            )));
+            return Err(arg(
+                "out",
+                format!("{}: exists (pass force=True to replace it)", x.display()),
+            ));
         }
     }
     let backend = backend_for(o.device)?;

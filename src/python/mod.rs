@@ -20,12 +20,13 @@ use crate::io::OutDType;
 use crate::merge::Grouping;
 use job::Options;
 
-fn bad(msg: String) -> PyErr {
-    errors::to_py(Error::Usage(msg))
+/// A bad argument `name` (an ArgumentError naming it).
+fn bad(name: &str, msg: String) -> PyErr {
+    errors::to_py(Error::setting(name, msg))
 }
 
 fn size(name: &str, s: &str) -> PyResult<u64> {
-    crate::io::writer::parse_size(s).map_err(|e| bad(format!("{name}: {e}")))
+    crate::io::writer::parse_size(s).map_err(|e| bad(name, e))
 }
 
 /// The options every merge takes, checked before any work.
@@ -43,21 +44,22 @@ fn options(
 ) -> PyResult<Options> {
     let max = crate::device::max_threads();
     if let Some(n) = threads.filter(|&n| n == 0 || n > max) {
-        return Err(bad(format!(
-            "threads: must be between 1 and {max}, got {n}"
-        )));
+        return Err(bad(
+            "threads",
+            format!("must be between 1 and {max}, got {n}"),
+        ));
     }
     Ok(Options {
         out,
         force,
         dtype: dtype
             .parse::<OutDType>()
-            .map_err(|e| bad(format!("dtype: {e}")))?,
+            .map_err(|e| bad("dtype", e))?,
         max_shard_size: size("max_shard_size", max_shard_size)?,
         memory_budget: size("memory_budget", memory_budget)?,
         device: device
             .parse::<Device>()
-            .map_err(|e| bad(format!("device: {e}")))?,
+            .map_err(|e| bad("device", e))?,
         threads,
         allow_nonfinite,
         report,
@@ -83,9 +85,10 @@ fn grouping(angle: &str) -> PyResult<Grouping> {
         "tensor" => Ok(Grouping::Tensor),
         "layer" => Ok(Grouping::Layer),
         "global" => Ok(Grouping::Global),
-        _ => Err(bad(format!(
-            "angle: expected tensor, layer or global, got '{angle}'"
-        ))),
+        _ => Err(bad(
+            "angle",
+            format!("expected tensor, layer or global, got '{angle}'"),
+        )),
     }
 }
 
