@@ -74,13 +74,14 @@ pyo3::create_exception!(
 pub fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     let err = match &e {
-        Error::Usage(_) | Error::Setting { .. } => ArgumentError::new_err(msg),
+        // (Usage comes from the CLI layer only; mapped for completeness.)
+        Error::Usage { .. } | Error::Setting { .. } => ArgumentError::new_err(msg),
         Error::Format { .. } | Error::Tensor { .. } | Error::Mismatch(_) => {
             FormatError::new_err(msg)
         }
         Error::Io { .. } => FileError::new_err(msg),
         Error::Hub(_) => HubError::new_err(msg),
-        Error::Backend { .. } | Error::Feature { .. } => BackendError::new_err(msg),
+        Error::Compute { .. } | Error::Feature { .. } => BackendError::new_err(msg),
         Error::Reward { .. } => RewardError::new_err(msg),
         Error::Step { .. } => StepError::new_err(msg),
         Error::Internal(_) => InternalError::new_err(msg),

@@ -52,14 +52,10 @@ fn options(
     Ok(Options {
         out,
         force,
-        dtype: dtype
-            .parse::<OutDType>()
-            .map_err(|e| bad("dtype", e))?,
+        dtype: dtype.parse::<OutDType>().map_err(|e| bad("dtype", e))?,
         max_shard_size: size("max_shard_size", max_shard_size)?,
         memory_budget: size("memory_budget", memory_budget)?,
-        device: device
-            .parse::<Device>()
-            .map_err(|e| bad("device", e))?,
+        device: device.parse::<Device>().map_err(|e| bad("device", e))?,
         threads,
         allow_nonfinite,
         report,

@@ -2,7 +2,7 @@
 //! released, while the calling thread wakes every 50 ms to take the GIL briefly, hand the work's
 //! progress to Python (a tqdm-compatible object, and the `warp_align` logger) and check for
 //! signals. A KeyboardInterrupt (Ctrl-C, or `_thread.interrupt_main`) or an exception raised by
-//! the progress object requests cancellation through [`crate::cancel`], the same token SIGINT
+//! the progress object requests cancellation through [`crate::interrupt`], the same token SIGINT
 //! sets in the CLI: the work stops at its next check and its error path removes what it had
 //! started writing; then the Python exception is raised.
 
@@ -126,7 +126,7 @@ where
     F: FnOnce(&dyn Reporter) -> Result<T> + Send,
 {
     if ACTIVE.fetch_add(1, Ordering::SeqCst) == 0 {
-        crate::cancel::clear();
+        crate::interrupt::clear();
     }
     let (tx, rx) = channel();
     let queue = Queue(Mutex::new(tx));
@@ -153,7 +153,7 @@ where
                         deliver(py, progress.as_ref(), events).and_then(|_| py.check_signals())
                     });
                     if let Err(e) = r {
-                        crate::cancel::request();
+                        crate::interrupt::request();
                         py_err = Some(e);
                     }
                 }
