@@ -127,10 +127,10 @@ def test_errors_are_typed(models, tmp_path, monkeypatch):
     cli("fixture", "--size", "3MB", "-o", other, "-q")
     with pytest.raises(wa.FormatError):
         wa.slerp([m["p1"], other], m["init"], out=tmp_path / "x")
-    # A missing file.
-    with pytest.raises(wa.WarpError) as e:
+    # A missing file: neither a path nor a hub id (the hub's typed error), naming it.
+    with pytest.raises(wa.HubError, match="nothing-here") as e:
         wa.inspect(tmp_path / "nothing-here")
-    assert isinstance(e.value, (wa.FileError, wa.FormatError, wa.ArgumentError))
+    assert e.value.exit_code == 2
     # The compute backend: no CUDA in this build.
     with pytest.raises(wa.BackendError):
         wa.liti(m["init"], m["p1"], etas=[0.5], device="cuda", out=tmp_path / "x")
