@@ -34,19 +34,21 @@ def leftovers(d):
 
 def test_keyboard_interrupt_during_a_merge_leaves_nothing(big, tmp_path):
     out = tmp_path / "out"
-    bar = Trigger()
 
-    def interrupt():
-        bar.started.wait(60)
-        _thread.interrupt_main()
+    class Interrupt(Trigger):
+        """Simulates Ctrl-C (`_thread.interrupt_main`) once the first bytes are merged: the
+        merge is then under way, with most of its chunks still to go."""
 
-    t = threading.Thread(target=interrupt)
-    t.start()
+        def update(self, n):
+            super().update(n)
+            if self.n == n:
+                _thread.interrupt_main()
+
+    bar = Interrupt()
     # A small budget: many chunks, so the merge is well under way when interrupted.
     with pytest.raises(KeyboardInterrupt):
         wa.liti(big["init"], big["p1"], etas=[0.3, 0.7], out=out, memory_budget="32MiB",
                 threads=1, progress=bar)
-    t.join()
     assert bar.started.is_set() and 0 < bar.n < bar.total, (bar.n, bar.total)
     # No output folder, no staging folder beside it.
     assert leftovers(tmp_path) == []
