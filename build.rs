@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The alias programs; `rl` and `sft` exist with the `rl` feature only.
-const ALIASES: [&str; 7] = ["inspect", "convert", "fixture", "ema", "liti", "lerp", "slerp"];
+const ALIASES: [&str; 7] = [
+    "inspect", "convert", "fixture", "ema", "liti", "lerp", "slerp",
+];
 const RL_ALIASES: [&str; 2] = ["rl", "sft"];
 
 fn main() {
