@@ -25,6 +25,7 @@ mod generate;
 mod inspect;
 mod lerp;
 mod liti;
+mod merge;
 mod plot;
 mod progress;
 mod push;
@@ -63,6 +64,7 @@ pub enum Command {
     Liti(liti::Args),
     Lerp(lerp::Args),
     Ema(ema::Args),
+    Merge(merge::Args),
     Convert(convert::Args),
     Inspect(inspect::Args),
     Fixture(fixture::Args),
@@ -178,6 +180,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Liti(a) => liti::run(a, ctx),
         Command::Lerp(a) => lerp::run(a, ctx),
         Command::Ema(a) => ema::run(a, ctx),
+        Command::Merge(a) => merge::run_cmd(a, ctx),
         Command::Convert(a) => convert::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Fixture(a) => fixture::run(a, ctx),
