@@ -19,7 +19,8 @@ impl Kernel for Linear {
         out[..b.len()].fill(0.0);
         for (x, &c) in b.xs.iter().zip(&w) {
             for (o, v) in out.iter_mut().zip(x.iter()) {
-                *o += v * c;
+                // torch's addcmul_ on x86-64 CPUs: one fused multiply-add.
+                *o = v.mul_add(c, *o);
             }
         }
         if self.normalize {
