@@ -298,12 +298,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(n: usize, sels: usize) -> Scratch {
+    fn new(n: usize, sels: usize, bl: usize) -> Scratch {
         Scratch {
-            xs: vec![vec![0f32; BLOCK]; n],
-            key: vec![0f32; BLOCK],
-            sel: vec![vec![true; BLOCK]; sels],
-            out: vec![0f32; BLOCK],
+            xs: vec![vec![0f32; bl]; n],
+            key: vec![0f32; bl],
+            sel: vec![vec![true; bl]; sels],
+            out: vec![0f32; bl],
         }
     }
 }
@@ -417,6 +417,9 @@ fn tensor(
         return copy(job, op, out_dtype, numel, step, guard, w, reporter);
     };
     let kernel: &dyn Kernel = kernel;
+    // Blocks of whole rows for row-wise kernels; chunks a whole number of blocks.
+    let bl = kernel.block_len().max(1);
+    let step = (step / bl as u64).max(1) * bl as u64;
     let n = op.inputs.len();
     let check = !job.allow_nonfinite;
     let nsel = kernel.selections();
@@ -425,7 +428,7 @@ fn tensor(
     // the cut ranks.
     let mut sels: Vec<Selection> = Vec::with_capacity(nsel);
     if nsel > 0 {
-        let (hist, zeros) = histogram(job, op, kernel, step, guard, check, None)?;
+        let (hist, zeros) = histogram(job, op, kernel, step, bl, guard, check, None)?;
         checked = true;
         reporter.advance(numel * bytes_per_elem);
         let mut want: Vec<Vec<(u64, u32)>> = Vec::new(); // per selection: (rank, top bin)
@@ -456,7 +459,7 @@ fn tensor(
             .iter()
             .map(|v| v.iter().map(|x| x.1).collect())
             .collect();
-        let (low, _) = histogram(job, op, kernel, step, guard, false, Some(&bins))?;
+        let (low, _) = histogram(job, op, kernel, step, bl, guard, false, Some(&bins))?;
         reporter.advance(numel * bytes_per_elem);
         for s in 0..nsel {
             for (j, &(rank, top)) in want[s].iter().enumerate() {
@@ -491,6 +494,7 @@ fn tensor(
                 &ins,
                 &slices,
                 &r,
+                bl,
                 kernel,
                 &sels,
                 &mut ties,
@@ -524,56 +528,53 @@ fn tensor(
         let slices = ins.slices(&r, step);
         let len = (r.end - r.start) as usize;
         buf.resize(len * oes, 0u8);
-        let counts = tie_counts(&ins, &slices, len, r.start, kernel, &sels, &mut ties);
-        let res = buf
-            .par_chunks_mut(BLOCK * oes)
-            .enumerate()
-            .try_for_each_init(
-                || Scratch::new(n, nsel),
-                |sc, (b, out)| -> std::result::Result<(), NonFinite> {
-                    let lo = b * BLOCK;
-                    let blen = BLOCK.min(len - lo);
-                    let start = r.start + lo as u64;
-                    decode(
-                        &ins,
-                        &slices,
-                        lo,
-                        blen,
-                        start,
-                        &mut sc.xs,
-                        check && !checked,
-                    )?;
-                    select(
-                        kernel,
-                        &sels,
-                        counts.get(b),
-                        &mut sc.xs,
-                        &mut sc.key,
-                        &mut sc.sel,
-                        start,
-                        blen,
-                    );
-                    let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
-                    let sel: Vec<&[bool]> = sc.sel.iter().map(|x| &x[..blen]).collect();
-                    let blk = Block {
-                        start,
-                        xs: &xs,
-                        selected: &sel,
-                        params: &params,
-                    };
-                    kernel.combine(&blk, &mut sc.out[..blen]);
-                    if check {
-                        if let Some(i) = sc.out[..blen].iter().position(|v| !v.is_finite()) {
-                            return Err(NonFinite {
-                                input: usize::MAX,
-                                index: start + i as u64,
-                            });
-                        }
+        let counts = tie_counts(&ins, &slices, len, r.start, bl, kernel, &sels, &mut ties);
+        let res = buf.par_chunks_mut(bl * oes).enumerate().try_for_each_init(
+            || Scratch::new(n, nsel, bl),
+            |sc, (b, out)| -> std::result::Result<(), NonFinite> {
+                let lo = b * bl;
+                let blen = bl.min(len - lo);
+                let start = r.start + lo as u64;
+                decode(
+                    &ins,
+                    &slices,
+                    lo,
+                    blen,
+                    start,
+                    &mut sc.xs,
+                    check && !checked,
+                )?;
+                select(
+                    kernel,
+                    &sels,
+                    counts.get(b),
+                    &mut sc.xs,
+                    &mut sc.key,
+                    &mut sc.sel,
+                    start,
+                    blen,
+                );
+                let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
+                let sel: Vec<&[bool]> = sc.sel.iter().map(|x| &x[..blen]).collect();
+                let blk = Block {
+                    start,
+                    xs: &xs,
+                    selected: &sel,
+                    params: &params,
+                };
+                kernel.combine(&blk, &mut sc.out[..blen]);
+                if check {
+                    if let Some(i) = sc.out[..blen].iter().position(|v| !v.is_finite()) {
+                        return Err(NonFinite {
+                            input: usize::MAX,
+                            index: start + i as u64,
+                        });
                     }
-                    encode_f32(out_dtype, &sc.out[..blen], &mut out[..blen * oes]);
-                    Ok(())
-                },
-            );
+                }
+                encode_f32(out_dtype, &sc.out[..blen], &mut out[..blen * oes]);
+                Ok(())
+            },
+        );
         guard.check()?;
         if let Err(nf) = res {
             if nf.input == usize::MAX {
@@ -619,6 +620,7 @@ fn histogram(
     op: &TensorOp,
     kernel: &dyn Kernel,
     step: u64,
+    bl: usize,
     guard: &ReadGuard,
     check: bool,
     bins: Option<&[Vec<u32>]>,
@@ -634,19 +636,19 @@ fn histogram(
         crate::cancel::check()?;
         let slices = ins.slices(&r, step);
         let len = (r.end - r.start) as usize;
-        let res = (0..len.div_ceil(BLOCK))
+        let res = (0..len.div_ceil(bl))
             .into_par_iter()
             .try_fold(
                 || {
                     (
-                        Scratch::new(n, 0),
+                        Scratch::new(n, 0, bl),
                         (0..nsel).map(|s| vec![0u64; width(s)]).collect::<Vec<_>>(),
                         vec![0u64; nsel],
                     )
                 },
                 |(mut sc, mut h, mut z), b| {
-                    let lo = b * BLOCK;
-                    let blen = BLOCK.min(len - lo);
+                    let lo = b * bl;
+                    let blen = bl.min(len - lo);
                     let start = r.start + lo as u64;
                     decode(&ins, &slices, lo, blen, start, &mut sc.xs, check)?;
                     let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
@@ -721,6 +723,7 @@ fn tie_counts(
     slices: &[&[u8]],
     len: usize,
     start: u64,
+    bl: usize,
     kernel: &dyn Kernel,
     sels: &[Selection],
     ties: &mut [[u64; 2]],
@@ -729,13 +732,13 @@ fn tie_counts(
         return Vec::new();
     }
     let n = ins.infos.len();
-    let per_block: Vec<Vec<[u64; 2]>> = (0..len.div_ceil(BLOCK))
+    let per_block: Vec<Vec<[u64; 2]>> = (0..len.div_ceil(bl))
         .into_par_iter()
         .map_init(
-            || Scratch::new(n, 0),
+            || Scratch::new(n, 0, bl),
             |sc, b| {
-                let lo = b * BLOCK;
-                let blen = BLOCK.min(len - lo);
+                let lo = b * bl;
+                let blen = bl.min(len - lo);
                 let _ = decode(ins, slices, lo, blen, start + lo as u64, &mut sc.xs, false);
                 let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
                 let blk = Block {
@@ -820,6 +823,7 @@ fn sums_chunk(
     ins: &Ins,
     slices: &[&[u8]],
     r: &Range<u64>,
+    bl: usize,
     kernel: &dyn Kernel,
     sels: &[Selection],
     ties: &mut [[u64; 2]],
@@ -828,13 +832,13 @@ fn sums_chunk(
 ) -> std::result::Result<Vec<f64>, NonFinite> {
     let len = (r.end - r.start) as usize;
     let n = ins.infos.len();
-    let counts = tie_counts(ins, slices, len, r.start, kernel, sels, ties);
-    let mut out = vec![0f64; len.div_ceil(BLOCK) * width];
+    let counts = tie_counts(ins, slices, len, r.start, bl, kernel, sels, ties);
+    let mut out = vec![0f64; len.div_ceil(bl) * width];
     out.par_chunks_mut(width).enumerate().try_for_each_init(
-        || Scratch::new(n, sels.len()),
+        || Scratch::new(n, sels.len(), bl),
         |sc, (b, acc)| {
-            let lo = b * BLOCK;
-            let blen = BLOCK.min(len - lo);
+            let lo = b * bl;
+            let blen = bl.min(len - lo);
             let start = r.start + lo as u64;
             decode(ins, slices, lo, blen, start, &mut sc.xs, check)?;
             select(

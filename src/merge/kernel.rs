@@ -13,8 +13,9 @@
 //!    tensor's parameters (coefficients, rescaling factors);
 //! 3. **combine**: the element-wise kernel over each block of the N inputs' f32 values.
 //!
-//! Blocks are [`BLOCK`] elements at fixed positions of the tensor, so every pass sees the same
-//! blocks whatever the chunk size. Random decisions (DARE, DELLA) are pure functions of
+//! Blocks are [`Kernel::block_len`] elements ([`BLOCK`], or whole rows for row-wise kernels
+//! such as DELLA's ranks) at fixed positions of the tensor, so every pass sees the same blocks
+//! whatever the chunk size. Random decisions (DARE, DELLA) are pure functions of
 //! (seed, tensor, input, element index) through [`keep_random`], so they do not depend on
 //! chunking, threads, budget or device either.
 
@@ -69,6 +70,7 @@ impl Block<'_> {
 pub struct TensorCx {
     pub name: String,
     pub numel: u64,
+    pub shape: Vec<usize>,
     pub seed: u64,
 }
 
@@ -100,6 +102,11 @@ pub fn keep_random(stream: u64, index: u64, p: f64) -> bool {
 
 /// The element-wise part of a recipe method for one tensor (its parameters already resolved).
 pub trait Kernel: Send + Sync {
+    /// Elements per block: [`BLOCK`], or a whole number of rows for kernels that work row by
+    /// row (the executor makes every chunk a whole number of blocks).
+    fn block_len(&self) -> usize {
+        BLOCK
+    }
     /// Number of selections (rank windows over a per-element key).
     fn selections(&self) -> usize {
         0
@@ -179,6 +186,7 @@ mod tests {
         let cx = TensorCx {
             name: "w".into(),
             numel: 0,
+            shape: vec![],
             seed: 7,
         };
         let s = cx.stream(1);

@@ -1,5 +1,6 @@
 //! The task-arithmetic family of recipe methods (mergekit's "generalized task arithmetic"):
-//! `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`, `breadcrumbs`, `breadcrumbs_ties`.
+//! `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`, `breadcrumbs`, `breadcrumbs_ties`,
+//! `della`, `della_linear`.
 //! With a base x₀ and models x_m (m = 1..M), per element:
 //!
 //! - task vectors δ_m = x_m − x₀, each sparsified by a mask μ_m ∈ {0, 1} (below) and, with
@@ -19,10 +20,15 @@
 //!   hash of (seed, tensor, model, element index);
 //! - magnitude outliers (`breadcrumbs*`, γ_m): in ascending order of |δ_m|, the ranks
 //!   [n − ⌊ρn⌋ − ⌊γn⌋, n − ⌊γn⌋) (the lower bound at least 0): the largest ⌊γn⌋ and the
-//!   smallest are dropped.
+//!   smallest are dropped;
+//! - magnitude-ranked random (`della*`, ε_m): within each row (the whole tensor for 1-D ones),
+//!   with r the rank of |δ_m| among the row's c elements (0 = smallest; equal magnitudes in
+//!   index order), each element kept with probability ρ − ε + 2ε·r/(c − 1), independently, by
+//!   the same counter-based hash as DARE (ρ ± ε must lie in (0, 1)).
 //!
-//! Defaults (mergekit 0.1.5): normalize is on for `ties` only, rescale on for `dare_*`,
-//! λ = 1, ρ = 1, γ = 0.01. Arithmetic is f32 in mergekit's order of operations.
+//! Defaults (mergekit 0.1.5): normalize is on for `ties` and `della`, rescale on for `dare_*`
+//! and `della*`, λ = 1, ρ = 1, γ = 0.01, ε = 0.15. Arithmetic is f32 in mergekit's order of
+//! operations.
 
 use super::kernel::{keep_random, Block, Kernel, RankWindow, TensorCx};
 use crate::error::Result;
@@ -34,6 +40,8 @@ pub enum Sparsify {
     Magnitude,
     Random,
     Outliers,
+    /// DELLA: random with a probability that grows with the magnitude's rank in its row.
+    MagPrune,
 }
 
 /// One tensor's task-arithmetic merge. Input 0 is the base.
@@ -48,8 +56,11 @@ pub struct TaskArithmetic {
     pub normalize: bool,
     pub rescale: bool,
     pub lambda: f64,
-    /// Per model: its random stream (DARE).
+    /// Per model: its random stream (DARE, DELLA).
     streams: Vec<u64>,
+    /// DELLA: per model ε, and the row length c.
+    epsilons: Vec<f64>,
+    cols: usize,
 }
 
 impl TaskArithmetic {
@@ -77,6 +88,56 @@ impl TaskArithmetic {
             rescale,
             lambda,
             streams,
+            epsilons: Vec::new(),
+            cols: 1,
+        }
+    }
+
+    /// DELLA's ε per model and the length of the rows its ranks are taken in.
+    pub fn with_ranks(mut self, epsilons: Vec<f64>, cols: usize) -> TaskArithmetic {
+        self.epsilons = epsilons;
+        self.cols = cols.max(1);
+        self
+    }
+
+    /// DELLA's masks of one block (whole rows): per model, empty when it is not masked.
+    fn ranked_masks(&self, b: &Block) -> Vec<Vec<bool>> {
+        let c = self.cols;
+        let mut order: Vec<usize> = Vec::with_capacity(c);
+        (0..self.models())
+            .map(|m| {
+                if !self.masked(m) {
+                    return Vec::new();
+                }
+                let (rho, eps) = (self.densities[m], self.epsilons[m]);
+                let mut keep = vec![false; b.len()];
+                for row in 0..b.len() / c {
+                    let lo = row * c;
+                    let mag = |j: usize| (b.xs[m + 1][lo + j] - b.xs[0][lo + j]).abs();
+                    order.clear();
+                    order.extend(0..c);
+                    order.sort_by(|&i, &j| mag(i).total_cmp(&mag(j)).then(i.cmp(&j)));
+                    for (r, &j) in order.iter().enumerate() {
+                        let rn = if c > 1 {
+                            r as f64 / (c - 1) as f64
+                        } else {
+                            0.0
+                        };
+                        let p = (rho - eps) + rn * 2.0 * eps;
+                        keep[lo + j] = keep_random(self.streams[m], b.start + (lo + j) as u64, p);
+                    }
+                }
+                keep
+            })
+            .collect()
+    }
+
+    /// The per-block masks of the methods that need a whole row at once (DELLA), else none.
+    fn block_masks(&self, b: &Block) -> Vec<Vec<bool>> {
+        if self.sparsify == Sparsify::MagPrune {
+            self.ranked_masks(b)
+        } else {
+            Vec::new()
         }
     }
 
@@ -93,14 +154,15 @@ impl TaskArithmetic {
         matches!(self.sparsify, Sparsify::Magnitude | Sparsify::Outliers)
     }
 
-    /// μ_m of element j of the block.
+    /// μ_m of element j of the block (`ranked`: DELLA's masks of the block).
     #[inline]
-    fn keep(&self, b: &Block, m: usize, j: usize) -> bool {
+    fn keep(&self, b: &Block, ranked: &[Vec<bool>], m: usize, j: usize) -> bool {
         if !self.masked(m) {
             return true;
         }
         match self.sparsify {
             Sparsify::None => true,
+            Sparsify::MagPrune => ranked[m][j],
             Sparsify::Random => keep_random(self.streams[m], b.start + j as u64, self.densities[m]),
             Sparsify::Magnitude | Sparsify::Outliers => b.selected[m][j],
         }
@@ -113,6 +175,15 @@ impl TaskArithmetic {
 }
 
 impl Kernel for TaskArithmetic {
+    fn block_len(&self) -> usize {
+        if self.sparsify == Sparsify::MagPrune {
+            // Whole rows, about BLOCK elements.
+            self.cols * (super::kernel::BLOCK / self.cols).max(1)
+        } else {
+            super::kernel::BLOCK
+        }
+    }
+
     fn selections(&self) -> usize {
         if self.selects() {
             self.models()
@@ -161,12 +232,13 @@ impl Kernel for TaskArithmetic {
     }
 
     fn sums(&self, b: &Block, acc: &mut [f64]) {
+        let ranked = self.block_masks(b);
         for m in 0..self.models() {
             let (mut before, mut after) = (0f64, 0f64);
             for j in 0..b.len() {
                 let d = (b.xs[m + 1][j] - b.xs[0][j]).abs() as f64;
                 before += d;
-                if self.keep(b, m, j) {
+                if self.keep(b, &ranked, m, j) {
                     after += d;
                 }
             }
@@ -211,13 +283,18 @@ impl Kernel for TaskArithmetic {
                 t
             }
         };
+        let ranked = self.block_masks(b);
         let mut d = vec![0f32; mm];
         for j in 0..b.len() {
             let x0 = b.xs[0][j];
             for m in 0..mm {
                 let mut v = b.xs[m + 1][j] - x0;
                 if self.masked(m) {
-                    v = if self.keep(b, m, j) { v } else { v * 0.0 };
+                    v = if self.keep(b, &ranked, m, j) {
+                        v
+                    } else {
+                        v * 0.0
+                    };
                     if scaled[m] {
                         v *= s[m];
                     }

@@ -107,6 +107,8 @@ fn cases(m: &Path) -> Vec<Case> {
         c("breadcrumbs_ties", "models:\n  - model: {M}/llama-ft1\n    parameters: {weight: 0.4, density: 0.5}\n  - model: {M}/llama-ft2\n    parameters: {weight: 0.4, density: 0.5}\n  - model: {M}/llama-ft3\n    parameters: {weight: 0.4, density: 0.5}\nbase_model: {M}/llama-base\nmerge_method: breadcrumbs_ties\nparameters: {gamma: 0.1, normalize: true}\ndtype: float32\nout_dtype: bfloat16\n", sel("llama", &["ft1", "ft2", "ft3"], &[0.5, 0.5, 0.5], Some(&[0.1, 0.1, 0.1]))),
         c("dare_ties", "models:\n  - model: {M}/llama-ft1\n    parameters: {weight: 0.5}\n  - model: {M}/llama-ft2\n    parameters: {weight: [0.1, 0.9]}\nbase_model: {M}/llama-base\nmerge_method: dare_ties\nparameters: {density: 1.0}\ndtype: float32\nout_dtype: bfloat16\n", None),
         c("dare_linear", "models:\n  - model: {M}/qwen-ft1\n    parameters: {weight: 0.5, density: 1.0}\n  - model: {M}/qwen-ft2\n    parameters: {weight: 0.5, density: 1.0}\nbase_model: {M}/qwen-base\nmerge_method: dare_linear\nparameters: {normalize: true}\ndtype: float32\nout_dtype: bfloat16\n", None),
+        c("della", "models:\n  - model: {M}/llama-ft1\n    parameters: {weight: 0.6}\n  - model: {M}/llama-ft2\n    parameters: {weight: [0.2, 0.8]}\nbase_model: {M}/llama-base\nmerge_method: della\nparameters: {density: 1.0, epsilon: 0.1}\ndtype: float32\nout_dtype: bfloat16\n", None),
+        c("della_linear", "models:\n  - model: {M}/qwen-ft1\n    parameters: {weight: 0.5}\n  - model: {M}/qwen-ft2\n    parameters: {weight: 0.5}\nbase_model: {M}/qwen-base\nmerge_method: della_linear\nparameters: {density: 1.0, lambda: 1.5}\ndtype: float32\nout_dtype: bfloat16\n", None),
         c("slerp", "models:\n  - model: {M}/llama-base\n  - model: {M}/llama-ft1\nbase_model: {M}/llama-base\nmerge_method: slerp\nparameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\ndtype: float32\nout_dtype: bfloat16\n", None),
         c("nuslerp", "models:\n  - model: {M}/qwen-ft1\n    parameters: {weight: 0.3}\n  - model: {M}/qwen-ft2\n    parameters: {weight: 0.7}\nbase_model: {M}/qwen-base\nmerge_method: nuslerp\ndtype: float32\nout_dtype: bfloat16\n", None),
         c("multislerp", "models:\n  - model: {M}/llama-ft1\n    parameters: {weight: 0.5}\n  - model: {M}/llama-ft2\n    parameters: {weight: 0.3}\n  - model: {M}/llama-ft3\n    parameters: {weight: 0.2}\nbase_model: {M}/llama-base\nmerge_method: multislerp\ndtype: float32\nout_dtype: bfloat16\n", None),
@@ -197,74 +199,112 @@ fn floats(ck: &Checkpoint, name: &str) -> Vec<f32> {
     out
 }
 
-/// DARE: the kept fraction per tensor is within binomial bounds of the density, the rescaling
-/// is exact (Σ|δ| / Σ|kept δ|), and the output is the same bytes for any threads or budget.
+/// DARE and DELLA: the kept fraction per tensor is within binomial bounds of the density
+/// (DELLA: more kept among the larger magnitudes of each row), the rescaling is exact
+/// (Σ|δ| / Σ|kept δ|), and the output is the same bytes for any threads or budget.
 #[test]
-fn dare_keeps_its_density_rescales_and_is_reproducible() {
+fn random_methods_keep_their_density_rescale_and_reproduce() {
     let Some(py) = mergekit_python() else { return };
     let m = models(&py);
-    let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("dare.yaml");
-    std::fs::write(
-        &file,
-        recipe(m, "models:\n  - model: {M}/llama-ft1\n    parameters: {weight: 1.0, density: 0.3}\nbase_model: {M}/llama-base\nmerge_method: dare_linear\ndtype: float32\nout_dtype: float32\n"),
-    )
-    .unwrap();
-    let f = file.to_str().unwrap();
-    let mut outs = Vec::new();
-    for (i, extra) in [
-        &["--threads", "1"][..],
-        &["--threads", "2", "--memory-budget", "1"],
-        &["--threads", "2"],
-        &["--threads", "2", "--seed", "7"],
-    ]
-    .iter()
-    .enumerate()
-    {
-        let out = work.path().join(format!("o{i}"));
-        let mut args = vec!["merge", f, "-o", out.to_str().unwrap(), "-q"];
-        args.extend_from_slice(extra);
-        ok("warp", &args, work.path());
-        outs.push(out);
-    }
-    crate::common::assert_same_tensors(&outs[0], &outs[1]);
-    crate::common::assert_same_tensors(&outs[0], &outs[2]);
-    let base = Checkpoint::open(m.join("llama-base")).unwrap();
-    let ft = Checkpoint::open(m.join("llama-ft1")).unwrap();
-    let out = Checkpoint::open(&outs[0]).unwrap();
-    let other_seed = Checkpoint::open(&outs[3]).unwrap();
-    let mut differs = false;
-    for t in base.tensors() {
-        let (b, x, o) = (
-            floats(&base, &t.name),
-            floats(&ft, &t.name),
-            floats(&out, &t.name),
-        );
-        differs |= floats(&other_seed, &t.name) != o;
-        let d: Vec<f32> = x.iter().zip(&b).map(|(x, b)| x - b).collect();
-        let live: Vec<usize> = (0..d.len()).filter(|&i| d[i] != 0.0).collect();
-        let kept: Vec<usize> = live.iter().copied().filter(|&i| o[i] != b[i]).collect();
-        let n = live.len() as f64;
-        let k = kept.len() as f64;
-        let sd = (n * 0.3 * 0.7).sqrt();
-        assert!(
-            (k - 0.3 * n).abs() <= 5.0 * sd + 1.0,
-            "{}: kept {k} of {n}",
-            t.name
-        );
-        let before: f64 = live.iter().map(|&i| d[i].abs() as f64).sum();
-        let after: f64 = kept.iter().map(|&i| d[i].abs() as f64).sum();
-        let s = before as f32 / after as f32;
-        for &i in &kept {
-            assert_eq!(o[i], b[i] + d[i] * s, "{} element {i}", t.name);
+    for (method, extra) in [("dare_linear", ""), ("della_linear", ", epsilon: 0.2")] {
+        let work = tempfile::tempdir().unwrap();
+        let file = work.path().join("r.yaml");
+        let body = format!("models:\n  - model: {{M}}/llama-ft1\n    parameters: {{weight: 1.0, density: 0.4{extra}}}\nbase_model: {{M}}/llama-base\nmerge_method: {method}\ndtype: float32\nout_dtype: float32\n");
+        std::fs::write(&file, recipe(m, &body)).unwrap();
+        let f = file.to_str().unwrap();
+        let mut outs = Vec::new();
+        for (i, extra) in [
+            &["--threads", "1"][..],
+            &["--threads", "2", "--memory-budget", "1"],
+            &["--threads", "2"],
+            &["--threads", "2", "--seed", "7"],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let out = work.path().join(format!("o{i}"));
+            let mut args = vec!["merge", f, "-o", out.to_str().unwrap(), "-q"];
+            args.extend_from_slice(extra);
+            ok("warp", &args, work.path());
+            outs.push(out);
         }
-        for i in 0..d.len() {
-            if !kept.contains(&i) {
-                assert_eq!(o[i], b[i], "{} element {i}: dropped but changed", t.name);
+        crate::common::assert_same_tensors(&outs[0], &outs[1]);
+        crate::common::assert_same_tensors(&outs[0], &outs[2]);
+        let base = Checkpoint::open(m.join("llama-base")).unwrap();
+        let ft = Checkpoint::open(m.join("llama-ft1")).unwrap();
+        let out = Checkpoint::open(&outs[0]).unwrap();
+        let other_seed = Checkpoint::open(&outs[3]).unwrap();
+        let mut differs = false;
+        let (mut kept_big, mut kept_small, mut big, mut small) = (0f64, 0f64, 0f64, 0f64);
+        for t in base.tensors() {
+            let (b, x, o) = (
+                floats(&base, &t.name),
+                floats(&ft, &t.name),
+                floats(&out, &t.name),
+            );
+            differs |= floats(&other_seed, &t.name) != o;
+            let d: Vec<f32> = x.iter().zip(&b).map(|(x, b)| x - b).collect();
+            let live: Vec<usize> = (0..d.len()).filter(|&i| d[i] != 0.0).collect();
+            let kept: Vec<bool> = (0..d.len()).map(|i| d[i] != 0.0 && o[i] != b[i]).collect();
+            let n = live.len() as f64;
+            let k = kept.iter().filter(|&&k| k).count() as f64;
+            // Binomial(n, 0.4) (DELLA's per-element probabilities average 0.4 too and vary
+            // less): 5σ.
+            let sd = (n * 0.4 * 0.6).sqrt();
+            assert!(
+                (k - 0.4 * n).abs() <= 5.0 * sd + 1.0,
+                "{method} {}: kept {k} of {n}",
+                t.name
+            );
+            let before: f64 = live.iter().map(|&i| d[i].abs() as f64).sum();
+            let after: f64 = live
+                .iter()
+                .filter(|&&i| kept[i])
+                .map(|&i| d[i].abs() as f64)
+                .sum();
+            let s = before as f32 / after as f32;
+            for i in 0..d.len() {
+                let want = if kept[i] { b[i] + d[i] * s } else { b[i] };
+                assert_eq!(o[i], want, "{method} {} element {i}", t.name);
+            }
+            // Per row: the larger half of the magnitudes against the smaller half.
+            let cols = if t.shape.len() == 2 {
+                t.shape[1]
+            } else {
+                d.len()
+            };
+            for row in d.chunks(cols).enumerate() {
+                let (r, vals) = row;
+                let mut mags: Vec<f32> = vals.iter().map(|v| v.abs()).collect();
+                mags.sort_by(f32::total_cmp);
+                let median = mags[cols / 2];
+                for (j, v) in vals.iter().enumerate() {
+                    let i = r * cols + j;
+                    if v.abs() > median {
+                        big += 1.0;
+                        kept_big += f64::from(u8::from(kept[i]));
+                    } else if v.abs() < median {
+                        small += 1.0;
+                        kept_small += f64::from(u8::from(kept[i]));
+                    }
+                }
             }
         }
+        assert!(differs, "{method}: another seed gave the same masks");
+        let (fb, fs) = (kept_big / big, kept_small / small);
+        if method == "della_linear" {
+            // Expected about 0.5 and 0.3 (ε = 0.2).
+            assert!(
+                fb > fs + 0.1,
+                "{method}: kept {fb} of the large, {fs} of the small"
+            );
+        } else {
+            assert!(
+                (fb - fs).abs() < 0.05,
+                "{method}: kept {fb} of the large, {fs} of the small"
+            );
+        }
     }
-    assert!(differs, "another seed gave the same masks");
 }
 
 /// A tiny llama-like checkpoint written byte by byte (no Python): `layers` blocks.

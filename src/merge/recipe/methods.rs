@@ -119,6 +119,13 @@ pub fn spec(name: &str) -> Option<Spec> {
         "dare_linear" => gta("dare_linear", false, true, None),
         "breadcrumbs" => gta("breadcrumbs", false, false, g()),
         "breadcrumbs_ties" => gta("breadcrumbs_ties", false, false, g()),
+        "della" => gta("della", true, true, Some(p("epsilon", F, Num(0.15)))),
+        "della_linear" => gta(
+            "della_linear",
+            false,
+            true,
+            Some(p("epsilon", F, Num(0.15))),
+        ),
         "slerp" => one(
             "slerp",
             BasePolicy::Required,
@@ -225,6 +232,8 @@ pub const METHODS: &[&str] = &[
     "dare_linear",
     "breadcrumbs",
     "breadcrumbs_ties",
+    "della",
+    "della_linear",
     "slerp",
     "nuslerp",
     "multislerp",
@@ -239,10 +248,6 @@ pub const METHODS: &[&str] = &[
 /// mergekit methods this version refuses, with why.
 fn unsupported(name: &str) -> Option<&'static str> {
     match name {
-        "della" | "della_linear" => Some(
-            "is not implemented in this version of warp (its per-row magnitude ranks are not \
-             streamed yet); dare_ties/dare_linear are the closest",
-        ),
         "arcee_fusion" | "ram" | "ramplus_tl" => Some("is not implemented in this version of warp"),
         _ => None,
     }
@@ -397,7 +402,7 @@ pub fn kernel(
             Box::new(linear::Linear { weights, normalize })
         }
         "task_arithmetic" | "ties" | "dare_ties" | "dare_linear" | "breadcrumbs"
-        | "breadcrumbs_ties" => {
+        | "breadcrumbs_ties" | "della" | "della_linear" => {
             if models.is_empty() {
                 return Ok(None);
             }
@@ -405,25 +410,57 @@ pub fn kernel(
                 "ties" => Sparsify::Magnitude,
                 "dare_ties" | "dare_linear" => Sparsify::Random,
                 "breadcrumbs" | "breadcrumbs_ties" => Sparsify::Outliers,
+                "della" | "della_linear" => Sparsify::MagPrune,
                 _ => Sparsify::None,
             };
-            let consensus = matches!(spec.name, "ties" | "dare_ties" | "breadcrumbs_ties");
+            let consensus = matches!(
+                spec.name,
+                "ties" | "dare_ties" | "breadcrumbs_ties" | "della"
+            );
+            let (shape, name) = (cx.shape.clone(), cx.name.clone());
             let gammas = if sparsify == Sparsify::Outliers {
                 nums("gamma")?
             } else {
                 vec![0.0; models.len()]
             };
-            Box::new(TaskArithmetic::new(
-                cx,
-                sparsify,
-                consensus,
-                nums("weight")?,
-                nums("density")?,
-                gammas,
-                boolean(shared, "normalize", at)?,
-                boolean(shared, "rescale", at)?,
-                num(shared, "lambda", at)?,
-            ))
+            let densities = nums("density")?;
+            let mut epsilons = Vec::new();
+            if sparsify == Sparsify::MagPrune {
+                epsilons = nums("epsilon")?;
+                for (&d, &e) in densities.iter().zip(&epsilons) {
+                    if d < 1.0 && d > 0.0 && (d + e >= 1.0 || d - e <= 0.0) {
+                        return Err(bad(
+                            at,
+                            format!("epsilon: density ± epsilon must lie in (0, 1) (density {d}, epsilon {e})"),
+                        ));
+                    }
+                }
+                if shape.len() > 2 {
+                    return Err(bad(
+                        at,
+                        format!("{}: tensors of more than 2 dimensions ({name}: {shape:?}) are not supported", spec.name),
+                    ));
+                }
+            }
+            let cols = if shape.len() == 2 {
+                shape[1]
+            } else {
+                cx.numel as usize
+            };
+            Box::new(
+                TaskArithmetic::new(
+                    cx,
+                    sparsify,
+                    consensus,
+                    nums("weight")?,
+                    densities,
+                    gammas,
+                    boolean(shared, "normalize", at)?,
+                    boolean(shared, "rescale", at)?,
+                    num(shared, "lambda", at)?,
+                )
+                .with_ranks(epsilons, cols),
+            )
         }
         "slerp" => Box::new(slerp_pair::PairSlerp {
             t: num(shared, "t", at)?,

@@ -386,6 +386,7 @@ fn tensor_op(
     let cx = TensorCx {
         name: out.clone(),
         numel: first.numel(),
+        shape: first.shape.clone(),
         seed,
     };
     let kernel = methods::kernel(
