@@ -615,6 +615,7 @@ type Hist = (Vec<Vec<u64>>, Vec<u64>);
 /// One histogram pass over a tensor. Without `bins`: per selection, the top 16 bits of its key
 /// (and how many keys are zero). With `bins`: per selection and per wanted top bin, the low 16
 /// bits of the keys inside that bin.
+#[allow(clippy::too_many_arguments)]
 fn histogram(
     job: &RecipeJob,
     op: &TensorOp,
@@ -718,6 +719,7 @@ fn histogram(
 
 /// Per block of the chunk and per selection: how many elements before the block (in the whole
 /// tensor) have the key of each cut. Advances `ties` past the chunk. Empty without cuts.
+#[allow(clippy::too_many_arguments)]
 fn tie_counts(
     ins: &Ins,
     slices: &[&[u8]],

@@ -9,6 +9,9 @@
 //! coefficients with the inputs' Gram matrix (one statistics pass, f64) instead of re-reading
 //! the tensor at each step.
 
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
 use super::kernel::{combine_linear, gram_at, gram_sums, Block, Kernel};
 use super::multislerp::quad;
 use crate::error::Result;

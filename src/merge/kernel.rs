@@ -19,6 +19,9 @@
 //! (seed, tensor, input, element index) through [`keep_random`], so they do not depend on
 //! chunking, threads, budget or device either.
 
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
 use crate::error::Result;
 
 /// Elements per block: the unit of the kernels' calls and of the sums' fixed fold order.

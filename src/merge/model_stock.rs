@@ -8,6 +8,9 @@
 //! Cosines are over the whole tensor (`filter_wise: false`, the default; the row-wise variant
 //! is refused when the recipe is read). The Gram matrix of the δ_m is one statistics pass (f64).
 
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
 use super::kernel::{gram_at, gram_sums, Block, Kernel};
 use crate::error::Result;
 

@@ -9,6 +9,9 @@
 //! matrix (a statistics pass, f64). When Σ w_m u_m vanishes: two models fall back to
 //! w₁v₁ + w₂v₂, more are an error naming the tensor. One model is copied.
 
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
 use super::kernel::{gram_at, gram_sums, Block, Kernel};
 use crate::error::{Error, Result};
 

@@ -9,6 +9,9 @@
 //! - Erase: TIES' sign election on the selected δ_m (σ = sign of Σ_m δ_m, ≥ 0 → +1); only the
 //!   δ_m of sign σ count:  out = x₀ + Σ_m ω_m [sign δ_m = σ] δ_m / max(Σ_m ω_m [sign δ_m = σ], 1e-6).
 
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
 use super::kernel::{Block, Kernel, RankWindow};
 use crate::error::Result;
 

@@ -30,6 +30,9 @@
 //! and `della*`, λ = 1, ρ = 1, γ = 0.01, ε = 0.15. Arithmetic is f32 in mergekit's order of
 //! operations.
 
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
 use super::kernel::{keep_random, Block, Kernel, RankWindow, TensorCx};
 use crate::error::Result;
 
