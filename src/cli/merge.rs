@@ -67,7 +67,7 @@ pub fn run_cmd(a: &Args, _: &Ctx) -> Result<()> {
     let models: Vec<(String, &crate::io::Checkpoint)> =
         opened.iter().map(|i| (i.spec.clone(), &i.ckpt)).collect();
     let prog = program::build(&recipe, &models, a.seed).map_err(|e| match e {
-        Error::Usage(m) => Error::Usage(format!("{file}: {m}")),
+        Error::Setting { field, msg } => Error::setting(format!("{file}: {field}"), msg),
         e => e,
     })?;
     let out_dtype = match (a.out.dtype, recipe.out_dtype.or(recipe.dtype)) {

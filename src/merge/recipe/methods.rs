@@ -254,7 +254,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
 }
 
 fn bad(at: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("{at}: {msg}"))
+    Error::setting(at, msg.to_string())
 }
 
 /// Checks the method, every parameter name (in the scope it is given in), the base model and

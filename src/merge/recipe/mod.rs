@@ -77,7 +77,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 
 fn bad(at: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("{at}: {msg}"))
+    Error::setting(at, msg.to_string())
 }
 
 fn key_str<'a>(k: &'a Value, at: &str) -> Result<&'a str> {
@@ -216,7 +216,7 @@ impl Recipe {
     /// Parses and checks a recipe (keys, method, parameters); `file` names it in messages.
     pub fn parse(text: &str, file: &str) -> Result<Recipe> {
         Self::parse_inner(text).map_err(|e| match e {
-            Error::Usage(m) => Error::Usage(format!("{file}: {m}")),
+            Error::Setting { field, msg } => Error::setting(format!("{file}: {field}"), msg),
             e => e,
         })
     }

@@ -39,7 +39,7 @@ fn scalar(v: &Value) -> Option<Scalar> {
 }
 
 fn bad(at: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("{at}: {msg}"))
+    Error::setting(at, msg.to_string())
 }
 
 fn value_setting(v: &Value, at: &str) -> Result<Setting> {

@@ -70,7 +70,7 @@ pub fn layer_count(ck: &Checkpoint) -> usize {
 }
 
 fn bad(at: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("{at}: {msg}"))
+    Error::setting(at, msg.to_string())
 }
 
 /// One input of a slice: model, first layer, its own parameters, where it is in the recipe.
