@@ -637,8 +637,11 @@ fn histogram(
         crate::cancel::check()?;
         let slices = ins.slices(&r, step);
         let len = (r.end - r.start) as usize;
-        let res = (0..len.div_ceil(bl))
+        // One histogram per thread (at most): pieces of at least blocks/threads blocks.
+        let blocks = len.div_ceil(bl);
+        let res = (0..blocks)
             .into_par_iter()
+            .with_min_len(blocks.div_ceil(rayon::current_num_threads()).max(1))
             .try_fold(
                 || {
                     (
