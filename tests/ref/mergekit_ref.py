@@ -79,19 +79,31 @@ def merge(req):
     return {"done": len(req["jobs"])}
 
 
-def ulps(w, r):
-    """|w − r| in units of the bf16 ulp at |r| (the spacing of bf16 values there)."""
+def ulps(w, r, scale=None):
+    """|w − r| in units of the bf16 ulp at |r| (the spacing of bf16 values there); with
+    `scale`, at max(|r|, |scale|) (for results that cancel to nearly zero)."""
     w = w.float()
     r = r.float()
-    mag = r.abs().clamp(min=2.0 ** -126)
+    mag = r.abs() if scale is None else torch.maximum(r.abs(), scale.float().abs())
+    mag = mag.clamp(min=2.0 ** -126)
     ulp = torch.pow(2.0, torch.floor(torch.log2(mag)) - 7)
     return (w - r).abs() / ulp
 
 
 def tie_mask(name, ties, shape):
-    """Elements whose |δ_m| equals one of the selection thresholds of some model."""
+    """Elements whose |δ_m| equals one of the selection thresholds of some model (SCE: whose
+    variance across the task vectors is within 1e-5 of the threshold, relatively: both tools
+    compute the variance in f32, in different orders)."""
     mask = torch.zeros(shape, dtype=torch.bool)
     base = ties["_base"][name].float()
+    if ties.get("variance"):
+        tvs = torch.stack([m[name].float() - base for m in ties["_models"]])
+        var = torch.var(tvs, dim=0, unbiased=False).reshape(-1)
+        k = int(int(torch.count_nonzero(var)) * ties["variance"])
+        if 0 < k < var.numel():
+            cut = torch.sort(var, descending=True).values[k - 1]
+            mask |= ((var - cut).abs() <= 1e-5 * cut).reshape(shape)
+        return mask
     for m, d, g in zip(ties["_models"], ties["density"], ties["gamma"]):
         delta = (m[name].float() - base).abs().reshape(-1)
         n = delta.numel()
@@ -124,6 +136,7 @@ def compare(req):
             ties["_models"] = [load_dir(m) for m in ties["models"]]
         missing = sorted(set(r) ^ set(w))
         worst, worst_name, tied, tied_diff, total = 0.0, None, 0, 0, 0
+        worst_scaled = 0.0
         for name, rv in r.items():
             if name not in w:
                 continue
@@ -138,10 +151,13 @@ def compare(req):
                 tied += int(t.sum())
                 tied_diff += int(((u > 1) & t).sum())
                 u = torch.where(t, torch.zeros_like(u), u)
+                us = torch.where(t, torch.zeros_like(u), ulps(wv, rv, ties["_base"][name]))
+                worst_scaled = max(worst_scaled, float(us.max()) if us.numel() else 0.0)
             m = float(u.max()) if u.numel() else 0.0
             if m > worst:
                 worst, worst_name = m, name
-        res.append({"max_ulps": worst, "worst": worst_name, "mismatch": missing,
+        res.append({"max_ulps": worst, "max_ulps_of_base": worst_scaled, "worst": worst_name,
+                    "mismatch": missing,
                     "tied": tied, "tied_differing": tied_diff, "elements": total})
     return res
 
