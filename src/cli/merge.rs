@@ -116,7 +116,8 @@ pub fn run_cmd(a: &Args, _: &Ctx) -> Result<()> {
     run(&job, &plan, &progress)?;
     progress.message(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
     let mut listing = format!("{}\n", a.out.output.display());
-    if let Some(pushed) = crate::hub::push_if_requested(&a.out.output, &a.out.hub, &progress)? {
+    if let Some(pushed) = super::hub_args::push_if_requested(&a.out.output, &a.out.hub, &progress)?
+    {
         listing += &format!("{}\n", pushed.commit_url);
     }
     out(&listing)

@@ -385,7 +385,7 @@ pub fn run(job: &RecipeJob, plan: &RecipePlan, reporter: &dyn Reporter) -> Resul
     );
     reporter.start("merge", plan.read_bytes);
     for op in &job.program.ops {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         tensor(job, plan, op, &guard, &mut w, reporter)?;
     }
     reporter.finish();
@@ -395,6 +395,22 @@ pub fn run(job: &RecipeJob, plan: &RecipePlan, reporter: &dyn Reporter) -> Resul
         }
     }
     w.finish()
+}
+
+/// One float tensor's passes: what they all need.
+struct Passes<'a> {
+    job: &'a RecipeJob<'a>,
+    op: &'a TensorOp,
+    kernel: &'a dyn Kernel,
+    guard: &'a ReadGuard,
+    reporter: &'a dyn Reporter,
+    numel: u64,
+    /// Elements per chunk: a whole number of blocks.
+    step: u64,
+    /// Elements per block.
+    bl: usize,
+    /// Input bytes of one element, all inputs together (progress).
+    bytes_per_elem: u64,
 }
 
 fn tensor(
@@ -408,29 +424,50 @@ fn tensor(
     let out_dtype = job.out_dtype.resolve(op.dtype);
     let numel: u64 = op.shape.iter().map(|&d| d as u64).product();
     let step = plan.chunk_elems as u64;
-    let bytes_per_elem: u64 = op
-        .inputs
-        .iter()
-        .map(|(m, n)| info(job, *m, n).map(|t| t.dtype.size() as u64))
-        .sum::<Result<u64>>()?;
     let Some(kernel) = op.kernel.as_deref() else {
         return copy(job, op, out_dtype, numel, step, guard, w, reporter);
     };
-    let kernel: &dyn Kernel = kernel;
     // Blocks of whole rows for row-wise kernels; chunks a whole number of blocks.
     let bl = kernel.block_len().max(1);
-    let step = (step / bl as u64).max(1) * bl as u64;
-    let n = op.inputs.len();
+    let p = Passes {
+        job,
+        op,
+        kernel,
+        guard,
+        reporter,
+        numel,
+        step: (step / bl as u64).max(1) * bl as u64,
+        bl,
+        bytes_per_elem: op
+            .inputs
+            .iter()
+            .map(|(m, n)| info(job, *m, n).map(|t| t.dtype.size() as u64))
+            .sum::<Result<u64>>()?,
+    };
+    // The inputs are checked for NaN/Inf in the first pass that reads them.
     let check = !job.allow_nonfinite;
-    let nsel = kernel.selections();
-    let mut checked = false;
-    // 1. Selection: the top 16 bits of each key, then the low 16 bits inside the bins that hold
-    // the cut ranks.
-    let mut sels: Vec<Selection> = Vec::with_capacity(nsel);
-    if nsel > 0 {
-        let (hist, zeros) = histogram(job, op, kernel, step, bl, guard, check, None)?;
-        checked = true;
-        reporter.advance(numel * bytes_per_elem);
+    let sels = p.selections(check)?;
+    let mut check_inputs = check && sels.is_empty();
+    let mut params = Vec::new();
+    if kernel.sums_len() > 0 {
+        params = p.sums(&sels, check_inputs)?;
+        check_inputs = false;
+    }
+    p.combine(&sels, &params, check_inputs, out_dtype, w)
+}
+
+impl Passes<'_> {
+    /// The cuts of every selection: the top 16 bits of each key, then the low 16 bits inside
+    /// the bins that hold the cut ranks (two passes).
+    fn selections(&self, check: bool) -> Result<Vec<Selection>> {
+        let (kernel, numel) = (self.kernel, self.numel);
+        let nsel = kernel.selections();
+        let mut sels: Vec<Selection> = Vec::with_capacity(nsel);
+        if nsel == 0 {
+            return Ok(sels);
+        }
+        let (hist, zeros) = self.histogram(check, None)?;
+        self.reporter.advance(numel * self.bytes_per_elem);
         let mut want: Vec<Vec<(u64, u32)>> = Vec::new(); // per selection: (rank, top bin)
         for s in 0..nsel {
             let window = kernel.window(s, numel, zeros[s]);
@@ -459,8 +496,8 @@ fn tensor(
             .iter()
             .map(|v| v.iter().map(|x| x.1).collect())
             .collect();
-        let (low, _) = histogram(job, op, kernel, step, bl, guard, false, Some(&bins))?;
-        reporter.advance(numel * bytes_per_elem);
+        let (low, _) = self.histogram(false, Some(&bins))?;
+        self.reporter.advance(numel * self.bytes_per_elem);
         for s in 0..nsel {
             for (j, &(rank, top)) in want[s].iter().enumerate() {
                 let below_top: u64 = hist[s][..top as usize].iter().sum();
@@ -479,123 +516,121 @@ fn tensor(
                 }
             }
         }
+        Ok(sels)
     }
-    // 2. Sums, folded block by block in order.
-    let mut params = Vec::new();
-    if kernel.sums_len() > 0 {
-        let len = kernel.sums_len();
+
+    /// The kernel's sums, folded block by block in order, and what it makes of them.
+    fn sums(&self, sels: &[Selection], check: bool) -> Result<Vec<f64>> {
+        let len = self.kernel.sums_len();
         let mut acc = vec![0f64; len];
-        let mut ties = vec![[0u64; 2]; nsel];
-        let mut ins = Ins::new(job, op)?;
-        for r in chunks(numel, 1, step) {
-            crate::cancel::check()?;
-            let slices = ins.slices(&r, step);
-            let res = sums_chunk(
-                &ins,
-                &slices,
-                &r,
-                bl,
-                kernel,
-                &sels,
-                &mut ties,
-                check && !checked,
-                len,
-            );
-            guard.check()?;
-            let partial = res.map_err(|nf| nonfinite(&ins, op, nf))?;
+        let mut ties = vec![[0u64; 2]; sels.len()];
+        let mut ins = Ins::new(self.job, self.op)?;
+        for r in chunks(self.numel, 1, self.step) {
+            crate::interrupt::check()?;
+            let slices = ins.slices(&r, self.step);
+            let res = sums_chunk(&ins, &slices, &r, self, sels, &mut ties, check);
+            self.guard.check()?;
+            let partial = res.map_err(|nf| nonfinite(&ins, self.op, nf))?;
             for block in partial.chunks_exact(len) {
                 for (a, b) in acc.iter_mut().zip(block) {
                     *a += b;
                 }
             }
             ins.done(r.end);
-            reporter.advance((r.end - r.start) * bytes_per_elem);
+            self.reporter
+                .advance((r.end - r.start) * self.bytes_per_elem);
         }
         ins.finish()?;
-        checked = true;
-        params = kernel.prepare(&acc).map_err(|e| match e {
-            Error::Mismatch(m) => Error::tensor(ins.path(0), &op.name, m),
+        self.kernel.prepare(&acc).map_err(|e| match e {
+            Error::Mismatch(m) => Error::tensor(ins.path(0), &self.op.name, m),
             e => e,
-        })?;
+        })
     }
-    // 3. Combine.
-    let oes = out_dtype.size();
-    let mut ties = vec![[0u64; 2]; nsel];
-    let mut ins = Ins::new(job, op)?;
-    let mut buf = Vec::new();
-    for r in chunks(numel, 1, step) {
-        crate::cancel::check()?;
-        let slices = ins.slices(&r, step);
-        let len = (r.end - r.start) as usize;
-        buf.resize(len * oes, 0u8);
-        let counts = tie_counts(&ins, &slices, len, r.start, bl, kernel, &sels, &mut ties);
-        let res = buf.par_chunks_mut(bl * oes).enumerate().try_for_each_init(
-            || Scratch::new(n, nsel, bl),
-            |sc, (b, out)| -> std::result::Result<(), NonFinite> {
-                let lo = b * bl;
-                let blen = bl.min(len - lo);
-                let start = r.start + lo as u64;
-                decode(
-                    &ins,
-                    &slices,
-                    lo,
-                    blen,
-                    start,
-                    &mut sc.xs,
-                    check && !checked,
-                )?;
-                select(
-                    kernel,
-                    &sels,
-                    counts.get(b),
-                    &mut sc.xs,
-                    &mut sc.key,
-                    &mut sc.sel,
-                    start,
-                    blen,
-                );
-                let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
-                let sel: Vec<&[bool]> = sc.sel.iter().map(|x| &x[..blen]).collect();
-                let blk = Block {
-                    start,
-                    xs: &xs,
-                    selected: &sel,
-                    params: &params,
-                };
-                kernel.combine(&blk, &mut sc.out[..blen]);
-                if check {
-                    if let Some(i) = sc.out[..blen].iter().position(|v| !v.is_finite()) {
-                        return Err(NonFinite {
-                            input: usize::MAX,
-                            index: start + i as u64,
-                        });
+
+    /// The combine pass: every chunk's blocks merged, checked, encoded and written.
+    fn combine(
+        &self,
+        sels: &[Selection],
+        params: &[f64],
+        check_inputs: bool,
+        out_dtype: DType,
+        w: &mut CheckpointWriter,
+    ) -> Result<()> {
+        let (kernel, bl, op) = (self.kernel, self.bl, self.op);
+        let check = !self.job.allow_nonfinite;
+        let n = op.inputs.len();
+        let oes = out_dtype.size();
+        let mut ties = vec![[0u64; 2]; sels.len()];
+        let mut ins = Ins::new(self.job, op)?;
+        let mut buf = Vec::new();
+        for r in chunks(self.numel, 1, self.step) {
+            crate::interrupt::check()?;
+            let slices = ins.slices(&r, self.step);
+            let len = (r.end - r.start) as usize;
+            buf.resize(len * oes, 0u8);
+            let counts = tie_counts(&ins, &slices, len, r.start, self, sels, &mut ties);
+            let res = buf.par_chunks_mut(bl * oes).enumerate().try_for_each_init(
+                || Scratch::new(n, sels.len(), bl),
+                |sc, (b, out)| -> std::result::Result<(), NonFinite> {
+                    let lo = b * bl;
+                    let blen = bl.min(len - lo);
+                    let start = r.start + lo as u64;
+                    decode(&ins, &slices, lo, blen, start, &mut sc.xs, check_inputs)?;
+                    let before = counts.get(b);
+                    select(
+                        kernel,
+                        sels,
+                        before,
+                        &mut sc.xs,
+                        &mut sc.key,
+                        &mut sc.sel,
+                        start,
+                        blen,
+                    );
+                    let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
+                    let sel: Vec<&[bool]> = sc.sel.iter().map(|x| &x[..blen]).collect();
+                    let blk = Block {
+                        start,
+                        xs: &xs,
+                        selected: &sel,
+                        params,
+                    };
+                    kernel.combine(&blk, &mut sc.out[..blen]);
+                    if check {
+                        if let Some(i) = sc.out[..blen].iter().position(|v| !v.is_finite()) {
+                            return Err(NonFinite {
+                                input: usize::MAX,
+                                index: start + i as u64,
+                            });
+                        }
                     }
+                    encode_f32(out_dtype, &sc.out[..blen], &mut out[..blen * oes]);
+                    Ok(())
+                },
+            );
+            self.guard.check()?;
+            if let Err(nf) = res {
+                if nf.input == usize::MAX {
+                    return Err(Error::tensor(
+                        &self.job.dest,
+                        &op.name,
+                        format!(
+                            "the merge gives a non-finite value (NaN or Inf) at element {}: the \
+                             parameters are too large for this tensor (written only with \
+                             --allow-nonfinite)",
+                            nf.index
+                        ),
+                    ));
                 }
-                encode_f32(out_dtype, &sc.out[..blen], &mut out[..blen * oes]);
-                Ok(())
-            },
-        );
-        guard.check()?;
-        if let Err(nf) = res {
-            if nf.input == usize::MAX {
-                return Err(Error::tensor(
-                    &job.dest,
-                    &op.name,
-                    format!(
-                        "the merge gives a non-finite value (NaN or Inf) at element {}: the \
-                         parameters are too large for this tensor (written only with \
-                         --allow-nonfinite)",
-                        nf.index
-                    ),
-                ));
+                return Err(nonfinite(&ins, op, nf));
             }
-            return Err(nonfinite(&ins, op, nf));
+            ins.done(r.end);
+            w.write(&buf[..len * oes])?;
+            self.reporter
+                .advance((r.end - r.start) * self.bytes_per_elem);
         }
-        ins.done(r.end);
-        w.write(&buf[..len * oes])?;
-        reporter.advance((r.end - r.start) * bytes_per_elem);
+        ins.finish()
     }
-    ins.finish()
 }
 
 /// The histogram bin holding ascending rank `rank` and the count below that bin.
@@ -615,109 +650,101 @@ type Hist = (Vec<Vec<u64>>, Vec<u64>);
 /// One histogram pass over a tensor. Without `bins`: per selection, the top 16 bits of its key
 /// (and how many keys are zero). With `bins`: per selection and per wanted top bin, the low 16
 /// bits of the keys inside that bin.
-#[allow(clippy::too_many_arguments)]
-fn histogram(
-    job: &RecipeJob,
-    op: &TensorOp,
-    kernel: &dyn Kernel,
-    step: u64,
-    bl: usize,
-    guard: &ReadGuard,
-    check: bool,
-    bins: Option<&[Vec<u32>]>,
-) -> Result<Hist> {
-    let nsel = kernel.selections();
-    let n = op.inputs.len();
-    let numel: u64 = op.shape.iter().map(|&d| d as u64).product();
-    let width = |s: usize| bins.map_or(1, |b| b[s].len().max(1)) * BINS;
-    let mut total: Vec<Vec<u64>> = (0..nsel).map(|s| vec![0u64; width(s)]).collect();
-    let mut zeros = vec![0u64; nsel];
-    let mut ins = Ins::new(job, op)?;
-    for r in chunks(numel, 1, step) {
-        crate::cancel::check()?;
-        let slices = ins.slices(&r, step);
-        let len = (r.end - r.start) as usize;
-        // One histogram per thread (at most): pieces of at least blocks/threads blocks.
-        let blocks = len.div_ceil(bl);
-        let res = (0..blocks)
-            .into_par_iter()
-            .with_min_len(blocks.div_ceil(rayon::current_num_threads()).max(1))
-            .try_fold(
-                || {
-                    (
-                        Scratch::new(n, 0, bl),
-                        (0..nsel).map(|s| vec![0u64; width(s)]).collect::<Vec<_>>(),
-                        vec![0u64; nsel],
-                    )
-                },
-                |(mut sc, mut h, mut z), b| {
-                    let lo = b * bl;
-                    let blen = bl.min(len - lo);
-                    let start = r.start + lo as u64;
-                    decode(&ins, &slices, lo, blen, start, &mut sc.xs, check)?;
-                    let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
-                    let blk = Block {
-                        start,
-                        xs: &xs,
-                        selected: &[],
-                        params: &[],
-                    };
-                    for s in 0..nsel {
-                        kernel.key(s, &blk, &mut sc.key[..blen]);
-                        for &k in &sc.key[..blen] {
-                            let bits = key_bits(k);
-                            match bins {
-                                None => {
-                                    h[s][(bits >> 16) as usize] += 1;
-                                    z[s] += u64::from(bits == 0);
-                                }
-                                Some(want) => {
-                                    for (j, &top) in want[s].iter().enumerate() {
-                                        if bits >> 16 == top {
-                                            h[s][j * BINS + (bits & 0xffff) as usize] += 1;
+impl Passes<'_> {
+    fn histogram(&self, check: bool, bins: Option<&[Vec<u32>]>) -> Result<Hist> {
+        let (kernel, op, bl, step) = (self.kernel, self.op, self.bl, self.step);
+        let nsel = kernel.selections();
+        let n = op.inputs.len();
+        let width = |s: usize| bins.map_or(1, |b| b[s].len().max(1)) * BINS;
+        let mut total: Vec<Vec<u64>> = (0..nsel).map(|s| vec![0u64; width(s)]).collect();
+        let mut zeros = vec![0u64; nsel];
+        let mut ins = Ins::new(self.job, op)?;
+        for r in chunks(self.numel, 1, step) {
+            crate::interrupt::check()?;
+            let slices = ins.slices(&r, step);
+            let len = (r.end - r.start) as usize;
+            // One histogram per thread (at most): pieces of at least blocks/threads blocks.
+            let blocks = len.div_ceil(bl);
+            let res = (0..blocks)
+                .into_par_iter()
+                .with_min_len(blocks.div_ceil(rayon::current_num_threads()).max(1))
+                .try_fold(
+                    || {
+                        (
+                            Scratch::new(n, 0, bl),
+                            (0..nsel).map(|s| vec![0u64; width(s)]).collect::<Vec<_>>(),
+                            vec![0u64; nsel],
+                        )
+                    },
+                    |(mut sc, mut h, mut z), b| {
+                        let lo = b * bl;
+                        let blen = bl.min(len - lo);
+                        let start = r.start + lo as u64;
+                        decode(&ins, &slices, lo, blen, start, &mut sc.xs, check)?;
+                        let xs: Vec<&[f32]> = sc.xs.iter().map(|x| &x[..blen]).collect();
+                        let blk = Block {
+                            start,
+                            xs: &xs,
+                            selected: &[],
+                            params: &[],
+                        };
+                        for s in 0..nsel {
+                            kernel.key(s, &blk, &mut sc.key[..blen]);
+                            for &k in &sc.key[..blen] {
+                                let bits = key_bits(k);
+                                match bins {
+                                    None => {
+                                        h[s][(bits >> 16) as usize] += 1;
+                                        z[s] += u64::from(bits == 0);
+                                    }
+                                    Some(want) => {
+                                        for (j, &top) in want[s].iter().enumerate() {
+                                            if bits >> 16 == top {
+                                                h[s][j * BINS + (bits & 0xffff) as usize] += 1;
+                                            }
                                         }
                                     }
                                 }
                             }
                         }
-                    }
-                    Ok((sc, h, z))
-                },
-            )
-            .map(|r| r.map(|(_, h, z)| (h, z)))
-            .try_reduce(
-                || {
-                    (
-                        (0..nsel).map(|s| vec![0u64; width(s)]).collect(),
-                        vec![0u64; nsel],
-                    )
-                },
-                |(mut h1, mut z1), (h2, z2)| {
-                    for (a, b) in h1.iter_mut().zip(h2) {
-                        for (x, y) in a.iter_mut().zip(b) {
-                            *x += y;
-                        }
-                    }
-                    for (a, b) in z1.iter_mut().zip(z2) {
-                        *a += b;
-                    }
-                    Ok((h1, z1))
-                },
-            );
-        guard.check()?;
-        let (h, z) = res.map_err(|nf: NonFinite| nonfinite(&ins, op, nf))?;
-        for (a, b) in total.iter_mut().zip(h) {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
-            }
+                        Ok((sc, h, z))
+                    },
+                )
+                .map(|r| r.map(|(_, h, z)| (h, z)))
+                .try_reduce(
+                    || {
+                        (
+                            (0..nsel).map(|s| vec![0u64; width(s)]).collect(),
+                            vec![0u64; nsel],
+                        )
+                    },
+                    |mut a, b| {
+                        add_hist(&mut a, b);
+                        Ok(a)
+                    },
+                );
+            self.guard.check()?;
+            let h = res.map_err(|nf: NonFinite| nonfinite(&ins, op, nf))?;
+            let mut acc = (std::mem::take(&mut total), std::mem::take(&mut zeros));
+            add_hist(&mut acc, h);
+            (total, zeros) = acc;
+            ins.done(r.end);
         }
-        for (a, b) in zeros.iter_mut().zip(z) {
-            *a += b;
-        }
-        ins.done(r.end);
+        ins.finish()?;
+        Ok((total, zeros))
     }
-    ins.finish()?;
-    Ok((total, zeros))
+}
+
+/// Adds histograms (and zero counts) `b` to `a`.
+fn add_hist(a: &mut Hist, b: Hist) {
+    for (x, y) in a.0.iter_mut().zip(b.0) {
+        for (p, q) in x.iter_mut().zip(y) {
+            *p += q;
+        }
+    }
+    for (p, q) in a.1.iter_mut().zip(b.1) {
+        *p += q;
+    }
 }
 
 /// Per block of the chunk and per selection: how many elements before the block (in the whole
@@ -728,11 +755,11 @@ fn tie_counts(
     slices: &[&[u8]],
     len: usize,
     start: u64,
-    bl: usize,
-    kernel: &dyn Kernel,
+    p: &Passes,
     sels: &[Selection],
     ties: &mut [[u64; 2]],
 ) -> Vec<Vec<[u64; 2]>> {
+    let (bl, kernel) = (p.bl, p.kernel);
     if sels.iter().all(|s| s.lo.is_none() && s.hi.is_none()) {
         return Vec::new();
     }
@@ -828,16 +855,16 @@ fn sums_chunk(
     ins: &Ins,
     slices: &[&[u8]],
     r: &Range<u64>,
-    bl: usize,
-    kernel: &dyn Kernel,
+    p: &Passes,
     sels: &[Selection],
     ties: &mut [[u64; 2]],
     check: bool,
-    width: usize,
 ) -> std::result::Result<Vec<f64>, NonFinite> {
+    let (bl, kernel) = (p.bl, p.kernel);
+    let width = kernel.sums_len();
     let len = (r.end - r.start) as usize;
     let n = ins.infos.len();
-    let counts = tie_counts(ins, slices, len, r.start, bl, kernel, sels, ties);
+    let counts = tie_counts(ins, slices, len, r.start, p, sels, ties);
     let mut out = vec![0f64; len.div_ceil(bl) * width];
     out.par_chunks_mut(width).enumerate().try_for_each_init(
         || Scratch::new(n, sels.len(), bl),
@@ -890,7 +917,7 @@ fn copy(
     let t = ins.infos[0];
     let mut buf = Vec::new();
     for r in chunks(numel, 1, step) {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         let slices = ins.slices(&r, step);
         let len = (r.end - r.start) as usize;
         if t.dtype == out_dtype {

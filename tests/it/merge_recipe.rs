@@ -282,22 +282,9 @@ fn random_methods_keep_their_density_rescale_and_reproduce() {
             } else {
                 d.len()
             };
-            for row in d.chunks(cols).enumerate() {
-                let (r, vals) = row;
-                let mut mags: Vec<f32> = vals.iter().map(|v| v.abs()).collect();
-                mags.sort_by(f32::total_cmp);
-                let median = mags[cols / 2];
-                for (j, v) in vals.iter().enumerate() {
-                    let i = r * cols + j;
-                    if v.abs() > median {
-                        big += 1.0;
-                        kept_big += f64::from(u8::from(kept[i]));
-                    } else if v.abs() < median {
-                        small += 1.0;
-                        kept_small += f64::from(u8::from(kept[i]));
-                    }
-                }
-            }
+            let h = halves(&d, &kept, cols);
+            (kept_big, kept_small, big, small) =
+                (kept_big + h.0, kept_small + h.1, big + h.2, small + h.3);
         }
         assert!(differs, "{method}: another seed gave the same masks");
         let (fb, fs) = (kept_big / big, kept_small / small);
@@ -314,6 +301,28 @@ fn random_methods_keep_their_density_rescale_and_reproduce() {
             );
         }
     }
+}
+
+/// Over the rows of `d` (`cols` long): kept elements above and below their row's median
+/// magnitude, and how many elements are above and below it.
+fn halves(d: &[f32], kept: &[bool], cols: usize) -> (f64, f64, f64, f64) {
+    let (mut kept_big, mut kept_small, mut big, mut small) = (0f64, 0f64, 0f64, 0f64);
+    for (r, vals) in d.chunks(cols).enumerate() {
+        let mut mags: Vec<f32> = vals.iter().map(|v| v.abs()).collect();
+        mags.sort_by(f32::total_cmp);
+        let median = mags[vals.len() / 2];
+        for (j, v) in vals.iter().enumerate() {
+            let k = f64::from(u8::from(kept[r * cols + j]));
+            if v.abs() > median {
+                big += 1.0;
+                kept_big += k;
+            } else if v.abs() < median {
+                small += 1.0;
+                kept_small += k;
+            }
+        }
+    }
+    (kept_big, kept_small, big, small)
 }
 
 /// A tiny llama-like checkpoint written byte by byte (no Python): `layers` blocks.

@@ -90,6 +90,7 @@ fn gta(name: &'static str, normalize: bool, rescale: bool, extra: Option<Param>)
 }
 
 /// Every method `warp merge` knows, by name.
+// long fn: the table of methods, one arm each with its parameters and defaults.
 pub fn spec(name: &str) -> Option<Spec> {
     let g = || Some(p("gamma", F, Num(0.01)));
     let one = |name, base, shared: Vec<Param>, per: Vec<Param>, min, max| Spec {
@@ -376,6 +377,7 @@ fn boolean(v: &Resolved, name: &str, at: &str) -> Result<bool> {
     }
 }
 
+// long fn: one arm per method, each building its kernel from the resolved parameters.
 /// The kernel of one tensor: `shared` and `per` (one per input, base first when the method has
 /// one) resolved; `at` names the tensor for messages. None: the output is input 0 as it is.
 pub fn kernel(
@@ -406,61 +408,7 @@ pub fn kernel(
             if models.is_empty() {
                 return Ok(None);
             }
-            let sparsify = match spec.name {
-                "ties" => Sparsify::Magnitude,
-                "dare_ties" | "dare_linear" => Sparsify::Random,
-                "breadcrumbs" | "breadcrumbs_ties" => Sparsify::Outliers,
-                "della" | "della_linear" => Sparsify::MagPrune,
-                _ => Sparsify::None,
-            };
-            let consensus = matches!(
-                spec.name,
-                "ties" | "dare_ties" | "breadcrumbs_ties" | "della"
-            );
-            let (shape, name) = (cx.shape.clone(), cx.name.clone());
-            let gammas = if sparsify == Sparsify::Outliers {
-                nums("gamma")?
-            } else {
-                vec![0.0; models.len()]
-            };
-            let densities = nums("density")?;
-            let mut epsilons = Vec::new();
-            if sparsify == Sparsify::MagPrune {
-                epsilons = nums("epsilon")?;
-                for (&d, &e) in densities.iter().zip(&epsilons) {
-                    if d < 1.0 && d > 0.0 && (d + e >= 1.0 || d - e <= 0.0) {
-                        return Err(bad(
-                            at,
-                            format!("epsilon: density ± epsilon must lie in (0, 1) (density {d}, epsilon {e})"),
-                        ));
-                    }
-                }
-                if shape.len() > 2 {
-                    return Err(bad(
-                        at,
-                        format!("{}: tensors of more than 2 dimensions ({name}: {shape:?}) are not supported", spec.name),
-                    ));
-                }
-            }
-            let cols = if shape.len() == 2 {
-                shape[1]
-            } else {
-                cx.numel as usize
-            };
-            Box::new(
-                TaskArithmetic::new(
-                    cx,
-                    sparsify,
-                    consensus,
-                    nums("weight")?,
-                    densities,
-                    gammas,
-                    boolean(shared, "normalize", at)?,
-                    boolean(shared, "rescale", at)?,
-                    num(shared, "lambda", at)?,
-                )
-                .with_ranks(epsilons, cols),
-            )
+            task_arithmetic(spec, cx, shared, models, at)?
         }
         "slerp" => Box::new(slerp_pair::PairSlerp {
             t: num(shared, "t", at)?,
@@ -541,4 +489,76 @@ pub fn kernel(
         other => return Err(Error::Internal(format!("no kernel for method {other}"))),
     };
     Ok(Some(k))
+}
+
+/// The kernel of the task-arithmetic family (ties, dare, breadcrumbs, della, …).
+fn task_arithmetic(
+    spec: &Spec,
+    cx: TensorCx,
+    shared: &Resolved,
+    models: &[Resolved],
+    at: &str,
+) -> Result<Box<dyn Kernel>> {
+    let nums =
+        |name: &str| -> Result<Vec<f64>> { models.iter().map(|r| num(r, name, at)).collect() };
+    let sparsify = match spec.name {
+        "ties" => Sparsify::Magnitude,
+        "dare_ties" | "dare_linear" => Sparsify::Random,
+        "breadcrumbs" | "breadcrumbs_ties" => Sparsify::Outliers,
+        "della" | "della_linear" => Sparsify::MagPrune,
+        _ => Sparsify::None,
+    };
+    let consensus = matches!(
+        spec.name,
+        "ties" | "dare_ties" | "breadcrumbs_ties" | "della"
+    );
+    let (shape, name) = (cx.shape.clone(), cx.name.clone());
+    let gammas = if sparsify == Sparsify::Outliers {
+        nums("gamma")?
+    } else {
+        vec![0.0; models.len()]
+    };
+    let densities = nums("density")?;
+    let mut epsilons = Vec::new();
+    if sparsify == Sparsify::MagPrune {
+        epsilons = nums("epsilon")?;
+        for (&d, &e) in densities.iter().zip(&epsilons) {
+            if d < 1.0 && d > 0.0 && (d + e >= 1.0 || d - e <= 0.0) {
+                return Err(bad(
+                    at,
+                    format!(
+                        "epsilon: density ± epsilon must lie in (0, 1) (density {d}, epsilon {e})"
+                    ),
+                ));
+            }
+        }
+        if shape.len() > 2 {
+            return Err(bad(
+                at,
+                format!(
+                    "{}: tensors of more than 2 dimensions ({name}: {shape:?}) are not supported",
+                    spec.name
+                ),
+            ));
+        }
+    }
+    let cols = if shape.len() == 2 {
+        shape[1]
+    } else {
+        cx.numel as usize
+    };
+    Ok(Box::new(
+        TaskArithmetic::new(
+            cx,
+            sparsify,
+            consensus,
+            nums("weight")?,
+            densities,
+            gammas,
+            boolean(shared, "normalize", at)?,
+            boolean(shared, "rescale", at)?,
+            num(shared, "lambda", at)?,
+        )
+        .with_ranks(epsilons, cols),
+    ))
 }

@@ -212,6 +212,49 @@ fn seq<'a>(v: &'a Value, at: &str) -> Result<&'a Vec<Value>> {
         .ok_or_else(|| bad(at, "expected a non-empty list"))
 }
 
+/// The `slices` list.
+fn parse_slices(list: &Value) -> Result<Vec<Slice>> {
+    let mut out = Vec::new();
+    for (i, v) in seq(list, "slices")?.iter().enumerate() {
+        let at = format!("slices[{i}]");
+        let mut sl = Slice {
+            sources: Vec::new(),
+            base_model: None,
+            params: Vec::new(),
+            at: at.clone(),
+        };
+        for (k, val) in mapping(v, &at, &["sources", "base_model", "parameters"])? {
+            let kat = format!("{at}.{k}");
+            match k {
+                "sources" => {
+                    for (j, sv) in seq(val, &kat)?.iter().enumerate() {
+                        sl.sources.push(source(sv, &format!("{kat}[{j}]"), true)?);
+                    }
+                }
+                "base_model" => sl.base_model = Some(model_ref(val, &kat)?),
+                "parameters" => sl.params = params(val, &kat)?,
+                _ => unreachable!("checked by mapping()"),
+            }
+        }
+        if sl.sources.is_empty() {
+            return Err(bad(&format!("{at}.sources"), "missing"));
+        }
+        let lens: Vec<usize> = sl
+            .sources
+            .iter()
+            .filter_map(|s| s.layer_range.map(|(a, b)| b - a))
+            .collect();
+        if lens.iter().any(|&l| l != lens[0]) {
+            return Err(bad(
+                &format!("{at}.sources"),
+                format!("every source of a slice must span as many layers (got {lens:?})"),
+            ));
+        }
+        out.push(sl);
+    }
+    Ok(out)
+}
+
 impl Recipe {
     /// Parses and checks a recipe (keys, method, parameters); `file` names it in messages.
     pub fn parse(text: &str, file: &str) -> Result<Recipe> {
@@ -304,47 +347,7 @@ impl Recipe {
                     at: "models".into(),
                 });
             }
-            (None, Some(s)) => {
-                for (i, v) in seq(s, "slices")?.iter().enumerate() {
-                    let at = format!("slices[{i}]");
-                    let mut sl = Slice {
-                        sources: Vec::new(),
-                        base_model: None,
-                        params: Vec::new(),
-                        at: at.clone(),
-                    };
-                    for (k, val) in mapping(v, &at, &["sources", "base_model", "parameters"])? {
-                        let kat = format!("{at}.{k}");
-                        match k {
-                            "sources" => {
-                                for (j, sv) in seq(val, &kat)?.iter().enumerate() {
-                                    sl.sources.push(source(sv, &format!("{kat}[{j}]"), true)?);
-                                }
-                            }
-                            "base_model" => sl.base_model = Some(model_ref(val, &kat)?),
-                            "parameters" => sl.params = params(val, &kat)?,
-                            _ => unreachable!("checked by mapping()"),
-                        }
-                    }
-                    if sl.sources.is_empty() {
-                        return Err(bad(&format!("{at}.sources"), "missing"));
-                    }
-                    let lens: Vec<usize> = sl
-                        .sources
-                        .iter()
-                        .filter_map(|s| s.layer_range.map(|(a, b)| b - a))
-                        .collect();
-                    if lens.iter().any(|&l| l != lens[0]) {
-                        return Err(bad(
-                            &format!("{at}.sources"),
-                            format!(
-                                "every source of a slice must span as many layers (got {lens:?})"
-                            ),
-                        ));
-                    }
-                    r.slices.push(sl);
-                }
-            }
+            (None, Some(s)) => r.slices = parse_slices(s)?,
         }
         methods::check(&r)?;
         Ok(r)

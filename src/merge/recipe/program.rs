@@ -145,87 +145,7 @@ pub fn build(r: &Recipe, models: &[(String, &Checkpoint)], seed: u64) -> Result<
     };
     let layers: Vec<usize> = models.iter().map(|(_, c)| layer_count(c)).collect();
     // The inputs of each slice, in kernel order.
-    let mut slices: Vec<(Vec<SliceInput>, usize, bool)> = Vec::new();
-    for (i, s) in r.slices.iter().enumerate() {
-        let base = r.base_of(i);
-        let mut ins: Vec<SliceInput> = Vec::new();
-        for src in &s.sources {
-            let m = idx(&src.model)?;
-            let (a, b) = src.layer_range.unwrap_or((0, layers[m]));
-            if b > layers[m] {
-                return Err(bad(
-                    &format!("{}.layer_range", src.at),
-                    format!(
-                        "[{a}, {b}] goes past the end of {} ({} layers)",
-                        src.model, layers[m]
-                    ),
-                ));
-            }
-            ins.push(SliceInput {
-                model: m,
-                first: a,
-                params: Some(&src.params),
-                at: src.at.clone(),
-            });
-        }
-        let len = s.sources[0]
-            .layer_range
-            .map_or(layers[ins[0].model], |(a, b)| b - a);
-        if r.models_form && ins.iter().any(|x| layers[x.model] != len) {
-            let counts: Vec<String> = ins
-                .iter()
-                .map(|x| format!("{} has {}", models[x.model].0, layers[x.model]))
-                .collect();
-            return Err(bad(
-                "models",
-                format!("the models differ in depth: {}", counts.join(", ")),
-            ));
-        }
-        let mut has_base = false;
-        if let Some(b) = base {
-            let bm = idx(b)?;
-            let pos = ins.iter().position(|x| x.model == bm);
-            match (spec.base, pos) {
-                (BasePolicy::Input, None) if r.models_form => ins.push(SliceInput {
-                    model: bm,
-                    first: 0,
-                    params: None,
-                    at: "base_model".into(),
-                }),
-                (BasePolicy::Input, _) => {}
-                (_, Some(p)) => {
-                    let x = ins.remove(p);
-                    ins.insert(0, x);
-                    has_base = true;
-                }
-                (_, None) if r.models_form => {
-                    if layers[bm] != len {
-                        return Err(bad(
-                            "base_model",
-                            format!("{b} has {} layers, the models {len}", layers[bm]),
-                        ));
-                    }
-                    ins.insert(
-                        0,
-                        SliceInput {
-                            model: bm,
-                            first: 0,
-                            params: None,
-                            at: "base_model".into(),
-                        },
-                    );
-                    has_base = true;
-                }
-                (_, None) => {
-                    return Err(bad(
-                        &s.at,
-                        format!("the base model {b} must be one of the slice's sources"),
-                    ))
-                }
-            }
-        }
-        slices.push((ins, len, has_base));
-    }
+    let slices = slice_inputs(r, &spec, models, &layers)?;
 
     let mut ops = Vec::new();
     let mut out_layers = Vec::new();
@@ -313,6 +233,105 @@ pub fn build(r: &Recipe, models: &[(String, &Checkpoint)], seed: u64) -> Result<
         tokenizer_model,
         layers: out_layers,
     })
+}
+
+/// Per slice: its inputs in kernel order (the base first for methods with one), its number of
+/// layers, and whether input 0 is the base.
+fn slice_inputs<'a>(
+    r: &'a Recipe,
+    spec: &Spec,
+    models: &[(String, &Checkpoint)],
+    layers: &[usize],
+) -> Result<Vec<(Vec<SliceInput<'a>>, usize, bool)>> {
+    let idx = |m: &str| -> Result<usize> {
+        models
+            .iter()
+            .position(|(s, _)| s == m)
+            .ok_or_else(|| Error::Internal(format!("model {m} not opened")))
+    };
+    let mut slices: Vec<(Vec<SliceInput>, usize, bool)> = Vec::new();
+    for (i, s) in r.slices.iter().enumerate() {
+        let base = r.base_of(i);
+        let mut ins: Vec<SliceInput> = Vec::new();
+        for src in &s.sources {
+            let m = idx(&src.model)?;
+            let (a, b) = src.layer_range.unwrap_or((0, layers[m]));
+            if b > layers[m] {
+                return Err(bad(
+                    &format!("{}.layer_range", src.at),
+                    format!(
+                        "[{a}, {b}] goes past the end of {} ({} layers)",
+                        src.model, layers[m]
+                    ),
+                ));
+            }
+            ins.push(SliceInput {
+                model: m,
+                first: a,
+                params: Some(&src.params),
+                at: src.at.clone(),
+            });
+        }
+        let len = s.sources[0]
+            .layer_range
+            .map_or(layers[ins[0].model], |(a, b)| b - a);
+        if r.models_form && ins.iter().any(|x| layers[x.model] != len) {
+            let counts: Vec<String> = ins
+                .iter()
+                .map(|x| format!("{} has {}", models[x.model].0, layers[x.model]))
+                .collect();
+            return Err(bad(
+                "models",
+                format!("the models differ in depth: {}", counts.join(", ")),
+            ));
+        }
+        let mut has_base = false;
+        if let Some(b) = base {
+            let bm = idx(b)?;
+            let pos = ins.iter().position(|x| x.model == bm);
+            match (spec.base, pos) {
+                (BasePolicy::Input, None) if r.models_form => ins.push(SliceInput {
+                    model: bm,
+                    first: 0,
+                    params: None,
+                    at: "base_model".into(),
+                }),
+                (BasePolicy::Input, _) => {}
+                (_, Some(p)) => {
+                    let x = ins.remove(p);
+                    ins.insert(0, x);
+                    has_base = true;
+                }
+                (_, None) if r.models_form => {
+                    if layers[bm] != len {
+                        return Err(bad(
+                            "base_model",
+                            format!("{b} has {} layers, the models {len}", layers[bm]),
+                        ));
+                    }
+                    ins.insert(
+                        0,
+                        SliceInput {
+                            model: bm,
+                            first: 0,
+                            params: None,
+                            at: "base_model".into(),
+                        },
+                    );
+                    has_base = true;
+                }
+                (_, None) => {
+                    return Err(bad(
+                        &s.at,
+                        format!("the base model {b} must be one of the slice's sources"),
+                    ))
+                }
+            }
+        }
+        slices.push((ins, len, has_base));
+    }
+
+    Ok(slices)
 }
 
 #[allow(clippy::too_many_arguments)]
