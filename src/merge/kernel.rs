@@ -24,8 +24,9 @@
 
 use crate::error::Result;
 
-/// Elements per block: the unit of the kernels' calls and of the sums' fixed fold order.
-pub const BLOCK: usize = crate::engine::GRAM_BLOCK;
+/// Elements per block: the unit of the kernels' calls and of the sums' fixed fold order (the
+/// same size as the engine's Gram blocks).
+pub const BLOCK: usize = 8192;
 
 /// The kept ranks `[lo, hi)` of a selection, in ascending order of the key (ties by index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
