@@ -6,6 +6,7 @@ mod common;
 mod hub_server;
 
 pub mod cli;
+mod dtypes;
 mod hub_cli;
 mod hub_merge;
 mod hub_parts;
