@@ -16,6 +16,7 @@ pub mod cpu;
 #[cfg_attr(feature = "cuda", path = "cuda_real.rs")]
 pub mod cuda;
 pub mod plan;
+pub mod recipe;
 mod sink;
 mod stream;
 

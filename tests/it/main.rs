@@ -13,6 +13,7 @@ mod hub_parts;
 mod hub_push;
 mod hub_python;
 mod io_errors;
+mod merge_recipe;
 mod merge_reference;
 mod plot;
 mod roundtrip;
