@@ -1,4 +1,4 @@
-"""warp_align.trl on a real TRL RLOOTrainer (CPU) with a model made by transformers: the EMA the
+"""warp_align.warp_trl on a real TRL RLOOTrainer (CPU) with a model made by transformers: the EMA the
 callback saves equals the EMA of the policy iterates recomputed in f64, the run folder has warp's
 layout, and a SLERP of two such runs from Python equals `warp slerp` byte for byte."""
 
@@ -19,7 +19,7 @@ from transformers import (  # noqa: E402
 )
 
 from conftest import ROOT, assert_same_tree, cli  # noqa: E402
-from warp_align.trl import WarpEMACallback, merge_runs  # noqa: E402
+from warp_align.warp_trl import WarpEMACallback, merge_runs  # noqa: E402
 
 MU = 0.3
 STEPS = 3

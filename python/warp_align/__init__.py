@@ -14,7 +14,7 @@ such runs, and LITI, an interpolation back towards the init. This package runs s
 Every call releases the GIL while it works, reports progress to a tqdm-compatible object
 (`progress=tqdm(unit="B", unit_scale=True)`) and its log lines to the `warp_align` logger, stops
 cleanly on KeyboardInterrupt (nothing is left at the destination), and raises a subclass of
-`WarpError`. Stage 1 on TRL: `warp_align.trl` (needs transformers; not imported here).
+`WarpError`. Stage 1 on TRL: `warp_align.warp_trl` (needs transformers; not imported here).
 """
 
 from __future__ import annotations

@@ -1083,4 +1083,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Run as a file from the package folder, that folder is sys.path[0]: dropped, so that the
+    # package's own modules cannot shadow the libraries imported later (trl, transformers, ...).
+    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)
     sys.exit(main())

@@ -2,7 +2,7 @@
 run layout, and a helper that merges finished runs (WARP's stages 2 and 3).
 
     from trl import RLOOTrainer
-    from warp_align.trl import WarpEMACallback, merge_runs
+    from warp_align.warp_trl import WarpEMACallback, merge_runs
 
     for m in (1, 2):
         trainer = RLOOTrainer(..., callbacks=[WarpEMACallback(f"runs/run-{m}", mu=0.01)])
