@@ -343,10 +343,12 @@ pub fn submit(c: &PipelineConfig, exe: &Path, reporter: &dyn Reporter) -> Result
     let mut c = c.clone();
     c.output = std::path::absolute(&c.output).at(&c.output)?;
     c.check()?;
+    // Before anything is written: a run folder or working directory that cannot go into a
+    // batch script is refused here.
+    let slurm = Slurm::new(c.slurm.clone(), &c.output)?;
     let p = plan(&c, exe)?;
     write_plan(&c, &p)?;
     let steps = slurm_steps(&p.steps);
-    let slurm = Slurm::new(c.slurm.clone(), &c.output)?;
     let submission = slurm.submit(&steps, reporter)?;
     Ok(Submitted {
         slurm,
