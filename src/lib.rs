@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod io;
+pub mod limits;
 pub mod merge;
 pub mod pipeline;
 pub mod plot;

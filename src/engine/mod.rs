@@ -88,8 +88,15 @@ pub fn check_compatible(inputs: &[Input]) -> Result<()> {
         return Ok(());
     }
     let total = problems.len();
-    let mut msg = format!("the inputs do not match ({total} problem(s)):");
-    for p in problems.iter().take(SHOW) {
+    // The first line says what is wrong (it is all a one-line log shows).
+    let mut msg = match total {
+        1 => format!("the inputs do not match: {}", problems[0]),
+        _ => format!(
+            "the inputs do not match ({total} problems; the first: {})",
+            problems[0]
+        ),
+    };
+    for p in problems.iter().take(SHOW).skip(1) {
         msg += "\n  ";
         msg += p;
     }
@@ -120,10 +127,7 @@ pub fn run(
     }
     let mut outputs = sink::Outputs::open(job, plan)?;
     for r in &outputs.reclaimed {
-        reporter.message(&format!(
-            "removed {}, left by a warp process that no longer runs",
-            r.display()
-        ));
+        reporter.message(&crate::io::writer::reclaimed_message(r));
     }
     // Reads of an input truncated under its mapping become an error naming it, not a crash.
     let guard = ReadGuard::new(

@@ -31,6 +31,13 @@ pub fn resolve_checkpoint(
     if local.exists() {
         return Ok(local.to_path_buf());
     }
+    // A name that is there but cannot be followed (a symbolic link loop, a dangling link) is
+    // that, not "neither a path nor a hub id".
+    if std::fs::symlink_metadata(local).is_ok() {
+        if let Err(e) = std::fs::metadata(local) {
+            return Err(Error::io(local, e));
+        }
+    }
     let id = HubId::parse(spec).ok_or_else(|| {
         Error::Usage(format!(
             "'{spec}' is neither an existing path nor a hub id (org/name or org/name@revision)"

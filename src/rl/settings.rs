@@ -236,6 +236,18 @@ impl RlConfig {
         ] {
             positive(field, v > 0, || "must be > 0".into())?;
         }
+        // Sizes that would make planning (or the first allocation) take the machine down.
+        let max = crate::limits::MAX_BATCH;
+        for (field, v) in [
+            ("batch", self.batch),
+            ("n", self.n),
+            ("max_new_tokens", self.max_new_tokens),
+            ("reward_batch", self.reward_batch),
+            ("micro_batch", self.micro_batch),
+            ("batch × n", self.batch.saturating_mul(self.n)),
+        ] {
+            positive(field, v <= max, || format!("must be at most {max}, got {v}"))?;
+        }
         positive("n", self.baseline != Baseline::Rloo || self.n >= 2, || {
             format!(
                 "the rloo baseline needs at least 2 completions per prompt, got {}",
@@ -263,16 +275,7 @@ impl RlConfig {
         if let Some(m) = &self.max_memory {
             crate::io::writer::parse_size(m).map_err(|e| Error::setting("max_memory", e))?;
         }
-        positive(
-            "reward_timeout",
-            self.reward_timeout.is_finite() && self.reward_timeout > 0.0,
-            || {
-                format!(
-                    "must be a positive number of seconds, got {}",
-                    self.reward_timeout
-                )
-            },
-        )?;
+        crate::limits::seconds("reward_timeout", self.reward_timeout, true)?;
         self.check_backend()
     }
 
@@ -316,7 +319,8 @@ impl RlConfig {
         } else {
             serde_json::from_str(&text).map_err(|e| e.to_string())
         };
-        parsed.map_err(|e| Error::format(path, e.trim_end().to_string()))
+        // A settings error: exit code 2, like a bad flag.
+        parsed.map_err(|e| Error::setting(path.display().to_string(), e.trim_end().to_string()))
     }
 
     /// This config with the keys of `over` (a JSON object of settings) replaced; errors name
@@ -332,7 +336,8 @@ impl RlConfig {
                 obj.insert(k.clone(), x.clone());
             }
         }
-        serde_json::from_value(v).map_err(|e| Error::format(origin, e.to_string()))
+        // A settings error (unknown key, wrong type, negative count) exits 2 like any other.
+        serde_json::from_value(v).map_err(|e| Error::setting(origin.display().to_string(), e.to_string()))
     }
 
     /// The settings as a JSON object (what `run.json` records under `config`).

@@ -282,10 +282,7 @@ impl Trainer {
         // Staging folders of checkpoints a killed run was writing: never complete, never used;
         // removed by the crate's one rule (only those whose owner is dead).
         for p in crate::io::writer::reclaim_stale(out) {
-            reporter.message(&format!(
-                "reclaimed {}, left by a warp process that no longer runs",
-                p.display()
-            ));
+            reporter.message(&crate::io::writer::reclaimed_message(&p));
         }
         let last = layout.checkpoints()?.pop();
         let mut t = Self::build(cfg, out, last.as_ref().map(|(_, p)| p.as_path()), reporter)?;
@@ -368,7 +365,7 @@ impl Trainer {
         let reward = reward::from_spec_opts(
             &cfg.reward,
             &reward::RewardOptions {
-                timeout: std::time::Duration::from_secs_f64(cfg.reward_timeout),
+                timeout: crate::limits::seconds("reward_timeout", cfg.reward_timeout, true)?,
                 device,
                 batch_size: cfg.reward_batch,
                 kind: if device.is_cuda() {

@@ -141,8 +141,14 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for SlurmConfig {
             if let Some(v) = m.remove(key) {
                 *slot = v
                     .as_f64()
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| format!("{key}: expected a number of seconds ≥ 0, got {v}"))?;
+                    .filter(|s| crate::limits::seconds(key, *s, false).is_ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "{key}: expected a number of seconds ≥ 0 and at most {} (a week), \
+                             got {v}",
+                            crate::limits::MAX_SECONDS
+                        )
+                    })?;
             }
         }
         c.all = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| {

@@ -74,8 +74,13 @@ impl Slurm {
     }
 
     fn follow(&self, steps: &[Step], reporter: &dyn Reporter) -> Result<()> {
-        let poll = Duration::from_secs_f64(self.config.poll_seconds.max(0.05));
-        let grace = Duration::from_secs_f64(self.config.marker_grace_seconds);
+        let poll = crate::limits::seconds("slurm.poll_seconds", self.config.poll_seconds, false)?
+            .max(Duration::from_millis(50));
+        let grace = crate::limits::seconds(
+            "slurm.marker_grace_seconds",
+            self.config.marker_grace_seconds,
+            false,
+        )?;
         let mut shown: HashMap<String, &str> = HashMap::new();
         let mut unconfirmed: HashMap<String, Instant> = HashMap::new();
         let mut first = true;
