@@ -244,7 +244,10 @@ impl PipelineConfig {
         .check()?;
         match self.launcher.as_str() {
             "local" => Ok(()),
-            "slurm" => self.slurm.check(),
+            "slurm" => {
+                self.slurm.check()?;
+                crate::slurm::check_script_path(&self.output)
+            }
             other => bad(
                 "launcher",
                 format!("unknown launcher '{other}' (local or slurm)"),

@@ -159,12 +159,31 @@ pub fn layered(
             overlay(&mut v, m);
         }
     }
+    let defaults = v.clone();
     overlay(&mut v, &file_keys);
     v.insert("task".into(), json!(task));
     v.insert("preset".into(), json!(preset));
     serde_json::from_value(Value::Object(v)).map_err(|e| match file {
-        Some(p) => setting(p, &e.to_string()),
+        // serde's message for a wrong type does not name the key: the key that fails alone does.
+        Some(p) => match culprit::<PipelineConfig>(&defaults, &file_keys) {
+            Some(key) => setting(p, &format!("key '{key}': {e}")),
+            None => setting(p, &e.to_string()),
+        },
         None => Error::Internal(format!("preset settings: {e}")),
+    })
+}
+
+/// The first key of `layer` that does not deserialize as `T` when put alone over `base`.
+pub fn culprit<T: serde::de::DeserializeOwned>(
+    base: &Map<String, Value>,
+    layer: &Map<String, Value>,
+) -> Option<String> {
+    layer.iter().find_map(|(k, v)| {
+        let mut m = base.clone();
+        m.insert(k.clone(), v.clone());
+        serde_json::from_value::<T>(Value::Object(m))
+            .is_err()
+            .then(|| k.clone())
     })
 }
 

@@ -331,13 +331,28 @@ impl RlConfig {
         origin: &Path,
     ) -> Result<RlConfig> {
         let mut v = serde_json::to_value(self).map_err(|e| Error::Internal(e.to_string()))?;
+        let base = v.as_object().cloned().unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
             for (k, x) in over {
                 obj.insert(k.clone(), x.clone());
             }
         }
-        // A settings error (unknown key, wrong type, negative count) exits 2 like any other.
-        serde_json::from_value(v).map_err(|e| Error::setting(origin.display().to_string(), e.to_string()))
+        // A settings error (unknown key, wrong type, negative count) exits 2 like any other, and
+        // names the key (serde's message for a wrong type does not).
+        serde_json::from_value(v).map_err(|e| {
+            let at = origin.display().to_string();
+            let key = over.iter().find_map(|(k, x)| {
+                let mut m = base.clone();
+                m.insert(k.clone(), x.clone());
+                serde_json::from_value::<RlConfig>(serde_json::Value::Object(m))
+                    .is_err()
+                    .then(|| k.clone())
+            });
+            match key {
+                Some(k) => Error::setting(at, format!("key '{k}': {e}")),
+                None => Error::setting(at, e.to_string()),
+            }
+        })
     }
 
     /// The settings as a JSON object (what `run.json` records under `config`).

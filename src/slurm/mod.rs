@@ -119,6 +119,12 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 
+/// Refuses a path that cannot go into a batch script (a control character in it): the run
+/// folder's, checked with the other settings before anything is written.
+pub fn check_script_path(p: &Path) -> Result<()> {
+    script::text(p).map(|_| ())
+}
+
 impl Slurm {
     /// A launcher for the run folder `run_dir`; jobs start in the current directory.
     pub fn new(config: SlurmConfig, run_dir: &Path) -> Result<Slurm> {

@@ -10,6 +10,7 @@ mod hub_cli;
 mod hub_merge;
 mod hub_parts;
 mod hub_push;
+mod hostile;
 mod hub_python;
 mod io_errors;
 mod merge_reference;
@@ -21,6 +22,8 @@ mod slurm_cluster;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "rl")]
+mod hostile_rl;
 #[cfg(feature = "rl")]
 mod pipeline;
 #[cfg(feature = "rl")]
