@@ -30,7 +30,9 @@ pub fn seconds(field: &str, secs: f64, positive: bool) -> Result<Duration> {
         let low = if positive { "> 0" } else { "≥ 0" };
         return Err(Error::setting(
             field,
-            format!("must be a number of seconds {low} and at most {MAX_SECONDS} (a week), got {secs}"),
+            format!(
+                "must be a number of seconds {low} and at most {MAX_SECONDS} (a week), got {secs}"
+            ),
         ));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| Error::setting(field, format!("{secs}: {e}")))
@@ -42,7 +44,10 @@ mod tests {
 
     #[test]
     fn seconds_are_bounded_not_panicking() {
-        assert_eq!(seconds("t", 1.5, true).unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            seconds("t", 1.5, true).unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(seconds("t", 0.0, false).unwrap(), Duration::ZERO);
         for bad in [1e20, f64::INFINITY, f64::NAN, -1.0, MAX_SECONDS + 1.0] {
             let e = seconds("reward_timeout", bad, true).unwrap_err();

@@ -425,7 +425,7 @@ fn transport_detail(t: &ureq::Transport) -> String {
 /// Tokens this process sends: never printed, even when a server echoes one back in a message.
 static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-fn register_secret(token: &str) {
+pub(crate) fn register_secret(token: &str) {
     if token.trim().is_empty() {
         return;
     }

@@ -141,7 +141,10 @@ mod tests {
         }
         let again = again.unwrap();
         again.abandon();
-        assert!(!dir.exists(), "a folder made only for the lock is removed again");
+        assert!(
+            !dir.exists(),
+            "a folder made only for the lock is removed again"
+        );
         std::fs::create_dir(&dir).unwrap();
         RunLock::acquire(&dir).unwrap().abandon();
         assert!(dir.exists(), "a folder that existed before stays");

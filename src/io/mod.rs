@@ -53,7 +53,10 @@ pub fn open_regular(path: &std::path::Path) -> error::Result<std::fs::File> {
 pub fn read_text(path: &std::path::Path, max: u64) -> error::Result<String> {
     use std::io::Read;
     let file = open_regular(path)?;
-    let len = file.metadata().map_err(|e| error::Error::io(path, e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| error::Error::io(path, e))?
+        .len();
     if len > max {
         return Err(error::Error::format(
             path,

@@ -11,7 +11,6 @@
 //! file truncated under its mapping are caught by [`super::guard::ReadGuard`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 

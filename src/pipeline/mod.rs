@@ -180,7 +180,10 @@ impl PipelineConfig {
             );
         }
         if self.runs > MAX_RUNS {
-            return bad("runs", format!("must be at most {MAX_RUNS}, got {}", self.runs));
+            return bad(
+                "runs",
+                format!("must be at most {MAX_RUNS}, got {}", self.runs),
+            );
         }
         // Each iteration: 2·M RL runs at most (with the init-anchored ones), the merges, the
         // fronts and evaluations of every η.
@@ -202,7 +205,10 @@ impl PipelineConfig {
             return bad("mu", format!("must be in (0, 1], got {}", self.mu));
         }
         if !(self.beta.is_finite() && self.beta >= 0.0) {
-            return bad("beta", format!("must be a finite number ≥ 0, got {}", self.beta));
+            return bad(
+                "beta",
+                format!("must be a finite number ≥ 0, got {}", self.beta),
+            );
         }
         self.check_output_outside_inputs()?;
         if self.etas.is_empty() || self.etas.iter().any(|e| !e.is_finite()) {

@@ -472,7 +472,11 @@ fn dims(f: &Fields, d: &Defaults) -> FieldResult<Dims> {
         ("num_attention_heads", d.heads, MAX_HEADS),
         ("num_key_value_heads", d.kv_heads, MAX_HEADS),
         ("head_dim", d.head_dim, MAX_WIDTH),
-        ("num_attention_heads × head_dim", d.heads.saturating_mul(d.head_dim), MAX_WIDTH),
+        (
+            "num_attention_heads × head_dim",
+            d.heads.saturating_mul(d.head_dim),
+            MAX_WIDTH,
+        ),
         ("max_position_embeddings", d.max_positions, MAX_POSITIONS),
     ] {
         if v > max {

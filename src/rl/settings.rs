@@ -246,7 +246,9 @@ impl RlConfig {
             ("micro_batch", self.micro_batch),
             ("batch × n", self.batch.saturating_mul(self.n)),
         ] {
-            positive(field, v <= max, || format!("must be at most {max}, got {v}"))?;
+            positive(field, v <= max, || {
+                format!("must be at most {max}, got {v}")
+            })?;
         }
         positive("n", self.baseline != Baseline::Rloo || self.n >= 2, || {
             format!(

@@ -118,7 +118,6 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).at(p)
 }
 
-
 /// Refuses a path that cannot go into a batch script (a control character in it): the run
 /// folder's, checked with the other settings before anything is written.
 pub fn check_script_path(p: &Path) -> Result<()> {

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -193,4 +194,69 @@ fn one_submission_at_a_time_per_run_folder() {
         again = slurm.lock();
     }
     again.unwrap();
+}
+
+/// Scripts rendered for paths that try every way out of bash quoting (`$(…)`, backticks, both
+/// quotes, `;`, spaces) run exactly the step's words (bash itself is the reference) and create
+/// nothing else; a path with a line break is refused, naming it.
+#[test]
+fn scripts_for_hostile_paths_run_only_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let run = d.join("r $(touch P1) `touch P2` 'q' \"d\" ;touch P3 #");
+    let step = Step {
+        id: "a".into(),
+        after: vec![],
+        argv: vec![
+            "printf".into(),
+            "%s|".into(),
+            "$(touch P4)".into(),
+            "it's `x`".into(),
+        ],
+        resume: None,
+        done: run.join("a $(touch P5).done"),
+        log: run.join("logs/a `touch P6`.log"),
+        kind: StepKind::Merge,
+        array: None,
+    };
+    let slurm = Slurm::new(SlurmConfig::default(), &run).unwrap();
+    let by_id = HashMap::from([("a", &step)]);
+    let sbatch = quote_all(&[
+        "sbatch".to_string(),
+        format!("--output={}", run.join("x.out").display()),
+    ])
+    .unwrap();
+    let body = slurm.render(&[&step], &by_id, &[], &sbatch).unwrap();
+    let script = d.join("s.sbatch");
+    std::fs::write(&script, &body).unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .current_dir(d)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{body}");
+    let log = std::fs::read_to_string(&step.log).unwrap();
+    assert!(log.ends_with("$(touch P4)|it's `x`|"), "{log}");
+    for p in ["P1", "P2", "P3", "P4", "P5", "P6"] {
+        assert!(
+            !d.join(p).exists() && !run.join(p).exists(),
+            "{p} created:\n{body}"
+        );
+    }
+    // Every comment line is one line: nothing of a value leaks out of it.
+    for line in body.lines().take(3) {
+        assert!(line.starts_with('#'), "{line}");
+    }
+
+    let bad = d.join("run\ntouch P7\n#");
+    let e = Slurm::new(SlurmConfig::default(), &bad).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("control character") && msg.contains("\\n"),
+        "{msg}"
+    );
+    assert!(check_script_path(&bad).is_err() && check_script_path(&run).is_ok());
+    assert_eq!(super::script::comment("a\nb\r\u{1b}c"), "a\\nb\\r\\u{1b}c");
 }

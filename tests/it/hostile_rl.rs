@@ -67,7 +67,11 @@ fn a_run_folder_with_a_line_break_never_reaches_a_batch_script() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(left, [std::ffi::OsString::from("tiny.toml")], "written: {left:?}");
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("tiny.toml")],
+        "written: {left:?}"
+    );
 }
 
 fn spawn(cmd: &mut Command) -> Child {
@@ -93,7 +97,12 @@ fn finish(mut child: Child) -> (Option<i32>, String) {
         if let Some(st) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (st.code(), err);
         }
         if t0.elapsed() > LIMIT {
@@ -108,7 +117,11 @@ fn metrics_steps(run: &Path) -> Vec<u64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -121,17 +134,37 @@ fn a_second_process_on_a_run_folder_is_told_who_holds_it() {
     let d = tmp.path();
     let first = spawn(warp(
         &[
-            "rl", "-o", "R", "--steps", "12", "--save-every", "1", "--batch", "4", "-n", "2",
-            "--threads", "1", "--device", "cpu", "-q",
+            "rl",
+            "-o",
+            "R",
+            "--steps",
+            "12",
+            "--save-every",
+            "1",
+            "--batch",
+            "4",
+            "-n",
+            "2",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "-q",
         ],
         d,
     ));
-    wait_for(&d.join("R/step-000002/trainer/state.json"), "first checkpoint");
+    wait_for(
+        &d.join("R/step-000002/trainer/state.json"),
+        "first checkpoint",
+    );
     let r = bounded(warp(&["rl", "--resume", "R", "-q"], d), LIMIT);
     assert_clear(&r, 1, &["R", "in use by", &format!("pid {}", first.id())]);
     // A second new run into the same folder is refused too.
     let r = bounded(
-        warp(&["rl", "-o", "R", "--steps", "1", "--device", "cpu", "-q"], d),
+        warp(
+            &["rl", "-o", "R", "--steps", "1", "--device", "cpu", "-q"],
+            d,
+        ),
         LIMIT,
     );
     assert_ne!(r.code, Some(0));
@@ -156,7 +189,10 @@ fn a_second_warp_run_on_its_folder_is_refused() {
     )
     .unwrap();
     let first = spawn(warp(&["run", s(&cfg), "-o", "OUT", "-q"], d));
-    wait_for(&d.join("OUT/iter-1/run-1/step-000001/trainer/state.json"), "a checkpoint");
+    wait_for(
+        &d.join("OUT/iter-1/run-1/step-000001/trainer/state.json"),
+        "a checkpoint",
+    );
     let plan = std::fs::read(d.join("OUT/plan.json")).unwrap();
     let r = bounded(warp(&["run", "OUT", "-q"], d), LIMIT);
     assert_clear(&r, 1, &["OUT", "in use by", &format!("pid {}", first.id())]);
@@ -182,12 +218,33 @@ fn a_chat_template_that_never_ends_is_stopped() {
     let d = tmp.path();
     for (name, template) in [
         ("spin", SPIN.to_string()),
-        ("grow", SPIN.replace("{% endfor %}{% endfor %}{% endfor %}", "{{ 'xxxxxxxxxxxxxxxx' * 64 }}{% endfor %}{% endfor %}{% endfor %}")),
+        (
+            "grow",
+            SPIN.replace(
+                "{% endfor %}{% endfor %}{% endfor %}",
+                "{{ 'xxxxxxxxxxxxxxxx' * 64 }}{% endfor %}{% endfor %}{% endfor %}",
+            ),
+        ),
     ] {
         let m = model_copy(d, name);
-        set_json_key(&m.join("tokenizer_config.json"), "chat_template", template.into());
+        set_json_key(
+            &m.join("tokenizer_config.json"),
+            "chat_template",
+            template.into(),
+        );
         let r = bounded(
-            warp(&["generate", s(&m), "--prompt", "x", "--chat", "--device", "cpu"], d),
+            warp(
+                &[
+                    "generate",
+                    s(&m),
+                    "--prompt",
+                    "x",
+                    "--chat",
+                    "--device",
+                    "cpu",
+                ],
+                d,
+            ),
             LIMIT,
         );
         assert_clear(&r, 1, &["tokenizer_config.json", "chat_template", "limit"]);
@@ -206,9 +263,21 @@ fn ctrl_c_stops_a_chat_template() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let m = model_copy(d, "spin");
-    set_json_key(&m.join("tokenizer_config.json"), "chat_template", SPIN.into());
+    set_json_key(
+        &m.join("tokenizer_config.json"),
+        "chat_template",
+        SPIN.into(),
+    );
     let child = spawn(&mut warp(
-        &["generate", s(&m), "--prompt", "x", "--chat", "--device", "cpu"],
+        &[
+            "generate",
+            s(&m),
+            "--prompt",
+            "x",
+            "--chat",
+            "--device",
+            "cpu",
+        ],
         d,
     ));
     // Once it is busy (past startup), as a terminal's Ctrl-C would.
@@ -254,7 +323,11 @@ fn config_json_sizes_are_bounded_before_any_allocation() {
             LIMIT,
         );
         assert_clear(&r, 1, &["config.json", "num_hidden_layers", want]);
-        assert!(r.max_rss < 1 << 30, "{name}: peak RSS {} MiB", r.max_rss >> 20);
+        assert!(
+            r.max_rss < 1 << 30,
+            "{name}: peak RSS {} MiB",
+            r.max_rss >> 20
+        );
     }
 }
 
@@ -265,10 +338,25 @@ fn a_huge_prompt_line_is_refused_early() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let line = format!("{{\"prompt\": \"{}\"}}\n", "7".repeat(10 << 20));
-    std::fs::write(d.join("p.jsonl"), format!("{{\"prompt\": \"1+1=\"}}\n{line}")).unwrap();
+    std::fs::write(
+        d.join("p.jsonl"),
+        format!("{{\"prompt\": \"1+1=\"}}\n{line}"),
+    )
+    .unwrap();
     let r = bounded(
         warp(
-            &["rl", "-o", "R", "--prompts", "p.jsonl", "--steps", "1", "--device", "cpu", "-q"],
+            &[
+                "rl",
+                "-o",
+                "R",
+                "--prompts",
+                "p.jsonl",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+                "-q",
+            ],
             d,
         ),
         LIMIT,
@@ -299,8 +387,24 @@ fn a_reward_programs_setsid_grandchild_dies_with_it() {
     let r = bounded(
         warp(
             &[
-                "rl", "-o", "R", "--reward", &reward, "--reward-timeout", "1", "--steps", "1",
-                "--batch", "2", "-n", "2", "--threads", "1", "--device", "cpu", "-q",
+                "rl",
+                "-o",
+                "R",
+                "--reward",
+                &reward,
+                "--reward-timeout",
+                "1",
+                "--steps",
+                "1",
+                "--batch",
+                "2",
+                "-n",
+                "2",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "-q",
             ],
             d,
         ),
@@ -316,11 +420,16 @@ fn a_reward_programs_setsid_grandchild_dies_with_it() {
     let t0 = Instant::now();
     loop {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let st = state.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next());
+        let st = state
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next());
         if state.is_empty() || st == Some(Some('Z')) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "grandchild {pid} lives: {state}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "grandchild {pid} lives: {state}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

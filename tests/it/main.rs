@@ -6,11 +6,11 @@ mod common;
 mod hub_server;
 
 pub mod cli;
+mod hostile;
 mod hub_cli;
 mod hub_merge;
 mod hub_parts;
 mod hub_push;
-mod hostile;
 mod hub_python;
 mod io_errors;
 mod merge_reference;

@@ -249,6 +249,13 @@ impl ChatTemplate {
         })
     }
 
+    /// A smaller work budget (tests: many renderings that each hit it).
+    #[cfg(test)]
+    fn with_fuel(mut self, fuel: u64) -> ChatTemplate {
+        self.env.set_fuel(Some(fuel));
+        self
+    }
+
     /// Where the template came from.
     pub fn source(&self) -> &TemplateSource {
         &self.source
@@ -786,6 +793,102 @@ fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compiled(src: &str) -> Result<ChatTemplate> {
+        let source = TemplateSource {
+            name: "default".into(),
+            path: PathBuf::from("tokenizer_config.json"),
+            field: "chat_template".into(),
+            source: src.into(),
+        };
+        ChatTemplate::new(source, &[("bos_token".into(), "<s>".into())])
+    }
+
+    fn user(text: &str) -> Vec<Message> {
+        let mut m = Message::new();
+        m.insert("role".into(), "user".into());
+        m.insert("content".into(), text.into());
+        vec![m]
+    }
+
+    /// The issue's template (three nested `range(100000)` loops) ends with the work limit's
+    /// error at the full budget, and with output in the loops the output limit holds.
+    #[test]
+    fn endless_templates_end_with_a_clear_error() {
+        let spin = "{% for a in range(100000) %}{% for b in range(100000) %}\
+                    {% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}";
+        let e = compiled(spin)
+            .unwrap()
+            .render(&user("x"), true)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("tokenizer_config.json") && msg.contains("limit"),
+            "{msg}"
+        );
+        let grow = "{% for a in range(100000) %}{% for b in range(100000) %}\
+                    {{ 'x' * 100000 }}{% endfor %}{% endfor %}";
+        let msg = compiled(grow)
+            .unwrap()
+            .render(&user("x"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("limit"), "{msg}");
+        // A real template is far below the limits.
+        let ok = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}";
+        assert_eq!(
+            compiled(ok).unwrap().render(&user("hi"), false).unwrap(),
+            "<s><user>hi"
+        );
+    }
+
+    const FRAGMENTS: &[&str] = &[
+        "{% for i in range(100000) %}",
+        "{% for i in range(7) %}",
+        "{% for i in range(-3, 1000000) %}",
+        "{% for m in messages %}",
+        "{% endfor %}",
+        "{% if loop is defined and loop.index is even %}",
+        "{% if true %}",
+        "{% endif %}",
+        "{% set s = 'ab' %}",
+        "{% set s = s ~ s ~ s %}",
+        "{{ s }}",
+        "{{ 'xy' * 100000 }}",
+        "{{ 'z' * 9999999999999 }}",
+        "{{ messages[0].content * 1000 }}",
+        "{{ range(100000)|list|length }}",
+        "{{ range(100000)|sort|reverse|join(',') }}",
+        "{{ messages|tojson }}",
+        "{{ raise_exception('no') }}",
+        "{{ bos_token }}",
+        "{%",
+        "}}",
+        "text",
+        "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Random templates (loops, growth, recursion, broken syntax) never panic and never
+        /// run past the limits: each ends with its text or a clear error.
+        #[test]
+        fn random_templates_end_without_panicking(
+            parts in proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..10)
+        ) {
+            let src: String = parts.concat();
+            if let Ok(t) = compiled(&src) {
+                let t = t.with_fuel(200_000);
+                match t.render(&user("hello"), true) {
+                    Ok(text) => proptest::prop_assert!(text.len() <= MAX_OUTPUT_BYTES),
+                    Err(e) => proptest::prop_assert!(
+                        e.to_string().contains("tokenizer_config.json"),
+                        "{}", e
+                    ),
+                }
+            }
+        }
+    }
 
     #[test]
     fn python_float_repr() {

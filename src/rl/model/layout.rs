@@ -64,7 +64,10 @@ impl ModelConfig {
             ));
         }
         if let Some(e) = ck.get("model.embed_tokens.weight") {
-            for (key, v, axis) in [("vocab_size", self.vocab_size, 0), ("hidden_size", self.hidden_size, 1)] {
+            for (key, v, axis) in [
+                ("vocab_size", self.vocab_size, 0),
+                ("hidden_size", self.hidden_size, 1),
+            ] {
                 let have = e.shape.get(axis).copied().unwrap_or(0);
                 if v > have {
                     return Err(bad(
