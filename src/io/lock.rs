@@ -139,14 +139,15 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             again = RunLock::acquire(&dir);
         }
-        let again = again.unwrap();
-        again.abandon();
+        // The folder existed when this lock was taken: it stays.
+        again.unwrap().abandon();
+        assert!(dir.join(RUN_LOCK_FILE).is_file());
+        let fresh = tmp.path().join("fresh");
+        RunLock::acquire(&fresh).unwrap().abandon();
         assert!(
-            !dir.exists(),
+            !fresh.exists(),
             "a folder made only for the lock is removed again"
         );
-        std::fs::create_dir(&dir).unwrap();
-        RunLock::acquire(&dir).unwrap().abandon();
         assert!(dir.exists(), "a folder that existed before stays");
     }
 }
