@@ -201,8 +201,14 @@ impl CmdReward {
                 format!("program '{program}' not found (neither a file nor on PATH)"),
             ));
         }
-        if timeout.is_zero() {
-            return Err(Error::setting("reward_timeout", "must be positive"));
+        if timeout.is_zero() || timeout.as_secs_f64() > crate::limits::MAX_SECONDS {
+            return Err(Error::setting(
+                "reward_timeout",
+                format!(
+                    "must be positive and at most {} s (a week)",
+                    crate::limits::MAX_SECONDS
+                ),
+            ));
         }
         Ok(CmdReward {
             name,
