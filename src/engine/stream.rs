@@ -203,7 +203,7 @@ fn tensor_gram(
     let mut partial = Vec::new();
     let step = cx.plan.chunk_elems as u64 * es;
     for range in chunks(ins.nbytes(), es as usize, step) {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         ins.prefetch_next(&range, step);
         let slices = ins.slices(&range);
         partial.clear();
@@ -312,7 +312,7 @@ fn combine_tensor(
     let (es, oes) = (t.dtype.size() as u64, t.out_dtype.size() as u64);
     let step = cx.plan.chunk_elems as u64 * es;
     for range in chunks(ins.nbytes(), es as usize, step) {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         // In the combine pass of a kept tensor the pages are already resident.
         if !keep {
             ins.prefetch_next(&range, step);

@@ -39,9 +39,9 @@ pub fn resolve_checkpoint(
         }
     }
     let id = HubId::parse(spec).ok_or_else(|| {
-        Error::Usage(format!(
+        Error::from(HubError::invalid_id(format!(
             "'{spec}' is neither an existing path nor a hub id (org/name or org/name@revision)"
-        ))
+        )))
     })?;
     if opts.offline {
         offline_snapshot(&id, opts)

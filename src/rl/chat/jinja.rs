@@ -167,7 +167,7 @@ const STOPPED: &str = "warp stopped the template: ";
 
 /// Errors when the rendering on this thread ran past its time limit or was cancelled.
 fn check_limits() -> std::result::Result<(), minijinja::Error> {
-    if crate::cancel::requested() {
+    if crate::interrupt::requested() {
         return Err(minijinja::Error::new(
             ErrorKind::InvalidOperation,
             format!("{STOPPED}interrupted"),
@@ -297,7 +297,7 @@ impl ChatTemplate {
             .map(|_| ());
         DEADLINE.set(None);
         if let Err(e) = r {
-            if crate::cancel::requested() {
+            if crate::interrupt::requested() {
                 return Err(Error::Interrupted);
             }
             if out.over {
