@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use fields::{FieldResult, Fields};
 pub use rope::{Rope, RopeScaling};
 

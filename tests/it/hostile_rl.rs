@@ -74,7 +74,7 @@ fn a_run_folder_with_a_line_break_never_reaches_a_batch_script() {
     );
 }
 
-fn spawn(cmd: &mut Command) -> Child {
+fn spawn(mut cmd: Command) -> Child {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -268,7 +268,7 @@ fn ctrl_c_stops_a_chat_template() {
         "chat_template",
         SPIN.into(),
     );
-    let child = spawn(&mut warp(
+    let child = spawn(warp(
         &[
             "generate",
             s(&m),
