@@ -80,7 +80,6 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// The number of parameters of the decoder (and `head`).
 }
 
 fn spec(name: &str, shape: &[i64]) -> ParamSpec {
