@@ -79,7 +79,6 @@ impl ModelConfig {
         }
         Ok(())
     }
-
 }
 
 fn spec(name: &str, shape: &[i64]) -> ParamSpec {
