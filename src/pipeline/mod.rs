@@ -163,45 +163,7 @@ impl PipelineConfig {
                 ),
             );
         }
-        use crate::limits::{MAX_ITERATIONS, MAX_PLAN_STEPS, MAX_RUNS};
-        if self.iterations > MAX_ITERATIONS {
-            return bad(
-                "iterations",
-                format!("must be at most {MAX_ITERATIONS}, got {}", self.iterations),
-            );
-        }
-        if self.runs > MAX_RUNS {
-            return bad(
-                "runs",
-                format!("must be at most {MAX_RUNS}, got {}", self.runs),
-            );
-        }
-        // Each iteration: 2·M RL runs at most (with the init-anchored ones), the merges, the
-        // fronts and evaluations of every η.
-        let per_iteration = 2 * u64::from(self.runs) + 2 * self.etas.len() as u64 + 8;
-        let planned = u64::from(self.iterations).saturating_mul(per_iteration);
-        if planned > MAX_PLAN_STEPS {
-            return bad(
-                "iterations",
-                format!(
-                    "{} iterations of {} runs and {} η values make about {planned} steps, more \
-                     than the limit of {MAX_PLAN_STEPS}",
-                    self.iterations,
-                    self.runs,
-                    self.etas.len()
-                ),
-            );
-        }
-        if !(self.mu > 0.0 && self.mu <= 1.0) {
-            return bad("mu", format!("must be in (0, 1], got {}", self.mu));
-        }
-        if !(self.beta.is_finite() && self.beta >= 0.0) {
-            return bad(
-                "beta",
-                format!("must be a finite number ≥ 0, got {}", self.beta),
-            );
-        }
-        self.check_output_outside_inputs()?;
+        self.check_sizes_and_rates()?;
         if self.etas.is_empty() || self.etas.iter().any(|e| !e.is_finite()) {
             return bad("etas", "must be a non-empty list of numbers".into());
         }
@@ -250,6 +212,51 @@ impl PipelineConfig {
                 format!("unknown launcher '{other}' (local or slurm)"),
             ),
         }
+    }
+
+    /// The plan-size limits (src/limits.rs), `mu` and `beta`, and the output folder's place:
+    /// checked before anything is written.
+    fn check_sizes_and_rates(&self) -> Result<()> {
+        let bad = |field: &str, m: String| Err(Error::setting(field, m));
+        use crate::limits::{MAX_ITERATIONS, MAX_PLAN_STEPS, MAX_RUNS};
+        if self.iterations > MAX_ITERATIONS {
+            return bad(
+                "iterations",
+                format!("must be at most {MAX_ITERATIONS}, got {}", self.iterations),
+            );
+        }
+        if self.runs > MAX_RUNS {
+            return bad(
+                "runs",
+                format!("must be at most {MAX_RUNS}, got {}", self.runs),
+            );
+        }
+        // Each iteration: 2·M RL runs at most (with the init-anchored ones), the merges, the
+        // fronts and evaluations of every η.
+        let per_iteration = 2 * u64::from(self.runs) + 2 * self.etas.len() as u64 + 8;
+        let planned = u64::from(self.iterations).saturating_mul(per_iteration);
+        if planned > MAX_PLAN_STEPS {
+            return bad(
+                "iterations",
+                format!(
+                    "{} iterations of {} runs and {} η values make about {planned} steps, more \
+                     than the limit of {MAX_PLAN_STEPS}",
+                    self.iterations,
+                    self.runs,
+                    self.etas.len()
+                ),
+            );
+        }
+        if !(self.mu > 0.0 && self.mu <= 1.0) {
+            return bad("mu", format!("must be in (0, 1], got {}", self.mu));
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return bad(
+                "beta",
+                format!("must be a finite number ≥ 0, got {}", self.beta),
+            );
+        }
+        self.check_output_outside_inputs()
     }
 
     /// The output folder may be neither an input nor inside one (the model folder, the prompt

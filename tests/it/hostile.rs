@@ -23,6 +23,8 @@ pub struct Bounded {
 
 /// Runs `cmd` to its end, killing it (and failing the test) if it is not done within `limit`:
 /// a hang is a test failure, not a stuck suite. Also reports the child's peak RSS.
+// The child is reaped by wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 pub fn bounded(mut cmd: Command, limit: Duration) -> Bounded {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -310,7 +312,13 @@ fn messages_say_what_happened() {
     let r = bounded(warp(&["inspect", "m"], d), LIMIT);
     assert_clear(&r, 1, &["model.safetensors", "symbolic links"]);
     assert!(!r.stderr.contains("neither"), "{}", r.stderr);
+}
 
+/// Item 10, continued: sizes, the reclaim log, the mismatch message.
+#[test]
+fn more_messages_say_what_happened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
     // The largest size is a size; one more is too large, and says so truthfully.
     f32_file(
         &d.join("a.safetensors"),
