@@ -1,4 +1,6 @@
-//! Build script. Without the `rl` feature it does nothing.
+//! Build script. The alias programs (bin/warp-*.rs: each runs the `warp` beside it) are linked
+//! without debug info: std's line tables alone would make each about 4 MB, and the debug info
+//! that matters is kept once, in `warp`.
 //!
 //! With `rl`, tch links libtorch dynamically from the torch Python package (see
 //! scripts/setup-torch.sh). So that the binaries and tests run without LD_LIBRARY_PATH, this puts
@@ -9,9 +11,22 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The alias programs; `rl` and `sft` exist with the `rl` feature only.
+const ALIASES: [&str; 7] = [
+    "inspect", "convert", "fixture", "ema", "liti", "lerp", "slerp",
+];
+const RL_ALIASES: [&str; 2] = ["rl", "sft"];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if env::var_os("CARGO_FEATURE_RL").is_none() {
+    let rl = env::var_os("CARGO_FEATURE_RL").is_some();
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        let rl_names = if rl { &RL_ALIASES[..] } else { &[] };
+        for name in ALIASES.iter().chain(rl_names) {
+            println!("cargo:rustc-link-arg-bin=warp-{name}=-Wl,--strip-debug");
+        }
+    }
+    if !rl {
         return;
     }
     for var in [

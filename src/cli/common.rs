@@ -184,7 +184,7 @@ fn check_parent(flag: &str, path: &Path) -> Result<()> {
 }
 
 /// Opens the inputs (local paths, `builtin:…` files, hub ids), their warnings on stderr.
-fn open_inputs(
+pub(crate) fn open_inputs(
     inputs: Vec<(String, &str)>,
     progress: &Progress,
 ) -> Result<Vec<crate::engine::Input>> {

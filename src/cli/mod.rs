@@ -27,6 +27,7 @@ mod hub_args;
 mod inspect;
 mod lerp;
 mod liti;
+mod merge;
 mod plot;
 mod progress;
 mod push;
@@ -65,6 +66,7 @@ pub enum Command {
     Liti(liti::Args),
     Lerp(lerp::Args),
     Ema(ema::Args),
+    Merge(merge::Args),
     Convert(convert::Args),
     Inspect(inspect::Args),
     Fixture(fixture::Args),
@@ -191,6 +193,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Liti(a) => liti::run(a, ctx),
         Command::Lerp(a) => lerp::run(a, ctx),
         Command::Ema(a) => ema::run(a, ctx),
+        Command::Merge(a) => merge::run_cmd(a, ctx),
         Command::Convert(a) => convert::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Fixture(a) => fixture::run(a, ctx),

@@ -21,6 +21,23 @@ pub fn upper_len(m: usize) -> usize {
     m * (m + 1) / 2
 }
 
+/// The dtype of input `i` given the inputs' dtypes as the kernels take them: one per input, or
+/// a single one shared by all (inputs may mix float dtypes: every kernel computes in f32).
+pub fn dtype_of(dtypes: &[DType], i: usize) -> DType {
+    if dtypes.len() == 1 {
+        dtypes[0]
+    } else {
+        dtypes[i]
+    }
+}
+
+/// Whether every input has the same dtype (then it is that one).
+pub fn uniform(dtypes: &[DType]) -> Option<DType> {
+    let first = *dtypes.first()?;
+    dtypes.iter().all(|&d| d == first).then_some(first)
+}
+
+/// The kernel seam. `dtypes`/`in_dtypes` give the inputs' dtypes (see [`dtype_of`]).
 pub trait Backend: Send + Sync {
     fn name(&self) -> String;
 
@@ -28,7 +45,8 @@ pub trait Backend: Send + Sync {
     /// block of [`GRAM_BLOCK`] elements in order, the upper triangle (i ≤ j, row-major) of
     /// Σ δi·δj accumulated in f64. Appends `blocks × upper_len(N−1)` values to `out`.
     /// Reports the first non-finite input value instead, when one exists.
-    fn gram(&self, dtype: DType, inputs: &[&[u8]], out: &mut Vec<f64>) -> Result<(), NonFinite>;
+    fn gram(&self, dtypes: &[DType], inputs: &[&[u8]], out: &mut Vec<f64>)
+        -> Result<(), NonFinite>;
 
     /// out_k = Σ_n coeffs[k][n] · x_n for every element, computed in f32 (terms added in input
     /// order, the first non-zero term initialising the sum), encoded as `out_dtype` with
@@ -36,7 +54,7 @@ pub trait Backend: Send + Sync {
     /// the first non-finite input value.
     fn combine(
         &self,
-        in_dtype: DType,
+        in_dtypes: &[DType],
         inputs: &[&[u8]],
         coeffs: &[Vec<f32>],
         out_dtype: DType,

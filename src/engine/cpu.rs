@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::backend::{upper_len, Backend, NonFinite, GRAM_BLOCK};
+use super::backend::{dtype_of, upper_len, Backend, NonFinite, GRAM_BLOCK};
 use crate::io::dtype::{decode_f32, encode_f32};
 use crate::io::DType;
 
@@ -47,12 +47,17 @@ impl Backend for Cpu {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn gram(&self, dtype: DType, inputs: &[&[u8]], out: &mut Vec<f64>) -> Result<(), NonFinite> {
+    fn gram(
+        &self,
+        dtypes: &[DType],
+        inputs: &[&[u8]],
+        out: &mut Vec<f64>,
+    ) -> Result<(), NonFinite> {
         let n = inputs.len();
         let m = n - 1;
         let p = upper_len(m);
-        let es = dtype.size();
-        let elems = inputs[0].len() / es;
+        let dt = |i: usize| dtype_of(dtypes, i);
+        let elems = inputs[0].len() / dt(0).size();
         let blocks = elems.div_ceil(GRAM_BLOCK);
         let start = out.len();
         out.resize(start + blocks * p, 0.0);
@@ -70,8 +75,11 @@ impl Backend for Cpu {
                 |(x0, x, d), (b, acc)| {
                     let lo = b * GRAM_BLOCK;
                     let len = GRAM_BLOCK.min(elems - lo);
-                    let bytes = |i: usize| &inputs[i][lo * es..(lo + len) * es];
-                    decode_f32(dtype, bytes(0), &mut x0[..len]);
+                    let bytes = |i: usize| {
+                        let es = dt(i).size();
+                        &inputs[i][lo * es..(lo + len) * es]
+                    };
+                    decode_f32(dt(0), bytes(0), &mut x0[..len]);
                     if let Some(i) = first_nonfinite(&x0[..len]) {
                         return Err(NonFinite {
                             input: 0,
@@ -79,7 +87,7 @@ impl Backend for Cpu {
                         });
                     }
                     for (j, dj) in d.iter_mut().enumerate() {
-                        decode_f32(dtype, bytes(j + 1), &mut x[..len]);
+                        decode_f32(dt(j + 1), bytes(j + 1), &mut x[..len]);
                         if let Some(i) = first_nonfinite(&x[..len]) {
                             return Err(NonFinite {
                                 input: j + 1,
@@ -104,7 +112,7 @@ impl Backend for Cpu {
 
     fn combine(
         &self,
-        in_dtype: DType,
+        in_dtypes: &[DType],
         inputs: &[&[u8]],
         coeffs: &[Vec<f32>],
         out_dtype: DType,
@@ -112,8 +120,9 @@ impl Backend for Cpu {
         check_finite: bool,
     ) -> Result<(), NonFinite> {
         let n = inputs.len();
-        let (ies, oes) = (in_dtype.size(), out_dtype.size());
-        let elems = inputs[0].len() / ies;
+        let dt = |i: usize| dtype_of(in_dtypes, i);
+        let oes = out_dtype.size();
+        let elems = inputs[0].len() / dt(0).size();
         // Transpose the K output buffers into per-block groups of K slices for rayon.
         let mut per_block: Vec<Vec<&mut [u8]>> = Vec::new();
         for out in outs.iter_mut() {
@@ -133,8 +142,9 @@ impl Backend for Cpu {
                 let len = GRAM_BLOCK.min(elems - lo);
                 for i in 0..n {
                     if used[i] || check_finite {
+                        let ies = dt(i).size();
                         decode_f32(
-                            in_dtype,
+                            dt(i),
                             &inputs[i][lo * ies..(lo + len) * ies],
                             &mut xs[i][..len],
                         );

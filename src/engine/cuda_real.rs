@@ -33,9 +33,10 @@ use cudarc::driver::{
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 use rayon::prelude::*;
 
-use super::backend::{upper_len, Backend, NonFinite, GRAM_BLOCK};
+use super::backend::{dtype_of, uniform, upper_len, Backend, NonFinite, GRAM_BLOCK};
 use super::cpu::Cpu;
 use crate::error::{Error, Result};
+use crate::io::dtype::{decode_f32, encode_f32};
 use crate::io::DType;
 
 /// The CUDA C source of the kernels (compiled at run time).
@@ -433,6 +434,24 @@ fn par_copy(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// Stages `src` (elements of `dtype`) as f32 into `dst`: inputs of mixed dtypes are converted on
+/// load, so the kernels see one dtype (bf16, f16 → f32 is exact; f64 rounds as the CPU's
+/// decoding does, so results stay identical to the CPU backend's).
+fn par_convert_f32(dtype: DType, dst: &mut [u8], src: &[u8]) {
+    const PIECE: usize = 1 << 16;
+    let es = dtype.size();
+    dst.par_chunks_mut(PIECE * 4)
+        .zip(src.par_chunks(PIECE * es))
+        .for_each_init(
+            || vec![0f32; PIECE],
+            |tmp, (d, s)| {
+                let n = d.len() / 4;
+                decode_f32(dtype, s, &mut tmp[..n]);
+                encode_f32(DType::F32, &tmp[..n], d);
+            },
+        );
+}
+
 /// The non-finite value a kernel key names (`bad_key` in kernels.cu: block, then input, then
 /// element), for `n` inputs.
 #[doc(hidden)]
@@ -479,17 +498,18 @@ impl Inner {
         self.ctx.bind_to_thread().ctx("cuCtxSetCurrent")
     }
 
-    /// Runs `inputs` (all `elems` long, `in_dtype`) through the pipeline; returns the smallest
-    /// non-finite key the kernels met. Sub-chunk s is staged while s−1 is computed and copied
-    /// out (see the module docs).
+    /// Runs `inputs` (all `elems` long, of `in_dtypes`: see [`dtype_of`]) through the pipeline;
+    /// returns the smallest non-finite key the kernels met. Sub-chunk s is staged while s−1 is
+    /// computed and copied out (see the module docs). Inputs of mixed dtypes are staged as f32.
     fn pipeline(
         &mut self,
-        in_dtype: DType,
+        in_dtypes: &[DType],
         inputs: &[&[u8]],
         elems: usize,
         dest: &mut Dest,
         coeffs: (sys::CUdeviceptr, usize),
     ) -> DevResult<Option<u64>> {
+        let in_dtype = uniform(in_dtypes).unwrap_or(DType::F32);
         let layout = self.buffers(in_dtype, inputs.len(), elems, dest)?;
         let mut bad = None;
         let sub = self.sub;
@@ -498,7 +518,7 @@ impl Inner {
             let si = s % SLOTS;
             self.finish(si, dest, layout.out_stride, &mut bad)?;
             let (lo, len) = (s * sub, sub.min(elems - s * sub));
-            self.stage(si, inputs, lo, len, layout);
+            self.stage(si, (inputs, in_dtypes), lo, len, layout);
             // SAFETY: the slot is idle (finished above) and its buffers hold `len` elements.
             unsafe { self.launch(si, inputs.len(), lo, len, layout, in_dtype, dest, coeffs)? };
             self.slots[si].pending = Some((lo, len));
@@ -545,13 +565,27 @@ impl Inner {
     }
 
     /// Copies elements `lo..lo+len` of every input into slot `si`'s pinned buffer (which also
-    /// faults mapped file pages in, in parallel). The slot must be idle.
-    fn stage(&mut self, si: usize, inputs: &[&[u8]], lo: usize, len: usize, l: Layout) {
+    /// faults mapped file pages in, in parallel), converting to f32 an input whose dtype is not
+    /// the layout's. The slot must be idle.
+    fn stage(
+        &mut self,
+        si: usize,
+        (inputs, dtypes): (&[&[u8]], &[DType]),
+        lo: usize,
+        len: usize,
+        l: Layout,
+    ) {
         let slot = &mut self.slots[si];
         for (j, x) in inputs.iter().enumerate() {
             // SAFETY: the slot is idle: no device operation uses its buffers.
             let dst = unsafe { slot.pin_in.slice_mut(j * l.in_stride, len * l.ies) };
-            par_copy(dst, &x[lo * l.ies..(lo + len) * l.ies]);
+            let dt = dtype_of(dtypes, j);
+            let es = dt.size();
+            if es == l.ies {
+                par_copy(dst, &x[lo * es..(lo + len) * es]);
+            } else {
+                par_convert_f32(dt, dst, &x[lo * es..(lo + len) * es]);
+            }
         }
     }
 
@@ -741,13 +775,13 @@ impl Inner {
 
     fn gram(
         &mut self,
-        dtype: DType,
+        dtypes: &[DType],
         inputs: &[&[u8]],
         out: &mut Vec<f64>,
     ) -> DevResult<std::result::Result<(), NonFinite>> {
         let n = inputs.len();
         let pairs = upper_len(n.saturating_sub(1));
-        let elems = inputs[0].len() / dtype.size();
+        let elems = inputs[0].len() / dtype_of(dtypes, 0).size();
         let start = out.len();
         out.resize(start + elems.div_ceil(GRAM_BLOCK) * pairs, 0.0);
         if pairs == 0 || elems == 0 {
@@ -758,7 +792,7 @@ impl Inner {
             out: &mut out[start..],
             pairs,
         };
-        let bad = self.pipeline(dtype, inputs, elems, &mut dest, (0, 0))?;
+        let bad = self.pipeline(dtypes, inputs, elems, &mut dest, (0, 0))?;
         Ok(match bad {
             Some(key) => Err(decode_key(key, n)),
             None => Ok(()),
@@ -767,7 +801,7 @@ impl Inner {
 
     fn combine(
         &mut self,
-        in_dtype: DType,
+        in_dtypes: &[DType],
         inputs: &[&[u8]],
         coeffs: &[Vec<f32>],
         out_dtype: DType,
@@ -775,7 +809,7 @@ impl Inner {
         check_finite: bool,
     ) -> DevResult<std::result::Result<(), NonFinite>> {
         let n = inputs.len();
-        let elems = inputs[0].len() / in_dtype.size();
+        let elems = inputs[0].len() / dtype_of(in_dtypes, 0).size();
         if elems == 0 || (coeffs.is_empty() && !check_finite) {
             return Ok(Ok(()));
         }
@@ -786,6 +820,7 @@ impl Inner {
             .filter(|&i| check_finite || coeffs.iter().any(|r| r[i] != 0.0))
             .collect();
         let dev_inputs: Vec<&[u8]> = used.iter().map(|&i| inputs[i]).collect();
+        let dev_dtypes: Vec<DType> = used.iter().map(|&i| dtype_of(in_dtypes, i)).collect();
         let flat: Vec<f32> = coeffs
             .iter()
             .flat_map(|r| used.iter().map(move |&i| r[i]))
@@ -804,7 +839,7 @@ impl Inner {
             check_finite,
         };
         let bad = self.pipeline(
-            in_dtype,
+            &dev_dtypes,
             &dev_inputs,
             elems,
             &mut dest,
@@ -1024,18 +1059,23 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn gram(&self, dtype: DType, inputs: &[&[u8]], out: &mut Vec<f64>) -> Result<(), NonFinite> {
+    fn gram(
+        &self,
+        dtypes: &[DType],
+        inputs: &[&[u8]],
+        out: &mut Vec<f64>,
+    ) -> Result<(), NonFinite> {
         let start = out.len();
-        if let Some(r) = self.with_inner(|g| g.gram(dtype, inputs, out)) {
+        if let Some(r) = self.with_inner(|g| g.gram(dtypes, inputs, out)) {
             return r;
         }
         out.truncate(start);
-        Cpu.gram(dtype, inputs, out)
+        Cpu.gram(dtypes, inputs, out)
     }
 
     fn combine(
         &self,
-        in_dtype: DType,
+        in_dtypes: &[DType],
         inputs: &[&[u8]],
         coeffs: &[Vec<f32>],
         out_dtype: DType,
@@ -1043,10 +1083,10 @@ impl Backend for CudaBackend {
         check_finite: bool,
     ) -> Result<(), NonFinite> {
         if let Some(r) =
-            self.with_inner(|g| g.combine(in_dtype, inputs, coeffs, out_dtype, outs, check_finite))
+            self.with_inner(|g| g.combine(in_dtypes, inputs, coeffs, out_dtype, outs, check_finite))
         {
             return r;
         }
-        Cpu.combine(in_dtype, inputs, coeffs, out_dtype, outs, check_finite)
+        Cpu.combine(in_dtypes, inputs, coeffs, out_dtype, outs, check_finite)
     }
 }

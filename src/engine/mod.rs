@@ -16,6 +16,7 @@ pub mod cpu;
 #[cfg_attr(feature = "cuda", path = "cuda_real.rs")]
 pub mod cuda;
 pub mod plan;
+pub mod recipe;
 mod sink;
 mod stream;
 
@@ -39,7 +40,8 @@ pub struct Input {
 }
 
 /// Everything a merge needs. Input 0 is the init/base model: its tensor order, companion files
-/// and (by default) dtypes define the outputs.
+/// and (by default) dtypes define the outputs. The inputs' float dtypes may differ, tensor by
+/// tensor: every input is decoded to f32, combined in f32, and the result encoded once.
 pub struct MergeJob<'a> {
     pub inputs: &'a [Input],
     pub method: &'a dyn Method,
@@ -52,7 +54,9 @@ pub struct MergeJob<'a> {
     pub allow_nonfinite: bool,
 }
 
-/// Inputs must agree on tensor names, shapes and dtypes. Lists the first mismatches.
+/// Inputs must agree on tensor names and shapes; a tensor may have different float dtypes in
+/// different inputs (the merge computes in f32), but a non-float one must have the same dtype
+/// everywhere (it is copied and must be equal). Lists the first mismatches.
 pub fn check_compatible(inputs: &[Input]) -> Result<()> {
     const SHOW: usize = 10;
     let base = &inputs[0];
@@ -68,10 +72,13 @@ pub fn check_compatible(inputs: &[Input]) -> Result<()> {
                     "{}: tensor '{}' has shape {:?}, but {:?} in {}",
                     other.spec, t.name, o.shape, t.shape, base.spec
                 )),
-                Some(o) if o.dtype != t.dtype => problems.push(format!(
-                    "{}: tensor '{}' is {}, but {} in {}",
-                    other.spec, t.name, o.dtype, t.dtype, base.spec
-                )),
+                Some(o) if o.dtype != t.dtype && !(o.dtype.is_float() && t.dtype.is_float()) => {
+                    problems.push(format!(
+                        "{}: tensor '{}' is {}, but {} in {} (only float tensors may differ in \
+                         dtype: non-float ones are copied and must be equal)",
+                        other.spec, t.name, o.dtype, t.dtype, base.spec
+                    ))
+                }
                 _ => {}
             }
         }

@@ -15,7 +15,10 @@ use crate::merge::{group_key, Grouping};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlannedTensor {
     pub name: String,
+    /// The dtype in the init/base model (input 0).
     pub dtype: DType,
+    /// The dtype in every input, in input order (float dtypes may differ).
+    pub in_dtypes: Vec<DType>,
     pub out_dtype: DType,
     pub shape: Vec<usize>,
     pub numel: u64,
@@ -137,20 +140,30 @@ impl Plan {
         let mut tensors = Vec::with_capacity(base.tensors().len());
         let (mut read, mut write) = (0u64, 0u64);
         let (mut max_in, mut max_out) = (1usize, 1usize);
+        let mut all_bytes = Vec::with_capacity(base.tensors().len());
         for t in base.tensors() {
             let combined = t.dtype.is_float();
             let out_dtype = job.out_dtype.resolve(t.dtype);
             let numel = t.numel();
-            read += t.nbytes * n as u64;
+            // Checked compatible: every input has the tensor.
+            let ins: Vec<_> = job
+                .inputs
+                .iter()
+                .filter_map(|i| i.ckpt.get(&t.name))
+                .collect();
+            let bytes: u64 = ins.iter().map(|i| i.nbytes).sum();
+            all_bytes.push(bytes);
+            read += bytes;
             write += numel * out_dtype.size() as u64 * k as u64;
             if needs_gram && combined && job.method.grouping() != Grouping::Tensor {
-                read += t.nbytes * n as u64;
+                read += bytes;
             }
-            max_in = max_in.max(t.dtype.size());
+            max_in = ins.iter().map(|i| i.dtype.size()).fold(max_in, usize::max);
             max_out = max_out.max(out_dtype.size());
             tensors.push(PlannedTensor {
                 name: t.name.clone(),
                 dtype: t.dtype,
+                in_dtypes: ins.iter().map(|i| i.dtype).collect(),
                 out_dtype,
                 shape: t.shape.clone(),
                 numel,
@@ -166,7 +179,7 @@ impl Plan {
             // Only per-tensor statistics keep a tensor mapped between its two passes (grouped
             // ones make a statistics pass over everything first).
             needs_gram && job.method.grouping() == Grouping::Tensor,
-            base.tensors().iter().map(|t| t.nbytes * n as u64),
+            all_bytes.into_iter(),
         );
         let mut notes = Vec::new();
         if job.budget < mem.floor {
@@ -202,10 +215,12 @@ impl Plan {
             "tensor", "in", "out", "elements", "group"
         );
         for t in &self.tensors {
+            // Inputs of several dtypes show as "mixed" (the JSON plan lists them).
+            let mixed = t.in_dtypes.iter().any(|&d| d != t.dtype);
             s += &format!(
                 "{:<60} {:>6} {:>6} {:>14} {}\n",
                 t.name,
-                t.dtype.name(),
+                if mixed { "mixed" } else { t.dtype.name() },
                 t.out_dtype.name(),
                 t.numel,
                 t.group

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::io::dtype::first_nonfinite_par;
 use crate::io::guard::ReadGuard;
 use crate::io::reader::chunks;
-use crate::io::{Sweep, TensorInfo};
+use crate::io::{DType, Sweep, TensorInfo};
 use crate::merge::{Gram, Grouping};
 use crate::progress::{Reporter, Silent};
 
@@ -95,10 +95,12 @@ fn statistics_pass(cx: &Ctx, stats: &mut Stats) -> Result<()> {
     Ok(())
 }
 
-/// One tensor's slices in every input, read front to back.
+/// One tensor's slices in every input, read front to back. Ranges are in elements: the inputs
+/// may hold the tensor in different (float) dtypes, hence different byte ranges.
 struct TensorInputs<'a> {
     infos: Vec<&'a TensorInfo>,
     sweeps: Vec<Sweep<'a>>,
+    dtypes: Vec<DType>,
     job: &'a MergeJob<'a>,
 }
 
@@ -116,7 +118,13 @@ impl<'a> TensorInputs<'a> {
             infos.push(t);
             sweeps.push(Sweep::new(&i.ckpt, t));
         }
-        Ok(TensorInputs { infos, sweeps, job })
+        let dtypes = infos.iter().map(|t| t.dtype).collect();
+        Ok(TensorInputs {
+            infos,
+            sweeps,
+            dtypes,
+            job,
+        })
     }
 
     /// Data bytes of the tensor, all inputs together.
@@ -124,25 +132,41 @@ impl<'a> TensorInputs<'a> {
         self.infos.iter().map(|t| t.nbytes).sum()
     }
 
-    fn nbytes(&self) -> u64 {
-        self.infos[0].nbytes
+    /// Bytes of the elements `range` over all inputs (what the progress bar counts).
+    fn chunk_bytes(&self, range: &Range<u64>) -> u64 {
+        let elems = range.end - range.start;
+        self.dtypes.iter().map(|d| elems * d.size() as u64).sum()
     }
 
+    fn numel(&self) -> u64 {
+        self.infos[0].numel()
+    }
+
+    /// The elements `range` of every input, as bytes of its dtype.
     fn slices(&self, range: &Range<u64>) -> Vec<&'a [u8]> {
-        self.sweeps.iter().map(|s| s.bytes(range.clone())).collect()
+        self.sweeps
+            .iter()
+            .zip(&self.dtypes)
+            .map(|(s, d)| {
+                let es = d.size() as u64;
+                s.bytes(range.start * es..range.end * es)
+            })
+            .collect()
     }
 
-    /// Starts reading the chunk after `range` in every input, to overlap disk reads with compute.
+    /// Starts reading the `step` elements after `range` in every input, to overlap disk reads
+    /// with compute.
     fn prefetch_next(&mut self, range: &Range<u64>, step: u64) {
-        for s in &mut self.sweeps {
-            s.prefetch(range.end..range.end + step);
+        for (s, d) in self.sweeps.iter_mut().zip(&self.dtypes) {
+            let es = d.size() as u64;
+            s.prefetch(range.end * es..(range.end + step) * es);
         }
     }
 
-    /// Everything before `upto` is processed: its pages may go.
+    /// Every element before `upto` is processed: its pages may go.
     fn done(&mut self, upto: u64) {
-        for s in &mut self.sweeps {
-            s.done(upto);
+        for (s, d) in self.sweeps.iter_mut().zip(&self.dtypes) {
+            s.done(upto * d.size() as u64);
         }
     }
 
@@ -198,21 +222,20 @@ fn tensor_gram(
     let mut ins = TensorInputs::new(cx.job, &t.name)?;
     let m = cx.job.inputs.len() - 1;
     let p = backend::upper_len(m);
-    let es = t.dtype.size() as u64;
     let mut acc = vec![0f64; p];
     let mut partial = Vec::new();
-    let step = cx.plan.chunk_elems as u64 * es;
-    for range in chunks(ins.nbytes(), es as usize, step) {
+    let step = cx.plan.chunk_elems as u64;
+    for range in chunks(ins.numel(), 1, step) {
         crate::interrupt::check()?;
         ins.prefetch_next(&range, step);
         let slices = ins.slices(&range);
         partial.clear();
-        let res = cx.backend.gram(t.dtype, &slices, &mut partial);
+        let res = cx.backend.gram(&ins.dtypes, &slices, &mut partial);
         ins.check_readable(cx.guard)?;
         match res {
             Ok(()) => {}
             Err(nf) if !cx.job.allow_nonfinite => {
-                return Err(nonfinite_input(&ins, &t.name, nf, range.start / es))
+                return Err(nonfinite_input(&ins, &t.name, nf, range.start))
             }
             Err(_) => partial.clear(),
         }
@@ -225,7 +248,7 @@ fn tensor_gram(
         if release {
             ins.done(range.end);
         }
-        reporter.advance((range.end - range.start) * cx.job.inputs.len() as u64);
+        reporter.advance(ins.chunk_bytes(&range));
     }
     ins.check_unchanged()?;
     if release {
@@ -281,12 +304,13 @@ fn coefficient_rows(cx: &Ctx, t: &PlannedTensor, keep: bool, stats: &mut Stats) 
             format!("merge coefficients {row:?} are beyond the f32 range the merge computes in"),
         ));
     }
-    // Rows that are exactly one input in the same dtype are copied bit for bit.
+    // Rows that are exactly one input in the output's dtype are copied bit for bit.
     let copy_of: Vec<Option<usize>> = rows
         .iter()
         .map(|r| {
             let used: Vec<usize> = (0..r.len()).filter(|&i| r[i] != 0.0).collect();
-            (used.len() == 1 && r[used[0]] == 1.0 && t.dtype == t.out_dtype).then(|| used[0])
+            (used.len() == 1 && r[used[0]] == 1.0 && t.in_dtypes[used[0]] == t.out_dtype)
+                .then(|| used[0])
         })
         .collect();
     let compute = (0..rows.len())
@@ -309,15 +333,15 @@ fn combine_tensor(
     keep: bool,
     sinks: &mut [Sink],
 ) -> Result<()> {
-    let (es, oes) = (t.dtype.size() as u64, t.out_dtype.size() as u64);
-    let step = cx.plan.chunk_elems as u64 * es;
-    for range in chunks(ins.nbytes(), es as usize, step) {
+    let oes = t.out_dtype.size() as u64;
+    let step = cx.plan.chunk_elems as u64;
+    for range in chunks(ins.numel(), 1, step) {
         crate::interrupt::check()?;
         // In the combine pass of a kept tensor the pages are already resident.
         if !keep {
             ins.prefetch_next(&range, step);
         }
-        let out_len = ((range.end - range.start) / es * oes) as usize;
+        let out_len = ((range.end - range.start) * oes) as usize;
         let mut bufs: Vec<Vec<u8>> = sinks.iter_mut().map(|s| s.buffer(out_len)).collect();
         let computed = combine_chunk(cx, t, &ins, &range, rows, &mut bufs, out_len);
         // Nothing computed from a chunk that was not read intact is used, errors included.
@@ -327,8 +351,7 @@ fn combine_tensor(
         for (s, b) in sinks.iter_mut().zip(bufs) {
             s.send(b, out_len)?;
         }
-        cx.reporter
-            .advance((range.end - range.start) * cx.job.inputs.len() as u64);
+        cx.reporter.advance(ins.chunk_bytes(&range));
     }
     ins.check_unchanged()?;
     ins.finish();
@@ -346,7 +369,6 @@ fn combine_chunk(
     out_len: usize,
 ) -> Result<()> {
     let job = cx.job;
-    let es = t.dtype.size() as u64;
     let slices = ins.slices(range);
     if !t.combined {
         if let Some(j) = (1..slices.len()).find(|&j| slices[j] != slices[0]) {
@@ -371,12 +393,12 @@ fn combine_chunk(
         // have to be checked.
         if rows.check_inputs {
             for (n, x) in slices.iter().enumerate() {
-                if let Some(i) = first_nonfinite_par(t.dtype, x) {
+                if let Some(i) = first_nonfinite_par(ins.dtypes[n], x) {
                     let nf = NonFinite {
                         input: n,
                         index: i as u64,
                     };
-                    return Err(nonfinite_input(ins, &t.name, nf, range.start / es));
+                    return Err(nonfinite_input(ins, &t.name, nf, range.start));
                 }
             }
         }
@@ -389,14 +411,14 @@ fn combine_chunk(
         .map(|(b, _)| &mut b[..out_len])
         .collect();
     if let Err(nf) = cx.backend.combine(
-        t.dtype,
+        &ins.dtypes,
         &slices,
         &rows.compute,
         t.out_dtype,
         &mut outs,
         rows.check_inputs,
     ) {
-        return Err(nonfinite_input(ins, &t.name, nf, range.start / es));
+        return Err(nonfinite_input(ins, &t.name, nf, range.start));
     }
     if job.allow_nonfinite {
         return Ok(());
@@ -412,7 +434,7 @@ fn combine_chunk(
                     "non-finite value (NaN or Inf) at element {} of the output: the finite \
                      inputs combine to a value beyond {} (the coefficients are too large for \
                      this tensor); written only when allow_nonfinite is set",
-                    range.start / es + i as u64,
+                    range.start + i as u64,
                     t.out_dtype
                 ),
             ));

@@ -67,7 +67,7 @@ pub fn copy_companions_as(
 }
 
 /// torch's name of a float dtype, as configs spell it.
-fn torch_name(d: DType) -> Option<&'static str> {
+pub(crate) fn torch_name(d: DType) -> Option<&'static str> {
     match d {
         DType::BF16 => Some("bfloat16"),
         DType::F16 => Some("float16"),
@@ -79,7 +79,7 @@ fn torch_name(d: DType) -> Option<&'static str> {
 
 /// The config with its float dtype fields set to `d`; None when nothing changes (or it does not
 /// parse).
-fn config_with_dtype(bytes: &[u8], d: DType) -> Option<Vec<u8>> {
+pub(crate) fn config_with_dtype(bytes: &[u8], d: DType) -> Option<Vec<u8>> {
     fn visit(v: &mut serde_json::Value, to: &str, changed: &mut bool) {
         let serde_json::Value::Object(map) = v else {
             return;

@@ -5,10 +5,22 @@
 pub mod convert;
 pub mod ema;
 pub mod gram;
+pub mod karcher;
+pub mod kernel;
 pub mod lerp;
+pub mod linear;
 pub mod liti;
+pub mod model_stock;
+pub mod multislerp;
+pub mod nearswap;
+pub mod nuslerp;
+pub mod passthrough;
+pub mod recipe;
 pub mod report;
+pub mod sce;
 pub mod slerp;
+pub mod slerp_pair;
+pub mod task_arithmetic;
 
 pub use gram::Gram;
 

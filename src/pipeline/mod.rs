@@ -96,7 +96,8 @@ pub struct PipelineConfig {
     pub threads: u32,
     /// Dtype of the merged (SLERP, LITI, LERP) checkpoints: `sft` (the SFT model's, default),
     /// `bf16`, `f16` or `f32`. The RL runs save f32 policies (exact task vectors); the merges
-    /// read those with an f32 copy of their init and round only their outputs to this dtype.
+    /// read those next to their init in its own dtype(s), compute in f32 and round only their
+    /// outputs to this dtype.
     pub merge_dtype: String,
     /// The SFT model's dtype, read from its checkpoint header before planning (not a setting).
     #[serde(skip)]

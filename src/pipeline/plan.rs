@@ -10,7 +10,7 @@ use super::{PipelineConfig, RunLayout};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::io::DType;
-use crate::rl::settings::{given, Anchor, RlConfig, SaveDtype, Trainer};
+use crate::rl::settings::{given, Anchor, RlConfig};
 use crate::slurm::StepKind;
 
 /// One command of the plan.
@@ -216,40 +216,6 @@ impl Builder<'_> {
         (ids, policies)
     }
 
-    /// An f32 copy of iteration `i`'s init (`warp convert`), for merges whose policies are f32
-    /// while the init is not (the merge tools combine checkpoints of one dtype): its step id and
-    /// folder.
-    fn init_f32_step(&mut self, i: u32, init: &str, after: &[String]) -> (String, String) {
-        let id = format!("iter-{i}/init-f32");
-        let dir = self.layout.iteration(i).join("init-f32");
-        let argv = self.argv(
-            "convert",
-            [
-                init.to_string(),
-                "--dtype".into(),
-                "f32".into(),
-                "-o".into(),
-                s(&dir),
-                "-q".into(),
-            ],
-        );
-        self.plan.steps.push(Step {
-            log: self.layout.log(&id),
-            id: id.clone(),
-            after: after.to_vec(),
-            argv,
-            resume_argv: None,
-            done: dir.clone(),
-            started: None,
-            device: None,
-            config: None,
-            // A checkpoint conversion: a merge job's resources fit it.
-            kind: StepKind::Merge,
-            array: None,
-        });
-        (id, s(&dir))
-    }
-
     /// SLERP with fused LITI over the η grid, and LERP, of iteration `i`'s policies, written in
     /// `dtype`; returns the SLERP's step id.
     fn merge_steps(
@@ -446,24 +412,16 @@ pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
         },
         runs: 0,
     };
-    // The RL runs save f32 policies (unless `save_dtype = "same"`); the merges then need an f32
-    // init, and round their outputs to the target dtype.
+    // The RL runs save f32 policies (unless `save_dtype = "same"`); the merges read them next
+    // to an init in its own dtype (they compute in f32 whatever the inputs' dtypes) and round
+    // only their outputs to the target dtype.
     let sft = c.sft_dtype.unwrap_or(DType::F32);
     let target = c.merge_target(sft)?;
-    let f32_policies = b.base.backend == Trainer::Trl || b.base.save_dtype == SaveDtype::F32;
     let mut init = c.model.clone();
     let mut after: Vec<String> = Vec::new();
     for i in 1..=c.iterations {
-        let (mut ids, policies) = b.rl_steps(i, &init, &after);
-        let init_dtype = if i == 1 { sft } else { target };
-        let merge_init = if f32_policies && init_dtype != DType::F32 {
-            let (id, dir) = b.init_f32_step(i, &init, &after);
-            ids.push(id);
-            dir
-        } else {
-            init.clone()
-        };
-        let slerp_id = b.merge_steps(i, &merge_init, &policies, &ids, target);
+        let (ids, policies) = b.rl_steps(i, &init, &after);
+        let slerp_id = b.merge_steps(i, &init, &policies, &ids, target);
         if i > 1 {
             b.front_step(i, &slerp_id, target);
         }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::{bin, entries, ok, run, Run};
 
-const COMMANDS: [&str; 19] = [
+const COMMANDS: [&str; 20] = [
     "slerp",
+    "merge",
     "liti",
     "lerp",
     "ema",

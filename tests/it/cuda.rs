@@ -220,8 +220,8 @@ fn gram_matches_cpu() {
                 let data = inputs(dtype, n, elems, (t * 31 + n) as u64);
                 let xs = slices(&data);
                 let (mut a, mut b) = (vec![1.5], vec![1.5]);
-                let ra = Cpu.gram(dtype, &xs, &mut a);
-                let rb = gpu.gram(dtype, &xs, &mut b);
+                let ra = Cpu.gram(&[dtype], &xs, &mut a);
+                let rb = gpu.gram(&[dtype], &xs, &mut b);
                 assert_eq!(ra, rb, "{dtype} n={n} elems={elems}");
                 assert_eq!(a.len(), 1 + elems.div_ceil(GRAM_BLOCK) * upper_len(n - 1));
                 assert_eq!(bits(&a), bits(&b), "{dtype} n={n} elems={elems}");
@@ -231,6 +231,85 @@ fn gram_matches_cpu() {
     }
     assert!(!gpu.fell_back());
     println!("{cases} Gram cases identical");
+}
+
+/// Inputs of different dtypes in one call (an f32 policy next to a bf16 init): the GPU stages
+/// them as f32 and gives the CPU's bytes, and both equal the same call on the inputs converted
+/// to f32 beforehand (bf16, f16 → f32 is exact).
+#[test]
+fn mixed_input_dtypes_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mixes: [&[DType]; 3] = [
+        &[DType::BF16, DType::F32, DType::F32],
+        &[DType::F32, DType::BF16, DType::F16],
+        &[DType::F16, DType::F32, DType::BF16, DType::F32],
+    ];
+    for dtypes in mixes {
+        let n = dtypes.len();
+        for elems in [1, 9, GRAM_BLOCK + 1, 5 * GRAM_BLOCK + 13] {
+            // Values every dtype of the mix holds: f16 ones rounded to bf16 as well.
+            let f16 = inputs(DType::F16, n, elems, (elems + n) as u64);
+            let vals: Vec<Vec<f32>> = f16
+                .iter()
+                .map(|x| {
+                    let mut v = vec![0f32; elems];
+                    warp::io::dtype::decode_f32(DType::F16, x, &mut v);
+                    v
+                })
+                .collect();
+            let data: Vec<Vec<u8>> = vals
+                .iter()
+                .zip(dtypes)
+                .map(|(v, &d)| encode(d, &v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()))
+                .collect();
+            let as_f32: Vec<Vec<u8>> = data
+                .iter()
+                .zip(dtypes)
+                .map(|(x, &d)| {
+                    let mut v = vec![0f32; elems];
+                    warp::io::dtype::decode_f32(d, x, &mut v);
+                    encode(
+                        DType::F32,
+                        &v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            let (xs, xf) = (slices(&data), slices(&as_f32));
+            let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+            assert_eq!(Cpu.gram(dtypes, &xs, &mut a), Ok(()));
+            assert_eq!(gpu.gram(dtypes, &xs, &mut b), Ok(()));
+            assert_eq!(Cpu.gram(&[DType::F32], &xf, &mut c), Ok(()));
+            assert_eq!(bits(&a), bits(&b), "{dtypes:?} {elems}");
+            assert_eq!(bits(&a), bits(&c), "{dtypes:?} {elems}");
+            let mut rows = vec![vec![0.25f32; n], vec![0f32; n]];
+            rows[1][n - 1] = 1.0;
+            for out_dtype in [DType::BF16, DType::F32] {
+                let oes = out_dtype.size();
+                let mut o = vec![vec![0u8; elems * oes]; 6];
+                let [o1, o2, o3, o4, o5, o6] = &mut o[..] else {
+                    unreachable!()
+                };
+                let mut oa: [&mut [u8]; 2] = [o1, o2];
+                let mut ob: [&mut [u8]; 2] = [o3, o4];
+                let mut oc: [&mut [u8]; 2] = [o5, o6];
+                Cpu.combine(dtypes, &xs, &rows, out_dtype, &mut oa, true)
+                    .unwrap();
+                gpu.combine(dtypes, &xs, &rows, out_dtype, &mut ob, true)
+                    .unwrap();
+                Cpu.combine(&[DType::F32], &xf, &rows, out_dtype, &mut oc, true)
+                    .unwrap();
+                assert!(
+                    o[0] == o[2] && o[1] == o[3],
+                    "{dtypes:?}→{out_dtype} {elems}"
+                );
+                assert!(
+                    o[0] == o[4] && o[1] == o[5],
+                    "{dtypes:?}→{out_dtype} {elems}"
+                );
+            }
+        }
+    }
+    assert!(!gpu.fell_back());
 }
 
 /// Inputs at odd host addresses (a slice starting one byte into a buffer): the staging copy
@@ -251,15 +330,32 @@ fn unaligned_host_inputs() {
             .collect();
         let xs: Vec<&[u8]> = shifted.iter().map(|v| &v[1..]).collect();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        assert_eq!(Cpu.gram(dtype, &xs, &mut a), gpu.gram(dtype, &xs, &mut b));
+        assert_eq!(
+            Cpu.gram(&[dtype], &xs, &mut a),
+            gpu.gram(&[dtype], &xs, &mut b)
+        );
         assert_eq!(bits(&a), bits(&b), "{dtype}");
         let rows = vec![vec![0.25f32, 0.5, 0.25]];
         let oes = DType::BF16.size();
         let (mut oa, mut ob) = (vec![0u8; elems * oes + 1], vec![0u8; elems * oes + 1]);
-        Cpu.combine(dtype, &xs, &rows, DType::BF16, &mut [&mut oa[1..]], false)
-            .unwrap();
-        gpu.combine(dtype, &xs, &rows, DType::BF16, &mut [&mut ob[1..]], false)
-            .unwrap();
+        Cpu.combine(
+            &[dtype],
+            &xs,
+            &rows,
+            DType::BF16,
+            &mut [&mut oa[1..]],
+            false,
+        )
+        .unwrap();
+        gpu.combine(
+            &[dtype],
+            &xs,
+            &rows,
+            DType::BF16,
+            &mut [&mut ob[1..]],
+            false,
+        )
+        .unwrap();
         assert!(oa == ob, "{dtype}: outputs differ");
     }
 }
@@ -312,10 +408,22 @@ fn combine_matches_cpu() {
                                 a.iter_mut().map(|v| v.as_mut_slice()).collect();
                             let mut ob: Vec<&mut [u8]> =
                                 b.iter_mut().map(|v| v.as_mut_slice()).collect();
-                            let ra =
-                                Cpu.combine(in_dtype, &xs, &rows, out_dtype, &mut oa, check_finite);
-                            let rb =
-                                gpu.combine(in_dtype, &xs, &rows, out_dtype, &mut ob, check_finite);
+                            let ra = Cpu.combine(
+                                &[in_dtype],
+                                &xs,
+                                &rows,
+                                out_dtype,
+                                &mut oa,
+                                check_finite,
+                            );
+                            let rb = gpu.combine(
+                                &[in_dtype],
+                                &xs,
+                                &rows,
+                                out_dtype,
+                                &mut ob,
+                                check_finite,
+                            );
                             let what = format!(
                                 "{in_dtype}→{out_dtype} n={n} elems={elems} rows={rows:?} check={check_finite}"
                             );
@@ -374,7 +482,10 @@ fn nonfinite_like_cpu() {
         let enc: Vec<Vec<u8>> = data.iter().map(|x| encode(dtype, x)).collect();
         let xs = slices(&enc);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let (ra, rb) = (Cpu.gram(dtype, &xs, &mut a), gpu.gram(dtype, &xs, &mut b));
+        let (ra, rb) = (
+            Cpu.gram(&[dtype], &xs, &mut a),
+            gpu.gram(&[dtype], &xs, &mut b),
+        );
         let want_index = if dtype == DType::F64 { 3 } else { 900 };
         assert_eq!(
             ra,
@@ -388,8 +499,8 @@ fn nonfinite_like_cpu() {
         let rows = vec![vec![0.5f32, 0.25, 0.125, 0.125]];
         let mut oa = vec![0u8; elems * 2];
         let mut ob = vec![0u8; elems * 2];
-        let ra = Cpu.combine(dtype, &xs, &rows, DType::BF16, &mut [&mut oa[..]], true);
-        let rb = gpu.combine(dtype, &xs, &rows, DType::BF16, &mut [&mut ob[..]], true);
+        let ra = Cpu.combine(&[dtype], &xs, &rows, DType::BF16, &mut [&mut oa[..]], true);
+        let rb = gpu.combine(&[dtype], &xs, &rows, DType::BF16, &mut [&mut ob[..]], true);
         assert_eq!(ra, rb, "{dtype} combine");
         assert!(ra.is_err());
 
@@ -410,9 +521,9 @@ fn nonfinite_like_cpu() {
             let oes = out_dtype.size();
             let mut oa = vec![0u8; elems * oes];
             let mut ob = vec![0u8; elems * oes];
-            Cpu.combine(dtype, &xs, &rows, out_dtype, &mut [&mut oa[..]], false)
+            Cpu.combine(&[dtype], &xs, &rows, out_dtype, &mut [&mut oa[..]], false)
                 .unwrap();
-            gpu.combine(dtype, &xs, &rows, out_dtype, &mut [&mut ob[..]], false)
+            gpu.combine(&[dtype], &xs, &rows, out_dtype, &mut [&mut ob[..]], false)
                 .unwrap();
             assert!(
                 oa == ob,
@@ -437,17 +548,17 @@ fn default_backend_large_chunk() {
     let data = inputs(DType::BF16, 3, elems, 99);
     let xs = slices(&data);
     let (mut a, mut g) = (Vec::new(), Vec::new());
-    assert_eq!(Cpu.gram(DType::BF16, &xs, &mut a), Ok(()));
-    assert_eq!(b.gram(DType::BF16, &xs, &mut g), Ok(()));
+    assert_eq!(Cpu.gram(&[DType::BF16], &xs, &mut a), Ok(()));
+    assert_eq!(b.gram(&[DType::BF16], &xs, &mut g), Ok(()));
     assert_eq!(bits(&a), bits(&g));
     let rows = coefficient_sets(3).remove(0);
     let mut oa = vec![vec![0u8; elems * 2]; rows.len()];
     let mut ob = vec![vec![0u8; elems * 2]; rows.len()];
     let mut sa: Vec<&mut [u8]> = oa.iter_mut().map(|v| v.as_mut_slice()).collect();
     let mut sb: Vec<&mut [u8]> = ob.iter_mut().map(|v| v.as_mut_slice()).collect();
-    Cpu.combine(DType::BF16, &xs, &rows, DType::BF16, &mut sa, false)
+    Cpu.combine(&[DType::BF16], &xs, &rows, DType::BF16, &mut sa, false)
         .unwrap();
-    b.combine(DType::BF16, &xs, &rows, DType::BF16, &mut sb, false)
+    b.combine(&[DType::BF16], &xs, &rows, DType::BF16, &mut sb, false)
         .unwrap();
     assert!(oa == ob, "outputs differ");
     assert!(!b.name().contains("failed"), "{}", b.name());
@@ -481,7 +592,7 @@ fn bench_h2d_and_combine() {
             let len = chunk.min(elems - lo);
             let part: Vec<&[u8]> = xs.iter().map(|x| &x[lo * 2..(lo + len) * 2]).collect();
             let mut o: Vec<&mut [u8]> = outs.iter_mut().map(|v| &mut v[..len * 2]).collect();
-            be.combine(DType::BF16, &part, &rows, DType::BF16, &mut o, false)
+            be.combine(&[DType::BF16], &part, &rows, DType::BF16, &mut o, false)
                 .unwrap();
             lo += len;
         }
@@ -765,7 +876,7 @@ fn emulated_gram(h: &Harness, sub: usize) -> usize {
                 let data = inputs(dtype, n, elems, (t * 31 + n) as u64);
                 let xs = slices(&data);
                 let mut a = Vec::new();
-                assert_eq!(Cpu.gram(dtype, &xs, &mut a), Ok(()));
+                assert_eq!(Cpu.gram(&[dtype], &xs, &mut a), Ok(()));
                 let (res, key) = h.run(true, dtype, &xs, sub, dtype, false, &[]);
                 assert_eq!(key, None, "{dtype} n={n} elems={elems}");
                 let b: Vec<f64> = res
@@ -796,7 +907,7 @@ fn emulated_combine(h: &Harness, sub: usize) -> usize {
                             let mut a = vec![vec![0u8; elems * oes]; rows.len()];
                             let mut oa: Vec<&mut [u8]> =
                                 a.iter_mut().map(|v| v.as_mut_slice()).collect();
-                            Cpu.combine(in_dtype, &xs, &rows, out_dtype, &mut oa, check)
+                            Cpu.combine(&[in_dtype], &xs, &rows, out_dtype, &mut oa, check)
                                 .unwrap();
                             let used: Vec<usize> = (0..n)
                                 .filter(|&i| check || rows.iter().any(|r| r[i] != 0.0))
@@ -847,7 +958,7 @@ fn emulated_nonfinite(h: &Harness, sub: usize) -> usize {
         let enc: Vec<Vec<u8>> = data.iter().map(|x| encode(dtype, x)).collect();
         let xs = slices(&enc);
         let mut a = Vec::new();
-        let want = Cpu.gram(dtype, &xs, &mut a).unwrap_err();
+        let want = Cpu.gram(&[dtype], &xs, &mut a).unwrap_err();
         let (_, key) = h.run(true, dtype, &xs, sub, dtype, false, &[]);
         assert_eq!(
             key.map(|k| cuda::decode_key(k, n)),
@@ -857,7 +968,7 @@ fn emulated_nonfinite(h: &Harness, sub: usize) -> usize {
         let rows = vec![vec![0.5f32, 0.25, 0.125, 0.125]];
         let mut o = vec![0u8; elems * 2];
         let want = Cpu
-            .combine(dtype, &xs, &rows, DType::BF16, &mut [&mut o[..]], true)
+            .combine(&[dtype], &xs, &rows, DType::BF16, &mut [&mut o[..]], true)
             .unwrap_err();
         let (_, key) = h.run(false, dtype, &xs, sub, DType::BF16, true, &rows);
         assert_eq!(

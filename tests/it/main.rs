@@ -6,6 +6,7 @@ mod common;
 mod hub_server;
 
 pub mod cli;
+mod dtypes;
 mod hostile;
 mod hub_cli;
 mod hub_merge;
@@ -13,6 +14,7 @@ mod hub_parts;
 mod hub_push;
 mod hub_python;
 mod io_errors;
+mod merge_recipe;
 mod merge_reference;
 mod plot;
 mod roundtrip;

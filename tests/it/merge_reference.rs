@@ -10,16 +10,16 @@ use common::*;
 use std::path::{Path, PathBuf};
 use warp::io::{Checkpoint, DType};
 
-struct Case<'a> {
-    dtype: &'a str,
-    m: usize,
-    shards: usize,
-    kind: &'a str,
-    seed: u64,
+pub(crate) struct Case<'a> {
+    pub(crate) dtype: &'a str,
+    pub(crate) m: usize,
+    pub(crate) shards: usize,
+    pub(crate) kind: &'a str,
+    pub(crate) seed: u64,
 }
 
 /// Writes init + p1..pM with the independent generator; returns the folder.
-fn make(w: &Path, c: &Case) -> PathBuf {
+pub(crate) fn make(w: &Path, c: &Case) -> PathBuf {
     let dir = w.join(format!(
         "in-{}-{}-{}-{}-{}",
         c.dtype, c.m, c.shards, c.kind, c.seed
@@ -48,13 +48,13 @@ fn make(w: &Path, c: &Case) -> PathBuf {
     dir
 }
 
-fn models(dir: &Path, m: usize) -> Vec<String> {
+pub(crate) fn models(dir: &Path, m: usize) -> Vec<String> {
     (1..=m)
         .map(|i| dir.join(format!("p{i}")).to_string_lossy().into_owned())
         .collect()
 }
 
-fn reference(w: &Path, args: &[String]) -> PathBuf {
+pub(crate) fn reference(w: &Path, args: &[String]) -> PathBuf {
     let out = w.join(format!("ref-{}", unique()));
     let script = repo_root().join("tests/ref/merge_ref.py");
     let mut a: Vec<String> = vec![script.to_string_lossy().into_owned()];
@@ -72,7 +72,7 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::SeqCst)
 }
 
-fn values(ck: &Checkpoint, name: &str) -> (DType, Vec<f64>) {
+pub(crate) fn values(ck: &Checkpoint, name: &str) -> (DType, Vec<f64>) {
     let t = ck
         .get(name)
         .unwrap_or_else(|| panic!("{} lacks {name}", ck.path.display()));
@@ -118,7 +118,7 @@ fn ulps16(dtype: DType, ours: f64, reference: f64) -> u32 {
 
 /// Compares every tensor of our output folder with the reference file. Returns the worst f32
 /// relative error and the worst 16-bit ulp distance seen.
-fn compare(ours: &Path, reference: &Path) -> (f64, u32) {
+pub(crate) fn compare(ours: &Path, reference: &Path) -> (f64, u32) {
     let a = Checkpoint::open(ours).unwrap();
     let r = Checkpoint::open(reference).unwrap();
     assert_eq!(a.tensors().len(), r.tensors().len());
@@ -181,7 +181,7 @@ fn compare(ours: &Path, reference: &Path) -> (f64, u32) {
     (worst_rel, worst_ulp)
 }
 
-fn s(v: &[&str]) -> Vec<String> {
+pub(crate) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
@@ -235,7 +235,7 @@ fn slerp_case(c: &Case, etas: &[&str], angle: &str) {
 }
 
 /// Our --report norms and angles against the reference's, per tensor and per block.
-fn compare_reports(ours: &Path, reference: &Path) {
+pub(crate) fn compare_reports(ours: &Path, reference: &Path) {
     let o: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ours).unwrap()).unwrap();
     let r: serde_json::Value =

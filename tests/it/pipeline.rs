@@ -233,3 +233,55 @@ fn warp_sft_reproduces_the_committed_model() {
         );
     }
 }
+
+/// `warp run` on a bf16 SFT model with `merge_dtype = "f32"`, and on an SFT model mixing bf16
+/// and f32 tensors: the merges take the f32 policies next to the SFT model in its own dtypes
+/// (no f32 copy of it), and iteration 2's front (`warp liti` from the SFT model to a merge in
+/// `merge_dtype`) completes. Issue 23: both failed at iteration 2 after all the RL had run.
+#[test]
+fn warp_run_merges_across_dtypes_through_iteration_2() {
+    use warp::io::{Checkpoint, DType};
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/model");
+    let bf16 = tmp.path().join("sft-bf16");
+    crate::dtypes::recast(&fixture, &bf16, &|_| Some(DType::BF16));
+    let mixed = tmp.path().join("sft-mixed");
+    crate::dtypes::recast(&fixture, &mixed, &|n| {
+        (n.contains("mlp") || n.contains("embed")).then_some(DType::BF16)
+    });
+    const SHORT: &str = "iterations = 2\nruns = 2\nsteps = 1\ncheckpoints = 1\n\
+        etas = [0.0, 1.0]\neta = 0.5\ninit_anchor_runs = false\n\
+        rl_args = [\"--batch\", \"2\", \"-n\", \"2\"]\neval_prompts = 2\neval_samples = 1\n\
+        threads = 1\n";
+    for (sft, extra, want) in [
+        (&bf16, "merge_dtype = \"f32\"\n", DType::F32),
+        // "sft" is the SFT model's most common float dtype (by bytes): bf16 here.
+        (&mixed, "", DType::BF16),
+    ] {
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(&cfg, format!("{SHORT}{extra}model = {:?}\n", s(sft))).unwrap();
+        let out = tmp.path().join(format!(
+            "run-{}",
+            sft.file_name().unwrap().to_str().unwrap()
+        ));
+        ok("warp", &["run", s(&cfg), "-o", s(&out), "-q"], tmp.path());
+        let plan = std::fs::read_to_string(out.join("plan.json")).unwrap();
+        assert!(!plan.contains("init-f32"), "{plan}");
+        for point in [
+            "iter-1/slerp/eta-0.50",
+            "iter-2/front/eta-0.00",
+            "iter-2/front/eta-1.00",
+        ] {
+            let ck = Checkpoint::open(out.join(point)).unwrap();
+            for t in ck.tensors() {
+                assert_eq!(t.dtype, want, "{point}: {}", t.name);
+            }
+        }
+        // The η grid is 0, 0.5 (the next init's η) and 1.
+        let fronts = rows(&out.join("eval.csv"))
+            .iter()
+            .filter(|row| row[1] == "front")
+            .count();
+        assert_eq!(fronts, 3);
+    }
+}

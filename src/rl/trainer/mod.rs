@@ -370,9 +370,8 @@ fn check_memory(cfg: &RlConfig, plan: &super::memory::RunPlan) -> Result<()> {
     };
     let limit =
         crate::io::writer::parse_size(limit).map_err(|e| Error::setting("max_memory", e))?;
-    super::memory::check_fits(&plan.input, limit)
-        .map(|_| ())
-        .map_err(|e| Error::setting("max_memory", e.to_string()))
+    // Its error is the setting `max_memory`'s.
+    super::memory::check_fits(&plan.input, limit).map(|_| ())
 }
 
 /// Makes glibc's malloc serve every allocation of 1 MiB or more (libtorch's CPU tensors) with

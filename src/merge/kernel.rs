@@ -1,0 +1,224 @@
+//! The per-chunk combine seam of recipe merges (`warp merge`), beside [`Method`](super::Method)'s
+//! linear coefficients. A merge of one tensor is at most three kinds of pass over its N inputs,
+//! each streamed chunk by chunk within the memory budget, never holding a whole tensor:
+//!
+//! 1. **selection** (optional): for each [`Kernel::selections`] key (e.g. |δ_m| = |x_m − x_base|
+//!    for TIES, the variance across task vectors for SCE) the executor finds the element at a
+//!    given rank by two histogram passes over the f32 bit patterns of the key (top 16 bits, then
+//!    the low 16 bits inside the one top bin that holds the rank). A rank window `[lo, hi)` of
+//!    the ascending order (ties broken by element index) then marks every element kept or not;
+//! 2. **sums** (optional): per-tensor f64 sums the kernel accumulates block by block (norms,
+//!    Gram entries, L1 norms of masked task vectors), folded in block order so that they are the
+//!    same bits for any chunking, thread count or budget; [`Kernel::prepare`] turns them into the
+//!    tensor's parameters (coefficients, rescaling factors);
+//! 3. **combine**: the element-wise kernel over each block of the N inputs' f32 values.
+//!
+//! Blocks are [`Kernel::block_len`] elements ([`BLOCK`], or whole rows for row-wise kernels
+//! such as DELLA's ranks) at fixed positions of the tensor, so every pass sees the same blocks
+//! whatever the chunk size. Random decisions (DARE, DELLA) are pure functions of
+//! (seed, tensor, input, element index) through [`keep_random`], so they do not depend on
+//! chunking, threads, budget or device either.
+
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
+use crate::error::Result;
+
+/// Elements per block: the unit of the kernels' calls and of the sums' fixed fold order (the
+/// same size as the engine's Gram blocks).
+pub const BLOCK: usize = 8192;
+
+/// The kept ranks `[lo, hi)` of a selection, in ascending order of the key (ties by index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankWindow {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl RankWindow {
+    pub fn all(n: u64) -> RankWindow {
+        RankWindow { lo: 0, hi: n }
+    }
+    /// The `k` largest of `n`.
+    pub fn top(n: u64, k: u64) -> RankWindow {
+        RankWindow {
+            lo: n - k.min(n),
+            hi: n,
+        }
+    }
+}
+
+/// One block of one tensor, as the kernels see it.
+pub struct Block<'a> {
+    /// Index in the tensor of the block's first element.
+    pub start: u64,
+    /// The N inputs' values, decoded to f32 (each `len` long).
+    pub xs: &'a [&'a [f32]],
+    /// Per selection: whether each element is inside its rank window.
+    pub selected: &'a [&'a [bool]],
+    /// What [`Kernel::prepare`] made of the sums (empty without sums).
+    pub params: &'a [f64],
+}
+
+impl Block<'_> {
+    pub fn len(&self) -> usize {
+        self.xs.first().map_or(0, |x| x.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a tensor's kernel knows before any pass: its name (for random streams), shape, seed.
+#[derive(Debug, Clone)]
+pub struct TensorCx {
+    pub name: String,
+    pub numel: u64,
+    pub shape: Vec<usize>,
+    pub seed: u64,
+}
+
+impl TensorCx {
+    /// The random stream of input `input` of this tensor.
+    pub fn stream(&self, input: usize) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for b in self.name.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+        mix(h ^ (input as u64).wrapping_mul(0xD134_2543_DE82_EF95))
+    }
+}
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Counter-based Bernoulli draw: true with probability `p` for element `index` of the stream
+/// (a pure function of its arguments: the same answer on any thread, chunk or device).
+#[inline]
+pub fn keep_random(stream: u64, index: u64, p: f64) -> bool {
+    let u = mix(stream.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    ((u >> 11) as f64) * (1.0 / (1u64 << 53) as f64) < p
+}
+
+/// The element-wise part of a recipe method for one tensor (its parameters already resolved).
+pub trait Kernel: Send + Sync {
+    /// Elements per block: [`BLOCK`], or a whole number of rows for kernels that work row by
+    /// row (the executor makes every chunk a whole number of blocks).
+    fn block_len(&self) -> usize {
+        BLOCK
+    }
+    /// Number of selections (rank windows over a per-element key).
+    fn selections(&self) -> usize {
+        0
+    }
+    /// The key of selection `sel` for each element of the block (finite, ≥ 0; −0 is not used).
+    fn key(&self, _sel: usize, _b: &Block, _out: &mut [f32]) {}
+    /// The kept window of selection `sel` for a tensor of `numel` elements of which `zeros` have
+    /// a zero key.
+    fn window(&self, _sel: usize, numel: u64, _zeros: u64) -> RankWindow {
+        RankWindow::all(numel)
+    }
+    /// Number of per-tensor f64 sums.
+    fn sums_len(&self) -> usize {
+        0
+    }
+    /// Adds the block's contribution to the sums (`acc` starts at zero for each block).
+    fn sums(&self, _b: &Block, _acc: &mut [f64]) {}
+    /// The tensor's parameters from its sums; an error names what cannot be merged.
+    fn prepare(&self, _sums: &[f64]) -> Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
+    /// The merged values of the block.
+    fn combine(&self, b: &Block, out: &mut [f32]);
+}
+
+/// A kernel whose output is Σ c_n · x_n with per-tensor coefficients made from sums
+/// (`prepare` returns the c_n): SLERP, NuSLERP, multi-SLERP, Karcher, model stock, linear.
+pub fn combine_linear(b: &Block, coeffs: &[f64], out: &mut [f32]) {
+    let mut first = true;
+    for (x, &c) in b.xs.iter().zip(coeffs) {
+        let c = c as f32;
+        if first {
+            for (o, v) in out.iter_mut().zip(x.iter()) {
+                *o = c * v;
+            }
+            first = false;
+        } else {
+            for (o, v) in out.iter_mut().zip(x.iter()) {
+                *o += c * v;
+            }
+        }
+    }
+    if first {
+        out.fill(0.0);
+    }
+}
+
+/// Gram entries ⟨u_i, u_j⟩ (i ≤ j, row-major upper triangle) of vectors given per element by
+/// `f`, added to `acc` (f64).
+pub fn gram_sums(n: usize, len: usize, f: impl Fn(usize, usize) -> f32, acc: &mut [f64]) {
+    let mut k = 0;
+    for i in 0..n {
+        for j in i..n {
+            let mut s = 0f64;
+            for e in 0..len {
+                s += f(i, e) as f64 * f(j, e) as f64;
+            }
+            acc[k] += s;
+            k += 1;
+        }
+    }
+}
+
+/// Entry (i, j) of an upper-triangle Gram of `n` vectors.
+pub fn gram_at(g: &[f64], n: usize, i: usize, j: usize) -> f64 {
+    let (i, j) = if i <= j { (i, j) } else { (j, i) };
+    // Row i starts after the rows before it: Σ_{r<i} (n − r) = i·n − i(i−1)/2.
+    g[i * n - i * i.saturating_sub(1) / 2 + (j - i)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_keeps_are_pure_and_near_p() {
+        let cx = TensorCx {
+            name: "w".into(),
+            numel: 0,
+            shape: vec![],
+            seed: 7,
+        };
+        let s = cx.stream(1);
+        let n = 200_000u64;
+        let kept = (0..n).filter(|&i| keep_random(s, i, 0.3)).count() as f64;
+        // Binomial(n, 0.3): σ ≈ 205; 6σ bounds.
+        assert!(
+            (kept - 0.3 * n as f64).abs() < 6.0 * (n as f64 * 0.21).sqrt(),
+            "{kept}"
+        );
+        assert_eq!(
+            (0..100).map(|i| keep_random(s, i, 0.5)).collect::<Vec<_>>(),
+            (0..100).map(|i| keep_random(s, i, 0.5)).collect::<Vec<_>>()
+        );
+        assert_ne!(cx.stream(1), cx.stream(2));
+        assert!((0..1000).all(|i| keep_random(s, i, 1.0)));
+        assert!((0..1000).all(|i| !keep_random(s, i, 0.0)));
+    }
+
+    #[test]
+    fn gram_index() {
+        // n = 3: (0,0)=0 (0,1)=1 (0,2)=2 (1,1)=3 (1,2)=4 (2,2)=5
+        let g = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let want = [[0, 1, 2], [1, 3, 4], [2, 4, 5]];
+        for i in 0..3 {
+            for j in 0..3 {
+                assert_eq!(gram_at(&g, 3, i, j), want[i][j] as f64, "{i},{j}");
+            }
+        }
+    }
+}

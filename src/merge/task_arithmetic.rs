@@ -1,0 +1,341 @@
+//! The task-arithmetic family of recipe methods (mergekit's "generalized task arithmetic"):
+//! `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`, `breadcrumbs`, `breadcrumbs_ties`,
+//! `della`, `della_linear`.
+//! With a base x₀ and models x_m (m = 1..M), per element:
+//!
+//! - task vectors δ_m = x_m − x₀, each sparsified by a mask μ_m ∈ {0, 1} (below) and, with
+//!   `rescale`, scaled by s_m = ‖δ_m‖₁ / ‖μ_m·δ_m‖₁ (1 when either norm is below 1e-7);
+//! - weighted: d_m = w_m · s_m · μ_m · δ_m;
+//! - with sign consensus (`ties`, `dare_ties`, `breadcrumbs_ties`): the elected sign is
+//!   σ = +1 if Σ_m d_m ≥ 0 else −1, and only the d_m of sign σ count (a zero never does):
+//!   D = Σ_{sign d_m = σ} d_m, W = Σ_{sign d_m = σ} w_m (W = 0 → 1);
+//!   without: D = Σ_m d_m, W = Σ_m w_m (|W| < 1e-8 → 1);
+//! - out = x₀ + λ · (`normalize` ? D / W : D).
+//!
+//! The masks, for a density ρ_m (≥ 1: no mask):
+//! - magnitude (`ties`): the k = max(1, ⌊ρ·n⌋) largest |δ_m| of the tensor's n elements (ρ ≤ 0:
+//!   none). Found by histogram selection over chunks; elements of equal magnitude at the
+//!   threshold are kept in index order (mergekit keeps whichever its sort puts first);
+//! - random (`dare_*`): each element kept with probability ρ, independently, by a counter-based
+//!   hash of (seed, tensor, model, element index);
+//! - magnitude outliers (`breadcrumbs*`, γ_m): in ascending order of |δ_m|, the ranks
+//!   [n − ⌊ρn⌋ − ⌊γn⌋, n − ⌊γn⌋) (the lower bound at least 0): the largest ⌊γn⌋ and the
+//!   smallest are dropped;
+//! - magnitude-ranked random (`della*`, ε_m): within each row (the whole tensor for 1-D ones),
+//!   with r the rank of |δ_m| among the row's c elements (0 = smallest; equal magnitudes in
+//!   index order), each element kept with probability ρ − ε + 2ε·r/(c − 1), independently, by
+//!   the same counter-based hash as DARE (ρ ± ε must lie in (0, 1)).
+//!
+//! Defaults (mergekit 0.1.5): normalize is on for `ties` and `della`, rescale on for `dare_*`
+//! and `della*`, λ = 1, ρ = 1, γ = 0.01, ε = 0.15. Arithmetic is f32 in mergekit's order of
+//! operations.
+
+// Index loops follow the formulas (several arrays indexed by the same model/element).
+#![allow(clippy::needless_range_loop)]
+
+use super::kernel::{keep_random, Block, Kernel, RankWindow, TensorCx};
+use crate::error::Result;
+
+/// How task vectors are sparsified before they are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sparsify {
+    None,
+    Magnitude,
+    Random,
+    Outliers,
+    /// DELLA: random with a probability that grows with the magnitude's rank in its row.
+    MagPrune,
+}
+
+/// One tensor's task-arithmetic merge. Input 0 is the base.
+pub struct TaskArithmetic {
+    pub cx: TensorCx,
+    pub sparsify: Sparsify,
+    pub consensus: bool,
+    /// Per model (inputs 1..N): weight, density, γ.
+    pub weights: Vec<f64>,
+    pub densities: Vec<f64>,
+    pub gammas: Vec<f64>,
+    pub normalize: bool,
+    pub rescale: bool,
+    pub lambda: f64,
+    /// Per model: its random stream (DARE, DELLA).
+    streams: Vec<u64>,
+    /// DELLA: per model ε, and the row length c.
+    epsilons: Vec<f64>,
+    cols: usize,
+}
+
+impl TaskArithmetic {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cx: TensorCx,
+        sparsify: Sparsify,
+        consensus: bool,
+        weights: Vec<f64>,
+        densities: Vec<f64>,
+        gammas: Vec<f64>,
+        normalize: bool,
+        rescale: bool,
+        lambda: f64,
+    ) -> TaskArithmetic {
+        let streams = (0..weights.len()).map(|m| cx.stream(m + 1)).collect();
+        TaskArithmetic {
+            cx,
+            sparsify,
+            consensus,
+            weights,
+            densities,
+            gammas,
+            normalize,
+            rescale,
+            lambda,
+            streams,
+            epsilons: Vec::new(),
+            cols: 1,
+        }
+    }
+
+    /// DELLA's ε per model and the length of the rows its ranks are taken in.
+    pub fn with_ranks(mut self, epsilons: Vec<f64>, cols: usize) -> TaskArithmetic {
+        self.epsilons = epsilons;
+        self.cols = cols.max(1);
+        self
+    }
+
+    /// DELLA's masks of one block (whole rows): per model, empty when it is not masked.
+    fn ranked_masks(&self, b: &Block) -> Vec<Vec<bool>> {
+        let c = self.cols;
+        let mut order: Vec<usize> = Vec::with_capacity(c);
+        (0..self.models())
+            .map(|m| {
+                if !self.masked(m) {
+                    return Vec::new();
+                }
+                let (rho, eps) = (self.densities[m], self.epsilons[m]);
+                let mut keep = vec![false; b.len()];
+                for row in 0..b.len() / c {
+                    let lo = row * c;
+                    let mag = |j: usize| (b.xs[m + 1][lo + j] - b.xs[0][lo + j]).abs();
+                    order.clear();
+                    order.extend(0..c);
+                    order.sort_by(|&i, &j| mag(i).total_cmp(&mag(j)).then(i.cmp(&j)));
+                    for (r, &j) in order.iter().enumerate() {
+                        let rn = if c > 1 {
+                            r as f64 / (c - 1) as f64
+                        } else {
+                            0.0
+                        };
+                        let p = (rho - eps) + rn * 2.0 * eps;
+                        keep[lo + j] = keep_random(self.streams[m], b.start + (lo + j) as u64, p);
+                    }
+                }
+                keep
+            })
+            .collect()
+    }
+
+    /// The per-block masks of the methods that need a whole row at once (DELLA), else none.
+    fn block_masks(&self, b: &Block) -> Vec<Vec<bool>> {
+        if self.sparsify == Sparsify::MagPrune {
+            self.ranked_masks(b)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn models(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Whether model m's task vector is masked at all (density < 1 with a sparsifier).
+    fn masked(&self, m: usize) -> bool {
+        self.sparsify != Sparsify::None && self.densities[m] < 1.0
+    }
+
+    fn selects(&self) -> bool {
+        matches!(self.sparsify, Sparsify::Magnitude | Sparsify::Outliers)
+    }
+
+    /// μ_m of element j of the block (`ranked`: DELLA's masks of the block).
+    #[inline]
+    fn keep(&self, b: &Block, ranked: &[Vec<bool>], m: usize, j: usize) -> bool {
+        if !self.masked(m) {
+            return true;
+        }
+        match self.sparsify {
+            Sparsify::None => true,
+            Sparsify::MagPrune => ranked[m][j],
+            Sparsify::Random => keep_random(self.streams[m], b.start + j as u64, self.densities[m]),
+            Sparsify::Magnitude | Sparsify::Outliers => b.selected[m][j],
+        }
+    }
+
+    /// Whether the rescaling sums are needed.
+    fn rescales(&self) -> bool {
+        self.rescale && (0..self.models()).any(|m| self.masked(m))
+    }
+}
+
+impl Kernel for TaskArithmetic {
+    fn block_len(&self) -> usize {
+        if self.sparsify == Sparsify::MagPrune {
+            // Whole rows, about BLOCK elements.
+            self.cols * (super::kernel::BLOCK / self.cols).max(1)
+        } else {
+            super::kernel::BLOCK
+        }
+    }
+
+    fn selections(&self) -> usize {
+        if self.selects() {
+            self.models()
+        } else {
+            0
+        }
+    }
+
+    fn key(&self, sel: usize, b: &Block, out: &mut [f32]) {
+        for ((o, x), x0) in out.iter_mut().zip(b.xs[sel + 1].iter()).zip(b.xs[0].iter()) {
+            *o = (x - x0).abs();
+        }
+    }
+
+    fn window(&self, sel: usize, n: u64, _zeros: u64) -> RankWindow {
+        let rho = self.densities[sel];
+        if rho >= 1.0 {
+            return RankWindow::all(n);
+        }
+        match self.sparsify {
+            Sparsify::Magnitude => {
+                if rho <= 0.0 || n == 0 {
+                    RankWindow { lo: n, hi: n }
+                } else {
+                    RankWindow::top(n, ((rho * n as f64) as u64).max(1))
+                }
+            }
+            _ => {
+                let target = (rho.max(0.0) * n as f64) as u64;
+                let top = (self.gammas[sel].max(0.0) * n as f64) as u64;
+                let bot = n.saturating_sub(target + top);
+                RankWindow {
+                    lo: bot,
+                    hi: (bot + target).min(n),
+                }
+            }
+        }
+    }
+
+    fn sums_len(&self) -> usize {
+        if self.rescales() {
+            2 * self.models()
+        } else {
+            0
+        }
+    }
+
+    fn sums(&self, b: &Block, acc: &mut [f64]) {
+        let ranked = self.block_masks(b);
+        for m in 0..self.models() {
+            let (mut before, mut after) = (0f64, 0f64);
+            for j in 0..b.len() {
+                let d = (b.xs[m + 1][j] - b.xs[0][j]).abs() as f64;
+                before += d;
+                if self.keep(b, &ranked, m, j) {
+                    after += d;
+                }
+            }
+            acc[2 * m] += before;
+            acc[2 * m + 1] += after;
+        }
+    }
+
+    fn prepare(&self, sums: &[f64]) -> Result<Vec<f64>> {
+        // Per model: the rescaling factor s_m (as mergekit: the ratio of the f32 norms).
+        Ok((0..self.models())
+            .map(|m| {
+                if sums.is_empty() || !self.masked(m) {
+                    return 1.0;
+                }
+                let (before, after) = (sums[2 * m] as f32, sums[2 * m + 1] as f32);
+                if before < 1e-7 || after < 1e-7 {
+                    1.0
+                } else {
+                    (before / after) as f64
+                }
+            })
+            .collect())
+    }
+
+    fn combine(&self, b: &Block, out: &mut [f32]) {
+        let mm = self.models();
+        let w: Vec<f32> = self.weights.iter().map(|&w| w as f32).collect();
+        let s: Vec<f32> = (0..mm)
+            .map(|m| b.params.get(m).map_or(1.0, |&v| v as f32))
+            .collect();
+        let scaled: Vec<bool> = (0..mm).map(|m| self.rescales() && self.masked(m)).collect();
+        let lambda = self.lambda as f32;
+        let wsum = {
+            let mut t = 0f32;
+            for &x in &w {
+                t += x;
+            }
+            if t.abs() < 1e-8 {
+                1.0
+            } else {
+                t
+            }
+        };
+        let ranked = self.block_masks(b);
+        let mut d = vec![0f32; mm];
+        for j in 0..b.len() {
+            let x0 = b.xs[0][j];
+            for m in 0..mm {
+                let mut v = b.xs[m + 1][j] - x0;
+                if self.masked(m) {
+                    v = if self.keep(b, &ranked, m, j) {
+                        v
+                    } else {
+                        v * 0.0
+                    };
+                    if scaled[m] {
+                        v *= s[m];
+                    }
+                }
+                d[m] = v * w[m];
+            }
+            let (mixed, div) = if self.consensus {
+                let mut sw = 0f32;
+                for &v in &d {
+                    sw += v;
+                }
+                let sign = if sw >= 0.0 { 1.0f32 } else { -1.0 };
+                let (mut mixed, mut div) = (0f32, 0f32);
+                for m in 0..mm {
+                    let sg = if d[m] > 0.0 {
+                        1.0
+                    } else if d[m] < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    };
+                    let mask = if sg == sign { 1.0f32 } else { 0.0 };
+                    mixed += d[m] * mask;
+                    div += w[m] * mask;
+                }
+                (mixed, if div == 0.0 { 1.0 } else { div })
+            } else {
+                let mut mixed = 0f32;
+                for &v in &d {
+                    mixed += v;
+                }
+                (mixed, wsum)
+            };
+            let mut mixed = if self.normalize { mixed / div } else { mixed };
+            if lambda != 1.0 {
+                mixed *= lambda;
+            }
+            out[j] = x0 + mixed;
+        }
+    }
+}
