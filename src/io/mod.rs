@@ -3,6 +3,7 @@ pub mod companion;
 pub mod dtype;
 pub mod guard;
 pub mod header;
+pub mod lora;
 pub mod reader;
 pub mod synth;
 pub mod verify;

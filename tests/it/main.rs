@@ -13,6 +13,7 @@ mod hub_parts;
 mod hub_push;
 mod hub_python;
 mod io_errors;
+mod lora;
 mod merge_reference;
 mod plot;
 mod roundtrip;
@@ -22,6 +23,8 @@ mod slurm_cluster;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "rl")]
+mod lora_peft;
 #[cfg(feature = "rl")]
 mod pipeline;
 #[cfg(feature = "rl")]
