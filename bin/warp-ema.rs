@@ -1,4 +1,8 @@
-//! `warp-ema`: the same command as `warp ema` (see `warp::cli`).
-fn main() -> std::process::ExitCode {
-    warp::cli::alias("ema")
+//! `warp-ema`: the same command as `warp ema` (see `warp::cli`): runs the `warp` installed
+//! beside it (bin/alias/exec.rs), so this program does not carry a copy of warp.
+#[path = "alias/exec.rs"]
+mod exec;
+
+fn main() {
+    exec::run("ema")
 }

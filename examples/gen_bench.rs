@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use tch::Device;
-use warp::rl::{generate, GenerateOptions, LlamaModel};
+use warp::rl::{generate, CausalLm, GenerateOptions};
 
 struct Args {
     model: String,
@@ -107,7 +107,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         tch::set_num_threads(t);
     }
     let threads = tch::get_num_threads();
-    let model = LlamaModel::load(&a.model, Device::Cpu)?;
+    let model = CausalLm::load(&a.model, Device::Cpu)?;
     let prompts = prompt_ids(a.batch, a.prompt_len, model.config.vocab_size);
     let opts = GenerateOptions {
         max_new_tokens: a.new_tokens,

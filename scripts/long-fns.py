@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Lists Rust functions longer than a limit (default 100 lines), longest first.
 
-    scripts/long-fns.py [--limit N] [--count] [FILE ...]   (default: every tracked *.rs file)
+    scripts/long-fns.py [--limit N] [--count] [--check] [FILE ...]
+                                                  (default: every tracked *.rs file)
+
+With --check (scripts/test) it fails (exit 1) when a long function has no reason beside it: a
+`// long fn: WHY` comment among the comment and attribute lines right above its `fn` line.
 
 A function's length runs from the line of its `fn` keyword to the line of its closing brace.
 Braces inside strings, chars and comments are skipped by a small lexer, so the count does not
@@ -109,9 +113,26 @@ def functions(path):
         yield m.group(1), a, b - a + 1
 
 
+def has_reason(path, line):
+    """Whether a `// long fn:` comment sits among the comments/attributes above line `line`."""
+    lines = open(path, encoding="utf-8").read().split("\n")
+    i = line - 2
+    while i >= 0:
+        t = lines[i].strip()
+        if re.match(r"//\s*long fn:\s*\S", t):
+            return True
+        if not (t.startswith("//") or t.startswith("#[") or t.startswith("#![")):
+            return False
+        i -= 1
+    return False
+
+
 def main():
     args = sys.argv[1:]
-    limit, count_only = 100, False
+    limit, count_only, check = 100, False, False
+    if "--check" in args:
+        args.remove("--check")
+        check = True
     if "--limit" in args:
         i = args.index("--limit")
         limit = int(args[i + 1])
@@ -132,6 +153,13 @@ def main():
         for length, f, line, name in long:
             print(f"{length:5}  {f}:{line}  {name}")
     print(f"{len(long)} function(s) over {limit} lines")
+    if check:
+        bare = [(f, line, name) for _, f, line, name in long if not has_reason(f, line)]
+        for f, line, name in bare:
+            print(f"{f}:{line}: {name} is over {limit} lines with no `// long fn: WHY` beside it",
+                  file=sys.stderr)
+        if bare:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

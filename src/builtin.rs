@@ -5,7 +5,7 @@
 //! the cache, `$XDG_CACHE_HOME/warp/builtin-TASK-HASH/` (else `~/.cache/warp/…`), HASH being
 //! the SHA-256 of its contents: a new warp with other files uses a new folder, and a folder
 //! that exists is complete (it is written under a temporary name and renamed into place).
-//! Adding a task is adding one entry to [`TASKS`].
+//! The tasks and their files are [`crate::tasks`]'s registry.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,69 +13,10 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::tasks::{task, Task, TASKS};
 
 /// The prefix of a spec that names a built-in file.
 pub const PREFIX: &str = "builtin:";
-
-/// One built-in task: its name and its files (paths relative to the task's folder).
-pub struct Task {
-    pub name: &'static str,
-    pub files: &'static [(&'static str, &'static [u8])],
-}
-
-/// The files of `fixtures/DIR/` named in the list, embedded at compile time.
-macro_rules! embed {
-    ($dir:literal: $($file:literal),* $(,)?) => {
-        &[$(($file, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/", $dir, "/", $file)) as &[u8])),*]
-    };
-}
-
-/// Every built-in task.
-pub const TASKS: &[Task] = &[
-    Task {
-        // Two-number addition with a verifiable reward; the model is `warp sft`'s output with the
-        // defaults (docs/RL.md).
-        name: "arith",
-        files: embed!("arith":
-            "model/config.json",
-            "model/generation_config.json",
-            "model/model.safetensors",
-            "model/special_tokens_map.json",
-            "model/tokenizer.json",
-            "model/tokenizer_config.json",
-            "train.jsonl",
-            "heldout.jsonl",
-            "sft.json",
-        ),
-    },
-    Task {
-        // Shift the letters of a word; a learned reward model (rm/, for `model:builtin:cipher/rm`)
-        // rewards four of the shifts. `warp sft --task cipher`'s output with the defaults
-        // (src/rl/cipher.rs).
-        name: "cipher",
-        files: embed!("cipher":
-            "model/config.json",
-            "model/generation_config.json",
-            "model/model.safetensors",
-            "model/special_tokens_map.json",
-            "model/tokenizer.json",
-            "model/tokenizer_config.json",
-            "rm/config.json",
-            "rm/model.safetensors",
-            "rm/special_tokens_map.json",
-            "rm/tokenizer.json",
-            "rm/tokenizer_config.json",
-            "train.jsonl",
-            "heldout.jsonl",
-            "task.json",
-        ),
-    },
-];
-
-/// The task named `name`.
-pub fn task(name: &str) -> Option<&'static Task> {
-    TASKS.iter().find(|t| t.name == name)
-}
 
 impl Task {
     /// SHA-256 of the task's names and contents, hex (computed once per process).
@@ -98,7 +39,7 @@ impl Task {
         });
         let i = TASKS
             .iter()
-            .position(|t| std::ptr::eq(t, self))
+            .position(|t| std::ptr::eq(*t, self))
             .unwrap_or(0);
         &all[i]
     }

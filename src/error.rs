@@ -3,6 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+/// The hub's typed errors live here, below every module that raises them ([`crate::hub`]
+/// re-exports them).
+mod hub;
+pub use hub::{HubError, HubErrorKind};
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +32,8 @@ pub enum Error {
     /// Inputs that cannot be combined (names, shapes, dtypes differ).
     #[error("{0}")]
     Mismatch(String),
-    /// Bad command-line arguments or options (the CLI layer; exit code 2).
+    /// Bad command-line arguments or options (the CLI layer only: the library says what went
+    /// wrong with a typed variant, e.g. [`Error::Setting`]; exit code 2).
     #[error("{0}")]
     Usage(String),
     /// A setting with a value that cannot work (a field of a config: `RlConfig`, a pipeline
@@ -40,11 +46,11 @@ pub enum Error {
     Feature { feature: String, what: String },
     /// Hugging Face hub: download, upload, protocol (typed: HTTP status, hub error code, URL).
     #[error("hub: {0}")]
-    Hub(Box<crate::hub::HubError>),
-    /// The compute backend (libtorch, CUDA) failed: `context` says what was being done (the
-    /// model, the operation), `msg` what the backend said.
+    Hub(Box<HubError>),
+    /// The compute library (libtorch, the CUDA driver or NVRTC) failed: `context` says what was
+    /// being done (the model, the operation), `msg` what the library said.
     #[error("{context}: {msg}")]
-    Backend { context: String, msg: String },
+    Compute { context: String, msg: String },
     /// A reward (`--reward` spec: program, model, verifier) failed or gave unusable values.
     #[error("reward {spec}: {msg}")]
     Reward { spec: String, msg: String },
@@ -89,9 +95,9 @@ impl Error {
             msg: msg.into(),
         }
     }
-    /// A backend (libtorch, CUDA) failure while doing `context`.
-    pub fn backend(context: impl Into<String>, msg: impl std::fmt::Display) -> Self {
-        Error::Backend {
+    /// A compute-library (libtorch, CUDA) failure while doing `context`.
+    pub fn compute(context: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        Error::Compute {
             context: context.into(),
             msg: msg.to_string(),
         }
@@ -116,13 +122,15 @@ impl Error {
             msg: msg.into(),
         }
     }
-    /// Process exit code for this error: 2 for bad arguments and settings (as clap), 128 + the
+    /// Process exit code for this error: 2 for bad arguments and settings (as clap; a hub id or
+    /// token that cannot work is one), 128 + the
     /// signal for an interruption (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP; see
-    /// [`crate::cancel`]), else 1.
+    /// [`crate::interrupt`]), else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Setting { .. } => 2,
-            Error::Interrupted => 128 + crate::cancel::signal().unwrap_or(libc::SIGINT),
+            Error::Hub(h) if h.is_usage() => 2,
+            Error::Interrupted => 128 + crate::interrupt::signal().unwrap_or(libc::SIGINT),
             _ => 1,
         }
     }
@@ -136,5 +144,48 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// `Error::Usage` (bad command-line arguments) is the CLI's alone: the library says what went
+    /// wrong with a typed variant, and the CLI, which knows the flags, names them.
+    #[test]
+    fn usage_errors_are_raised_only_by_the_cli() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut stack = vec![src.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(&src).unwrap().to_path_buf();
+                if rel.starts_with("cli") || rel == Path::new("error.rs") {
+                    continue;
+                }
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for (i, line) in text.lines().enumerate() {
+                        if line.contains("Usage(") {
+                            offenders.push(format!(
+                                "src/{}:{}: {}",
+                                rel.display(),
+                                i + 1,
+                                line.trim()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "Error::Usage outside src/cli (use a typed error):\n{}",
+            offenders.join("\n")
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! resources), read from the CSV that `warp eval` writes.
 //!
 //! # Input
-//! The evaluation CSV of [`crate::pipeline::eval_table`] (its module docs give the schema).
+//! The evaluation CSV of [`crate::stats::eval_table`] (its module docs give the schema).
 //!
 //! # Pixel mapping
 //! The plot area is the rectangle `[PLOT_LEFT, PLOT_LEFT + PLOT_WIDTH] × [PLOT_TOP, PLOT_TOP +
@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-pub use crate::pipeline::eval_table::{EvalRow, EvalTable, PointKind as Kind, COLUMNS};
+pub use crate::stats::eval_table::{EvalRow, EvalTable, PointKind as Kind, COLUMNS};
 
 /// Width of the whole picture.
 pub const WIDTH: f64 = 880.0;

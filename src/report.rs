@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, IoContext, Result};
-use crate::pipeline::{EvalRow, EvalTable, PipelineConfig, PointKind, RunLayout};
+use crate::layout::RunLayout;
+use crate::pipeline::PipelineConfig;
+use crate::stats::eval_table::{EvalRow, EvalTable, PointKind};
 use crate::stats::{
     self, dist, BootstrapOptions, Envelope, Estimate, EvalSettings, Point, PromptMeans,
     SampleTable, SeedInput,

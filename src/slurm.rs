@@ -1127,7 +1127,7 @@ exec "${warp_argv[@]}"
     /// Follows the jobs until every step is complete, with a progress bar of the steps done
     /// and a line when a step starts running or completes. A step that fails: the jobs of the
     /// steps that (transitively) wait for it are cancelled and the error names the step, how
-    /// its job ended and its log. On cancellation ([`crate::cancel`]: Ctrl-C, SIGTERM, SIGHUP)
+    /// its job ended and its log. On cancellation ([`crate::interrupt`]: Ctrl-C, SIGTERM, SIGHUP)
     /// every recorded job still queued or running is cancelled.
     pub fn wait(&self, steps: &[Step], reporter: &dyn Reporter) -> Result<()> {
         reporter.start_steps("steps", steps.len() as u64);
@@ -1143,7 +1143,7 @@ exec "${warp_argv[@]}"
         let mut unconfirmed: HashMap<String, Instant> = HashMap::new();
         let mut first = true;
         loop {
-            if crate::cancel::check().is_err() {
+            if crate::interrupt::check().is_err() {
                 let cancelled = self.cancel()?;
                 let jobs: Vec<&str> = cancelled.iter().map(|(_, j)| j.as_str()).collect();
                 if !jobs.is_empty() {
@@ -1210,7 +1210,7 @@ exec "${warp_argv[@]}"
                 return Ok(());
             }
             let until = Instant::now() + poll;
-            while Instant::now() < until && crate::cancel::check().is_ok() {
+            while Instant::now() < until && crate::interrupt::check().is_ok() {
                 std::thread::sleep(Duration::from_millis(50).min(poll));
             }
         }

@@ -30,7 +30,7 @@ pub struct OutputArgs {
     #[arg(long, default_value = "5GB", value_parser = parse_size, value_name = "SIZE")]
     pub max_shard_size: u64,
     #[command(flatten)]
-    pub hub: crate::hub::PushToHubArgs,
+    pub hub: super::hub_args::PushToHubArgs,
 }
 
 /// Options of the streaming engine.
@@ -292,7 +292,7 @@ pub fn run_merge(
         listing += &format!("{}\n", o.display());
     }
     // Several outputs are pushed as one repo with a sub-folder each (load with `subfolder=`).
-    if let Some(pushed) = crate::hub::push_if_requested(&out.output, &out.hub, &progress)? {
+    if let Some(pushed) = super::hub_args::push_if_requested(&out.output, &out.hub, &progress)? {
         listing += &format!("{}\n", pushed.commit_url);
     }
     self::out(&listing)

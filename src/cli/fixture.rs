@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long, default_value = "5GB", value_parser = parse_size, value_name = "SIZE")]
     max_shard_size: u64,
     #[command(flatten)]
-    hub: crate::hub::PushToHubArgs,
+    hub: super::hub_args::PushToHubArgs,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -73,7 +73,7 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     let shape = write_synthetic(&a.output, &spec, &opts, &progress)?;
     progress.message(&format!("{shape:?}"));
     let mut listing = format!("{}\n", a.output.display());
-    if let Some(pushed) = crate::hub::push_if_requested(&a.output, &a.hub, &progress)? {
+    if let Some(pushed) = super::hub_args::push_if_requested(&a.output, &a.hub, &progress)? {
         listing += &format!("{}\n", pushed.commit_url);
     }
     out(&listing)

@@ -83,7 +83,7 @@ pub fn run(_: &Args, _: &Ctx) -> crate::Result<()> {
 pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
     use crate::progress::Reporter;
     use crate::rl::textgen::generate_texts;
-    use crate::rl::{LlamaModel, Tokenizer};
+    use crate::rl::{CausalLm, Tokenizer};
 
     let mut o = options(a)?;
     if let Some(t) = a.threads {
@@ -101,9 +101,9 @@ pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
     } else {
         tch::Kind::Float
     };
-    let config = crate::rl::LlamaConfig::from_dir(&ck.dir)?;
+    let config = crate::rl::ModelConfig::from_dir(&ck.dir)?;
     fit_new_tokens(&mut o, &ids, config.max_position_embeddings, a, ctx)?;
-    let model = LlamaModel::from_checkpoint(&ck, config, device, kind)?;
+    let model = CausalLm::from_checkpoint(&ck, config, device, kind)?;
     let total = (prompts.len() * a.samples) as u64;
     progress.start_steps("generate", total);
     generate_texts(&model, &tok, &ids, &o, |c| {

@@ -2,9 +2,10 @@
 //! with one policy for signals, errors and exit codes.
 //!
 //! The named tools (`warp-slerp`, `warp-rl`, …) are aliases, as uv's `uvx` is of `uv tool
-//! run`: each is a binary of a few lines calling [`alias`], which runs the same command as
-//! `warp slerp …` with the same flags, output and exit codes (only the program name in help,
-//! usage and error lines differs).
+//! run`: each is a small program (bin/alias/exec.rs, without the library) that runs the `warp`
+//! installed beside it with its own name as argv[0]; [`main`] then runs [`alias`], the same
+//! command as `warp slerp …` with the same flags, output and exit codes (only the program name
+//! in help, usage and error lines differs).
 //!
 //! Exit codes: 0 success, 1 failure, 2 bad arguments or settings, 128 + N when stopped by signal
 //! N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP). Data goes to stdout, everything else (progress,
@@ -22,6 +23,7 @@ mod ema;
 mod eval;
 mod fixture;
 mod generate;
+mod hub_args;
 mod inspect;
 mod lerp;
 mod liti;
@@ -93,10 +95,21 @@ pub struct Ctx<'a> {
     pub matches: &'a ArgMatches,
 }
 
-/// `warp`'s main.
+/// `warp`'s main. Run as `warp-NAME` (argv[0]; the alias programs of bin/ run `warp` so, and
+/// so does a link of that name), it is alias NAME.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(name) = args.first().and_then(|a0| alias_named(a0)) {
+        return alias(name);
+    }
     run_main(Cli::command(), args, "warp")
+}
+
+/// The alias command `warp-NAME` names by its file name, if it is one.
+fn alias_named(argv0: &OsString) -> Option<&'static str> {
+    let file = std::path::Path::new(argv0).file_name()?.to_str()?;
+    let name = file.strip_prefix("warp-")?;
+    ALIASES.iter().copied().find(|a| *a == name)
 }
 
 /// The main of alias `warp-NAME`: runs `warp NAME` with this process's arguments.
@@ -227,7 +240,7 @@ fn finish(prog: &str, result: crate::Result<()>, interrupt_note: &str) -> ExitCo
             ExitCode::SUCCESS
         }
         Err(e) => {
-            match (&e, crate::cancel::signal()) {
+            match (&e, crate::interrupt::signal()) {
                 (Error::Interrupted, Some(sig)) => eprintln!(
                     "{prog}: error: interrupted by {}{interrupt_note}",
                     signals::name(sig)

@@ -8,7 +8,7 @@ use clap::ArgMatches;
 use super::common::parse_threads;
 use super::Ctx;
 use crate::error::{Error, Result};
-use crate::rl::settings::{RlConfig, TrainDtype};
+use crate::rl::settings::{given, RlConfig, TrainDtype};
 
 /// RL fine-tuning with an EMA anchor (WARP stage 1); resumable.
 ///
@@ -52,31 +52,13 @@ pub struct Args {
     quiet: bool,
 }
 
-/// The ids of the arguments given on the command line.
-fn given(m: &ArgMatches) -> Vec<String> {
-    m.ids()
-        .map(|id| id.as_str())
-        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The settings of a new run: the config file (if any), then the flags given on the command
 /// line over it.
 fn settings(a: &Args, m: &ArgMatches) -> Result<RlConfig> {
     let mut cfg = match &a.config_file {
         None => a.config.clone(),
         Some(file) => {
-            let base = RlConfig::from_file(file)?;
-            let flags =
-                serde_json::to_value(&a.config).map_err(|e| Error::Internal(e.to_string()))?;
-            let mut over = serde_json::Map::new();
-            for id in given(m) {
-                if let Some(v) = flags.get(&id) {
-                    over.insert(id, v.clone());
-                }
-            }
-            base.with_overrides(&over, file)?
+            RlConfig::from_file(file)?.layered(&Default::default(), &a.config, m, file)?
         }
     };
     if a.bf16 {
@@ -127,7 +109,7 @@ fn new_run_folder(a: &Args) -> Result<PathBuf> {
 /// run is warp's own. The entry point prints the final folder on stdout.
 fn run_trl(a: &Args, ctx: &Ctx) -> Result<Option<()>> {
     use crate::device::Device;
-    use crate::rl::settings::Backend;
+    use crate::rl::settings::Trainer;
     use crate::rl::trl;
     let launch = |cfg: &RlConfig| trl::Launch {
         accelerate_config: cfg.accelerate_config.clone(),
@@ -158,7 +140,7 @@ fn run_trl(a: &Args, ctx: &Ctx) -> Result<Option<()>> {
         }
         None => {
             let mut cfg = settings(a, ctx.matches)?;
-            if cfg.backend != Backend::Trl {
+            if cfg.backend != Trainer::Trl {
                 return Ok(None);
             }
             cfg.check()?;

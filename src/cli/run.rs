@@ -38,10 +38,9 @@ use crate::progress::Reporter;
 pub struct Args {
     /// Pipeline settings (TOML), or a run folder to continue with the settings of its plan.json.
     config: Option<PathBuf>,
-    /// The built-in task: arith (addition, verifiable reward; the default) or cipher (shift the
-    /// letters of a word; a learned reward model rewards four shifts). Sets model, prompts,
-    /// heldout, reward and the task's RL settings (overrides the config's `task`).
-    #[arg(long, value_name = "NAME")]
+    /// The built-in task (default arith). Sets model, prompts, heldout, reward and the task's RL
+    /// settings (overrides the config's `task`).
+    #[arg(long, value_name = "NAME", value_parser = task_names())]
     task: Option<String>,
     /// small (the default demo: 2 iterations of 2 RLOO runs of 100 steps, μ 0.05, η 0.5) or
     /// paper (REINFORCE without baseline, μ 0.01, η 0.3, 3 iterations of 400 steps; 15–25
@@ -232,4 +231,13 @@ fn front(c: &PipelineConfig) -> Result<String> {
         );
     }
     Ok(text)
+}
+
+/// `--task`'s values: the built-in tasks of [`crate::tasks`], each with its line.
+fn task_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        crate::tasks::TASKS
+            .iter()
+            .map(|t| clap::builder::PossibleValue::new(t.name).help(t.about)),
+    )
 }

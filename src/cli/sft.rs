@@ -67,7 +67,7 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
 pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
     use crate::builtin::resolve_path;
     use crate::progress::Reporter;
-    use crate::rl::{data, sft, LlamaModel, Tokenizer};
+    use crate::rl::{data, sft, CausalLm, Tokenizer};
     if let Some(t) = a.threads {
         tch::set_num_threads(t as i32);
     }
@@ -83,7 +83,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> crate::Result<()> {
         let dir = resolve_path(given)?;
         let default_prompts = PathBuf::from("builtin:arith/heldout.jsonl");
         let prompts_file = resolve_path(a.prompts.as_ref().unwrap_or(&default_prompts))?;
-        let model = LlamaModel::load(&dir, tch::Device::Cpu)?;
+        let model = CausalLm::load(&dir, tch::Device::Cpu)?;
         let tok = Tokenizer::from_dir(&dir)?;
         let prompts = sft::prompt_texts(&data::read_prompts(&prompts_file)?);
         let samples = a.config.eval_samples;
@@ -118,7 +118,7 @@ fn cipher(a: &Args, ctx: &Ctx) -> crate::Result<()> {
     use crate::builtin::resolve_path;
     use crate::progress::Reporter;
     use crate::rl::cipher::{self, CipherConfig};
-    use crate::rl::{data, sft, LlamaModel, Tokenizer};
+    use crate::rl::{data, sft, CausalLm, Tokenizer};
     use clap::parser::ValueSource;
     let given = |id: &str| ctx.matches.value_source(id) == Some(ValueSource::CommandLine);
     let foreign = [
@@ -140,11 +140,11 @@ fn cipher(a: &Args, ctx: &Ctx) -> crate::Result<()> {
     }
     if let Some(model) = &a.eval {
         let dir = resolve_path(model)?;
-        let lm = LlamaModel::load(&dir, tch::Device::Cpu)?;
+        let lm = CausalLm::load(&dir, tch::Device::Cpu)?;
         let tok = Tokenizer::from_dir(&dir)?;
         let prompts = match &a.prompts {
             Some(p) => sft::prompt_texts(&data::read_prompts(&resolve_path(p)?)?),
-            None => sft::prompt_texts(&cipher::splits().1),
+            None => sft::prompt_texts(&crate::tasks::cipher::splits().1),
         };
         let (samples, seed) = (a.config.eval_samples, a.config.seed);
         let mut v = serde_json::json!({"model": model, "n_prompts": prompts.len(),

@@ -1,11 +1,11 @@
 //! SIGINT, SIGTERM and SIGHUP for every command, one policy.
 //!
-//! A cooperative command (one that checks [`crate::cancel`] in its long loops) gets a handler
+//! A cooperative command (one that checks [`crate::interrupt`] in its long loops) gets a handler
 //! that only records the signal: the command stops at its next check, its error path removes
 //! temporary folders, and `main` exits with 128 + the signal. A second signal, or any signal to a
 //! command that does not check, ends the process at once with the default action (the exit
 //! status the shell then reports is the same 128 + N); children tracked with
-//! [`crate::cancel::track_child`] get SIGTERM first.
+//! [`crate::interrupt::track_child`] get SIGTERM first.
 //!
 //! SIGTERM is how Slurm, `timeout`, systemd and container runtimes stop a job, and SIGHUP what a
 //! closed terminal sends, so both are handled exactly like Ctrl-C.
@@ -19,10 +19,10 @@ static COOPERATIVE: AtomicBool = AtomicBool::new(false);
 
 /// Async-signal-safe: atomics, `signal` and `raise` only.
 extern "C" fn on_signal(sig: libc::c_int) {
-    if !COOPERATIVE.load(Ordering::SeqCst) || crate::cancel::requested() {
+    if !COOPERATIVE.load(Ordering::SeqCst) || crate::interrupt::requested() {
         // Children that a terminal's signal does not reach (`warp run`'s steps) are asked to
         // stop cleanly before this process ends.
-        crate::cancel::signal_children(libc::SIGTERM);
+        crate::interrupt::signal_children(libc::SIGTERM);
         // SAFETY: restoring the default action and re-raising are async-signal-safe.
         unsafe {
             libc::signal(sig, libc::SIG_DFL);
@@ -30,7 +30,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
         }
         return;
     }
-    crate::cancel::request_by_signal(sig);
+    crate::interrupt::request_by_signal(sig);
 }
 
 /// Installs the handler for [`SIGNALS`]. With `cooperative` false the process ends at the

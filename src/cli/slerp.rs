@@ -31,8 +31,8 @@ pub struct Args {
     etas: Vec<f64>,
     /// Granularity of the angle Ω: tensor (one per weight tensor), layer (one per transformer
     /// block `…layers.N.…`), global (one over the whole model; reads the inputs twice).
-    #[arg(long, value_enum, default_value_t = Grouping::Tensor)]
-    angle: Grouping,
+    #[arg(long, value_enum, default_value_t = Angle::Tensor)]
+    angle: Angle,
     /// Fall back to LERP when |cos Ω| exceeds this (near-(anti)parallel task vectors, where the
     /// SLERP formula is ill-conditioned); also when a task vector is zero.
     #[arg(long, default_value_t = crate::merge::slerp::DEFAULT_THRESHOLD, value_name = "COS")]
@@ -46,8 +46,34 @@ pub struct Args {
     engine: EngineArgs,
 }
 
+/// `--angle`: the command-line face of [`Grouping`] (the library's enum knows no clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Angle {
+    /// One angle per weight tensor (mergekit's convention; the default).
+    Tensor,
+    /// One angle per transformer block (`…layers.N.…`); tensors outside blocks keep their own.
+    Layer,
+    /// One angle over the whole model.
+    Global,
+}
+
+impl From<Angle> for Grouping {
+    fn from(a: Angle) -> Grouping {
+        match a {
+            Angle::Tensor => Grouping::Tensor,
+            Angle::Layer => Grouping::Layer,
+            Angle::Global => Grouping::Global,
+        }
+    }
+}
+
 pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
-    let method = Slerp::new(a.models.len(), a.etas.clone(), a.angle, a.lerp_threshold)?;
+    let method = Slerp::new(
+        a.models.len(),
+        a.etas.clone(),
+        a.angle.into(),
+        a.lerp_threshold,
+    )?;
     let mut inputs = vec![(a.init.clone(), "init")];
     inputs.extend(a.models.iter().map(|m| (m.clone(), "model")));
     run_merge(&method, inputs, &a.out, &a.engine, a.report.as_deref())

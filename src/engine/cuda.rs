@@ -4,8 +4,5 @@ use super::backend::Backend;
 use crate::error::{Error, Result};
 
 pub fn open(device: usize) -> Result<Box<dyn Backend>> {
-    Err(Error::backend(
-        format!("cuda:{device}"),
-        "this build of warp has no CUDA support (rebuild with --features cuda)",
-    ))
+    Err(Error::feature("cuda", format!("device cuda:{device}")))
 }

@@ -103,7 +103,7 @@ impl<T> Context<T> for std::result::Result<T, cu::DriverError> {
 
 /// An error opening device `device`.
 fn usage(device: usize, msg: impl std::fmt::Display) -> Error {
-    Error::backend(format!("cuda:{device}"), msg)
+    Error::compute(format!("cuda:{device}"), msg)
 }
 
 /// Blocks of [`THREADS`] covering `threads` threads.
@@ -1041,7 +1041,7 @@ impl CudaBackend {
             .lock()
             .map_err(|_| Error::Internal("CUDA backend state poisoned".into()))?;
         g.bench_h2d(bytes.max(1), reps.max(1))
-            .map_err(|e| Error::backend(&self.name, e))
+            .map_err(|e| Error::compute(&self.name, e))
     }
 
     /// Whether a device error made this backend fall back to the CPU.

@@ -281,7 +281,7 @@ fn tensor_gram(
     let mut partial = Vec::new();
     let step = cx.plan.chunk_elems as u64;
     for range in chunks(ins.numel(), 1, step) {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         ins.prefetch_next(&range, step);
         ins.load(&range);
         let slices = ins.slices(&range);
@@ -392,7 +392,7 @@ fn combine_tensor(
     let oes = t.out_dtype.size() as u64;
     let step = cx.plan.chunk_elems as u64;
     for range in chunks(ins.numel(), 1, step) {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         // In the combine pass of a kept tensor the pages are already resident.
         if !keep {
             ins.prefetch_next(&range, step);

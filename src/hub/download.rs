@@ -32,9 +32,9 @@ pub fn resolve_checkpoint(
         return Ok(local.to_path_buf());
     }
     let id = HubId::parse(spec).ok_or_else(|| {
-        Error::Usage(format!(
+        Error::from(HubError::invalid_id(format!(
             "'{spec}' is neither an existing path nor a hub id (org/name or org/name@revision)"
-        ))
+        )))
     })?;
     if opts.offline {
         offline_snapshot(&id, opts)

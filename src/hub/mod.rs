@@ -12,9 +12,7 @@
 //! The protocol is documented in `docs/HUB.md`.
 
 mod auth;
-mod cli;
 mod download;
-mod error;
 mod http;
 pub mod lfs;
 mod repo_id;
@@ -24,10 +22,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::error::{HubError, HubErrorKind};
 pub use auth::token_from_env;
-pub use cli::{push_if_requested, PushToHubArgs};
 pub use download::{open_checkpoint, resolve_checkpoint, CHECKPOINT_FILES};
-pub use error::{HubError, HubErrorKind};
 pub use repo_id::HubId;
 pub use upload::{push_folder, PushOutcome};
 

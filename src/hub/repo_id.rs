@@ -1,7 +1,7 @@
 //! `org/name[@revision]`: parsing and validation, with the hub's own rules for names so a typo
 //! fails here with a usage error instead of as a confusing 404.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, HubError, Result};
 use std::fmt;
 
 /// A model repository on the hub and an optional revision (branch, tag or commit).
@@ -54,10 +54,10 @@ pub(crate) fn check_repo_id(repo_id: &str) -> Result<()> {
     if valid_repo_id(repo_id) {
         Ok(())
     } else {
-        Err(Error::Usage(format!(
+        Err(Error::from(HubError::invalid_id(format!(
             "'{repo_id}' is not a hub repo id: expected org/name (letters, digits, '-', '_', '.'; \
              at most 96 characters each)"
-        )))
+        ))))
     }
 }
 
@@ -139,7 +139,7 @@ mod tests {
         assert!(check_repo_id("org/name").is_ok());
         assert!(matches!(
             check_repo_id("org/name@main"),
-            Err(Error::Usage(_))
+            Err(Error::Hub(h)) if h.kind == crate::error::HubErrorKind::InvalidId
         ));
     }
 }

@@ -80,7 +80,7 @@ pub fn push_folder(
     let token = check_push(repo_id, opts)?;
     let files = scan_folder(dir)?;
     if files.is_empty() {
-        return Err(Error::Usage(format!("{}: no files to push", dir.display())));
+        return Err(Error::format(dir, "no files to push"));
     }
     let client = Client::new(
         &opts.endpoint,
@@ -148,15 +148,15 @@ pub fn push_folder(
 fn check_push(repo_id: &str, opts: &PushOptions) -> Result<String> {
     check_repo_id(repo_id)?;
     if opts.revision.trim().is_empty() {
-        return Err(Error::Usage(
-            "the revision to push to must not be empty".into(),
+        return Err(Error::setting(
+            "revision",
+            "the revision to push to must not be empty",
         ));
     }
     opts.token.clone().ok_or_else(|| {
-        Error::Usage(
-            "pushing needs a hub token: give one, set HF_TOKEN, or log in with `hf auth login`"
-                .into(),
-        )
+        Error::from(HubError::no_token(
+            "pushing needs a hub token: give one, set HF_TOKEN, or log in with `hf auth login`",
+        ))
     })
 }
 
@@ -302,7 +302,7 @@ impl<'a> Push<'a> {
 fn scan_folder(dir: &Path) -> Result<Vec<LocalFile>> {
     let meta = std::fs::metadata(dir).at(dir)?;
     if !meta.is_dir() {
-        return Err(Error::Usage(format!("{}: not a folder", dir.display())));
+        return Err(Error::format(dir, "not a folder"));
     }
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
@@ -311,9 +311,9 @@ fn scan_folder(dir: &Path) -> Result<Vec<LocalFile>> {
             let entry = entry.at(&abs)?;
             let path = entry.path();
             let name = entry.file_name();
-            let name = name.to_str().ok_or_else(|| {
-                Error::Usage(format!("{}: file name is not UTF-8", path.display()))
-            })?;
+            let name = name
+                .to_str()
+                .ok_or_else(|| Error::format(&path, "file name is not UTF-8"))?;
             let rel_child = if rel.is_empty() {
                 name.to_string()
             } else {

@@ -154,7 +154,7 @@ pub fn generate(spec: &SynthSpec, w: &mut CheckpointWriter, reporter: &dyn Repor
         let scale = if is_norm { 0.05 } else { 0.02 * 3f32.sqrt() };
         let mut lo = 0;
         while lo < n {
-            crate::cancel::check()?;
+            crate::interrupt::check()?;
             let len = GEN_CHUNK.min(n - lo);
             vals[..len]
                 .par_chunks_mut(1 << 14)

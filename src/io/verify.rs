@@ -22,7 +22,7 @@ pub fn check_finite_values(ck: &Checkpoint, reporter: &dyn Reporter) -> Result<(
         let step = CHUNK / es as u64 * es as u64;
         let mut sweep = Sweep::new(ck, t);
         for range in chunks(t.nbytes, es, step) {
-            crate::cancel::check()?;
+            crate::interrupt::check()?;
             sweep.prefetch(range.end..range.end + step);
             let found = first_nonfinite_par(t.dtype, sweep.bytes(range.clone()));
             guard.check()?;

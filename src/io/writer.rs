@@ -134,11 +134,14 @@ pub fn check_destination(dest: &Path, inputs: &[&Path]) -> Result<()> {
             abs_dest == inp
         };
         if inside || inp.starts_with(&abs_dest) {
-            return Err(Error::Usage(format!(
-                "output {} is inside (or contains) input {}: choose another destination",
-                dest.display(),
-                input.display()
-            )));
+            return Err(Error::setting(
+                "output",
+                format!(
+                    "{} is inside (or contains) input {}: choose another destination",
+                    dest.display(),
+                    input.display()
+                ),
+            ));
         }
     }
     Ok(())
@@ -194,9 +197,9 @@ const OLD_TAG: &str = ".warp-old-";
 impl Staging {
     pub fn new(dest: &Path, force: bool) -> Result<Staging> {
         check_replaceable(dest, force)?;
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Error::Usage(format!("invalid destination {}", dest.display())))?;
+        let name = dest.file_name().ok_or_else(|| {
+            Error::setting("output", format!("invalid destination {}", dest.display()))
+        })?;
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -249,11 +252,15 @@ impl Staging {
         let parent = self.tmp.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut old = None;
         if fs::symlink_metadata(&self.dest).is_ok() {
+            // A race: someone else created it after the checks.
             check_replaceable(&self.dest, self.force).map_err(|_| {
-                Error::Usage(format!(
-                    "destination {} appeared while writing; not replacing it",
-                    self.dest.display()
-                ))
+                Error::io(
+                    &self.dest,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "appeared while writing; not replacing it",
+                    ),
+                )
             })?;
             let name = self.dest.file_name().unwrap_or_default().to_string_lossy();
             let o = parent.join(format!(
@@ -306,10 +313,13 @@ fn check_replaceable(dest: &Path, force: bool) -> Result<()> {
         if force {
             return Ok(());
         }
-        return Err(Error::Usage(format!(
-            "destination {} exists (it is replaced only when forced)",
-            dest.display()
-        )));
+        return Err(Error::setting(
+            "output",
+            format!(
+                "destination {} exists (it is replaced only when forced)",
+                dest.display()
+            ),
+        ));
     }
     let kind = if ft.is_symlink() {
         "a symbolic link"
@@ -318,11 +328,14 @@ fn check_replaceable(dest: &Path, force: bool) -> Result<()> {
     } else {
         "a device, pipe or socket"
     };
-    Err(Error::Usage(format!(
-        "destination {} exists and is {kind}, not a folder: only an output folder is ever \
-         replaced",
-        dest.display()
-    )))
+    Err(Error::setting(
+        "output",
+        format!(
+            "destination {} exists and is {kind}, not a folder: only an output folder is ever \
+             replaced",
+            dest.display()
+        ),
+    ))
 }
 
 /// Creates `dir` and its missing ancestors; returns the ones created, outermost first.
@@ -485,10 +498,6 @@ impl CheckpointWriter {
 
     pub fn tensors(&self) -> &[OutTensor] {
         &self.tensors
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
     }
 
     /// Where a file of the output is reported to the user: under the final destination.
@@ -670,9 +679,10 @@ fn unique() -> u128 {
 /// Writes a small file (a plan, a CSV, a JSON record) completely or not at all: a temporary
 /// sibling, then a rename; the temporary file is removed on failure.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("{}: not a file path", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path");
+        Error::io(path, e)
+    })?;
     let tmp = path.with_file_name(format!(
         ".{}.tmp{}",
         name.to_string_lossy(),

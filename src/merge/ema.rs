@@ -15,7 +15,10 @@ impl Ema {
             return Err(Error::setting("mu", format!("{mu}: must be in (0, 1]")));
         }
         if n < 2 {
-            return Err(Error::Usage("EMA needs at least two checkpoints".into()));
+            return Err(Error::setting(
+                "checkpoints",
+                "EMA needs at least two checkpoints",
+            ));
         }
         Ok(Ema { mu, n })
     }

@@ -15,7 +15,7 @@ pub use gram::Gram;
 use crate::error::{Error, Result};
 
 /// How tensors share the statistics that drive the coefficients (SLERP's angle).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Grouping {
     /// One angle per weight tensor (mergekit's convention; the default).
@@ -104,11 +104,15 @@ pub fn check_rows(rows: &[Vec<f64>], inputs: usize) -> Result<()> {
             )));
         }
         if let Some(c) = row.iter().find(|c| !(**c as f32).is_finite()) {
-            return Err(Error::Usage(format!(
-                "a merge coefficient is {c:e}, beyond the f32 range (±{:e}) the merge computes in: \
-                 every output value would be infinite or NaN",
-                f32::MAX
-            )));
+            // The method's settings (weights, η) gave it.
+            return Err(Error::setting(
+                "coefficients",
+                format!(
+                    "a merge coefficient is {c:e}, beyond the f32 range (±{:e}) the merge \
+                     computes in: every output value would be infinite or NaN",
+                    f32::MAX
+                ),
+            ));
         }
     }
     Ok(())

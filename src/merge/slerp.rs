@@ -36,8 +36,9 @@ pub enum Step {
 impl Slerp {
     pub fn new(m: usize, etas: Vec<f64>, grouping: Grouping, threshold: f64) -> Result<Slerp> {
         if m < 2 {
-            return Err(Error::Usage(
-                "SLERP needs at least two models besides the init".into(),
+            return Err(Error::setting(
+                "models",
+                "SLERP needs at least two models besides the init",
             ));
         }
         if !(threshold > 0.0 && threshold <= 1.0) {

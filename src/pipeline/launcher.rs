@@ -20,7 +20,7 @@ pub trait Launcher {
 /// process only; on cancellation (or when a step fails) it sends the running children SIGTERM,
 /// which they handle like Ctrl-C (an RL run stops at its last checkpoint, a merge removes its
 /// temporary folder), and waits for them. The children are tracked
-/// ([`crate::cancel::track_child`]), so if this process is forced to end at once (a second
+/// ([`crate::interrupt::track_child`]), so if this process is forced to end at once (a second
 /// signal) they still get their SIGTERM.
 pub struct Local {
     pub jobs: usize,
@@ -77,7 +77,7 @@ fn stop_all(running: Vec<(&Step, Child)>) {
         }
         // Asked once: a forced stop of this process must not send a second signal, which
         // would end the child at once instead of at its next check.
-        crate::cancel::untrack_child(child.id());
+        crate::interrupt::untrack_child(child.id());
     }
     for (_, mut child) in running {
         let _ = child.wait();
@@ -91,13 +91,13 @@ impl Launcher for Local {
         let mut running: Vec<(&Step, Child)> = Vec::new();
         let mut failure: Option<Error> = None;
         while failure.is_none() && (!queue.is_empty() || !running.is_empty()) {
-            while running.len() < self.jobs.max(1) && crate::cancel::check().is_ok() {
+            while running.len() < self.jobs.max(1) && crate::interrupt::check().is_ok() {
                 let Some(st) = queue.pop() else { break };
                 let verb = if resumable(st) { "resume" } else { "start " };
                 reporter.message(&format!("{verb} {}  (log: {})", st.id, st.log.display()));
                 match spawn(st) {
                     Ok(child) => {
-                        crate::cancel::track_child(child.id());
+                        crate::interrupt::track_child(child.id());
                         running.push((st, child));
                     }
                     Err(e) => {
@@ -106,7 +106,7 @@ impl Launcher for Local {
                     }
                 }
             }
-            if let Err(e) = crate::cancel::check() {
+            if let Err(e) = crate::interrupt::check() {
                 failure.get_or_insert(e);
                 break;
             }
@@ -118,7 +118,7 @@ impl Launcher for Local {
                     Err(e) => failure = Some(e),
                     Ok(None) => k += 1,
                     Ok(Some(status)) => {
-                        crate::cancel::untrack_child(child.id());
+                        crate::interrupt::untrack_child(child.id());
                         let st = *st;
                         running.swap_remove(k);
                         if status.success() && st.done.exists() {

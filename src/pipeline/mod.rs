@@ -13,9 +13,7 @@
 //! (`warp rl --resume`), so re-running `warp run` continues where it stopped. Where everything
 //! goes is [`RunLayout`].
 
-pub mod eval_table;
 pub mod launcher;
-pub mod layout;
 mod plan;
 pub mod presets;
 
@@ -28,12 +26,12 @@ use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
 use crate::merge::eta_name;
 use crate::progress::Reporter;
-use crate::rl::settings::Backend;
+use crate::rl::settings::Trainer;
 use crate::slurm::{Slurm, SlurmConfig, Submission};
 
-pub use eval_table::{EvalRow, EvalTable, Point, PointKind};
+pub use crate::layout::{RlRunLayout, RunLayout};
+pub use crate::stats::eval_table::{EvalRow, EvalTable, Point, PointKind};
 pub use launcher::{Launcher, Local};
-pub use layout::{RlRunLayout, RunLayout};
 pub use plan::{plan, Plan, Step};
 
 /// The settings of a pipeline (a TOML file; every key optional).
@@ -86,7 +84,7 @@ pub struct PipelineConfig {
     pub slurm: SlurmConfig,
     /// The RL trainer of every run: `warp` (libtorch, one device) or `trl` (TRL's RLOOTrainer
     /// under `accelerate launch`: docs/SCALE.md); same run layout either way.
-    pub trainer: Backend,
+    pub trainer: Trainer,
     /// Evaluation: completions per held-out prompt, and how many prompts (0 = all).
     pub eval_samples: u32,
     pub eval_prompts: u32,
@@ -132,7 +130,7 @@ impl Default for PipelineConfig {
             devices: vec![Device::Auto],
             launcher: "local".into(),
             slurm: SlurmConfig::default(),
-            trainer: Backend::Warp,
+            trainer: Trainer::Warp,
             eval_samples: 2,
             eval_prompts: 500,
             eval_temperature: None,
@@ -144,12 +142,6 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
-    /// Reads a TOML file (unknown keys are an error naming them).
-    pub fn from_toml(path: &Path) -> Result<PipelineConfig> {
-        let text = std::fs::read_to_string(path).at(path)?;
-        toml::from_str(&text).map_err(|e| Error::format(path, e.to_string().trim_end()))
-    }
-
     /// Checks the values that no type rules out; errors name the key.
     pub fn check(&self) -> Result<()> {
         let bad = |field: &str, m: String| Err(Error::setting(field, m));

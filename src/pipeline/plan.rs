@@ -10,7 +10,7 @@ use super::{PipelineConfig, RunLayout};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::io::DType;
-use crate::rl::settings::{Anchor, RlConfig};
+use crate::rl::settings::{given, Anchor, RlConfig};
 use crate::slurm::StepKind;
 
 /// One command of the plan.
@@ -69,15 +69,14 @@ const PIPELINE_KEYS: [&str; 10] = [
 /// What every RL run shares: the defaults, then the config's `rl` table, then its `rl_args`
 /// flags. Neither may set a key the pipeline sets itself.
 fn rl_base(c: &PipelineConfig) -> Result<RlConfig> {
-    let mut over = c.rl.clone();
     let backend_flag = |a: &String| a == "--backend" || a.starts_with("--backend=");
-    if over.contains_key("backend") || c.rl_args.iter().any(backend_flag) {
+    if c.rl.contains_key("backend") || c.rl_args.iter().any(backend_flag) {
         return Err(Error::setting(
             "rl.backend",
             "set by the pipeline for every run (use its key `trainer`)",
         ));
     }
-    for key in over.keys() {
+    for key in c.rl.keys() {
         if PIPELINE_KEYS.contains(&key.as_str()) {
             return Err(Error::setting(
                 format!("rl.{key}"),
@@ -91,26 +90,20 @@ fn rl_base(c: &PipelineConfig) -> Result<RlConfig> {
         .map_err(|e| Error::setting("rl_args", first_line(&e.to_string())))?;
     let flags = RlConfig::from_arg_matches(&m)
         .map_err(|e| Error::setting("rl_args", first_line(&e.to_string())))?;
-    let flags = serde_json::to_value(flags).map_err(|e| Error::Internal(e.to_string()))?;
-    for id in m.ids() {
-        let id = id.as_str();
-        if m.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
-            continue;
-        }
-        if PIPELINE_KEYS.contains(&id) {
-            return Err(Error::setting(
-                "rl_args",
-                format!(
-                    "--{} is set by the pipeline for every run (use its key `{id}`)",
-                    id.replace('_', "-")
-                ),
-            ));
-        }
-        if let Some(v) = flags.get(id) {
-            over.insert(id.to_string(), v.clone());
-        }
+    if let Some(id) = given(&m)
+        .iter()
+        .find(|id| PIPELINE_KEYS.contains(&id.as_str()))
+    {
+        return Err(Error::setting(
+            "rl_args",
+            format!(
+                "--{} is set by the pipeline for every run (use its key `{id}`)",
+                id.replace('_', "-")
+            ),
+        ));
     }
-    let mut base = RlConfig::default().with_overrides(&over, Path::new("pipeline config `rl`"))?;
+    let origin = Path::new("pipeline config `rl`");
+    let mut base = RlConfig::default().layered(&c.rl, &flags, &m, origin)?;
     base.backend = c.trainer;
     Ok(base)
 }

@@ -10,18 +10,6 @@ use serde_json::{json, Map, Value};
 use super::PipelineConfig;
 use crate::error::{Error, IoContext, Result};
 
-/// The built-in tasks a pipeline can run: name and description.
-pub const TASKS: [(&str, &str); 2] = [
-    (
-        "arith",
-        "two-number addition, verifiable reward (the default)",
-    ),
-    (
-        "cipher",
-        "shift the letters of a word; a learned reward model rewards four of the shifts",
-    ),
-];
-
 /// The presets: name and description.
 pub const PRESETS: [(&str, &str); 2] = [
     (
@@ -34,30 +22,6 @@ pub const PRESETS: [(&str, &str); 2] = [
          3 iterations of 2 runs of 400 steps",
     ),
 ];
-
-/// What a built-in task sets.
-fn task_layer(name: &str) -> Option<Value> {
-    Some(match name {
-        "arith" => json!({
-            "model": "builtin:arith/model",
-            "prompts": "builtin:arith/train.jsonl",
-            "heldout": "builtin:arith/heldout.jsonl",
-            "reward": "verify:arith",
-        }),
-        // lr 1e-3: at 3e-4 the runs all drift to the same mixture of the four rewarded shifts
-        // (docs/RESULTS.md); faster, each commits to its own. More checkpoints: the reward is
-        // reached within the first ~20 steps, which a trajectory should show.
-        "cipher" => json!({
-            "model": "builtin:cipher/model",
-            "prompts": "builtin:cipher/train.jsonl",
-            "heldout": "builtin:cipher/heldout.jsonl",
-            "reward": "model:builtin:cipher/rm",
-            "checkpoints": 10,
-            "rl": {"lr": 1e-3},
-        }),
-        _ => return None,
-    })
-}
 
 /// What a preset sets.
 fn preset_layer(name: &str) -> Option<Value> {
@@ -127,12 +91,18 @@ pub fn layered(
     let task = task.unwrap_or_else(|| "arith".into());
     let preset = preset.map(str::to_string).or_else(|| from_file("preset"));
     let preset = preset.unwrap_or_else(|| "small".into());
-    let task_keys = task_layer(&task).ok_or_else(|| {
-        Error::setting(
-            "task",
-            format!("unknown task '{task}' (built-in: {})", names(&TASKS)),
-        )
-    })?;
+    // What the built-in task sets ([`crate::tasks`]).
+    let task_keys = crate::tasks::task(&task)
+        .map(|t| (t.pipeline)())
+        .ok_or_else(|| {
+            Error::setting(
+                "task",
+                format!(
+                    "unknown task '{task}' (built-in: {})",
+                    crate::tasks::names()
+                ),
+            )
+        })?;
     let preset_keys = preset_layer(&preset).ok_or_else(|| {
         Error::setting(
             "preset",

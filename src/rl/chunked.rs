@@ -33,7 +33,7 @@ pub fn chunk_positions(vocab: usize, bytes: u64) -> i64 {
 }
 
 fn be(what: &str, e: tch::TchError) -> Error {
-    Error::backend(what.to_string(), e)
+    Error::compute(what.to_string(), e)
 }
 
 /// A batch of (prompt, completion) pairs laid out for one forward pass, and where its completion
@@ -76,18 +76,18 @@ impl Completions {
         device: Device,
     ) -> Result<Completions> {
         if pairs.is_empty() {
-            return Err(Error::Usage(
+            return Err(Error::Internal(
                 "no (prompt, completion) pairs to score".into(),
             ));
         }
         let v = vocab as i64;
         for (i, (p, c)) in pairs.iter().enumerate() {
             if p.is_empty() {
-                return Err(Error::Usage(format!("prompt {i} is empty")));
+                return Err(Error::Mismatch(format!("prompt {i} is empty")));
             }
             for (what, ids) in [("prompt", p), ("completion", c)] {
                 if let Some(t) = ids.iter().find(|&&t| t < 0 || t >= v) {
-                    return Err(Error::Usage(format!(
+                    return Err(Error::Mismatch(format!(
                         "{what} {i}: token id {t} outside the vocabulary (0..{v})"
                     )));
                 }
@@ -96,7 +96,7 @@ impl Completions {
         let width = pairs.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         let cmax = pairs.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
         if width + cmax > max_positions {
-            return Err(Error::Usage(format!(
+            return Err(Error::Mismatch(format!(
                 "prompt of {width} tokens + completion of {cmax} exceeds max_position_embeddings \
                  {max_positions}"
             )));
@@ -256,10 +256,10 @@ pub fn token_stats(
     o: &StatsOptions,
 ) -> Result<TokenStats> {
     if !(o.temperature.is_finite() && o.temperature > 0.0) {
-        return Err(Error::Usage(format!(
-            "scoring temperature must be > 0, got {}",
-            o.temperature
-        )));
+        return Err(Error::setting(
+            "temperature",
+            format!("scoring needs a temperature > 0, got {}", o.temperature),
+        ));
     }
     let n = check_rows(h, targets)?;
     for r in references {
@@ -354,9 +354,10 @@ pub fn backward_logprobs(
     chunk: i64,
 ) -> Result<Tensor> {
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(Error::Usage(format!(
-            "scoring temperature must be > 0, got {temperature}"
-        )));
+        return Err(Error::setting(
+            "temperature",
+            format!("scoring needs a temperature > 0, got {temperature}"),
+        ));
     }
     let n = check_rows(h, targets)?;
     if weights.size() != [n] {

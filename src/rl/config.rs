@@ -217,9 +217,6 @@ pub struct ModelConfig {
     pub torch_dtype: Option<String>,
 }
 
-/// The name the rest of the crate knew the config by.
-pub type LlamaConfig = ModelConfig;
-
 /// Sizes of the decoder.
 struct Dims {
     vocab: usize,

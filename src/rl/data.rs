@@ -84,13 +84,8 @@ pub struct PromptLine {
     pub line: usize,
 }
 
-/// A plain-text prompt line (the built-in task's format).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptRecord {
-    pub prompt: String,
-    /// The reference answer, when the file has one (only used for reports).
-    pub answer: Option<String>,
-}
+/// A plain-text prompt line (the built-in tasks' format).
+pub use crate::tasks::PromptRecord;
 
 /// Checks a `"messages"` value: a non-empty array of objects, each with a non-empty string
 /// `"role"` and a `"content"` that is a string or a list of content blocks (it may be missing or

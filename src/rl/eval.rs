@@ -8,12 +8,12 @@ use tch::{Kind, Tensor};
 use super::chat::TemplateChoice;
 use super::data::{Prompt, PromptLine};
 use super::generate::{generate, score, GenerateOptions};
-use super::model::LlamaModel;
+use super::model::CausalLm;
 use super::reward::Reward;
 use super::tokenizer::Tokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::pipeline::{EvalRow, Point, PointKind};
+use crate::stats::eval_table::{EvalRow, Point, PointKind};
 use crate::stats::SampleTable;
 
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub struct Sample {
 /// `samples` completions for every prompt, in prompt order, in batches; deterministic given the
 /// seed (each batch draws from its own stream).
 pub fn sample(
-    model: &LlamaModel,
+    model: &CausalLm,
     tok: &Tokenizer,
     prompts: &[Prompt],
     o: &SampleOptions,
@@ -98,8 +98,8 @@ pub fn sample(
 /// each sample: an unbiased estimate of the sequence-level KL when the samples come from π, with
 /// far less variance than the log-ratio of the sampled tokens alone.
 pub fn kl_per_sample(
-    policy: &LlamaModel,
-    reference: &LlamaModel,
+    policy: &CausalLm,
+    reference: &CausalLm,
     samples: &[Sample],
     pad_id: i64,
     temperature: f64,
@@ -123,7 +123,7 @@ pub fn kl_per_sample(
                 .sum_dim_intlist(-1, false, Kind::Double))
         })?;
         let v: Vec<f64> = Vec::try_from(kl.to_device(tch::Device::Cpu))
-            .map_err(|e| Error::backend("reading KL estimates back from libtorch", e))?;
+            .map_err(|e| Error::compute("reading KL estimates back from libtorch", e))?;
         out.extend(v);
     }
     Ok(out)
@@ -177,11 +177,11 @@ pub struct EvalResult {
 
 /// Mean reward of sampled completions on `prompts`, and KL to `reference` on the same samples.
 pub fn evaluate(
-    model: &LlamaModel,
+    model: &CausalLm,
     tok: &Tokenizer,
     prompts: &[Prompt],
     reward: &mut dyn Reward,
-    reference: Option<&LlamaModel>,
+    reference: Option<&CausalLm>,
     o: &SampleOptions,
 ) -> Result<EvalResult> {
     let samples = sample(model, tok, prompts, o)?;
@@ -257,7 +257,7 @@ pub fn evaluate_points(
     reporter: &dyn crate::progress::Reporter,
 ) -> Result<(Vec<EvalRow>, SampleTable)> {
     let device = super::tch_device(device)?;
-    let reference = LlamaModel::load(sft, device)?;
+    let reference = CausalLm::load(sft, device)?;
     let mut tok = Tokenizer::from_dir(sft)?;
     tok.set_chat_template(chat)?;
     tok.encode_prompt_lines(prompts_path, prompts)?;
@@ -272,11 +272,11 @@ pub fn evaluate_points(
     let mut out = Vec::with_capacity(all.len());
     let mut table = SampleTable::new(all.len(), prompts.len(), o.samples);
     for p in all {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         let r = if p.kind == PointKind::Sft {
             evaluate(&reference, &tok, prompts, reward, Some(&reference), o)?
         } else {
-            let m = LlamaModel::load(&p.path, device)?;
+            let m = CausalLm::load(&p.path, device)?;
             if m.config.vocab_size != reference.config.vocab_size {
                 return Err(Error::format(
                     &p.path,

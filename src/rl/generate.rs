@@ -7,9 +7,9 @@
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::model::LlamaModel;
-use super::rng::SplitMix64;
+use super::model::CausalLm;
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// Sampling settings. `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 switch those filters off.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ fn left_pad(
 
 /// Position ids of a left-padded batch: `cumsum(mask) - 1`, 0 on padding.
 pub fn position_ids(mask: &Tensor) -> Result<Tensor> {
-    f_position_ids(mask).map_err(|e| Error::backend("position ids", e))
+    f_position_ids(mask).map_err(|e| Error::compute("position ids", e))
 }
 
 fn f_position_ids(mask: &Tensor) -> Result<Tensor, TchError> {
@@ -98,7 +98,7 @@ fn f_position_ids(mask: &Tensor) -> Result<Tensor, TchError> {
         .f_clamp_min(0)
 }
 
-fn check_prompts(model: &LlamaModel, prompts: &[Vec<i64>], extra: usize) -> Result<usize> {
+fn check_prompts(model: &CausalLm, prompts: &[Vec<i64>], extra: usize) -> Result<usize> {
     if prompts.is_empty() {
         return Err(Error::Mismatch("no prompts".into()));
     }
@@ -172,23 +172,19 @@ fn finish_check_interval(device: Device) -> usize {
 
 /// Samples up to `max_new_tokens` for each prompt (token ids, BOS included if wanted), all in
 /// one batch with a KV cache. Runs without gradients.
-pub fn generate(
-    model: &LlamaModel,
-    prompts: &[Vec<i64>],
-    o: &GenerateOptions,
-) -> Result<Generation> {
+pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], o: &GenerateOptions) -> Result<Generation> {
     let width = check_prompts(model, prompts, o.max_new_tokens)?;
     if !(o.top_p > 0.0 && o.top_p <= 1.0) {
-        return Err(Error::Usage(format!(
-            "top_p must be in (0, 1], got {}",
-            o.top_p
-        )));
+        return Err(Error::setting(
+            "top_p",
+            format!("must be in (0, 1], got {}", o.top_p),
+        ));
     }
     if !o.temperature.is_finite() || o.temperature < 0.0 {
-        return Err(Error::Usage(format!(
-            "temperature must be ≥ 0, got {}",
-            o.temperature
-        )));
+        return Err(Error::setting(
+            "temperature",
+            format!("must be ≥ 0, got {}", o.temperature),
+        ));
     }
     let every = finish_check_interval(model.device);
     tch::no_grad(|| Decoder::start(model, prompts, width, o)?.run(every))
@@ -198,7 +194,7 @@ pub fn generate(
 /// nothing; the only values read back on the host are the "all finished" flag (see
 /// [`finish_check_interval`]) and the results.
 struct Decoder<'a> {
-    model: &'a LlamaModel,
+    model: &'a CausalLm,
     o: &'a GenerateOptions,
     width: i64,
     batch: i64,
@@ -217,7 +213,7 @@ struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     fn start(
-        model: &'a LlamaModel,
+        model: &'a CausalLm,
         prompts: &[Vec<i64>],
         width: usize,
         o: &'a GenerateOptions,
@@ -248,7 +244,7 @@ impl<'a> Decoder<'a> {
             Ok((ids, mask, uniforms, tokens, live))
         };
         let (prompt_ids, mask, uniforms, tokens, live) = setup()
-            .map_err(|e| Error::backend(format!("model {}: generation", model.name()), e))?;
+            .map_err(|e| Error::compute(format!("model {}: generation", model.name()), e))?;
         Ok(Decoder {
             model,
             o,
@@ -265,7 +261,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn backend(&self) -> impl Fn(TchError) -> Error + '_ {
-        move |e| Error::backend(format!("model {}: generation", self.model.name()), e)
+        move |e| Error::compute(format!("model {}: generation", self.model.name()), e)
     }
 
     /// Decodes, checking whether every sequence ended every `every` steps.
@@ -426,22 +422,23 @@ pub struct Scores {
 
 /// Scores (prompt, completion) pairs in one forward pass: prompts left-padded, completions
 /// right-padded after them, padding masked out of attention. Gradients flow if enabled.
-pub fn score(model: &LlamaModel, pairs: &[(Vec<i64>, Vec<i64>)], pad_id: i64) -> Result<Scores> {
+pub fn score(model: &CausalLm, pairs: &[(Vec<i64>, Vec<i64>)], pad_id: i64) -> Result<Scores> {
     score_at(model, pairs, pad_id, 1.0)
 }
 
 /// As [`score`], with log-probs of the distribution sampled at `temperature` (softmax of
 /// logits / temperature); `Scores::logits` stay raw.
 pub fn score_at(
-    model: &LlamaModel,
+    model: &CausalLm,
     pairs: &[(Vec<i64>, Vec<i64>)],
     pad_id: i64,
     temperature: f64,
 ) -> Result<Scores> {
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(Error::Usage(format!(
-            "scoring temperature must be > 0, got {temperature}"
-        )));
+        return Err(Error::setting(
+            "temperature",
+            format!("scoring needs a temperature > 0, got {temperature}"),
+        ));
     }
     let prompts: Vec<Vec<i64>> = pairs.iter().map(|(p, _)| p.clone()).collect();
     let cmax = pairs.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
@@ -462,7 +459,7 @@ pub fn score_at(
         cids[i * cmax..i * cmax + c.len()].copy_from_slice(c);
         cm[i * cmax..i * cmax + c.len()].fill(1);
     }
-    let backend = |e: TchError| Error::backend(format!("model {}: scoring", model.name()), e);
+    let backend = |e: TchError| Error::compute(format!("model {}: scoring", model.name()), e);
     let inputs = || -> Result<_, TchError> {
         let (pids, pmask) = left_pad(&prompts, width, pad_id, dev)?;
         let shape = [b as i64, cmax as i64];
@@ -514,7 +511,7 @@ mod tests {
     fn sparse_end_checks_give_the_same_result() {
         // The built-in task's model answers in a few tokens, then EOS.
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/model");
-        let model = LlamaModel::load(&dir, Device::Cpu).unwrap();
+        let model = CausalLm::load(&dir, Device::Cpu).unwrap();
         let tok = crate::rl::Tokenizer::from_dir(&dir).unwrap();
         let prompts: Vec<Vec<i64>> = ["37+58=", "1+2=", "99+99="]
             .iter()

@@ -28,9 +28,8 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
-use crate::error::{Error, IoContext, Result};
+use super::config::ModelConfig;
+use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 
 /// The numbers of a model the plan needs.
@@ -50,32 +49,10 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
-    /// From an open checkpoint (headers only) and the config.json beside it: the generic Hugging
-    /// Face fields every decoder family writes (`hidden_size`, `num_hidden_layers`,
-    /// `num_attention_heads`, `num_key_value_heads` (default: the heads), `head_dim` (default:
-    /// hidden / heads), `intermediate_size`, `vocab_size`, `tie_word_embeddings`).
+    /// From an open checkpoint (headers only) and its parsed config.json ([`ModelConfig`], the
+    /// one reading of it that the model itself loads with).
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<ModelShape> {
-        let path = ck.dir.join("config.json");
-        let text = std::fs::read_to_string(&path).at(&path)?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
-        // Multimodal configs (Gemma 3) keep the decoder's fields under text_config.
-        let v = v.get("text_config").filter(|t| t.is_object()).unwrap_or(&v);
-        let num = |k: &str| v.get(k).and_then(Value::as_u64);
-        let need = |k: &str| {
-            num(k).filter(|&x| x > 0).ok_or_else(|| {
-                Error::format(
-                    &path,
-                    format!("field '{k}' missing or not a positive integer"),
-                )
-            })
-        };
-        let hidden = need("hidden_size")?;
-        let heads = need("num_attention_heads")?;
-        let tied = v
-            .get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let c = ModelConfig::from_dir(&ck.dir)?;
         let mut parameters = 0u64;
         let mut checkpoint_bytes = 0u64;
         for t in ck.tensors() {
@@ -83,22 +60,20 @@ impl ModelShape {
             checkpoint_bytes += n * t.dtype.size() as u64;
             // A tied model's file may carry a copy of the embedding as lm_head; it is not a
             // parameter of its own.
-            if !(tied && t.name == "lm_head.weight") {
+            if !(c.tie_word_embeddings && t.name == "lm_head.weight") {
                 parameters += n;
             }
         }
         Ok(ModelShape {
             parameters,
             checkpoint_bytes,
-            hidden,
-            layers: need("num_hidden_layers")?,
-            heads,
-            kv_heads: num("num_key_value_heads")
-                .filter(|&x| x > 0)
-                .unwrap_or(heads),
-            head_dim: num("head_dim").filter(|&x| x > 0).unwrap_or(hidden / heads),
-            intermediate: need("intermediate_size")?,
-            vocab: need("vocab_size")?,
+            hidden: c.hidden_size as u64,
+            layers: c.num_hidden_layers as u64,
+            heads: c.num_attention_heads as u64,
+            kv_heads: c.num_key_value_heads as u64,
+            head_dim: c.head_dim as u64,
+            intermediate: c.intermediate_size as u64,
+            vocab: c.vocab_size as u64,
         })
     }
 
@@ -215,28 +190,79 @@ fn gib(b: u64) -> String {
     crate::io::writer::human_bytes(b)
 }
 
-/// The plan for `input` (see the module docs).
+/// The plan for `input` (see the module docs): what the whole run holds, the reward model, then
+/// what a micro-batch's generation, its training and the loading of the checkpoint add.
 pub fn plan(input: &PlanInput) -> Plan {
-    let m = &input.model;
-    let e = input.precision.bytes();
-    let p = m.parameters;
-    let k = input.micro_batch.max(1);
-    let sequences = input.prompts * input.n;
-    let micro_batches = sequences.div_ceil(k).max(1);
-    let t = input.prompt_tokens + input.max_new_tokens;
-    let bf16 = input.precision == Precision::Bf16;
-    let dt = if bf16 { "bf16" } else { "f32" };
-    let mut items = Vec::new();
-    let mut add = |what, bytes, how: String, phase| {
-        items.push(Item {
+    let mut items = Items(Vec::new());
+    let s = Sizes::of(input);
+    resident_items(input, &s, &mut items);
+    reward_items(input, &s, &mut items);
+    generation_items(input, &s, &mut items);
+    training_items(input, &s, &mut items);
+    if input.target == Target::Cpu {
+        items.add(
+            "checkpoint mapping",
+            input.model.checkpoint_bytes,
+            "the file's pages while it is read (RSS)".into(),
+            Phase::Loading,
+        );
+    }
+    Plan {
+        items: items.0,
+        micro_batch: s.k,
+    }
+}
+
+/// The plan's lines, in order.
+struct Items(Vec<Item>);
+
+impl Items {
+    fn add(&mut self, what: &'static str, bytes: u64, how: String, phase: Phase) {
+        self.0.push(Item {
             what,
             bytes,
             how,
             phase,
-        })
-    };
-    use Phase::*;
-    add(
+        });
+    }
+}
+
+/// The sizes every part of the plan uses.
+struct Sizes {
+    /// Bytes per element of the compute dtype, and its name.
+    e: u64,
+    dt: &'static str,
+    bf16: bool,
+    /// Parameters.
+    p: u64,
+    /// Sequences per micro-batch, and micro-batches per step.
+    k: u64,
+    micro_batches: u64,
+    /// Positions of a sequence (prompt and completion).
+    t: u64,
+}
+
+impl Sizes {
+    fn of(input: &PlanInput) -> Sizes {
+        let k = input.micro_batch.max(1);
+        let bf16 = input.precision == Precision::Bf16;
+        Sizes {
+            e: input.precision.bytes(),
+            dt: if bf16 { "bf16" } else { "f32" },
+            bf16,
+            p: input.model.parameters,
+            k,
+            micro_batches: (input.prompts * input.n).div_ceil(k).max(1),
+            t: input.prompt_tokens + input.max_new_tokens,
+        }
+    }
+}
+
+/// What the whole run holds: the runtime, the policy and its training state, the EMA, the init.
+fn resident_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
+    let (p, e, dt) = (s.p, s.e, s.dt);
+    use Phase::Resident;
+    items.add(
         "runtime",
         runtime_bytes(input.target),
         match input.target {
@@ -245,33 +271,34 @@ pub fn plan(input: &PlanInput) -> Plan {
         },
         Resident,
     );
-    add(
+    items.add(
         "policy weights",
         p * e,
         format!("{p} parameters × {e} B ({dt})"),
         Resident,
     );
-    if bf16 {
-        add("f32 master weights", 4 * p, format!("{p} × 4 B"), Resident);
+    if s.bf16 {
+        items.add("f32 master weights", 4 * p, format!("{p} × 4 B"), Resident);
     }
-    add("gradients", p * e, format!("{p} × {e} B"), Resident);
-    if bf16 && micro_batches > 1 {
-        add(
+    items.add("gradients", p * e, format!("{p} × {e} B"), Resident);
+    if s.bf16 && s.micro_batches > 1 {
+        let mb = s.micro_batches;
+        items.add(
             "f32 gradient sum",
             4 * p,
-            format!("{p} × 4 B (bf16 gradients of {micro_batches} micro-batches summed in f32)"),
+            format!("{p} × 4 B (bf16 gradients of {mb} micro-batches summed in f32)"),
             Resident,
         );
     }
-    add(
+    items.add(
         "Adam moments",
         8 * p,
         format!("{p} × 2 × 4 B (f32)"),
         Resident,
     );
-    add("EMA", 4 * p, format!("{p} × 4 B (f32)"), Resident);
-    if bf16 && input.ema_anchor {
-        add(
+    items.add("EMA", 4 * p, format!("{p} × 4 B (f32)"), Resident);
+    if s.bf16 && input.ema_anchor {
+        items.add(
             "EMA bf16 copy",
             2 * p,
             format!("{p} × 2 B, for the anchor forward"),
@@ -279,43 +306,62 @@ pub fn plan(input: &PlanInput) -> Plan {
         );
     }
     if input.init {
-        add("init", p * e, format!("{p} × {e} B, frozen"), Resident);
+        items.add("init", p * e, format!("{p} × {e} B, frozen"), Resident);
     }
-    if let Some((r, re, rb)) = &input.reward_model {
-        add(
-            "reward model",
-            r.parameters * re,
-            format!("{} parameters × {re} B", r.parameters),
-            Resident,
-        );
-        add(
-            "reward model forward",
-            rb * t * (r.transient_bytes_per_token(*re) + r.hidden * re),
-            format!("{rb} sequences × {t} tokens, one layer at a time"),
-            Training,
-        );
-    }
+}
+
+/// A reward model: its weights for the whole run, its forward while a batch is scored.
+fn reward_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
+    let Some((r, re, rb)) = &input.reward_model else {
+        return;
+    };
+    let t = s.t;
+    items.add(
+        "reward model",
+        r.parameters * re,
+        format!("{} parameters × {re} B", r.parameters),
+        Phase::Resident,
+    );
+    items.add(
+        "reward model forward",
+        rb * t * (r.transient_bytes_per_token(*re) + r.hidden * re),
+        format!("{rb} sequences × {t} tokens, one layer at a time"),
+        Phase::Training,
+    );
+}
+
+/// A micro-batch's generation: its KV cache and the prefill's temporaries.
+fn generation_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
+    let m = &input.model;
+    let (k, t, e) = (s.k, s.t, s.e);
     let kv = 2 * m.layers * k * m.kv_heads * t * m.head_dim * e;
-    add(
+    items.add(
         "KV cache",
         kv,
         format!(
             "2 × {} layers × {k} seqs × {} kv heads × {t} positions × {} × {e} B",
             m.layers, m.kv_heads, m.head_dim
         ),
-        Generation,
+        Phase::Generation,
     );
-    add(
+    items.add(
         "prefill temporaries",
         k * input.prompt_tokens * m.transient_bytes_per_token(e) + 4 * k * m.vocab,
         format!(
             "{k} seqs × {} prompt tokens, one layer at a time",
             input.prompt_tokens
         ),
-        Generation,
+        Phase::Generation,
     );
+}
+
+/// A micro-batch's scoring and backward pass.
+fn training_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
+    let m = &input.model;
+    let (k, t, e) = (s.k, s.t, s.e);
+    use Phase::Training;
     let per = m.activation_bytes_per_token_layer(e);
-    add(
+    items.add(
         "activations",
         k * t * m.layers * per + k * t * m.hidden * (4 + 2 * e),
         format!(
@@ -325,13 +371,13 @@ pub fn plan(input: &PlanInput) -> Plan {
         Training,
     );
     let others = 1 + u64::from(input.init && input.ema_anchor);
-    add(
+    items.add(
         "anchor/init hidden states",
         others * k * t * m.hidden * e + k * t * m.transient_bytes_per_token(e),
         format!("{others} no-graph forward(s) of {k} seqs × {t} tokens"),
         Training,
     );
-    add(
+    items.add(
         "backward temporaries",
         k * t * per + 2 * k * t * m.hidden * e,
         "one layer's activation gradients, the hidden-state gradient".into(),
@@ -341,7 +387,7 @@ pub fn plan(input: &PlanInput) -> Plan {
     let chunk = input
         .chunk_bytes
         .min(4 * k * input.max_new_tokens * m.vocab);
-    add(
+    items.add(
         "LM-head chunks",
         6 * chunk,
         format!(
@@ -350,18 +396,6 @@ pub fn plan(input: &PlanInput) -> Plan {
         ),
         Training,
     );
-    if input.target == Target::Cpu {
-        add(
-            "checkpoint mapping",
-            m.checkpoint_bytes,
-            "the file's pages while it is read (RSS)".into(),
-            Loading,
-        );
-    }
-    Plan {
-        items,
-        micro_batch: k,
-    }
 }
 
 impl Plan {
@@ -468,7 +502,7 @@ pub fn check_fits(input: &PlanInput, limit: u64) -> Result<Plan> {
             gib(p.resident())
         ),
     };
-    Err(Error::Usage(msg))
+    Err(Error::setting("max_memory", msg))
 }
 
 /// Activations (generation or training, whichever is larger) that an automatic micro-batch may

@@ -21,6 +21,8 @@ pub mod data;
 #[cfg(feature = "rl")]
 pub mod eval;
 #[cfg(feature = "rl")]
+pub mod f32_checkpoint;
+#[cfg(feature = "rl")]
 pub mod generate;
 #[cfg(feature = "rl")]
 pub mod memory;
@@ -37,11 +39,7 @@ pub mod reward_model;
 #[cfg(feature = "rl")]
 pub mod rm_train;
 #[cfg(feature = "rl")]
-pub mod rng;
-#[cfg(feature = "rl")]
 pub mod sft;
-#[cfg(feature = "rl")]
-pub mod task;
 #[cfg(feature = "rl")]
 pub mod textgen;
 #[cfg(feature = "rl")]
@@ -51,11 +49,11 @@ pub mod trainer;
 pub mod trl;
 
 #[cfg(feature = "rl")]
-pub use config::{Family, LlamaConfig, ModelConfig, Rope, RopeScaling};
+pub use config::{Family, ModelConfig, Rope, RopeScaling};
 #[cfg(feature = "rl")]
 pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
 #[cfg(feature = "rl")]
-pub use model::{CausalLm, Head, KvCache, LlamaModel, ParamSpec};
+pub use model::{CausalLm, Head, KvCache, ParamSpec};
 pub use settings::{Anchor, Baseline, RlConfig, SaveDtype, SftConfig, TrainDtype};
 #[cfg(feature = "rl")]
 pub use tokenizer::Tokenizer;
@@ -76,12 +74,12 @@ pub fn tch_device(device: crate::device::Device) -> crate::Result<tch::Device> {
         Device::Cpu => Ok(tch::Device::Cpu),
         Device::Cuda(n) => {
             cuda::load_backend()
-                .map_err(|e| crate::Error::backend(format!("device {device}"), e))?;
+                .map_err(|e| crate::Error::compute(format!("device {device}"), e))?;
             let count = tch::Cuda::device_count();
             if (n as i64) < count {
                 Ok(tch::Device::Cuda(n))
             } else {
-                Err(crate::Error::backend(
+                Err(crate::Error::compute(
                     format!("device {device}"),
                     format!("libtorch sees {count} CUDA device(s) here"),
                 ))

@@ -7,7 +7,7 @@
 //! RMSNorm in f32 (Llama or Gemma style), RoPE angles in f32 cast to the activation dtype,
 //! softmax in f32; attention through libtorch's fused kernel, or transformers' eager math where
 //! soft-capping needs it (see `attention`). Every libtorch call is fallible: a failure (shape,
-//! dtype, device, out of memory) is an [`Error::Backend`] naming the model and the step.
+//! dtype, device, out of memory) is an [`Error::Compute`] naming the model and the step.
 
 mod attention;
 mod layers;
@@ -83,9 +83,6 @@ pub struct CausalLm {
     /// (HF name, on-disk dtype) of every parameter, in the order they are saved.
     names: Vec<(String, DType)>,
 }
-
-/// The name the rest of the crate knew the model by.
-pub type LlamaModel = CausalLm;
 
 fn kind_of(dtype: DType) -> Option<Kind> {
     match dtype {
@@ -250,7 +247,7 @@ impl CausalLm {
             Head::Lm if config.tie_word_embeddings => LmHead::Tied,
             Head::Lm => LmHead::Own(a.take("lm_head.weight")?),
         };
-        let backend = |e: TchError| Error::backend(format!("model {name}: loading"), e);
+        let backend = |e: TchError| Error::compute(format!("model {name}: loading"), e);
         let mut ropes =
             vec![RopeFreqs::new(&config.rope, config.rotary_dim, device).map_err(backend)?];
         if let Some(local) = &config.local_rope {
@@ -295,7 +292,7 @@ impl CausalLm {
 
     fn backend(&self, what: &str) -> impl Fn(TchError) -> Error + '_ {
         let what = what.to_string();
-        move |e| Error::backend(format!("model {}: {what}", self.name), e)
+        move |e| Error::compute(format!("model {}: {what}", self.name), e)
     }
 
     /// An empty KV cache for `batch` sequences of up to `capacity` positions.
@@ -556,8 +553,9 @@ impl CausalLm {
         }
         let mut w = CheckpointWriter::create(dest, out.clone(), opts)?;
         for o in &out {
-            let kind = kind_of(o.dtype)
-                .ok_or_else(|| Error::Usage(format!("cannot save a parameter as {}", o.dtype)))?;
+            let kind = kind_of(o.dtype).ok_or_else(|| {
+                Error::tensor(dest, &o.name, format!("cannot be saved as {}", o.dtype))
+            })?;
             let bytes = tch::no_grad(|| -> Result<Vec<u8>, TchError> {
                 let t = vars[&o.name]
                     .f_detach()?

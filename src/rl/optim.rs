@@ -14,7 +14,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::model::LlamaModel;
+use super::model::CausalLm;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +85,7 @@ impl Slot {
 }
 
 fn be(name: &str, e: tch::TchError) -> Error {
-    Error::backend(format!("optimizer, parameter '{name}'"), e)
+    Error::compute(format!("optimizer, parameter '{name}'"), e)
 }
 
 pub struct Adam {
@@ -105,7 +105,7 @@ pub struct StepInfo {
 
 impl Adam {
     /// Over every parameter of `model`, in its save order.
-    pub fn new(model: &LlamaModel, cfg: AdamConfig) -> Result<Adam> {
+    pub fn new(model: &CausalLm, cfg: AdamConfig) -> Result<Adam> {
         let vars = model.vs.variables();
         let params = model
             .parameter_names()
@@ -230,7 +230,7 @@ impl Adam {
             }
             Tensor::f_stack(&sq, 0)
                 .and_then(|t| t.f_sum(Kind::Double))
-                .map_err(|e| Error::backend("optimizer, gradient norm", e))
+                .map_err(|e| Error::compute("optimizer, gradient norm", e))
         })
     }
 
@@ -241,7 +241,7 @@ impl Adam {
         let sq = self
             .grad_sq_norm()?
             .f_double_value(&[])
-            .map_err(|e| Error::backend("optimizer, gradient norm", e))?;
+            .map_err(|e| Error::compute("optimizer, gradient norm", e))?;
         self.apply(sq.sqrt())
     }
 
@@ -253,7 +253,7 @@ impl Adam {
         let c = self.cfg.clone();
         let info = tch::no_grad(|| -> Result<StepInfo> {
             if !grad_norm.is_finite() {
-                return Err(Error::backend(
+                return Err(Error::compute(
                     format!("optimizer step {step}"),
                     format!(
                         "non-finite gradient norm ({grad_norm}); the loss or the model's outputs \

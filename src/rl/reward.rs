@@ -24,20 +24,42 @@ pub trait Reward {
     }
 }
 
-/// `verify:arith`: 1 when the completion is the right sum (see [`super::task`]), else 0.
-pub struct VerifyArith;
+/// `verify:TASK`: a built-in task's verifier ([`crate::tasks::Task::verifier`]), e.g.
+/// `verify:arith`, 1 when the completion is the right sum, else 0.
+pub struct Verify {
+    spec: String,
+    verifier: fn(&str, &str) -> f64,
+}
 
-impl Reward for VerifyArith {
+impl Verify {
+    /// The verifier of the built-in task `task`, if it has one.
+    pub fn of(task: &str) -> Option<Verify> {
+        let verifier = crate::tasks::task(task)?.verifier?;
+        Some(Verify {
+            spec: format!("verify:{task}"),
+            verifier,
+        })
+    }
+}
+
+impl Reward for Verify {
     fn name(&self) -> &str {
-        "verify:arith"
+        &self.spec
     }
 
     fn score(&mut self, pairs: &[(String, String)]) -> Result<Vec<f64>> {
-        Ok(pairs
-            .iter()
-            .map(|(p, c)| super::task::arith_reward(p, c))
-            .collect())
+        Ok(pairs.iter().map(|(p, c)| (self.verifier)(p, c)).collect())
     }
+}
+
+/// The `verify:` specs of the built-in tasks that have a verifier.
+fn verifiers() -> String {
+    let specs: Vec<String> = crate::tasks::TASKS
+        .iter()
+        .filter(|t| t.verifier.is_some())
+        .map(|t| format!("verify:{}", t.name))
+        .collect();
+    specs.join(", ")
 }
 
 /// Settings of the rewards that need them (`model:`, `cmd:`); a spec cannot carry them.
@@ -72,18 +94,23 @@ pub fn from_spec(spec: &str) -> Result<Box<dyn Reward>> {
 }
 
 /// Makes the reward named by a `--reward` spec:
-/// - `verify:arith`;
+/// - `verify:TASK` (`verify:arith`): a built-in task's verifier;
 /// - `model:PATH`: a sequence-classification checkpoint with one label
 ///   ([`RewardModel`](super::reward_model::RewardModel));
 /// - `cmd:PROGRAM [ARG…]`: an external scorer over JSONL
 ///   ([`CmdReward`](super::reward_cmd::CmdReward); split on whitespace, no shell quoting).
 pub fn from_spec_opts(spec: &str, opts: &RewardOptions) -> Result<Box<dyn Reward>> {
     match spec.split_once(':') {
-        Some(("verify", "arith")) => Ok(Box::new(VerifyArith)),
-        Some(("verify", other)) => Err(Error::setting(
-            "reward",
-            format!("unknown verifier '{other}' in '{spec}' (known: verify:arith)"),
-        )),
+        Some(("verify", task)) => match Verify::of(task) {
+            Some(v) => Ok(Box::new(v)),
+            None => Err(Error::setting(
+                "reward",
+                format!(
+                    "unknown verifier '{task}' in '{spec}' (known: {})",
+                    verifiers()
+                ),
+            )),
+        },
         Some(("model", path)) if !path.is_empty() => {
             // A folder, a .safetensors file, or a hub id (org/name[@rev], downloaded to the cache).
             let path = crate::builtin::resolve_spec(path)?;

@@ -260,7 +260,7 @@ impl CmdReward {
             match rx.recv_timeout(left.min(POLL)) {
                 Ok(e) => out.record(e),
                 Err(RecvTimeoutError::Timeout) => {
-                    if crate::cancel::check().is_err() {
+                    if crate::interrupt::check().is_err() {
                         self.stop(pid, rx, &mut out);
                         return Err(Error::Interrupted);
                     }

@@ -20,8 +20,8 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::config::LlamaConfig;
-use super::model::{read_tensor, LlamaModel};
+use super::config::ModelConfig;
+use super::model::{read_tensor, CausalLm};
 use super::reward::Reward;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
@@ -31,7 +31,7 @@ use crate::io::Checkpoint;
 pub struct RewardModel {
     /// `model:` + the path as given.
     name: String,
-    model: LlamaModel,
+    model: CausalLm,
     tokenizer: Tokenizer,
     /// The score head's single row, `[hidden]`, f32.
     score: Tensor,
@@ -81,12 +81,13 @@ impl RewardModel {
         let path = path.as_ref();
         let name = format!("model:{}", path.display());
         if batch_size == 0 {
-            return Err(Error::Usage(format!(
-                "--reward {name}: the batch size must be at least 1"
-            )));
+            return Err(Error::setting(
+                "reward_batch",
+                format!("{name}: the batch size must be at least 1"),
+            ));
         }
         let ck = Checkpoint::open(path)?;
-        let config = LlamaConfig::from_dir(&ck.dir)?;
+        let config = ModelConfig::from_dir(&ck.dir)?;
         let config_path = ck.dir.join("config.json");
         if let Some(n) = declared_labels(&config_path)?.filter(|&n| n != 1) {
             return Err(Error::format(
@@ -127,7 +128,7 @@ impl RewardModel {
             ));
         }
         let pad_token_id = config.pad_token_id;
-        let mut model = LlamaModel::backbone_from_checkpoint(&ck, config, device, kind)?;
+        let mut model = CausalLm::backbone_from_checkpoint(&ck, config, device, kind)?;
         model.vs.freeze();
         let tokenizer = Tokenizer::from_dir(&ck.dir)?;
         let vocab = model.config.vocab_size;
@@ -142,7 +143,7 @@ impl RewardModel {
         }
         let score = score
             .f_view([h])
-            .map_err(|e| Error::backend(format!("{name}: loading"), e))?;
+            .map_err(|e| Error::compute(format!("{name}: loading"), e))?;
         Ok(RewardModel {
             name,
             model,
@@ -255,7 +256,7 @@ impl RewardModel {
                 .f_clamp_min(0)?;
             Ok((ids, mask, pos))
         };
-        let backend = |e: TchError| Error::backend(format!("{}: scoring", self.name), e);
+        let backend = |e: TchError| Error::compute(format!("{}: scoring", self.name), e);
         let (ids, mask, pos) = inputs().map_err(backend)?;
         let hidden = self.model.hidden_states(&ids, &mask, &pos)?;
         let head = || -> std::result::Result<Vec<f64>, TchError> {

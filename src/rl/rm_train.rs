@@ -15,14 +15,14 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use super::f32_checkpoint::write_f32_tensors;
 use super::generate::position_ids;
-use super::model::LlamaModel;
+use super::model::CausalLm;
 use super::optim::{Adam, AdamConfig};
 use super::reward_model::RewardModel;
+use super::sft::{fit, Chatter};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
-use crate::io::writer::{CheckpointWriter, OutTensor, WriterOptions};
-use crate::io::DType;
 use crate::progress::Reporter;
 
 /// One labelled pair.
@@ -49,7 +49,7 @@ const TOKENIZER_FILES: [&str; 3] = [
 ];
 
 fn backend(e: tch::TchError) -> Error {
-    Error::backend("reward model training", e)
+    Error::compute("reward model training", e)
 }
 
 /// Token ids of a pair, as `model:` encodes it.
@@ -70,41 +70,36 @@ pub fn train(
     next: &mut dyn FnMut(usize) -> RmExample,
     reporter: &dyn Reporter,
 ) -> Result<f64> {
-    let model = LlamaModel::load(init, Device::Cpu)?;
+    let model = CausalLm::load(init, Device::Cpu)?;
     let tok = Tokenizer::from_dir(init)?;
     let mut opt = Adam::new(&model, t.adam.clone())?;
-    let mut recent = std::collections::VecDeque::with_capacity(100);
     let mut drawn = 0;
-    reporter.start_steps("reward model", t.steps);
-    for _ in 0..t.steps {
-        crate::cancel::check()?;
-        let mut seqs = Vec::with_capacity(t.batch);
-        let mut labels = Vec::with_capacity(t.batch);
-        for _ in 0..t.batch {
-            let e = next(drawn);
-            drawn += 1;
-            seqs.push(encode(&tok, &e)?);
-            labels.push(e.label as f32);
-        }
-        opt.zero_grad();
-        let scores = scores(&model, &seqs, tok.pad_id)?;
-        let target = Tensor::from_slice(&labels);
-        let loss = (scores - target).square().mean(Kind::Float);
-        loss.backward();
-        opt.step()?;
-        if recent.len() == 100 {
-            recent.pop_front();
-        }
-        recent.push_back(loss.double_value(&[]));
-        reporter.advance(1);
-    }
-    reporter.finish();
+    let loss = fit(
+        "reward model",
+        t.steps,
+        &mut opt,
+        Chatter::Quiet,
+        reporter,
+        |_| {
+            let mut seqs = Vec::with_capacity(t.batch);
+            let mut labels = Vec::with_capacity(t.batch);
+            for _ in 0..t.batch {
+                let e = next(drawn);
+                drawn += 1;
+                seqs.push(encode(&tok, &e)?);
+                labels.push(e.label as f32);
+            }
+            let scores = scores(&model, &seqs, tok.pad_id)?;
+            let target = Tensor::from_slice(&labels);
+            Ok((scores - target).square().mean(Kind::Float))
+        },
+    )?;
     save(&model, init, out, config)?;
-    Ok(recent.iter().sum::<f64>() / recent.len().max(1) as f64)
+    Ok(loss)
 }
 
 /// Row 0 of the output layer at the last token of each (left-padded) sequence: `[batch]`.
-fn scores(model: &LlamaModel, seqs: &[Vec<i64>], pad_id: i64) -> Result<Tensor> {
+fn scores(model: &CausalLm, seqs: &[Vec<i64>], pad_id: i64) -> Result<Tensor> {
     let (b, w) = (seqs.len(), seqs.iter().map(Vec::len).max().unwrap_or(0));
     if w == 0 {
         return Err(Error::Internal(
@@ -130,7 +125,7 @@ fn scores(model: &LlamaModel, seqs: &[Vec<i64>], pad_id: i64) -> Result<Tensor> 
 
 /// Writes the decoder's weights and `score.weight` (row 0 of the output layer) as a
 /// `LlamaForSequenceClassification` checkpoint, with `config` and the init's tokenizer files.
-fn save(model: &LlamaModel, init: &Path, out: &Path, config: &Value) -> Result<()> {
+fn save(model: &CausalLm, init: &Path, out: &Path, config: &Value) -> Result<()> {
     let vars = model.vs.variables();
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for name in model.parameter_names() {
@@ -144,31 +139,15 @@ fn save(model: &LlamaModel, init: &Path, out: &Path, config: &Value) -> Result<(
         };
         named.push(t);
     }
-    let tensors: Vec<OutTensor> = named
-        .iter()
-        .map(|(n, t)| OutTensor {
-            name: n.clone(),
-            dtype: DType::F32,
-            shape: t.size().iter().map(|&d| d as usize).collect(),
-        })
-        .collect();
-    let mut w = CheckpointWriter::create(out, tensors, &WriterOptions::default())?;
-    for (_, t) in &named {
-        let t = tch::no_grad(|| t.detach().to_kind(Kind::Float).contiguous());
-        let n = t.numel();
-        let mut buf = vec![0u8; n * 4];
-        t.f_copy_data_u8(&mut buf, n).map_err(backend)?;
-        w.write(&buf)?;
-    }
-    let cfg = serde_json::to_string_pretty(config).unwrap_or_default() + "\n";
-    w.add_file("config.json", cfg.as_bytes())?;
+    let mut files = vec![(
+        "config.json",
+        (serde_json::to_string_pretty(config).unwrap_or_default() + "\n").into_bytes(),
+    )];
     for f in TOKENIZER_FILES {
         let p = init.join(f);
-        let bytes = std::fs::read(&p).at(&p)?;
-        w.add_file(f, &bytes)?;
+        files.push((f, std::fs::read(&p).at(&p)?));
     }
-    w.finish()?;
-    Ok(())
+    write_f32_tensors(out, &named, &files)
 }
 
 /// The fraction of examples on the right side of 0.5 (score > 0.5 exactly when label > 0.5).

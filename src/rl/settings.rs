@@ -68,7 +68,7 @@ pub enum SaveDtype {
 /// Which trainer runs the RL stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
+pub enum Trainer {
     /// warp's own trainer (libtorch, one device).
     Warp,
     /// TRL's RLOOTrainer under `accelerate launch` (FSDP / DeepSpeed across GPUs and nodes;
@@ -183,8 +183,8 @@ pub struct RlConfig {
     /// The trainer: warp (libtorch, one device) or trl (TRL's RLOOTrainer under `accelerate
     /// launch`, for models beyond one device; needs `source scripts/setup-trl.sh`, or
     /// WARP_TRL_PYTHON; see docs/SCALE.md).
-    #[arg(long, value_enum, default_value_t = Backend::Warp)]
-    pub backend: Backend,
+    #[arg(long, value_enum, default_value_t = Trainer::Warp)]
+    pub backend: Trainer,
     /// trl backend: the accelerate config file (e.g. python/accelerate/fsdp.yaml); without one,
     /// a single process.
     #[arg(long, value_name = "FILE")]
@@ -200,6 +200,15 @@ impl Default for RlConfig {
     fn default() -> Self {
         defaults()
     }
+}
+
+/// The ids of the arguments of `m` given on the command line (not defaults).
+pub fn given(m: &clap::ArgMatches) -> Vec<String> {
+    m.ids()
+        .map(|id| id.as_str())
+        .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The value of a clap `Args` struct when no argument is given: its declared defaults. A field
@@ -278,7 +287,7 @@ impl RlConfig {
 
     /// What the trl backend cannot do (RLOOTrainer: docs/SCALE.md), and its own settings.
     fn check_backend(&self) -> Result<()> {
-        if self.backend == Backend::Warp {
+        if self.backend == Trainer::Warp {
             for (field, set) in [
                 ("accelerate_config", self.accelerate_config.is_some()),
                 ("trl_args", self.trl_args.is_some()),
@@ -333,6 +342,28 @@ impl RlConfig {
             }
         }
         serde_json::from_value(v).map_err(|e| Error::format(origin, e.to_string()))
+    }
+
+    /// Settings layered, the later winning: this config (the defaults, or a config file's), then
+    /// the keys of `over` (a table of settings), then the flags given on the command line (the
+    /// arguments of `m` given there, whose values `flags`, the same command line parsed, holds).
+    /// The one layering of "config file, then the flags given" (`warp rl --config`, a
+    /// pipeline's `rl` table and `rl_args`); errors name `origin` and the key.
+    pub fn layered(
+        &self,
+        over: &serde_json::Map<String, serde_json::Value>,
+        flags: &RlConfig,
+        m: &clap::ArgMatches,
+        origin: &Path,
+    ) -> Result<RlConfig> {
+        let mut over = over.clone();
+        let flags = serde_json::to_value(flags).map_err(|e| Error::Internal(e.to_string()))?;
+        for id in given(m) {
+            if let Some(v) = flags.get(&id) {
+                over.insert(id, v.clone());
+            }
+        }
+        self.with_overrides(&over, origin)
     }
 
     /// The settings as a JSON object (what `run.json` records under `config`).
@@ -491,27 +522,27 @@ mod tests {
         bad(|c| c.trl_args = Some("{}".into()), "trl_args");
         bad(
             |c| {
-                c.backend = Backend::Trl;
+                c.backend = Trainer::Trl;
                 c.baseline = Baseline::None;
             },
             "baseline",
         );
         bad(
             |c| {
-                c.backend = Backend::Trl;
+                c.backend = Trainer::Trl;
                 c.beta = 0.0;
             },
             "beta",
         );
         bad(
             |c| {
-                c.backend = Backend::Trl;
+                c.backend = Trainer::Trl;
                 c.trl_args = Some("[1]".into());
             },
             "trl_args",
         );
         let c = RlConfig {
-            backend: Backend::Trl,
+            backend: Trainer::Trl,
             anchor: Anchor::Init,
             beta: 0.0,
             trl_args: Some(r#"{"gradient_checkpointing": true}"#.into()),

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::data::Prompt;
 use super::generate::{generate, GenerateOptions};
-use super::model::LlamaModel;
+use super::model::CausalLm;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 
@@ -110,24 +110,36 @@ pub fn encode_prompts(tok: &Tokenizer, prompts: &[Prompt]) -> Result<Vec<Vec<i64
 impl TextGenOptions {
     /// Rejects settings that cannot generate anything (messages name the settings, not flags).
     pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Usage(m));
+        let bad = |field: &str, m: String| Err(Error::setting(field, m));
         if self.max_new_tokens == 0 {
-            return bad("the number of new tokens must be at least 1".into());
+            return bad(
+                "max_new_tokens",
+                "the number of new tokens must be at least 1".into(),
+            );
         }
         if self.samples == 0 {
-            return bad("the number of samples per prompt must be at least 1".into());
+            return bad(
+                "samples",
+                "the number of samples per prompt must be at least 1".into(),
+            );
         }
         if self.batch_size == 0 {
-            return bad("the batch size must be at least 1".into());
+            return bad("batch_size", "the batch size must be at least 1".into());
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!(
-                "the temperature must be a finite number ≥ 0, got {}",
-                self.temperature
-            ));
+            return bad(
+                "temperature",
+                format!(
+                    "the temperature must be a finite number ≥ 0, got {}",
+                    self.temperature
+                ),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(format!("top-p must be in (0, 1], got {}", self.top_p));
+            return bad(
+                "top_p",
+                format!("top-p must be in (0, 1], got {}", self.top_p),
+            );
         }
         Ok(())
     }
@@ -138,7 +150,7 @@ impl TextGenOptions {
 /// any of the tokenizer's EOS ids. Deterministic given the seed and batch size (batch `k` draws
 /// from its own stream, derived from both). Checks for cancellation between batches.
 pub fn generate_texts(
-    model: &LlamaModel,
+    model: &CausalLm,
     tok: &Tokenizer,
     prompt_ids: &[Vec<i64>],
     o: &TextGenOptions,
@@ -149,7 +161,7 @@ pub fn generate_texts(
         .flat_map(|i| (0..o.samples).map(move |k| (i, k)))
         .collect();
     for (b, chunk) in jobs.chunks(o.batch_size).enumerate() {
-        crate::cancel::check()?;
+        crate::interrupt::check()?;
         let ids: Vec<Vec<i64>> = chunk.iter().map(|&(i, _)| prompt_ids[i].clone()).collect();
         let g = generate(
             model,

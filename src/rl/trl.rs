@@ -67,7 +67,7 @@ pub fn accelerate_program() -> Result<PathBuf> {
         if cand.is_file() {
             return Ok(cand);
         }
-        return Err(Error::backend(
+        return Err(Error::compute(
             "trl backend",
             format!(
                 "no `accelerate` beside WARP_TRL_PYTHON={} (source scripts/setup-trl.sh)",
@@ -82,7 +82,7 @@ pub fn accelerate_program() -> Result<PathBuf> {
                 .find(|c| c.is_file())
         })
         .ok_or_else(|| {
-            Error::backend(
+            Error::compute(
                 "trl backend",
                 "`accelerate` not found: set WARP_TRL_PYTHON or put accelerate on PATH \
                  (`source scripts/setup-trl.sh` does both)",
@@ -166,7 +166,7 @@ fn run(args: Vec<String>, l: &Launch) -> Result<()> {
     let shown = format!("accelerate launch … warp_trl.py {}", args[0]);
     let child = cmd
         .spawn()
-        .map_err(|e| Error::backend("trl backend", format!("cannot start accelerate: {e}")))?;
+        .map_err(|e| Error::compute("trl backend", format!("cannot start accelerate: {e}")))?;
     let status = wait(child)?;
     if status.success() {
         Ok(())
@@ -175,7 +175,7 @@ fn run(args: Vec<String>, l: &Launch) -> Result<()> {
             Some(c) => format!("exited with status {c}"),
             None => format!("was killed ({status})"),
         };
-        Err(Error::backend(
+        Err(Error::compute(
             "trl backend",
             format!("{shown} {how} (its error is above)"),
         ))
@@ -189,9 +189,9 @@ fn wait(mut child: Child) -> Result<ExitStatus> {
         match child.try_wait() {
             Ok(Some(s)) => return Ok(s),
             Ok(None) => {}
-            Err(e) => return Err(Error::backend("trl backend", format!("waiting: {e}"))),
+            Err(e) => return Err(Error::compute("trl backend", format!("waiting: {e}"))),
         }
-        if crate::cancel::check().is_err() {
+        if crate::interrupt::check().is_err() {
             // SAFETY: kill(2) on the process group our child leads.
             unsafe {
                 libc::kill(-pid, libc::SIGTERM);

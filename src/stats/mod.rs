@@ -37,6 +37,7 @@
 //! truth (tests/science.rs).
 
 pub mod dist;
+pub mod eval_table;
 pub mod front;
 pub mod samples;
 

@@ -102,6 +102,27 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `fixtures/NAME` of the repository (`arith`, `arith/model`, a tiny family model, …).
+pub fn fixture(name: &str) -> PathBuf {
+    repo_root().join("fixtures").join(name)
+}
+
+/// Runs `cmd` with `stdin` written to its standard input, its output captured (a failed status
+/// is the caller's to judge); panics if it cannot be started.
+pub fn with_stdin(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    // A program that exits without reading all of it closes the pipe: its status says why.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
 /// The Python interpreter for reference scripts: $WARP_PYTHON, else python3. The test script
 /// (scripts/test) installs numpy and safetensors; a missing module fails the test loudly.
 pub fn python() -> String {
@@ -161,23 +182,10 @@ pub fn torch_python() -> String {
 /// Runs the reference script tests/ref/`script` with the torch venv: `req` as JSON on stdin,
 /// the JSON it prints back.
 pub fn torch_ref(script: &str, args: &[&Path], req: &serde_json::Value) -> serde_json::Value {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = Command::new(torch_python())
-        .arg(repo_root().join("tests/ref").join(script))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run $WARP_TORCH_PYTHON (see scripts/setup-torch.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(torch_python());
+    cmd.arg(repo_root().join("tests/ref").join(script))
+        .args(args);
+    let out = with_stdin(&mut cmd, req.to_string().as_bytes());
     assert!(
         out.status.success(),
         "{script} failed (is the venv of scripts/setup-torch.sh in WARP_TORCH_PYTHON?):\n{}",
@@ -185,3 +193,38 @@ pub fn torch_ref(script: &str, args: &[&Path], req: &serde_json::Value) -> serde
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The settings of a tiny `warp run` (TOML): 2 iterations of 2 RL runs of 2 steps on the built-in
+/// task, 3 η, a short evaluation, one thread. `over` replaces keys or adds them (values in TOML,
+/// e.g. `("iterations", "1")`, `("trainer", "\"trl\"")`); `tables` (e.g. a `[slurm]` table) is
+/// appended.
+pub fn tiny_pipeline(over: &[(&str, &str)], tables: &str) -> String {
+    let mut keys: Vec<(&str, String)> = [
+        ("iterations", "2"),
+        ("runs", "2"),
+        ("steps", "2"),
+        ("checkpoints", "1"),
+        ("etas", "[0.0, 0.5, 1.0]"),
+        ("eta", "0.5"),
+        ("rl_args", r#"["--batch", "4", "-n", "2"]"#),
+        ("eval_prompts", "8"),
+        ("eval_samples", "1"),
+        ("threads", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| (*k, v.to_string()))
+    .collect();
+    for (k, v) in over {
+        match keys.iter_mut().find(|(key, _)| key == k) {
+            Some(kv) => kv.1 = v.to_string(),
+            None => keys.push((k, v.to_string())),
+        }
+    }
+    let mut text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    text.push_str(tables);
+    text
+}
+
+/// The `[slurm]` table of the tiny pipelines run on the test cluster: one CPU, and the queue
+/// looked at often (so a test does not wait for nothing).
+pub const TINY_SLURM: &str = "[slurm]\ncpus = 1\npoll_seconds = 0.3\nmarker_grace_seconds = 5\n";

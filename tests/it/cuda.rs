@@ -2,7 +2,8 @@
 //! output bytes, for every float dtype, M = 2 and 3 task vectors and LITI-style coefficient rows.
 //!
 //! Without a GPU (or driver, or NVRTC) every device test prints "skipped: no CUDA device (…)"
-//! and returns. `nvrtc_compiles_kernels` needs NVRTC only: it runs wherever libnvrtc loads.
+//! and returns (with `WARP_REQUIRE_CUDA=1` it fails instead). `nvrtc_compiles_kernels` needs
+//! NVRTC only: it runs wherever libnvrtc loads.
 //! `bench_h2d_and_combine` (ignored) prints bandwidths for scripts/gpu-check.sh.
 #![cfg(feature = "cuda")]
 
@@ -36,9 +37,13 @@ fn gpu() -> Option<CudaBackend> {
 }
 
 /// Says that a test did not run, past libtest's output capture (which only takes print!-style
-/// macros), so a skip is never silent.
+/// macros), so a skip is never silent; with `WARP_REQUIRE_CUDA=1` (a machine that has a GPU:
+/// scripts/test sets it where nvidia-smi sees one) a skip is a failure instead.
 fn skip(why: &str) {
     use std::io::Write;
+    if std::env::var("WARP_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+        panic!("WARP_REQUIRE_CUDA=1 but {why}");
+    }
     let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
@@ -153,7 +158,7 @@ fn open_error_names_the_device() {
         Err(e) => {
             let msg = e.to_string();
             // A device failure, not a usage error: it names the device (the CLI adds the flag).
-            assert!(matches!(e, warp::Error::Backend { .. }), "{msg}");
+            assert!(matches!(e, warp::Error::Compute { .. }), "{msg}");
             assert!(msg.starts_with("cuda:99: "), "{msg}");
             println!("open(99): {msg}");
         }

@@ -7,7 +7,9 @@ use hub_server::{bytes, write_checkpoint, Fault, HubServer, TOKEN};
 use sha2::Digest;
 use std::path::Path;
 use std::time::Duration;
-use warp::hub::{push_folder, resolve_checkpoint, HubOptions, PushOptions, RetryPolicy};
+use warp::hub::{
+    push_folder, resolve_checkpoint, HubErrorKind, HubOptions, PushOptions, RetryPolicy,
+};
 use warp::progress::Silent;
 use warp::Error;
 
@@ -377,10 +379,12 @@ fn token_missing_or_wrong() {
         token: None,
         ..push_opts(&server)
     };
-    assert!(matches!(
-        push_folder(src.path(), "org/t", &none, &Silent),
-        Err(Error::Usage(_))
-    ));
+    // The caller's mistake (exit 2), typed as the hub's: no token.
+    let e = push_folder(src.path(), "org/t", &none, &Silent).unwrap_err();
+    assert!(
+        matches!(&e, Error::Hub(h) if h.kind == HubErrorKind::NoToken) && e.exit_code() == 2,
+        "{e:?}"
+    );
     let wrong = PushOptions {
         token: Some("hf_wrong_secret".into()),
         ..push_opts(&server)
@@ -392,8 +396,12 @@ fn token_missing_or_wrong() {
         msg.contains("401") && !msg.contains("hf_wrong_secret"),
         "{msg}"
     );
-    let bad_id = push_folder(src.path(), "not a repo", &push_opts(&server), &Silent);
-    assert!(matches!(bad_id, Err(Error::Usage(_))));
+    let bad_id = push_folder(src.path(), "not a repo", &push_opts(&server), &Silent).unwrap_err();
+    assert!(
+        matches!(&bad_id, Error::Hub(h) if h.kind == HubErrorKind::InvalidId)
+            && bad_id.exit_code() == 2,
+        "{bad_id:?}"
+    );
 }
 
 #[test]
@@ -473,7 +481,9 @@ fn inputs_that_are_not_checkpoints() {
     let opts = hub_opts(&server, cache.path());
     let err = resolve_checkpoint("./no/such/dir", &opts, &Silent).unwrap_err();
     assert!(
-        matches!(&err, Error::Usage(m) if m.contains("./no/such/dir")),
+        matches!(&err, Error::Hub(h) if h.kind == HubErrorKind::InvalidId
+            && h.message.contains("./no/such/dir"))
+            && err.exit_code() == 2,
         "{err}"
     );
     let err = resolve_checkpoint("org/absent", &opts, &Silent)

@@ -13,19 +13,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const TINY: &str = r#"
-iterations = 2
-runs = 2
-steps = 2
-checkpoints = 1
-etas = [0.0, 0.5, 1.0]
-eta = 0.5
-rl_args = ["--batch", "4", "-n", "2"]
-eval_prompts = 8
-eval_samples = 1
-threads = 1
-"#;
-
 fn rows(csv: &Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(csv)
         .unwrap()
@@ -36,10 +23,11 @@ fn rows(csv: &Path) -> Vec<Vec<String>> {
 }
 
 #[test]
+// long fn: one pipeline folder taken through complete, skip and resume in order.
 fn warp_run_completes_skips_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("tiny.toml");
-    std::fs::write(&cfg, TINY).unwrap();
+    std::fs::write(&cfg, common::tiny_pipeline(&[], "")).unwrap();
     let out = tmp.path().join("run");
     let table = ok("warp", &["run", s(&cfg), "-o", s(&out)], tmp.path());
     assert!(table.contains("liti it2"), "{table}");

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use warp::rl::chat::TemplateChoice;
 use warp::rl::data::{parse_messages, read_prompt_lines, read_prompts, Prompt};
 use warp::rl::textgen::{encode_prompts, generate_texts, FinishReason, TextGenOptions};
-use warp::rl::{LlamaModel, Tokenizer};
+use warp::rl::{CausalLm, Tokenizer};
 
 fn template(name: &str) -> String {
     common::repo_root()
@@ -629,6 +629,7 @@ fn bad_prompt_lines_are_named() {
 /// (left padding), equals transformers' greedy `generate` of each prompt alone; on the
 /// built-in model, the completions end at EOS.
 #[test]
+// long fn: one batch of mixed prompts against transformers, then the built-in model's EOS.
 fn greedy_generation_matches_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
@@ -666,7 +667,7 @@ fn greedy_generation_matches_transformers() {
         "generation_config's EOS ids, then config's"
     );
     let r = &responses[2];
-    let model = LlamaModel::load(&dir, tch::Device::Cpu).unwrap();
+    let model = CausalLm::load(&dir, tch::Device::Cpu).unwrap();
     let ids_in = encode_prompts(&tok, &prompts).unwrap();
     for (i, p) in ids_in.iter().enumerate() {
         assert_eq!(p, &ids(&r["prompt_ids"][i]), "prompt {i} encoding");
@@ -702,7 +703,7 @@ fn greedy_generation_matches_transformers() {
 
     // The built-in model: greedy sums end with EOS; several samples per prompt come in order.
     let tok = Tokenizer::from_dir(&arith).unwrap();
-    let model = LlamaModel::load(&arith, tch::Device::Cpu).unwrap();
+    let model = CausalLm::load(&arith, tch::Device::Cpu).unwrap();
     let r = &responses[3];
     let ids_in = encode_prompts(&tok, &arith_prompts).unwrap();
     let o = TextGenOptions {
@@ -759,6 +760,7 @@ fn greedy_generation_matches_transformers() {
 /// (conversation and plain), with clear errors for bad input; `warp rl` trains on conversation
 /// lines and `warp eval` measures on them, both handing the conversation to a `cmd:` reward.
 #[test]
+// long fn: one scenario over the same transformers-made model and prompt files, command after command.
 fn warp_generate_rl_and_eval_take_conversations() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();

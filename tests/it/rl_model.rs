@@ -3,21 +3,15 @@
 //! `source scripts/setup-torch.sh`), plus KV-cache, scoring, sampling and save/load checks.
 #![cfg(feature = "rl")]
 
-use crate::common;
+use crate::common::{self, fixture};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 use warp::io::{Checkpoint, CheckpointWriter, DType, OutTensor, WriterOptions};
-use warp::rl::{generate, score, GenerateOptions, LlamaModel, Tokenizer};
+use warp::rl::{generate, score, CausalLm, GenerateOptions, Tokenizer};
 
 const TOL: f64 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 /// Logits `[b, t, v]` from transformers for `ids` (and optional mask/positions).
 fn hf_logits(dir: &Path, ids: &Tensor, mask: Option<&Tensor>, pos: Option<&Tensor>) -> Tensor {
@@ -81,7 +75,7 @@ fn prompts() -> Vec<Vec<i64>> {
 
 /// Our logits vs transformers' on a left-padded batch; returns (max diff, max |logit|).
 fn compare_with_hf(dir: &Path) -> (f64, f64) {
-    let model = LlamaModel::load(dir, Device::Cpu).unwrap();
+    let model = CausalLm::load(dir, Device::Cpu).unwrap();
     let (ids, mask, pos) = batch(&prompts(), 0);
     let ours = tch::no_grad(|| model.forward(&ids, &mask, &pos, None).unwrap());
     let theirs = hf_logits(dir, &ids, Some(&mask), Some(&pos));
@@ -130,7 +124,7 @@ impl Normal {
 /// Writes a randomly initialised model (weights N(0, std), norms 1 + N(0, 0.1)) with `config`
 /// into `dir` through our writer, in `dtype`, sharded.
 fn write_random_model(dir: &Path, config: serde_json::Value, std: f64, seed: i64) {
-    let c = warp::rl::LlamaConfig::from_json(&config).unwrap();
+    let c = warp::rl::ModelConfig::from_json(&config).unwrap();
     let mut rng = Normal::new(seed);
     let h = c.hidden_size as i64;
     let (q, kv) = (
@@ -261,7 +255,7 @@ fn random_tied_with_biases_logits_match_transformers() {
 /// Generation with the KV cache records the logits each token was drawn from; the same
 /// sequences run through the model without a cache must give the same logits, and scoring the
 /// completions must give their log-softmax.
-fn check_cache_and_score(model: &LlamaModel, opts: &GenerateOptions) -> (f64, f64) {
+fn check_cache_and_score(model: &CausalLm, opts: &GenerateOptions) -> (f64, f64) {
     let g = generate(model, &prompts(), opts).unwrap();
     let steps = g.logits.as_ref().unwrap().size()[1];
     let w = g.prompt_len;
@@ -293,7 +287,7 @@ fn cached_sampling_logits_equal_uncached_and_scores() {
     let dir = tmp.path().join("gqa");
     write_random_model(&dir, gqa_untied_config(), 0.15, 3);
     for path in [fixture("tiny-llama-f32-3shard"), dir] {
-        let model = LlamaModel::load(&path, Device::Cpu).unwrap();
+        let model = CausalLm::load(&path, Device::Cpu).unwrap();
         for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.9, 10, 0.9), (0.0, 0, 1.0)] {
             let opts = GenerateOptions {
                 max_new_tokens: 12,
@@ -318,7 +312,7 @@ fn cached_sampling_logits_equal_uncached_and_scores() {
 
 #[test]
 fn scoring_a_pair_alone_equals_scoring_it_in_a_padded_batch() {
-    let model = LlamaModel::load(fixture("tiny-llama-f32-3shard"), Device::Cpu).unwrap();
+    let model = CausalLm::load(fixture("tiny-llama-f32-3shard"), Device::Cpu).unwrap();
     let pairs = vec![
         (vec![1, 20, 5, 6, 17, 9, 30, 12], vec![7, 8, 2]),
         (vec![1, 7], vec![9, 10, 11, 12, 13, 2]),
@@ -351,7 +345,7 @@ fn sampling_opts() -> GenerateOptions {
 
 #[test]
 fn sampling_is_deterministic_given_the_seed_and_stops_at_eos() {
-    let model = LlamaModel::load(fixture("tiny-llama-bf16"), Device::Cpu).unwrap();
+    let model = CausalLm::load(fixture("tiny-llama-bf16"), Device::Cpu).unwrap();
     let mut opts = sampling_opts();
     let a = generate(&model, &prompts(), &opts).unwrap();
     let b = generate(&model, &prompts(), &opts).unwrap();
@@ -388,7 +382,7 @@ fn sampling_is_deterministic_given_the_seed_and_stops_at_eos() {
 
 #[test]
 fn top_k_and_top_p_filter_and_their_limits_are_greedy() {
-    let model = LlamaModel::load(fixture("tiny-llama-bf16"), Device::Cpu).unwrap();
+    let model = CausalLm::load(fixture("tiny-llama-bf16"), Device::Cpu).unwrap();
     let opts = sampling_opts();
     let run = |o: GenerateOptions| generate(&model, &prompts(), &o).unwrap();
     // Top-k: every sampled token is among the k largest logits of its step.
@@ -431,7 +425,7 @@ fn save_then_load_gives_the_same_logits_and_a_normal_checkpoint() {
     let (ids, mask, pos) = batch(&prompts(), 0);
     for name in ["tiny-llama-f32-3shard", "tiny-llama-bf16"] {
         let src = fixture(name);
-        let model = LlamaModel::load(&src, Device::Cpu).unwrap();
+        let model = CausalLm::load(&src, Device::Cpu).unwrap();
         let dest = tmp.path().join(name);
         model
             .save(&dest, Some(&src), None, &WriterOptions::default())
@@ -463,14 +457,14 @@ fn save_then_load_gives_the_same_logits_and_a_normal_checkpoint() {
                 t.name
             );
         }
-        let again = LlamaModel::load(&dest, Device::Cpu).unwrap();
+        let again = CausalLm::load(&dest, Device::Cpu).unwrap();
         let l1 = tch::no_grad(|| model.forward(&ids, &mask, &pos, None).unwrap());
         let l2 = tch::no_grad(|| again.forward(&ids, &mask, &pos, None).unwrap());
         assert_eq!(max_diff_masked(&l1, &l2, &mask), 0.0);
     }
     // A changed model saves its change: perturb, save as bf16, reload, compare with bf16 rounding.
     let src = fixture("tiny-llama-f32-3shard");
-    let model = LlamaModel::load(&src, Device::Cpu).unwrap();
+    let model = CausalLm::load(&src, Device::Cpu).unwrap();
     tch::no_grad(|| {
         for (_, mut t) in model.vs.variables() {
             let _ = t.g_add_scalar_(0.01);
@@ -485,7 +479,7 @@ fn save_then_load_gives_the_same_logits_and_a_normal_checkpoint() {
             &WriterOptions::default(),
         )
         .unwrap();
-    let back = LlamaModel::load(&dest, Device::Cpu).unwrap();
+    let back = CausalLm::load(&dest, Device::Cpu).unwrap();
     let vars = back.vs.variables();
     for (name, t) in model.vs.variables() {
         let rounded = t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
@@ -518,7 +512,7 @@ fn unsupported_configs_and_missing_tensors_are_clear_errors() {
         let mut c = cfg.clone();
         c[field] = value;
         std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
-        let e = LlamaModel::load(&dir, Device::Cpu)
+        let e = CausalLm::load(&dir, Device::Cpu)
             .err()
             .expect("must fail")
             .to_string();
@@ -534,7 +528,7 @@ fn unsupported_configs_and_missing_tensors_are_clear_errors() {
     let mut c = cfg.clone();
     c["num_hidden_layers"] = 3.into();
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
-    let e = LlamaModel::load(&dir, Device::Cpu)
+    let e = CausalLm::load(&dir, Device::Cpu)
         .err()
         .expect("must fail")
         .to_string();
@@ -543,7 +537,7 @@ fn unsupported_configs_and_missing_tensors_are_clear_errors() {
     let mut c = cfg;
     c["intermediate_size"] = 80.into();
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
-    let e = LlamaModel::load(&dir, Device::Cpu)
+    let e = CausalLm::load(&dir, Device::Cpu)
         .err()
         .expect("must fail")
         .to_string();
@@ -572,7 +566,7 @@ fn tokenizer_round_trips_and_knows_its_special_ids() {
 
 #[test]
 fn scores_carry_gradients_to_every_parameter() {
-    let model = LlamaModel::load(fixture("tiny-llama-f32-3shard"), Device::Cpu).unwrap();
+    let model = CausalLm::load(fixture("tiny-llama-f32-3shard"), Device::Cpu).unwrap();
     let pairs = vec![(vec![1, 20, 5, 6], vec![7, 8, 2]), (vec![1, 7], vec![9, 2])];
     let s = score(&model, &pairs, 0).unwrap();
     let loss = -(s.logprobs.sum(Kind::Float));

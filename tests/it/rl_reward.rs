@@ -6,7 +6,7 @@
 //! results in order, every failure mode named, timeouts that kill, no pipe deadlock.
 #![cfg(feature = "rl")]
 
-use crate::common;
+use crate::common::{self, fixture};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,12 +16,6 @@ use warp::rl::reward_cmd::CmdReward;
 use warp::rl::reward_model::RewardModel;
 
 const TOL: f64 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter()

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{torch_python, torch_ref};
+use crate::common::{fixture, torch_python, torch_ref};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use warp::rl::chunked::{
@@ -17,12 +17,8 @@ use warp::rl::chunked::{
 use warp::rl::eval::token_kl;
 use warp::rl::memory::ModelShape;
 use warp::rl::optim::{Adam, AdamConfig};
-use warp::rl::rng::SplitMix64;
-use warp::rl::{score_at, LlamaModel};
-
-fn builtin_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/model")
-}
+use warp::rl::{score_at, CausalLm};
+use warp::rng::SplitMix64;
 
 fn values(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).flatten(0, -1)).unwrap()
@@ -389,7 +385,7 @@ fn bf16_gradients_of_micro_batches_are_summed_in_f32() {
 // Chunked scoring
 
 /// The LM head of a loaded model as a function (the embedding when tied).
-fn head_weight(m: &LlamaModel) -> Tensor {
+fn head_weight(m: &CausalLm) -> Tensor {
     let vars = m.vs.variables();
     let name = if m.config.tie_word_embeddings {
         "model.embed_tokens.weight"
@@ -416,13 +412,13 @@ fn random_pairs(vocab: i64, seed: u64) -> Vec<(Vec<i64>, Vec<i64>)> {
         .collect()
 }
 
-fn perturbed_copy(dir: &Path, seed: u64) -> LlamaModel {
-    let m = LlamaModel::load(dir, Device::Cpu).unwrap();
+fn perturbed_copy(dir: &Path, seed: u64) -> CausalLm {
+    let m = CausalLm::load(dir, Device::Cpu).unwrap();
     perturb(&m, seed);
     m
 }
 
-fn grads_of(m: &LlamaModel) -> Vec<(String, Tensor)> {
+fn grads_of(m: &CausalLm) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> =
         m.vs.variables()
             .into_iter()
@@ -432,7 +428,7 @@ fn grads_of(m: &LlamaModel) -> Vec<(String, Tensor)> {
     v
 }
 
-fn zero_grads(m: &LlamaModel) {
+fn zero_grads(m: &CausalLm) {
     for (_, mut t) in m.vs.variables() {
         t.zero_grad();
     }
@@ -440,9 +436,10 @@ fn zero_grads(m: &LlamaModel) {
 
 /// Chunked statistics against `score_at` + `token_kl` (+ the trainer's entropy), values and
 /// gradients, on the model at `dir`.
+// long fn: the full-vocabulary reference is written out step by step beside the chunked one.
 fn check_chunked_against_full(dir: &Path) {
     let temperature = 0.9;
-    let policy = LlamaModel::load(dir, Device::Cpu).unwrap();
+    let policy = CausalLm::load(dir, Device::Cpu).unwrap();
     let reference = perturbed_copy(dir, 5);
     let vocab = policy.config.vocab_size;
     let pairs = random_pairs(vocab as i64, 11);
@@ -469,7 +466,7 @@ fn check_chunked_against_full(dir: &Path) {
     let (pw, rw) = (head_weight(&policy), head_weight(&reference));
     let head = |h: &Tensor| -> warp::Result<Tensor> { Ok(h.linear::<Tensor>(&pw, None)) };
     let ref_head = |h: &Tensor| -> warp::Result<Tensor> { Ok(h.linear::<Tensor>(&rw, None)) };
-    let hidden = |m: &LlamaModel| {
+    let hidden = |m: &CausalLm| {
         let h = m
             .hidden_states(&comp.ids, &comp.attention_mask, &comp.position_ids)
             .unwrap();
@@ -576,7 +573,7 @@ fn check_chunked_against_full(dir: &Path) {
 
 #[test]
 fn chunked_scoring_equals_full_logits_on_the_builtin_model() {
-    check_chunked_against_full(&builtin_model());
+    check_chunked_against_full(&fixture("arith/model"));
 }
 
 /// A tiny tied-embedding Llama made by transformers.
@@ -638,8 +635,8 @@ fn hf_parameters(dir: &Path) -> u64 {
 
 #[test]
 fn memory_plan_counts_parameters_as_transformers_does() {
-    let b = ModelShape::from_path(&builtin_model()).unwrap();
-    assert_eq!(b.parameters, hf_parameters(&builtin_model()));
+    let b = ModelShape::from_path(&fixture("arith/model")).unwrap();
+    assert_eq!(b.parameters, hf_parameters(&fixture("arith/model")));
     assert_eq!(b.checkpoint_bytes, 4 * b.parameters);
     assert_eq!((b.hidden, b.layers, b.kv_heads, b.vocab), (128, 4, 2, 32));
     let tmp = tempfile::tempdir().unwrap();
@@ -674,7 +671,7 @@ use warp::rl::trainer::{advantages, RlConfig, TrainDtype, Trainer};
 
 fn builtin_cfg(micro_batch: usize, dtype: TrainDtype) -> RlConfig {
     RlConfig {
-        model: builtin_model().display().to_string(),
+        model: fixture("arith/model").display().to_string(),
         batch: 4,
         n: 4,
         micro_batch,
@@ -737,7 +734,7 @@ fn reference_gradients(
 
 /// Adds N(0, 0.05²) noise from a seeded stream (not libtorch's global generator, which tests
 /// running in parallel share) to every weight of `m`, in name order.
-fn perturb(m: &LlamaModel, seed: u64) {
+fn perturb(m: &CausalLm, seed: u64) {
     let mut rng = SplitMix64::stream(seed, 6);
     let mut vars: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));

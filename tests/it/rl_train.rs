@@ -9,15 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, fails, ok};
+use common::{bin, fails, fixture, ok};
 use tch::{Device, Kind, Tensor};
 use warp::io::Checkpoint;
 use warp::rl::trainer::{advantages, Baseline, RlConfig, Trainer};
-use warp::rl::LlamaModel;
-
-fn builtin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith")
-}
+use warp::rl::CausalLm;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -139,7 +135,7 @@ fn ema_follows_its_recurrence_and_stays_closer_to_init() {
     let mut args = quick_args(s(&out), "3");
     args.extend(["--save-every", "1", "--mu", "0.25"]);
     ok("warp-rl", &args, tmp.path());
-    let init = tensors(&builtin().join("model"));
+    let init = tensors(&fixture("arith").join("model"));
     let mut prev_ema = init.clone();
     for step in 1..=3 {
         let dir = out.join(format!("step-{step:06}"));
@@ -253,7 +249,7 @@ fn checkpoint_loads_in_warp_and_transformers() {
     let out = tmp.path().join("run");
     ok("warp-rl", &quick_args(s(&out), "1"), tmp.path());
     let dir = out.join("final/policy");
-    let model = LlamaModel::load(&dir, Device::Cpu).unwrap();
+    let model = CausalLm::load(&dir, Device::Cpu).unwrap();
     let ids: Vec<i64> = vec![1, 7, 8, 14, 5, 13, 17];
     let t = Tensor::from_slice(&ids).view([1, -1]);
     let mask = Tensor::ones([1, ids.len() as i64], (Kind::Int64, Device::Cpu));
@@ -283,7 +279,7 @@ fn checkpoint_loads_in_warp_and_transformers() {
 fn model_copy(tmp: &Path) -> PathBuf {
     let dst = tmp.join("model");
     std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(builtin().join("model")).unwrap() {
+    for e in std::fs::read_dir(fixture("arith").join("model")).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
@@ -394,7 +390,7 @@ fn failing_reward_commands_keep_the_last_checkpoint() {
         );
         for step in [1, 2] {
             let d = out.join(format!("step-{step:06}"));
-            LlamaModel::load(d.join("policy"), Device::Cpu).unwrap();
+            CausalLm::load(d.join("policy"), Device::Cpu).unwrap();
             assert!(d.join("trainer/state.json").is_file());
         }
         let names: Vec<String> = std::fs::read_dir(&out)

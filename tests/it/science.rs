@@ -161,22 +161,9 @@ fn statistics_match_the_numpy_reference() {
 
 /// Runs the reference script tests/ref/`script` with numpy: `req` on stdin, JSON back.
 fn py_json(script: &str, req: &serde_json::Value) -> serde_json::Value {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(common::python())
-        .arg(common::repo_root().join("tests/ref").join(script))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python (scripts/setup-python.sh exports WARP_PYTHON)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = std::process::Command::new(common::python());
+    cmd.arg(common::repo_root().join("tests/ref").join(script));
+    let out = common::with_stdin(&mut cmd, req.to_string().as_bytes());
     assert!(
         out.status.success(),
         "{script} failed:\n{}",
@@ -375,8 +362,8 @@ fn cipher_dir() -> std::path::PathBuf {
 #[cfg(feature = "rl")]
 #[test]
 fn cipher_reward_model_matches_transformers() {
-    use warp::rl::cipher::{self, Style};
     use warp::rl::reward_model::RewardModel;
+    use warp::tasks::cipher::{self, Style};
     let rm_dir = cipher_dir().join("rm");
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut g = SplitMix64(1);
@@ -423,6 +410,7 @@ fn cipher_reward_model_matches_transformers() {
 #[test]
 fn cipher_fixture_reproduces() {
     use warp::rl::cipher::{self, CipherConfig};
+    use warp::tasks::cipher::{splits, Style};
     let dir = cipher_dir();
     let task: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("task.json")).unwrap()).unwrap();
@@ -431,7 +419,7 @@ fn cipher_fixture_reproduces() {
     assert_eq!(task["settings"], c.to_json());
     // Re-measured with the library, the committed models give the committed figures: exactly on
     // the machine that built them; the tolerance is for CPUs whose kernels round differently.
-    let (_, heldout) = cipher::splits();
+    let (_, heldout) = splits();
     let m = cipher::measure(&dir.join("model"), &dir.join("rm"), &heldout, &c).unwrap();
     let near = |a: f64, key: &str, tol: f64| {
         let b = task[key].as_f64().unwrap();
@@ -439,7 +427,7 @@ fn cipher_fixture_reproduces() {
     };
     near(m.rm_accuracy, "rm_heldout_accuracy", 0.005);
     near(m.rm_accuracy_on_policy, "rm_accuracy_on_sft_samples", 0.02);
-    for (k, s) in cipher::Style::ALL.iter().enumerate() {
+    for (k, s) in Style::ALL.iter().enumerate() {
         let b = task["sft_heldout_styles"][s.name().as_str()]
             .as_f64()
             .unwrap();

@@ -127,6 +127,7 @@ fn wait_file(p: &Path, secs: u64) {
 }
 
 #[test]
+// long fn: one submitted plan followed through its array and dependency states.
 fn job_array_and_afterok_dependencies() {
     let Some(c) = cluster("job_array_and_afterok_dependencies") else {
         return;
@@ -578,25 +579,6 @@ mod pipeline {
     use std::collections::BTreeMap;
     use std::process::{Command, Output, Stdio};
 
-    /// tests/it/pipeline.rs's tiny settings; the `[slurm]` table only matters to the Slurm
-    /// launcher (it looks at the queue often, so the test does not wait for nothing).
-    const TINY: &str = r#"
-iterations = 2
-runs = 2
-steps = 2
-checkpoints = 1
-etas = [0.0, 0.5, 1.0]
-eta = 0.5
-rl_args = ["--batch", "4", "-n", "2"]
-eval_prompts = 8
-eval_samples = 1
-threads = 1
-[slurm]
-cpus = 1
-poll_seconds = 0.3
-marker_grace_seconds = 5
-"#;
-
     /// One iteration of 4 RL steps (a checkpoint at each) whose reward, a `cmd:` program, takes
     /// a second per call inside the RL runs (array tasks), so that a run can be caught midway.
     fn slow(tmp: &Path, reward: &str) -> PathBuf {
@@ -724,7 +706,9 @@ while IFS= read -r line; do echo 1; done"#;
         };
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("tiny.toml");
-        std::fs::write(&cfg, TINY).unwrap();
+        // The `[slurm]` table only matters to the Slurm launcher.
+        let tiny = crate::common::tiny_pipeline(&[], crate::common::TINY_SLURM);
+        std::fs::write(&cfg, tiny).unwrap();
         let (local, slurm) = (tmp.path().join("local-run"), tmp.path().join("slurm"));
         let t0 = Instant::now();
         // The local run with a relative run folder, as people type it.
@@ -828,24 +812,15 @@ while IFS= read -r line; do echo 1; done"#;
         let cfg = tmp.path().join("trl.toml");
         std::fs::write(
             &cfg,
-            r#"trainer = "trl"
-launcher = "slurm"
-iterations = 1
-runs = 2
-steps = 2
-checkpoints = 1
-init_anchor_runs = false
-etas = [0.0, 0.5, 1.0]
-eta = 0.5
-rl_args = ["--batch", "4", "-n", "2"]
-eval_prompts = 8
-eval_samples = 1
-threads = 1
-[slurm]
-cpus = 1
-poll_seconds = 0.3
-marker_grace_seconds = 5
-"#,
+            crate::common::tiny_pipeline(
+                &[
+                    ("trainer", r#""trl""#),
+                    ("launcher", r#""slurm""#),
+                    ("iterations", "1"),
+                    ("init_anchor_runs", "false"),
+                ],
+                crate::common::TINY_SLURM,
+            ),
         )
         .unwrap();
         let out = tmp.path().join("run");

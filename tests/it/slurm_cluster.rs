@@ -136,6 +136,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 impl Cluster {
+    // long fn: starting a cluster is one sequence of dependent steps (munge, config, daemons, readiness).
     fn start() -> Cluster {
         let t0 = Instant::now();
         let dir = tempfile::Builder::new()

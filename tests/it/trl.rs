@@ -18,17 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use crate::common::{self, ok, repo_root};
+use crate::common::{self, fixture, ok, repo_root};
 use tch::{Device, Kind, Tensor};
 use warp::io::Checkpoint;
-use warp::rl::LlamaModel;
+use warp::rl::CausalLm;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn builtin() -> PathBuf {
-    repo_root().join("fixtures/arith")
 }
 
 fn trl_venv() -> PathBuf {
@@ -87,30 +83,17 @@ fn launch_with(launch_args: &[&str], args: &[&str], env: &[(&str, &str)]) -> Out
 
 /// The entry point under plain `python` (no launcher).
 fn python(args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(trl_venv().join("bin/python"))
-        .arg(entry())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run $WARP_TRL_VENV/bin/python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(trl_venv().join("bin/python"));
+    cmd.arg(entry()).args(args);
+    common::with_stdin(&mut cmd, stdin.as_bytes())
 }
 
 /// warp's RL settings for a small run on the built-in task: 4 prompts x 4 completions per step,
 /// a large μ and lr so the EMA moves visibly in a few steps.
 fn config(dir: &Path, extra: serde_json::Value) -> PathBuf {
     let mut c = serde_json::json!({
-        "model": s(&builtin().join("model")),
-        "prompts": s(&builtin().join("train.jsonl")),
+        "model": s(&fixture("arith").join("model")),
+        "prompts": s(&fixture("arith").join("train.jsonl")),
         "reward": "verify:arith",
         "steps": 5, "batch": 4, "n": 4, "beta": 0.1, "mu": 0.3, "temperature": 0.9,
         "max_new_tokens": 8, "lr": 1e-3, "warmup": 2, "grad_clip": 1.0,
@@ -189,7 +172,7 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
 
 /// Logits of a fixed input through warp's model and through transformers.
 fn logits_warp_vs_transformers(dir: &Path) -> f32 {
-    let model = LlamaModel::load(dir, Device::Cpu).unwrap();
+    let model = CausalLm::load(dir, Device::Cpu).unwrap();
     let ids: Vec<i64> = vec![1, 7, 8, 14, 5, 13, 17];
     let t = Tensor::from_slice(&ids).view([1, -1]);
     let mask = Tensor::ones([1, ids.len() as i64], (Kind::Int64, Device::Cpu));
@@ -211,6 +194,7 @@ fn logits_warp_vs_transformers(dir: &Path) -> f32 {
 }
 
 #[test]
+// long fn: one TRL run (slow to start) checked for its layout, loading and resume in turn.
 fn ema_anchor_layout_loading_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), serde_json::json!({}));
@@ -284,7 +268,7 @@ fn ema_anchor_layout_loading_and_resume() {
 
     // The iterates: θ_0 is the init, and every step moved the policy (else the EMA check below
     // would be weak).
-    let init = tensors(&builtin().join("model"));
+    let init = tensors(&fixture("arith").join("model"));
     let it: Vec<_> = (0..=5)
         .map(|t| tensors(&steps_dir.join(format!("policy-{t}.safetensors"))))
         .collect();
@@ -342,7 +326,7 @@ fn ema_anchor_layout_loading_and_resume() {
             "eval",
             s(&out.join("final/policy")),
             "--sft",
-            s(&builtin().join("model")),
+            s(&fixture("arith").join("model")),
             "--max-prompts",
             "8",
             "--samples",
@@ -406,6 +390,7 @@ fn ema_anchor_layout_loading_and_resume() {
 }
 
 #[test]
+// long fn: the awkward-string cases are a table, listed in the test.
 fn rewards_match_warp() {
     // verify:arith, re-implemented in Python, against warp's on awkward strings.
     let cases: Vec<(String, String)> = [
@@ -442,7 +427,7 @@ fn rewards_match_warp() {
     let theirs: Vec<f64> = text(&o).0.lines().map(|l| l.parse().unwrap()).collect();
     let ours: Vec<f64> = cases
         .iter()
-        .map(|(p, c)| warp::rl::task::arith_reward(p, c))
+        .map(|(p, c)| warp::tasks::arith::arith_reward(p, c))
         .collect();
     assert_eq!(ours, theirs, "verify:arith differs on {cases:?}");
     assert!(ours.contains(&1.0) && ours.contains(&0.0));
@@ -754,7 +739,7 @@ fn messages_prompts_use_the_chat_template() {
     // is mostly right (and with a template that left BOS out, this check fails: reward 0).
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    for e in std::fs::read_dir(builtin().join("model")).unwrap() {
+    for e in std::fs::read_dir(fixture("arith").join("model")).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
     }
@@ -814,6 +799,7 @@ fn messages_prompts_use_the_chat_template() {
 /// `warp` with the trl backend: WARP_TRL_PYTHON (from scripts/setup-trl.sh) is inherited, so
 /// warp finds the `accelerate` beside it.
 #[test]
+// long fn: one end-to-end run of each command, sharing the TRL environment setup.
 fn warp_rl_and_warp_run_with_the_trl_backend() {
     let tmp = tempfile::tempdir().unwrap();
     assert!(
@@ -885,21 +871,15 @@ fn warp_rl_and_warp_run_with_the_trl_backend() {
     let cfg = tmp.path().join("trl.toml");
     std::fs::write(
         &cfg,
-        r#"
-trainer = "trl"
-iterations = 1
-runs = 2
-steps = 2
-checkpoints = 1
-etas = [0.0, 0.5, 1.0]
-eta = 0.5
-rl_args = ["--batch", "4", "-n", "2"]
-devices = ["cpu"]
-jobs = 2
-eval_prompts = 8
-eval_samples = 1
-threads = 1
-"#,
+        common::tiny_pipeline(
+            &[
+                ("trainer", r#""trl""#),
+                ("iterations", "1"),
+                ("devices", r#"["cpu"]"#),
+                ("jobs", "2"),
+            ],
+            "",
+        ),
     )
     .unwrap();
     let run_dir = tmp.path().join("pipeline");

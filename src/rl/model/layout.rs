@@ -36,14 +36,6 @@ impl ModelConfig {
         }
         out
     }
-
-    /// The number of parameters of the decoder (and `head`).
-    pub fn num_parameters(&self, head: Head) -> u64 {
-        self.parameter_layout(head)
-            .iter()
-            .map(|p| p.shape.iter().product::<i64>() as u64)
-            .sum()
-    }
 }
 
 fn spec(name: &str, shape: &[i64]) -> ParamSpec {

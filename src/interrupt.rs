@@ -1,4 +1,5 @@
-//! Cooperative cancellation. The CLI's signal handler (SIGINT, SIGTERM, SIGHUP) calls
+//! Cooperative cancellation (interruption by a signal; not `warp cancel`, which is
+//! [`crate::cli`]'s scancel of a run's Slurm jobs). The CLI's signal handler (SIGINT, SIGTERM, SIGHUP) calls
 //! [`request_by_signal`]; long loops call [`check`] between chunks or steps, so the error path
 //! (and with it the writers' cleanup of temporary folders) runs, and the process exits with
 //! 128 + the signal. Everything here is a lock-free atomic, safe to call from a signal handler.

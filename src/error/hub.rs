@@ -15,6 +15,11 @@ pub enum HubErrorKind {
     Protocol,
     /// Offline mode (`HF_HUB_OFFLINE`) and the cache lacks what is needed.
     NotCached,
+    /// A name that is not a hub repo id (nor, for an input, an existing path): the caller's
+    /// argument, nothing was sent.
+    InvalidId,
+    /// An operation that needs a token (a push) and none was given or found.
+    NoToken,
 }
 
 /// A failed hub operation.
@@ -56,6 +61,21 @@ impl HubError {
     /// Something the offline cache lacks.
     pub fn not_cached(message: impl Into<String>) -> HubError {
         HubError::new(HubErrorKind::NotCached, message)
+    }
+
+    /// A name that is not a hub repo id.
+    pub fn invalid_id(message: impl Into<String>) -> HubError {
+        HubError::new(HubErrorKind::InvalidId, message)
+    }
+
+    /// No token for an operation that needs one.
+    pub fn no_token(message: impl Into<String>) -> HubError {
+        HubError::new(HubErrorKind::NoToken, message)
+    }
+
+    /// Whether the caller's arguments are at fault (a bad repo id, no token), not the hub.
+    pub fn is_usage(&self) -> bool {
+        matches!(self.kind, HubErrorKind::InvalidId | HubErrorKind::NoToken)
     }
 
     /// An error status from the server.

@@ -1,8 +1,8 @@
 //! `--push-to-hub` for the tools that write a checkpoint: flatten [`PushToHubArgs`] into a clap
 //! command and call [`push_if_requested`] once the output folder is complete.
 
-use super::{push_folder, PushOptions, PushOutcome};
 use crate::error::Result;
+use crate::hub::{push_folder, PushOptions, PushOutcome};
 use crate::progress::Reporter;
 use std::path::Path;
 

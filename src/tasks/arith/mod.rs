@@ -1,4 +1,4 @@
-//! The built-in task: two-number addition, `"37+58="` → `"95"`.
+//! The built-in task `arith`: two-number addition, `"37+58="` → `"95"`.
 //!
 //! Small enough for a model of a few MB trained from scratch on a CPU in minutes, and verifiable,
 //! so a reward needs no reward model. The supervised corpus is deliberately noisy: each answer in
@@ -6,8 +6,37 @@
 //! person makes), drawn afresh each time an example is seen. The SFT model therefore learns to be
 //! right about 65 % of the time when sampled, and a verifiable reward has clear room to raise that.
 
-use super::data::PromptRecord;
-use super::rng::SplitMix64;
+use serde_json::json;
+
+use super::{PromptRecord, Task};
+use crate::rng::SplitMix64;
+
+/// The registry entry ([`super::TASKS`]).
+pub const TASK: Task = Task {
+    name: "arith",
+    about: "two-number addition, verifiable reward (the default)",
+    // The model is `warp sft`'s output with the defaults (docs/RL.md).
+    files: super::embed!("arith":
+        "model/config.json",
+        "model/generation_config.json",
+        "model/model.safetensors",
+        "model/special_tokens_map.json",
+        "model/tokenizer.json",
+        "model/tokenizer_config.json",
+        "train.jsonl",
+        "heldout.jsonl",
+        "sft.json",
+    ),
+    pipeline: || {
+        json!({
+            "model": "builtin:arith/model",
+            "prompts": "builtin:arith/train.jsonl",
+            "heldout": "builtin:arith/heldout.jsonl",
+            "reward": "verify:arith",
+        })
+    },
+    verifier: Some(arith_reward),
+};
 
 /// Operands are in `0..=MAX_OPERAND`.
 pub const MAX_OPERAND: u64 = 99;
