@@ -75,11 +75,13 @@ impl Input {
             (Some(i), _) => i.to_string(),
             (None, Some(b)) => b.to_string(),
             (None, None) => {
-                return Err(Error::Usage(format!(
-                    "{spec}: a LoRA adapter is read as its base model plus the adapter, and \
-                     its adapter_config.json names no base (base_model_name_or_path): give \
-                     the base with --init"
-                )))
+                return Err(Error::setting(
+                    "base_model_name_or_path",
+                    format!(
+                        "{spec}: a LoRA adapter is read as its base model plus the adapter, and \
+                         its adapter_config.json names no base: give the base with --init"
+                    ),
+                ))
             }
         };
         let base_local = crate::builtin::resolve_spec(&base_spec)?;
