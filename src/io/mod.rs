@@ -4,6 +4,7 @@ pub mod dtype;
 pub mod guard;
 pub mod header;
 pub mod lock;
+pub mod lora;
 pub mod reader;
 pub mod synth;
 pub mod verify;

@@ -14,6 +14,7 @@ mod hub_parts;
 mod hub_push;
 mod hub_python;
 mod io_errors;
+mod lora;
 mod merge_recipe;
 mod merge_reference;
 mod plot;
@@ -26,6 +27,8 @@ mod slurm_cluster;
 mod cuda;
 #[cfg(feature = "rl")]
 mod hostile_rl;
+#[cfg(feature = "rl")]
+mod lora_peft;
 #[cfg(feature = "rl")]
 mod pipeline;
 #[cfg(feature = "rl")]
