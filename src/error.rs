@@ -62,6 +62,10 @@ pub enum Error {
         log: PathBuf,
         tail: String,
     },
+    /// Another live process works in this folder (a run folder's lock, see
+    /// [`crate::io::lock`]); `holder` names it.
+    #[error("{}: in use by {holder}; wait for it to end or stop it first", path.display())]
+    Locked { path: PathBuf, holder: String },
     /// A broken internal invariant: a bug in warp, not a problem with the input.
     #[error("internal error (a bug in warp): {0}")]
     Internal(String),

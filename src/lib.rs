@@ -12,6 +12,7 @@ pub mod hub;
 pub mod interrupt;
 pub mod io;
 pub mod layout;
+pub mod limits;
 pub mod merge;
 pub mod pipeline;
 pub mod plot;

@@ -944,7 +944,8 @@ def train(a):
             clean_for_resume(out, step or 0)
         state.wait_for_everyone()
     else:
-        if out.exists() and any(out.iterdir()):
+        # warp holds the folder's lock file (.warp-run.lock) while this runs.
+        if out.exists() and any(p.name != ".warp-run.lock" for p in out.iterdir()):
             raise UsageError(f"run folder {out} exists and is not empty (continue it with: resume "
                              f"{out})")
         state.wait_for_everyone()

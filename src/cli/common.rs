@@ -190,17 +190,17 @@ pub(crate) fn open_inputs(
 ) -> Result<Vec<crate::engine::Input>> {
     let hub = crate::hub::HubOptions::from_env();
     let mut opened = Vec::with_capacity(inputs.len());
+    // A LoRA adapter's base: the init, or else the one its config names.
+    let init = inputs
+        .iter()
+        .find(|(_, role)| *role == "init")
+        .map(|(s, _)| s.clone());
     for (spec, role) in inputs {
-        let local = crate::builtin::resolve_spec(&spec)?;
-        let ckpt = crate::hub::open_checkpoint(&local, &hub, progress)?;
-        for w in &ckpt.warnings {
+        let input = crate::engine::Input::open(spec, role, init.as_deref(), &hub, progress)?;
+        for w in &input.ckpt.warnings {
             progress.message(&format!("warning: {w}"));
         }
-        opened.push(crate::engine::Input {
-            spec,
-            role: role.to_string(),
-            ckpt,
-        });
+        opened.push(input);
     }
     Ok(opened)
 }

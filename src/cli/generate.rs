@@ -139,6 +139,10 @@ fn options(a: &Args) -> crate::Result<crate::rl::textgen::TextGenOptions> {
         if v == 0 {
             return bad(flag, "must be at least 1".into());
         }
+        let max = crate::limits::MAX_BATCH;
+        if v > max {
+            return bad(flag, format!("must be at most {max}, got {v}"));
+        }
     }
     if !(o.temperature.is_finite() && o.temperature >= 0.0) {
         return bad(

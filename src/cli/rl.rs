@@ -106,7 +106,13 @@ fn new_run_folder(a: &Args) -> Result<PathBuf> {
     let Some(out) = a.output.clone() else {
         return Err(Error::Usage("give the run folder: -o DIR".into()));
     };
-    if out.exists() && std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_some()) {
+    // A lock file left by a run that never started does not make the folder used.
+    let lock = crate::io::lock::RUN_LOCK_FILE;
+    if out.exists()
+        && std::fs::read_dir(&out).map_or(true, |d| {
+            d.flatten().any(|e| e.file_name().to_str() != Some(lock))
+        })
+    {
         return Err(Error::Usage(format!(
             "-o {}: exists and is not empty (continue the run in it with --resume {0})",
             out.display()
@@ -147,6 +153,8 @@ fn run_trl(a: &Args, ctx: &Ctx) -> Result<Option<()>> {
             let cfg: RlConfig = serde_json::from_value(v["config"].clone())
                 .map_err(|e| Error::format(&run_json, format!("field 'config': {e}")))?;
             let steps_given = ctx.matches.value_source("steps") == Some(ValueSource::CommandLine);
+            // Held while TRL trains in the folder.
+            let _lock = crate::io::lock::RunLock::acquire(dir)?;
             trl::resume(dir, steps_given.then_some(a.config.steps), &launch(&cfg))?;
         }
         None => {
@@ -159,7 +167,11 @@ fn run_trl(a: &Args, ctx: &Ctx) -> Result<Option<()>> {
             // The Python side gets real paths for the built-in task's files.
             cfg.model = crate::builtin::resolve_spec(&cfg.model)?;
             cfg.prompts = crate::builtin::resolve_path(&cfg.prompts)?;
-            trl::train(&cfg.to_json(), &out, &launch(&cfg))?;
+            let lock = crate::io::lock::RunLock::acquire(&out)?;
+            if let Err(e) = trl::train(&cfg.to_json(), &out, &launch(&cfg)) {
+                lock.abandon();
+                return Err(e);
+            }
         }
     }
     Ok(Some(()))

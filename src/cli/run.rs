@@ -124,14 +124,22 @@ pub fn run(a: &Args, _: &Ctx) -> Result<()> {
         return Err(Error::feature("rl", "warp run"));
     }
     let reporter = super::Progress::new(a.quiet);
-    if c.launcher == "slurm" {
-        return slurm(&c, &exe, a.wait, &reporter);
-    }
-    let launcher = crate::pipeline::Local {
-        jobs: c.jobs as usize,
+    // One `warp run` per run folder, for its whole life (a second one is told who holds it).
+    let lock = crate::io::lock::RunLock::acquire(&c.output)?;
+    let r = if c.launcher == "slurm" {
+        slurm(&c, &exe, a.wait, &reporter)
+    } else {
+        let launcher = crate::pipeline::Local {
+            jobs: c.jobs as usize,
+        };
+        crate::pipeline::execute(&c, &exe, &launcher, &reporter)
+            .and_then(|_| super::common::out_line(front(&c)?.trim_end()))
     };
-    crate::pipeline::execute(&c, &exe, &launcher, &reporter)?;
-    super::common::out_line(front(&c)?.trim_end())
+    if r.is_err() {
+        // A folder made only for the lock goes again.
+        lock.abandon();
+    }
+    r
 }
 
 /// Submits the steps to Slurm; then follows them (`--wait`) or lists what was submitted.

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cpu;
 #[cfg_attr(feature = "cuda", path = "cuda_real.rs")]
 pub mod cuda;
+mod input;
 pub mod plan;
 pub mod recipe;
 mod sink;
@@ -24,20 +25,14 @@ use std::path::PathBuf;
 
 pub use crate::device::Device;
 pub use backend::{backend_for, Backend, NonFinite, GRAM_BLOCK};
+pub use input::{Input, Source};
 pub use plan::{Plan, PlannedTensor, PROGRAM_BYTES};
 
 use crate::error::{Error, Result};
 use crate::io::guard::ReadGuard;
-use crate::io::{Checkpoint, OutDType};
+use crate::io::OutDType;
 use crate::merge::Method;
 use crate::progress::Reporter;
-
-/// One input checkpoint of a job, with the name the user gave it and its role in the recipe.
-pub struct Input {
-    pub spec: String,
-    pub role: String,
-    pub ckpt: Checkpoint,
-}
 
 /// Everything a merge needs. Input 0 is the init/base model: its tensor order, companion files
 /// and (by default) dtypes define the outputs. The inputs' float dtypes may differ, tensor by
@@ -63,20 +58,23 @@ pub fn check_compatible(inputs: &[Input]) -> Result<()> {
     let mut problems = Vec::new();
     for other in &inputs[1..] {
         for t in base.ckpt.tensors() {
-            match other.ckpt.get(&t.name) {
+            // Named as in the base model; read where input 0 reads it (an adapter's own tensor).
+            let name = &t.name;
+            let t = base.source(name).map_or(t, |s| s.info);
+            match other.source(name).map(|s| s.info) {
                 None => problems.push(format!(
                     "{}: tensor '{}' is missing (present in {})",
-                    other.spec, t.name, base.spec
+                    other.spec, name, base.spec
                 )),
                 Some(o) if o.shape != t.shape => problems.push(format!(
                     "{}: tensor '{}' has shape {:?}, but {:?} in {}",
-                    other.spec, t.name, o.shape, t.shape, base.spec
+                    other.spec, name, o.shape, t.shape, base.spec
                 )),
                 Some(o) if o.dtype != t.dtype && !(o.dtype.is_float() && t.dtype.is_float()) => {
                     problems.push(format!(
                         "{}: tensor '{}' is {}, but {} in {} (only float tensors may differ in \
                          dtype: non-float ones are copied and must be equal)",
-                        other.spec, t.name, o.dtype, t.dtype, base.spec
+                        other.spec, name, o.dtype, t.dtype, base.spec
                     ))
                 }
                 _ => {}
@@ -95,8 +93,15 @@ pub fn check_compatible(inputs: &[Input]) -> Result<()> {
         return Ok(());
     }
     let total = problems.len();
-    let mut msg = format!("the inputs do not match ({total} problem(s)):");
-    for p in problems.iter().take(SHOW) {
+    // The first line says what is wrong (it is all a one-line log shows).
+    let mut msg = match total {
+        1 => format!("the inputs do not match: {}", problems[0]),
+        _ => format!(
+            "the inputs do not match ({total} problems; the first: {})",
+            problems[0]
+        ),
+    };
+    for p in problems.iter().take(SHOW).skip(1) {
         msg += "\n  ";
         msg += p;
     }
@@ -127,16 +132,13 @@ pub fn run(
     }
     let mut outputs = sink::Outputs::open(job, plan)?;
     for r in &outputs.reclaimed {
-        reporter.message(&format!(
-            "removed {}, left by a warp process that no longer runs",
-            r.display()
-        ));
+        reporter.message(&crate::io::writer::reclaimed_message(r));
     }
     // Reads of an input truncated under its mapping become an error naming it, not a crash.
     let guard = ReadGuard::new(
         job.inputs
             .iter()
-            .flat_map(|i| i.ckpt.shards.iter().map(|s| (s.mapped(), s.path.as_path()))),
+            .flat_map(|i| i.shards().map(|s| (s.mapped(), s.path.as_path()))),
     );
     let cx = stream::Ctx {
         job,
@@ -148,7 +150,7 @@ pub fn run(
     let streamed = stream::stream(&cx, &mut outputs.sinks).and_then(|r| {
         // A file changed after its last check but before its last read is seen here.
         for i in job.inputs {
-            for s in &i.ckpt.shards {
+            for s in i.shards() {
                 s.check_unchanged()?;
             }
         }

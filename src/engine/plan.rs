@@ -94,13 +94,15 @@ impl Memory {
         requested: u64,
         (n, k): (usize, usize),
         (max_in, max_out): (usize, usize),
+        (extra_fixed, extra_per_elem): (u64, u64),
         threads: usize,
         keeps: bool,
         tensor_bytes: impl Iterator<Item = u64>,
     ) -> Memory {
         let (n64, k64) = (n as u64, k as u64);
-        let per_elem = n64 * max_in as u64 + BUFS_PER_OUTPUT * k64 * max_out as u64;
-        let scratch = threads as u64 * (GRAM_BLOCK * (4 * (n + 1) + 8 * n)) as u64;
+        let per_elem =
+            n64 * max_in as u64 + BUFS_PER_OUTPUT * k64 * max_out as u64 + extra_per_elem;
+        let scratch = threads as u64 * (GRAM_BLOCK * (4 * (n + 1) + 8 * n)) as u64 + extra_fixed;
         let fixed_with = |write_buffer: u64| n64 * 2 * RELEASE_GRAIN + k64 * write_buffer + scratch;
         let floor = fixed_with(MIN_WRITE_BUF) + MIN_CHUNK_ELEMS as u64 * per_elem;
         let budget = requested.max(floor);
@@ -141,16 +143,28 @@ impl Plan {
         let (mut read, mut write) = (0u64, 0u64);
         let (mut max_in, mut max_out) = (1usize, 1usize);
         let mut all_bytes = Vec::with_capacity(base.tensors().len());
+        let mut factor_bytes = 0u64;
         for t in base.tensors() {
+            // Outputs default to the dtype of input 0's (base) model, also where an adapter
+            // replaces or changes the tensor.
             let combined = t.dtype.is_float();
             let out_dtype = job.out_dtype.resolve(t.dtype);
             let numel = t.numel();
             // Checked compatible: every input has the tensor.
-            let ins: Vec<_> = job
+            let srcs: Vec<_> = job
                 .inputs
                 .iter()
-                .filter_map(|i| i.ckpt.get(&t.name))
+                .filter_map(|i| i.source(&t.name))
                 .collect();
+            let ins: Vec<_> = srcs.iter().map(|s| s.info).collect();
+            // An adapter's factors are held whole while its tensor is read (A and B read, then
+            // the scaled and transposed copies the kernel uses: at most twice their f32 size).
+            let lora: u64 = job
+                .inputs
+                .iter()
+                .filter_map(|i| i.adapter.as_ref().and_then(|a| a.factor_bytes(&t.name)))
+                .sum();
+            factor_bytes = factor_bytes.max(2 * lora);
             let bytes: u64 = ins.iter().map(|i| i.nbytes).sum();
             all_bytes.push(bytes);
             read += bytes;
@@ -163,7 +177,7 @@ impl Plan {
             tensors.push(PlannedTensor {
                 name: t.name.clone(),
                 dtype: t.dtype,
-                in_dtypes: ins.iter().map(|i| i.dtype).collect(),
+                in_dtypes: srcs.iter().map(|s| s.dtype()).collect(),
                 out_dtype,
                 shape: t.shape.clone(),
                 numel,
@@ -171,10 +185,13 @@ impl Plan {
                 group: (needs_gram && combined).then(|| group_key(&t.name, job.method.grouping())),
             });
         }
+        // Each adapter input computes its low-rank tensors into an f32 chunk of its own.
+        let adapters = job.inputs.iter().filter(|i| i.adapter.is_some()).count();
         let mem = Memory::new(
             job.budget,
             (n, k),
             (max_in, max_out),
+            (factor_bytes, 4 * adapters as u64),
             rayon::current_num_threads(),
             // Only per-tensor statistics keep a tensor mapped between its two passes (grouped
             // ones make a statistics pass over everything first).
@@ -271,6 +288,7 @@ mod tests {
             budget,
             (3, 1),
             (2, 2),
+            (0, 0),
             2,
             true,
             [190_000_000u64, 40_000_000].into_iter(),

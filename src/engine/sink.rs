@@ -117,7 +117,7 @@ impl Outputs {
         let recipe_inputs: Vec<serde_json::Value> = job
             .inputs
             .iter()
-            .map(|i| serde_json::json!({"role": i.role, "path": i.spec, "header_sha256": i.ckpt.fingerprint()}))
+            .map(|i| serde_json::json!({"role": i.role, "path": i.spec, "header_sha256": i.fingerprint(), "lora_adapter": i.adapter.is_some()}))
             .collect();
         let out_tensors: Vec<OutTensor> = plan
             .tensors

@@ -17,6 +17,7 @@ use super::MergeJob;
 use crate::error::{Error, Result};
 use crate::io::dtype::first_nonfinite_par;
 use crate::io::guard::ReadGuard;
+use crate::io::lora::Factors;
 use crate::io::reader::chunks;
 use crate::io::{DType, Sweep, TensorInfo};
 use crate::merge::{Gram, Grouping};
@@ -100,29 +101,47 @@ fn statistics_pass(cx: &Ctx, stats: &mut Stats) -> Result<()> {
 struct TensorInputs<'a> {
     infos: Vec<&'a TensorInfo>,
     sweeps: Vec<Sweep<'a>>,
+    /// The dtype the kernels read from each input (f32 where a low-rank delta is added).
     dtypes: Vec<DType>,
+    /// Per input: an adapter's low-rank delta of this tensor, and the f32 chunk computed
+    /// from it by [`TensorInputs::load`].
+    deltas: Vec<Option<(Factors, Vec<u8>)>>,
+    /// Per input: the file holding the tensor (its base's, or the adapter's).
+    shards: Vec<&'a crate::io::reader::Shard>,
     job: &'a MergeJob<'a>,
 }
 
 impl<'a> TensorInputs<'a> {
     fn new(job: &'a MergeJob<'a>, name: &str) -> Result<TensorInputs<'a>> {
-        let mut infos = Vec::with_capacity(job.inputs.len());
-        let mut sweeps = Vec::with_capacity(job.inputs.len());
+        let n = job.inputs.len();
+        let (mut infos, mut sweeps, mut dtypes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut deltas, mut shards) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for i in job.inputs {
-            let t = i.ckpt.get(name).ok_or_else(|| {
+            let s = i.source(name).ok_or_else(|| {
                 Error::Internal(format!(
                     "tensor '{name}' missing from checked input {}",
                     i.spec
                 ))
             })?;
-            infos.push(t);
-            sweeps.push(Sweep::new(&i.ckpt, t));
+            infos.push(s.info);
+            sweeps.push(Sweep::new(s.ckpt, s.info));
+            dtypes.push(s.dtype());
+            shards.push(&s.ckpt.shards[s.info.shard]);
+            deltas.push(match (&i.adapter, s.low_rank) {
+                (Some(a), true) => Some((a.factors(name)?, Vec::new())),
+                _ => None,
+            });
         }
-        let dtypes = infos.iter().map(|t| t.dtype).collect();
         Ok(TensorInputs {
             infos,
             sweeps,
             dtypes,
+            deltas,
+            shards,
             job,
         })
     }
@@ -135,21 +154,47 @@ impl<'a> TensorInputs<'a> {
     /// Bytes of the elements `range` over all inputs (what the progress bar counts).
     fn chunk_bytes(&self, range: &Range<u64>) -> u64 {
         let elems = range.end - range.start;
-        self.dtypes.iter().map(|d| elems * d.size() as u64).sum()
+        self.infos
+            .iter()
+            .map(|t| elems * t.dtype.size() as u64)
+            .sum()
     }
 
     fn numel(&self) -> u64 {
         self.infos[0].numel()
     }
 
-    /// The elements `range` of every input, as bytes of its dtype.
-    fn slices(&self, range: &Range<u64>) -> Vec<&'a [u8]> {
+    /// Computes the elements `range` of every input with a low-rank delta (base + s·B·A, f32),
+    /// for [`TensorInputs::slices`].
+    fn load(&mut self, range: &Range<u64>) {
+        for ((d, s), t) in self.deltas.iter_mut().zip(&self.sweeps).zip(&self.infos) {
+            if let Some((f, buf)) = d {
+                let es = t.dtype.size() as u64;
+                buf.resize(((range.end - range.start) * 4) as usize, 0);
+                f.apply(
+                    t.dtype,
+                    s.bytes(range.start * es..range.end * es),
+                    range.start,
+                    buf,
+                );
+            }
+        }
+    }
+
+    /// The elements `range` of every input, as bytes of the dtype the kernels read
+    /// (`load(range)` first when there are low-rank deltas).
+    fn slices(&self, range: &Range<u64>) -> Vec<&[u8]> {
+        let len = (range.end - range.start) as usize;
         self.sweeps
             .iter()
-            .zip(&self.dtypes)
-            .map(|(s, d)| {
-                let es = d.size() as u64;
-                s.bytes(range.start * es..range.end * es)
+            .zip(&self.infos)
+            .zip(&self.deltas)
+            .map(|((s, t), d)| match d {
+                Some((_, buf)) => &buf[..len * 4],
+                None => {
+                    let es = t.dtype.size() as u64;
+                    s.bytes(range.start * es..range.end * es)
+                }
             })
             .collect()
     }
@@ -157,16 +202,16 @@ impl<'a> TensorInputs<'a> {
     /// Starts reading the `step` elements after `range` in every input, to overlap disk reads
     /// with compute.
     fn prefetch_next(&mut self, range: &Range<u64>, step: u64) {
-        for (s, d) in self.sweeps.iter_mut().zip(&self.dtypes) {
-            let es = d.size() as u64;
+        for (s, t) in self.sweeps.iter_mut().zip(&self.infos) {
+            let es = t.dtype.size() as u64;
             s.prefetch(range.end * es..(range.end + step) * es);
         }
     }
 
     /// Every element before `upto` is processed: its pages may go.
     fn done(&mut self, upto: u64) {
-        for (s, d) in self.sweeps.iter_mut().zip(&self.dtypes) {
-            s.done(upto * d.size() as u64);
+        for (s, t) in self.sweeps.iter_mut().zip(&self.infos) {
+            s.done(upto * t.dtype.size() as u64);
         }
     }
 
@@ -187,15 +232,25 @@ impl<'a> TensorInputs<'a> {
     /// file's last read is always seen (its results are then discarded); checking sooner only
     /// stops a doomed run earlier.
     fn check_unchanged(&self) -> Result<()> {
-        for (i, t) in self.job.inputs.iter().zip(&self.infos) {
-            i.ckpt.shards[t.shard].check_unchanged()?;
+        for s in &self.shards {
+            s.check_unchanged()?;
+        }
+        for i in self.job.inputs {
+            if let Some(a) = &i.adapter {
+                for s in &a.file.shards {
+                    s.check_unchanged()?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// The file of input `n`'s shard holding the tensor.
+    /// The file of input `n` holding the tensor (an adapter's, when it changes the tensor).
     fn path(&self, n: usize) -> &'a std::path::Path {
-        &self.job.inputs[n].ckpt.shards[self.infos[n].shard].path
+        match (&self.job.inputs[n].adapter, &self.deltas[n]) {
+            (Some(a), Some(_)) => &a.file.path,
+            _ => &self.shards[n].path,
+        }
     }
 }
 
@@ -228,6 +283,7 @@ fn tensor_gram(
     for range in chunks(ins.numel(), 1, step) {
         crate::interrupt::check()?;
         ins.prefetch_next(&range, step);
+        ins.load(&range);
         let slices = ins.slices(&range);
         partial.clear();
         let res = cx.backend.gram(&ins.dtypes, &slices, &mut partial);
@@ -342,6 +398,7 @@ fn combine_tensor(
             ins.prefetch_next(&range, step);
         }
         let out_len = ((range.end - range.start) * oes) as usize;
+        ins.load(&range);
         let mut bufs: Vec<Vec<u8>> = sinks.iter_mut().map(|s| s.buffer(out_len)).collect();
         let computed = combine_chunk(cx, t, &ins, &range, rows, &mut bufs, out_len);
         // Nothing computed from a chunk that was not read intact is used, errors included.

@@ -31,6 +31,13 @@ pub fn resolve_checkpoint(
     if local.exists() {
         return Ok(local.to_path_buf());
     }
+    // A name that is there but cannot be followed (a symbolic link loop, a dangling link) is
+    // that, not "neither a path nor a hub id".
+    if std::fs::symlink_metadata(local).is_ok() {
+        if let Err(e) = std::fs::metadata(local) {
+            return Err(Error::io(local, e));
+        }
+    }
     let id = HubId::parse(spec).ok_or_else(|| {
         Error::from(HubError::invalid_id(format!(
             "'{spec}' is neither an existing path nor a hub id (org/name or org/name@revision)"
@@ -144,25 +151,43 @@ fn index_shards(index: &Path) -> Result<BTreeSet<String>> {
 }
 
 fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<PathBuf> {
-    let api = ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
-        .with_endpoint(opts.endpoint.clone())
-        .with_token(opts.token.clone())
-        .with_progress(false)
-        .build()
-        .map_err(|e| api_error(id, "connect", e))?;
+    let build = |token: Option<String>| {
+        ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
+            .with_endpoint(opts.endpoint.clone())
+            .with_token(token)
+            .with_progress(false)
+            .build()
+            .map_err(|e| api_error(id, "connect", e))
+    };
+    if let Some(t) = &opts.token {
+        super::http::register_secret(t);
+    }
     let rev = id.revision().to_string();
 
     // The listing pins the commit; every file is then fetched at that commit so a push landing
     // meanwhile cannot mix two versions in one snapshot.
-    let listing = with_retries(opts, reporter, "list", || {
-        api.repo(Repo::with_revision(
-            id.repo.clone(),
-            RepoType::Model,
-            encode_segment(&rev),
-        ))
-        .info()
-    })
-    .map_err(|e| api_error(id, "list files", e))?;
+    let list = |api: &hf_hub::api::sync::Api| {
+        with_retries(opts, reporter, "list", || {
+            api.repo(Repo::with_revision(
+                id.repo.clone(),
+                RepoType::Model,
+                encode_segment(&rev),
+            ))
+            .info()
+        })
+    };
+    // hf-hub sends the token with every request of a download, the storage server's included
+    // (it follows the hub's redirect with its own headers). So a repo that can be read without
+    // the token is read without it; only a repo that refuses an anonymous reader gets it.
+    let mut api = build(None)?;
+    let listing = match list(&api) {
+        Ok(l) => l,
+        Err(e) if opts.token.is_some() && needs_token(&e) => {
+            api = build(opts.token.clone())?;
+            list(&api).map_err(|e| api_error(id, "list files", e))?
+        }
+        Err(e) => return Err(api_error(id, "list files", e)),
+    };
     let sha = listing.sha.clone();
     if !is_commit_hash(&sha) {
         return Err(HubError::protocol(format!(
@@ -318,12 +343,19 @@ fn judge_api(e: &ApiError) -> Verdict {
     }
 }
 
+/// The hub refused an anonymous reader (a private or gated repo answers 401, 403 or 404).
+fn needs_token(e: &ApiError) -> bool {
+    matches!(e, ApiError::RequestError(inner)
+        if matches!(inner.as_ref(), ureq::Error::Status(401 | 403 | 404, _)))
+}
+
 fn api_error(id: &HubId, what: &str, e: ApiError) -> Error {
     let context = format!("{id}: {what}");
     if let ApiError::RequestError(inner) = &e {
         if let ureq::Error::Status(status, resp) = inner.as_ref() {
             let code = resp.header("X-Error-Code").map(str::to_string);
-            let msg = resp.header("X-Error-Message").unwrap_or("").to_string();
+            // One line, scrubbed of the token (a server may echo it).
+            let msg = super::http::one_line(resp.header("X-Error-Message").unwrap_or(""), 300);
             let hint = match (*status, code.as_deref().unwrap_or("")) {
                 (_, "RevisionNotFound") => {
                     format!(" (no revision '{}' in {})", id.revision(), id.repo)

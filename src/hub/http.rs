@@ -203,7 +203,13 @@ impl Client {
         retry: RetryPolicy,
         timeout: Duration,
     ) -> Self {
+        if let Some(t) = &token {
+            register_secret(t);
+        }
         let agent = ureq::AgentBuilder::new()
+            // The token goes only to the hub's exact origin (scheme, host and port; see
+            // `request`), never along a redirect, whatever host it points to.
+            .redirect_auth_headers(ureq::RedirectAuthHeaders::Never)
             .try_proxy_from_env(true)
             .timeout_connect(Duration::from_secs(30))
             .timeout_read(timeout)
@@ -345,16 +351,25 @@ fn retryable_transport(kind: ureq::ErrorKind) -> bool {
     )
 }
 
+/// The longest `Retry-After` taken as given; larger values (`1e20`) are capped here, before the
+/// conversion to a Duration (which would panic past u64 seconds), and again by the policy's cap.
+const MAX_RETRY_AFTER_SECS: f64 = 3600.0;
+
 /// `Retry-After` in seconds (the HTTP-date form is rare on the hub and treated as absent).
 pub(crate) fn retry_after(resp: &ureq::Response) -> Option<Duration> {
-    let v = resp.header("Retry-After")?.trim();
-    let secs: f64 = v.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    retry_after_secs(resp.header("Retry-After")?)
+}
+
+fn retry_after_secs(v: &str) -> Option<Duration> {
+    let secs: f64 = v.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER_SECS)).ok())
+        .flatten()
 }
 
 /// The server's own explanation: `X-Error-Message`, else `{"error": ...}`, else the body text.
 fn failure_from_response(status: u16, resp: ureq::Response) -> HttpFailure {
-    let code = resp.header("X-Error-Code").map(str::to_string);
+    let code = resp.header("X-Error-Code").map(|c| one_line(c, 100));
     let header_msg = resp.header("X-Error-Message").map(str::to_string);
     let status_text = resp.status_text().to_string();
     let mut text = String::new();
@@ -407,8 +422,35 @@ fn transport_detail(t: &ureq::Transport) -> String {
     one_line(&s, 300)
 }
 
+/// Tokens this process sends: never printed, even when a server echoes one back in a message.
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub(crate) fn register_secret(token: &str) {
+    if token.trim().is_empty() {
+        return;
+    }
+    if let Ok(mut v) = SECRETS.lock() {
+        if !v.iter().any(|t| t == token) {
+            v.push(token.to_string());
+        }
+    }
+}
+
+/// `s` with every token this process sends replaced by `[the token]`.
+pub(crate) fn scrub(s: &str) -> String {
+    let mut out = s.to_string();
+    if let Ok(v) = SECRETS.lock() {
+        for t in v.iter() {
+            out = out.replace(t.as_str(), "[the token]");
+        }
+    }
+    out
+}
+
+/// Server or transport text on one line, at most `max_chars`, scrubbed of the token (before it
+/// is cut, so no prefix of it survives either).
 pub(crate) fn one_line(s: &str, max_chars: usize) -> String {
-    let flat: String = s
+    let flat: String = scrub(s)
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -480,6 +522,15 @@ pub(crate) fn fix_endpoint(url: &str, endpoint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_capped_before_conversion() {
+        assert_eq!(retry_after_secs("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_secs("1e20"), Some(Duration::from_secs(3600)));
+        assert_eq!(retry_after_secs("inf"), None);
+        assert_eq!(retry_after_secs("-1"), None);
+        assert_eq!(retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
 
     #[test]
     fn origins() {

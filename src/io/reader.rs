@@ -11,7 +11,6 @@
 //! file truncated under its mapping are caught by [`super::guard::ReadGuard`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -174,14 +173,16 @@ impl Checkpoint {
             let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
             return Checkpoint::assemble(path, dir, Layout::File, vec![shard], None);
         }
+        // `symlink_metadata`: a link that cannot be followed (a loop) is opened, and so reported
+        // as what it is, rather than taken for a missing file.
         let single = path.join(SINGLE_FILE);
-        if single.exists() {
+        if std::fs::symlink_metadata(&single).is_ok() {
             let shard = open_shard(&single)?;
             let dir = path.to_path_buf();
             return Checkpoint::assemble(path, dir, Layout::Folder, vec![shard], None);
         }
         let index = path.join(INDEX_FILE);
-        if index.exists() {
+        if std::fs::symlink_metadata(&index).is_ok() {
             return Checkpoint::open_sharded(path, &index);
         }
         Err(Error::format(
@@ -465,7 +466,15 @@ pub fn chunks(nbytes: u64, elem: usize, max: u64) -> impl Iterator<Item = Range<
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
-    let file = File::open(path).at(path)?;
+    // Never blocks: a FIFO or device named as a shard is refused below, not waited on.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .at(path)?
+    };
     let meta = file.metadata().at(path)?;
     if meta.is_dir() {
         return Err(Error::format(
@@ -522,8 +531,11 @@ pub struct Index {
 }
 
 /// Reads an index file: the shard file names (sorted, unique), the weight map and total_size.
+/// Largest index file read (a weight map of a million tensors is well below).
+const MAX_INDEX_BYTES: u64 = 256 << 20;
+
 fn read_index(path: &Path) -> Result<Index> {
-    let text = std::fs::read_to_string(path).at(path)?;
+    let text = super::read_text(path, MAX_INDEX_BYTES)?;
     parse_index(&text, path)
 }
 

@@ -89,6 +89,15 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
             ))
         }
     };
+    // Whole numbers are exact (u64::MAX itself is a valid size); fractions go through f64.
+    if let Ok(n) = num.parse::<u128>() {
+        let bytes = n.saturating_mul(u128::from(mult));
+        if bytes < 1 {
+            return Err(format!("size '{s}' must be at least 1 byte"));
+        }
+        return u64::try_from(bytes)
+            .map_err(|_| format!("size '{s}' is too large (at most {} bytes)", u64::MAX));
+    }
     let bytes = value * mult as f64;
     if bytes.is_nan() || bytes < 1.0 {
         return Err(format!("size '{s}' must be at least 1 byte"));
@@ -96,7 +105,7 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     // u64::MAX as f64 rounds up to 2^64, which is not a u64.
     if bytes >= u64::MAX as f64 {
         return Err(format!(
-            "size '{s}' is too large (at most {} bytes)",
+            "size '{s}' is too large (at most {} bytes, about 1.8e19)",
             u64::MAX
         ));
     }
@@ -216,18 +225,19 @@ impl Staging {
         };
         let tag = format!("{}-{}", std::process::id(), unique());
         staging.tmp = parent.join(format!(".{}{TMP_TAG}{tag}", name.to_string_lossy()));
-        fs::create_dir(&staging.tmp).at(&staging.tmp)?;
+        // Errors name the destination (what the user asked for), not the temporary folder.
+        fs::create_dir(&staging.tmp).at(dest)?;
         // The lock file appears already locked (made aside, then renamed): a reclaimer never
         // finds it unlocked while this process lives. Until then, the folder has no lock file
         // and is judged by its pid, which is alive.
         let aside = staging.tmp.join(format!("{LOCK_FILE}.new"));
-        let lock = File::create(&aside).at(&aside)?;
+        let lock = File::create(&aside).at(dest)?;
         // SAFETY: flock on a file descriptor this function owns.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(&aside, std::io::Error::last_os_error()));
+            return Err(Error::io(dest, std::io::Error::last_os_error()));
         }
         let lock_path = staging.tmp.join(LOCK_FILE);
-        fs::rename(&aside, &lock_path).at(&lock_path)?;
+        fs::rename(&aside, &lock_path).at(dest)?;
         staging.lock = Some(lock);
         Ok(staging)
     }
@@ -247,8 +257,10 @@ impl Staging {
         // The lock file must not end up in the output; the descriptor keeps the lock until the
         // rename is done (a folder without lock file is judged by its pid meanwhile).
         let lock_path = self.tmp.join(LOCK_FILE);
-        fs::remove_file(&lock_path).at(&lock_path)?;
-        sync_dir(&self.tmp)?;
+        fs::remove_file(&lock_path).at(&self.dest)?;
+        File::open(&self.tmp)
+            .and_then(|d| d.sync_all())
+            .at(&self.dest)?;
         let parent = self.tmp.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut old = None;
         if fs::symlink_metadata(&self.dest).is_ok() {
@@ -370,7 +382,8 @@ fn create_parents(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Removes the temporary folders that dead writers left in `parent` (see the module docs) and
 /// returns them. A folder is left alone when its lock is held, or, without a lock file, while
 /// the process named in it lives. A replaced destination set aside by a writer that died while
-/// swapping it (`.NAME.warp-old-PID-N`) is put back when NAME is missing, removed otherwise.
+/// swapping it (`.NAME.warp-old-PID-N`) is put back when NAME is missing (returned as NAME),
+/// removed otherwise.
 pub fn reclaim_stale(parent: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(rd) = fs::read_dir(parent) else {
@@ -403,13 +416,30 @@ pub fn reclaim_stale(parent: &Path) -> Vec<PathBuf> {
         let dest = parent.join(dest_name);
         if tag == OLD_TAG && fs::symlink_metadata(&dest).is_err() {
             if fs::rename(&path, &dest).is_ok() {
-                removed.push(path);
+                // Put back: reported under its own name (see `reclaimed_message`).
+                removed.push(dest);
             }
         } else if fs::remove_dir_all(&path).is_ok() {
             removed.push(path);
         }
     }
     removed
+}
+
+/// What the log says about a folder [`reclaim_stale`] returned: a temporary folder removed, or a
+/// replaced destination put back in place.
+pub fn reclaimed_message(path: &Path) -> String {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match parse_temp_name(name) {
+        Some(_) => format!(
+            "removed {}, left by a warp process that no longer runs",
+            path.display()
+        ),
+        None => format!(
+            "restored {}, which a warp process that no longer runs had set aside to replace it",
+            path.display()
+        ),
+    }
 }
 
 /// `.NAME.warp-tmp-PID-N` or `.NAME.warp-old-PID-N` → (NAME, tag, PID).
@@ -688,8 +718,9 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
+    // Errors name `path` (a full disk is reported for the file asked for, not the temporary).
     let res = fs::write(&tmp, bytes)
-        .map_err(|e| Error::io(&tmp, e))
+        .map_err(|e| Error::io(path, e))
         .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -758,11 +789,14 @@ mod tests {
         fs::write(old.join("f"), b"v").unwrap();
         let mut got = reclaim_stale(p);
         got.sort();
-        let mut want = vec![locked, dead_pid, old];
+        // The restored one under its own name, and the log says so.
+        let mut want = vec![locked.clone(), dead_pid, p.join("kept")];
         want.sort();
         assert_eq!(got, want);
-        assert!(live.path().is_dir() && alive_pid.is_dir());
+        assert!(live.path().is_dir() && alive_pid.is_dir() && !old.exists());
         assert_eq!(fs::read(p.join("kept/f")).unwrap(), b"v");
+        assert!(reclaimed_message(&p.join("kept")).starts_with("restored "));
+        assert!(reclaimed_message(&locked).starts_with("removed "));
     }
 
     #[test]

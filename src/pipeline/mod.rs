@@ -164,6 +164,7 @@ impl PipelineConfig {
                 ),
             );
         }
+        self.check_sizes_and_rates()?;
         if self.etas.is_empty() || self.etas.iter().any(|e| !e.is_finite()) {
             return bad("etas", "must be a non-empty list of numbers".into());
         }
@@ -190,14 +191,103 @@ impl PipelineConfig {
             return bad("devices", "must not be empty".into());
         }
         self.merge_target(crate::io::DType::F32)?;
+        // The `rl` table and `rl_args` as every run will see them: an unknown key, a wrong
+        // type or a value out of range is an error now, before anything is written.
+        let base = plan::rl_base(self)?;
+        crate::rl::settings::RlConfig {
+            steps: self.steps,
+            mu: self.mu,
+            beta: self.beta,
+            save_every: self.steps.div_ceil(self.checkpoints).max(1),
+            ..base
+        }
+        .check()?;
         match self.launcher.as_str() {
             "local" => Ok(()),
-            "slurm" => self.slurm.check(),
+            "slurm" => {
+                self.slurm.check()?;
+                crate::slurm::check_script_path(&self.output)
+            }
             other => bad(
                 "launcher",
                 format!("unknown launcher '{other}' (local or slurm)"),
             ),
         }
+    }
+
+    /// The plan-size limits (src/limits.rs), `mu` and `beta`, and the output folder's place:
+    /// checked before anything is written.
+    fn check_sizes_and_rates(&self) -> Result<()> {
+        let bad = |field: &str, m: String| Err(Error::setting(field, m));
+        use crate::limits::{MAX_ITERATIONS, MAX_PLAN_STEPS, MAX_RUNS};
+        if self.iterations > MAX_ITERATIONS {
+            return bad(
+                "iterations",
+                format!("must be at most {MAX_ITERATIONS}, got {}", self.iterations),
+            );
+        }
+        if self.runs > MAX_RUNS {
+            return bad(
+                "runs",
+                format!("must be at most {MAX_RUNS}, got {}", self.runs),
+            );
+        }
+        // Each iteration: 2·M RL runs at most (with the init-anchored ones), the merges, the
+        // fronts and evaluations of every η.
+        let per_iteration = 2 * u64::from(self.runs) + 2 * self.etas.len() as u64 + 8;
+        let planned = u64::from(self.iterations).saturating_mul(per_iteration);
+        if planned > MAX_PLAN_STEPS {
+            return bad(
+                "iterations",
+                format!(
+                    "{} iterations of {} runs and {} η values make about {planned} steps, more \
+                     than the limit of {MAX_PLAN_STEPS}",
+                    self.iterations,
+                    self.runs,
+                    self.etas.len()
+                ),
+            );
+        }
+        if !(self.mu > 0.0 && self.mu <= 1.0) {
+            return bad("mu", format!("must be in (0, 1], got {}", self.mu));
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return bad(
+                "beta",
+                format!("must be a finite number ≥ 0, got {}", self.beta),
+            );
+        }
+        self.check_output_outside_inputs()
+    }
+
+    /// The output folder may be neither an input nor inside one (the model folder, the prompt
+    /// files): the pipeline would write into what it reads.
+    fn check_output_outside_inputs(&self) -> Result<()> {
+        let out = resolved(&self.output);
+        let inputs = [
+            ("model", PathBuf::from(&self.model)),
+            ("prompts", self.prompts.clone()),
+            ("heldout", self.heldout.clone()),
+        ];
+        for (key, p) in inputs {
+            // Hub ids and built-in names are not folders here.
+            if std::fs::symlink_metadata(&p).is_err() {
+                continue;
+            }
+            let input = resolved(&p);
+            if out.starts_with(&input) {
+                return Err(Error::setting(
+                    "output",
+                    format!(
+                        "{} is inside the input {key} = {} (the pipeline would write into what \
+                         it reads); choose another output folder",
+                        self.output.display(),
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The η grid plus the next-init η, sorted, without duplicates.
@@ -336,10 +426,12 @@ pub fn submit(c: &PipelineConfig, exe: &Path, reporter: &dyn Reporter) -> Result
     let mut c = c.clone();
     c.output = std::path::absolute(&c.output).at(&c.output)?;
     c.check()?;
+    // Before anything is written: a run folder or working directory that cannot go into a
+    // batch script is refused here.
+    let slurm = Slurm::new(c.slurm.clone(), &c.output)?;
     let p = plan(&c, exe)?;
     write_plan(&c, &p)?;
     let steps = slurm_steps(&p.steps);
-    let slurm = Slurm::new(c.slurm.clone(), &c.output)?;
     let submission = slurm.submit(&steps, reporter)?;
     Ok(Submitted {
         slurm,
@@ -347,6 +439,25 @@ pub fn submit(c: &PipelineConfig, exe: &Path, reporter: &dyn Reporter) -> Result
         submission,
         config: c,
     })
+}
+
+/// `p` absolute with symbolic links resolved as far as it exists (the rest appended as given).
+fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 /// Pretty JSON text, with a final newline.

@@ -68,7 +68,7 @@ const PIPELINE_KEYS: [&str; 10] = [
 
 /// What every RL run shares: the defaults, then the config's `rl` table, then its `rl_args`
 /// flags. Neither may set a key the pipeline sets itself.
-fn rl_base(c: &PipelineConfig) -> Result<RlConfig> {
+pub(super) fn rl_base(c: &PipelineConfig) -> Result<RlConfig> {
     let backend_flag = |a: &String| a == "--backend" || a.starts_with("--backend=");
     if c.rl.contains_key("backend") || c.rl_args.iter().any(backend_flag) {
         return Err(Error::setting(

@@ -74,10 +74,17 @@ pub fn layered(
         Some(p) => {
             let text = std::fs::read_to_string(p).at(p)?;
             let table: toml::Table =
-                toml::from_str(&text).map_err(|e| Error::format(p, e.to_string().trim_end()))?;
+                toml::from_str(&text).map_err(|e| setting(p, e.to_string().trim_end()))?;
+            // JSON has no nan or inf: they would turn into null and be reported as a wrong type.
+            if let Some((key, x)) = non_finite(&table, "") {
+                return Err(setting(
+                    p,
+                    &format!("key '{key}': {x} is not a number a setting can take"),
+                ));
+            }
             match serde_json::to_value(table) {
                 Ok(Value::Object(m)) => m,
-                _ => return Err(Error::format(p, "not a table of settings")),
+                _ => return Err(setting(p, "not a table of settings")),
             }
         }
     };
@@ -122,13 +129,53 @@ pub fn layered(
             overlay(&mut v, m);
         }
     }
+    let defaults = v.clone();
     overlay(&mut v, &file_keys);
     v.insert("task".into(), json!(task));
     v.insert("preset".into(), json!(preset));
     serde_json::from_value(Value::Object(v)).map_err(|e| match file {
-        Some(p) => Error::format(p, e.to_string()),
+        // serde's message for a wrong type does not name the key: the key that fails alone does.
+        Some(p) => match culprit::<PipelineConfig>(&defaults, &file_keys) {
+            Some(key) => setting(p, &format!("key '{key}': {e}")),
+            None => setting(p, &e.to_string()),
+        },
         None => Error::Internal(format!("preset settings: {e}")),
     })
+}
+
+/// The first key of `layer` that does not deserialize as `T` when put alone over `base`.
+pub fn culprit<T: serde::de::DeserializeOwned>(
+    base: &Map<String, Value>,
+    layer: &Map<String, Value>,
+) -> Option<String> {
+    layer.iter().find_map(|(k, v)| {
+        let mut m = base.clone();
+        m.insert(k.clone(), v.clone());
+        serde_json::from_value::<T>(Value::Object(m))
+            .is_err()
+            .then(|| k.clone())
+    })
+}
+
+/// The first float of `t` (nested tables and arrays included) that is nan or infinite.
+fn non_finite(t: &toml::Table, prefix: &str) -> Option<(String, f64)> {
+    fn walk(v: &toml::Value, key: String) -> Option<(String, f64)> {
+        match v {
+            toml::Value::Float(x) if !x.is_finite() => Some((key, *x)),
+            toml::Value::Table(t) => non_finite(t, &format!("{key}.")),
+            toml::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, format!("{key}[{i}]"))),
+            _ => None,
+        }
+    }
+    t.iter().find_map(|(k, v)| walk(v, format!("{prefix}{k}")))
+}
+
+/// A settings error in the file `p` (exit code 2, like a bad flag).
+fn setting(p: &Path, msg: &str) -> Error {
+    Error::setting(p.display().to_string(), msg)
 }
 
 #[cfg(test)]

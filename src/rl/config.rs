@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use fields::{FieldResult, Fields};
 pub use rope::{Rope, RopeScaling};
 
@@ -233,7 +233,8 @@ impl ModelConfig {
     /// Reads `dir/config.json`.
     pub fn from_dir(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).at(&path)?;
+        // A FIFO or device is refused, not waited on; a real config.json is a few KB.
+        let text = crate::io::read_text(&path, 16 << 20)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
         ModelConfig::from_json(&v).map_err(|msg| Error::format(&path, msg))
@@ -447,7 +448,7 @@ fn dims(f: &Fields, d: &Defaults) -> FieldResult<Dims> {
             "field 'head_dim': {head_dim} is odd (RoPE needs pairs)"
         ));
     }
-    Ok(Dims {
+    let d = Dims {
         vocab: f.usize_req("vocab_size")?,
         hidden,
         intermediate: f.usize_req("intermediate_size")?,
@@ -456,8 +457,41 @@ fn dims(f: &Fields, d: &Defaults) -> FieldResult<Dims> {
         kv_heads,
         head_dim,
         max_positions: f.usize_req("max_position_embeddings")?,
-    })
+    };
+    // config.json comes with downloaded models: sizes past these limits (far above any real
+    // model) are refused before anything is sized by them. The tensors present bound them
+    // further ([`ModelConfig::check_tensors`]).
+    for (key, v, max) in [
+        ("num_hidden_layers", d.layers, MAX_LAYERS),
+        ("vocab_size", d.vocab, MAX_VOCAB),
+        ("hidden_size", d.hidden, MAX_WIDTH),
+        ("intermediate_size", d.intermediate, MAX_WIDTH),
+        ("num_attention_heads", d.heads, MAX_HEADS),
+        ("num_key_value_heads", d.kv_heads, MAX_HEADS),
+        ("head_dim", d.head_dim, MAX_WIDTH),
+        (
+            "num_attention_heads × head_dim",
+            d.heads.saturating_mul(d.head_dim),
+            MAX_WIDTH,
+        ),
+        ("max_position_embeddings", d.max_positions, MAX_POSITIONS),
+    ] {
+        if v > max {
+            return Err(format!(
+                "field '{key}': {v} is more than the limit of {max} (no model that size can be \
+                 loaded here)"
+            ));
+        }
+    }
+    Ok(d)
 }
+
+/// Limits of config.json's sizes (see [`dims`]).
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_HEADS: usize = 1 << 14;
+pub const MAX_POSITIONS: usize = 1 << 30;
 
 fn activation(f: &Fields, family: Family) -> FieldResult<Activation> {
     // Gemma 2/3 read `hidden_activation`; the others `hidden_act`.

@@ -133,7 +133,8 @@ pub fn parse_messages(v: &Value) -> std::result::Result<Vec<Message>, String> {
 /// unreadable, not JSON, neither or both of `"prompt"` and `"messages"`, an empty or non-string
 /// prompt, malformed messages, or no prompts at all. Blank lines are skipped.
 pub fn read_prompt_lines(path: &Path) -> Result<Vec<PromptLine>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A FIFO or device is refused, not waited on.
+    let text = crate::io::read_text(path, 1 << 34)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -141,6 +142,13 @@ pub fn read_prompt_lines(path: &Path) -> Result<Vec<PromptLine>> {
             continue;
         }
         let at = |msg: String| Error::format(path, format!("line {}: {msg}", i + 1));
+        let max = crate::limits::MAX_PROMPT_LINE_BYTES;
+        if line.len() > max {
+            return Err(at(format!(
+                "{} bytes, more than the limit of {max} bytes for one prompt line",
+                line.len()
+            )));
+        }
         let v: Value = serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
         let prompt = match (v.get("prompt"), v.get("messages")) {
             (Some(_), Some(_)) => {

@@ -232,6 +232,7 @@ impl CausalLm {
         }
         let name = ck.path.display().to_string();
         let vs = nn::VarStore::new(device);
+        config.check_tensors(ck)?;
         let specs = config.parameter_layout(head);
         let (mut params, names) = load_params(ck, &specs, &vs.root(), kind, device)?;
         let mut a = Assembler {

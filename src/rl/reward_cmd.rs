@@ -11,9 +11,11 @@
 //!
 //! Stdin is written by a thread of its own while others drain stdout and stderr, so a program
 //! that answers line by line while still reading cannot deadlock on full pipes. The program runs
-//! in a process group of its own: when a call runs past its timeout (or Ctrl-C is requested) the
-//! whole group is killed (so are children it started, e.g. from a shell script), the program is
-//! reaped, and the call fails. Every error names the command.
+//! in a session (and process group) of its own: when a call runs past its timeout (or Ctrl-C is
+//! requested) the whole group is killed (so are children it started, e.g. from a shell script),
+//! and so is every process that still carries the call's mark in its environment
+//! (`WARP_REWARD_CALL`, inherited by all descendants) — a grandchild that left the group with
+//! `setsid` included; the program is reaped, and the call fails. Every error names the command.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -107,6 +109,52 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// The environment variable that marks the processes of one call (see the module docs).
+const MARK_VAR: &str = "WARP_REWARD_CALL";
+
+/// A mark no other call of any process uses: our pid and a counter.
+fn new_mark() -> String {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
+/// SIGKILL to every process (of this user: others' environments cannot be read) whose
+/// environment carries `mark`: the descendants of a call that left its process group. Repeated
+/// until none is left, as one may fork while the sweep runs.
+fn kill_marked(mark: &str) {
+    let needle = format!("{MARK_VAR}={mark}\0").into_bytes();
+    let me = std::process::id();
+    for _ in 0..20 {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let mut killed = 0;
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            if env.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                // SAFETY: kill(2) of a process that carries this call's mark.
+                if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                    killed += 1;
+                }
+            }
+        }
+        if killed == 0 {
+            return;
+        }
+        // Killed processes leave /proc (or become zombies with an empty environ) shortly.
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads `r` to its end, keeping only the last `keep` bytes.
 fn read_tail(mut r: impl Read, keep: usize) -> Vec<u8> {
     let mut tail = Vec::new();
@@ -153,8 +201,14 @@ impl CmdReward {
                 format!("program '{program}' not found (neither a file nor on PATH)"),
             ));
         }
-        if timeout.is_zero() {
-            return Err(Error::setting("reward_timeout", "must be positive"));
+        if timeout.is_zero() || timeout.as_secs_f64() > crate::limits::MAX_SECONDS {
+            return Err(Error::setting(
+                "reward_timeout",
+                format!(
+                    "must be positive and at most {} s (a week)",
+                    crate::limits::MAX_SECONDS
+                ),
+            ));
         }
         Ok(CmdReward {
             name,
@@ -196,20 +250,37 @@ impl CmdReward {
         }
         let n = records.len();
         let cap = (1 << 20) + STDOUT_PER_PAIR * n;
-        let (pid, rx) = self.spawn(input, cap)?;
-        let out = self.wait(pid, &rx, n, cap)?;
+        let mark = new_mark();
+        let (pid, rx) = self.spawn(input, cap, &mark)?;
+        let out = self.wait(pid, &rx, n, cap, &mark)?;
         self.finish(out, n)
     }
 
     /// Starts the program with helper threads: one writes `input` to its stdin, two drain its
     /// stdout (up to `cap` bytes) and stderr (the tail), one reaps it. Each reports one event.
-    fn spawn(&self, input: Vec<u8>, cap: usize) -> Result<(u32, mpsc::Receiver<Event>)> {
-        let mut child = Command::new(&self.program)
-            .args(&self.args)
+    fn spawn(
+        &self,
+        input: Vec<u8>,
+        cap: usize,
+        mark: &str,
+    ) -> Result<(u32, mpsc::Receiver<Event>)> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .env(MARK_VAR, mark)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
+            .stderr(Stdio::piped());
+        // SAFETY: setsid(2) is async-signal-safe; it makes the child lead a new session and
+        // process group (so no terminal signal reaches it past us, and the group is killable).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
             .map_err(|e| self.err(format!("cannot start '{}': {e}", self.program)))?;
         let pid = child.id();
@@ -252,6 +323,7 @@ impl CmdReward {
         rx: &mpsc::Receiver<Event>,
         pairs: usize,
         cap: usize,
+        mark: &str,
     ) -> Result<Outcome> {
         let deadline = Instant::now() + self.timeout;
         let mut out = Outcome::default();
@@ -261,11 +333,11 @@ impl CmdReward {
                 Ok(e) => out.record(e),
                 Err(RecvTimeoutError::Timeout) => {
                     if crate::interrupt::check().is_err() {
-                        self.stop(pid, rx, &mut out);
+                        self.stop(pid, mark, rx, &mut out);
                         return Err(Error::Interrupted);
                     }
                     if left.is_zero() {
-                        self.stop(pid, rx, &mut out);
+                        self.stop(pid, mark, rx, &mut out);
                         return Err(self.err(format!(
                             "did not finish within the timeout of {:?} for {pairs} pairs; killed \
                              it{}",
@@ -277,7 +349,7 @@ impl CmdReward {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if matches!(out.stdout, Some(Ok(None))) {
-                self.stop(pid, rx, &mut out);
+                self.stop(pid, mark, rx, &mut out);
                 return Err(self.err(format!(
                     "printed more than {cap} bytes on stdout for {pairs} pairs (one number per \
                      line expected); stopped it"
@@ -318,10 +390,12 @@ impl CmdReward {
 
     /// Kills the program's group and waits (a bounded time) until it is reaped and its stderr
     /// is in.
-    fn stop(&self, pid: u32, rx: &mpsc::Receiver<Event>, out: &mut Outcome) {
+    fn stop(&self, pid: u32, mark: &str, rx: &mpsc::Receiver<Event>, out: &mut Outcome) {
         if out.status.is_none() {
             kill_group(pid);
         }
+        // Descendants that left the group (setsid) still hold the pipes open: gone too.
+        kill_marked(mark);
         let deadline = Instant::now() + KILL_GRACE;
         while out.status.is_none() || out.stderr.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());

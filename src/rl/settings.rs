@@ -245,6 +245,20 @@ impl RlConfig {
         ] {
             positive(field, v > 0, || "must be > 0".into())?;
         }
+        // Sizes that would make planning (or the first allocation) take the machine down.
+        let max = crate::limits::MAX_BATCH;
+        for (field, v) in [
+            ("batch", self.batch),
+            ("n", self.n),
+            ("max_new_tokens", self.max_new_tokens),
+            ("reward_batch", self.reward_batch),
+            ("micro_batch", self.micro_batch),
+            ("batch × n", self.batch.saturating_mul(self.n)),
+        ] {
+            positive(field, v <= max, || {
+                format!("must be at most {max}, got {v}")
+            })?;
+        }
         positive("n", self.baseline != Baseline::Rloo || self.n >= 2, || {
             format!(
                 "the rloo baseline needs at least 2 completions per prompt, got {}",
@@ -272,16 +286,7 @@ impl RlConfig {
         if let Some(m) = &self.max_memory {
             crate::io::writer::parse_size(m).map_err(|e| Error::setting("max_memory", e))?;
         }
-        positive(
-            "reward_timeout",
-            self.reward_timeout.is_finite() && self.reward_timeout > 0.0,
-            || {
-                format!(
-                    "must be a positive number of seconds, got {}",
-                    self.reward_timeout
-                )
-            },
-        )?;
+        crate::limits::seconds("reward_timeout", self.reward_timeout, true)?;
         self.check_backend()
     }
 
@@ -325,7 +330,8 @@ impl RlConfig {
         } else {
             serde_json::from_str(&text).map_err(|e| e.to_string())
         };
-        parsed.map_err(|e| Error::format(path, e.trim_end().to_string()))
+        // A settings error: exit code 2, like a bad flag.
+        parsed.map_err(|e| Error::setting(path.display().to_string(), e.trim_end().to_string()))
     }
 
     /// This config with the keys of `over` (a JSON object of settings) replaced; errors name
@@ -336,12 +342,28 @@ impl RlConfig {
         origin: &Path,
     ) -> Result<RlConfig> {
         let mut v = serde_json::to_value(self).map_err(|e| Error::Internal(e.to_string()))?;
+        let base = v.as_object().cloned().unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
             for (k, x) in over {
                 obj.insert(k.clone(), x.clone());
             }
         }
-        serde_json::from_value(v).map_err(|e| Error::format(origin, e.to_string()))
+        // A settings error (unknown key, wrong type, negative count) exits 2 like any other, and
+        // names the key (serde's message for a wrong type does not).
+        serde_json::from_value(v).map_err(|e| {
+            let at = origin.display().to_string();
+            let key = over.iter().find_map(|(k, x)| {
+                let mut m = base.clone();
+                m.insert(k.clone(), x.clone());
+                serde_json::from_value::<RlConfig>(serde_json::Value::Object(m))
+                    .is_err()
+                    .then(|| k.clone())
+            });
+            match key {
+                Some(k) => Error::setting(at, format!("key '{k}': {e}")),
+                None => Error::setting(at, e.to_string()),
+            }
+        })
     }
 
     /// Settings layered, the later winning: this config (the defaults, or a config file's), then

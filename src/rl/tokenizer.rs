@@ -64,7 +64,8 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A FIFO or device is refused, not waited on.
+    let text = crate::io::read_text(path, 1 << 30)?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))

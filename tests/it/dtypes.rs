@@ -225,6 +225,7 @@ fn slerp_of_f32_policies_on_a_bf16_init_matches_the_reference() {
 /// checkpoint, another mix in a policy): SLERP, LERP, LITI and EMA match the reference, and
 /// every output tensor has the init's (first input's) dtype of that tensor.
 #[test]
+// long fn: one mixed-dtype fixture through each merge tool in turn, against the reference.
 fn dtypes_mixed_tensor_by_tensor_in_every_merge_tool() {
     let w = tempfile::tempdir().unwrap();
     let dir = make(w.path(), &f32_case(32));

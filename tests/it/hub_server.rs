@@ -44,6 +44,11 @@ impl Default for Config {
 pub enum Fault {
     /// Answer this status (after reading the body), with an optional `Retry-After` in seconds.
     Status { code: u16, retry_after: Option<u64> },
+    /// Answer this status with these headers (any value, e.g. `Retry-After: 1e20`).
+    Headers {
+        code: u16,
+        headers: Vec<(String, String)>,
+    },
     /// Read about half the body, then close the connection without answering.
     DropMidBody,
     /// Hold the connection open without answering for this long, then close it.
@@ -480,6 +485,13 @@ fn handle(ctx: &Ctx, which: &'static str, stream: TcpStream) {
             let mut r = Response::error(code, "", "injected failure");
             if let Some(s) = retry_after {
                 r = r.header("Retry-After", s.to_string());
+            }
+            r
+        }
+        Some(Fault::Headers { code, headers }) => {
+            let mut r = Response::json(code, json!({ "error": "injected failure" }));
+            for (k, v) in headers {
+                r = r.header(&k, v);
             }
             r
         }

@@ -7,12 +7,14 @@ mod hub_server;
 
 pub mod cli;
 mod dtypes;
+mod hostile;
 mod hub_cli;
 mod hub_merge;
 mod hub_parts;
 mod hub_push;
 mod hub_python;
 mod io_errors;
+mod lora;
 mod merge_recipe;
 mod merge_reference;
 mod plot;
@@ -23,6 +25,10 @@ mod slurm_cluster;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "rl")]
+mod hostile_rl;
+#[cfg(feature = "rl")]
+mod lora_peft;
 #[cfg(feature = "rl")]
 mod pipeline;
 #[cfg(feature = "rl")]

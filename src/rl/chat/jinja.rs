@@ -1,7 +1,9 @@
 //! Rendering (feature `rl`): the Jinja environment, the model's templates, compilation.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{AutoEscape, Environment, ErrorKind, Output, State, Value as JValue};
@@ -25,7 +27,8 @@ pub struct TemplateSource {
 impl TemplateSource {
     /// Reads a Jinja file.
     pub fn from_file(path: &Path, name: &str) -> Result<TemplateSource> {
-        let source = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // A FIFO or device is refused, not waited on.
+        let source = crate::io::read_text(path, 16 << 20)?;
         Ok(TemplateSource {
             name: name.into(),
             path: path.to_path_buf(),
@@ -144,6 +147,78 @@ impl std::fmt::Debug for ChatTemplate {
 /// The template's name inside the environment; render errors say "(line N)".
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Templates come with downloaded models, so a rendering is bounded: this much work (minijinja's
+/// fuel: about one unit per instruction and per 64 bytes of data a template creates; a real
+/// chat template spends well under 1 % of it on a long conversation) …
+pub const MAX_FUEL: u64 = 20_000_000;
+/// … at most this much text …
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+/// … and this much time; Ctrl-C (the cancel token) stops it at once.
+pub const TIME_LIMIT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// When the rendering on this thread must stop (checked by `range`, the formatter and the
+    /// output writer, so that loops are interruptible).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Why a rendering was stopped from outside the template (a limit or a signal).
+const STOPPED: &str = "warp stopped the template: ";
+
+/// Errors when the rendering on this thread ran past its time limit or was cancelled.
+fn check_limits() -> std::result::Result<(), minijinja::Error> {
+    if crate::interrupt::requested() {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("{STOPPED}interrupted"),
+        ));
+    }
+    if DEADLINE.get().is_some_and(|d| Instant::now() >= d) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "{STOPPED}it ran longer than the limit of {} s",
+                TIME_LIMIT.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// minijinja's `range`, checking the time limit and the cancel token at every call (loops over
+/// ranges are the way a template spins).
+fn limited_range(
+    lower: isize,
+    upper: Option<isize>,
+    step: Option<isize>,
+) -> std::result::Result<JValue, minijinja::Error> {
+    check_limits()?;
+    minijinja::functions::range(lower, upper, step)
+}
+
+/// The output of a rendering, refusing to grow past [`MAX_OUTPUT_BYTES`].
+struct Bounded {
+    text: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_OUTPUT_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        if check_limits().is_err() {
+            return Err(std::io::Error::other("stopped"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ChatTemplate {
     /// Compiles `source`; a syntax error names the template's file (and field) and line.
     pub fn new(
@@ -160,6 +235,8 @@ impl ChatTemplate {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_formatter(python_formatter);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(MAX_FUEL));
+        env.add_function("range", limited_range);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -170,6 +247,13 @@ impl ChatTemplate {
             env,
             special_tokens: special_tokens.to_vec(),
         })
+    }
+
+    /// A smaller work budget (tests: many renderings that each hit it).
+    #[cfg(test)]
+    fn with_fuel(mut self, fuel: u64) -> ChatTemplate {
+        self.env.set_fuel(Some(fuel));
+        self
     }
 
     /// Where the template came from.
@@ -202,14 +286,50 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::Internal(format!("compiled chat template missing: {e}")))?;
-        tmpl.render(JValue::from_pairs(ctx))
-            .map_err(|e| self.source.error(describe(&e)))
+        let mut out = Bounded {
+            text: Vec::new(),
+            over: false,
+        };
+        let deadline = Instant::now() + TIME_LIMIT;
+        DEADLINE.set(Some(deadline));
+        let r = tmpl
+            .render_captured_to(JValue::from_pairs(ctx), &mut out)
+            .map(|_| ());
+        DEADLINE.set(None);
+        if let Err(e) = r {
+            if crate::interrupt::requested() {
+                return Err(Error::Interrupted);
+            }
+            if out.over {
+                return Err(self.source.error(format!(
+                    "the template's output grew past the limit of {} MiB; not rendered",
+                    MAX_OUTPUT_BYTES >> 20
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.source.error(format!(
+                    "{STOPPED}it ran longer than the limit of {} s; not rendered",
+                    TIME_LIMIT.as_secs()
+                )));
+            }
+            if e.kind() == ErrorKind::OutOfFuel {
+                return Err(self.source.error(format!(
+                    "the template did more work than a chat template needs (the limit is {} \
+                     million steps of minijinja's fuel): a loop that runs too long, or data \
+                     that grows too large; not rendered",
+                    MAX_FUEL / 1_000_000
+                )));
+            }
+            return Err(self.source.error(describe(&e)));
+        }
+        String::from_utf8(out.text).map_err(|e| self.source.error(format!("output: {e}")))
     }
 }
 
 /// One line for a Jinja error: what went wrong and where; `raise_exception` says so.
 fn describe(e: &minijinja::Error) -> String {
     let what = match (e.kind(), e.detail()) {
+        (ErrorKind::InvalidOperation, Some(d)) if d.starts_with(STOPPED) => d.to_string(),
         (ErrorKind::InvalidOperation, Some(d)) if d.starts_with(RAISED) => {
             format!("the template raised an error: {}", &d[RAISED.len()..])
         }
@@ -343,6 +463,7 @@ fn python_formatter(
     state: &mut State,
     v: &JValue,
 ) -> std::result::Result<(), minijinja::Error> {
+    check_limits()?;
     match v.kind() {
         ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Seq | ValueKind::Map => {
             let mut s = String::new();
@@ -672,6 +793,102 @@ fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compiled(src: &str) -> Result<ChatTemplate> {
+        let source = TemplateSource {
+            name: "default".into(),
+            path: PathBuf::from("tokenizer_config.json"),
+            field: "chat_template".into(),
+            source: src.into(),
+        };
+        ChatTemplate::new(source, &[("bos_token".into(), "<s>".into())])
+    }
+
+    fn user(text: &str) -> Vec<Message> {
+        let mut m = Message::new();
+        m.insert("role".into(), "user".into());
+        m.insert("content".into(), text.into());
+        vec![m]
+    }
+
+    /// The issue's template (three nested `range(100000)` loops) ends with the work limit's
+    /// error at the full budget, and with output in the loops the output limit holds.
+    #[test]
+    fn endless_templates_end_with_a_clear_error() {
+        let spin = "{% for a in range(100000) %}{% for b in range(100000) %}\
+                    {% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}";
+        let e = compiled(spin)
+            .unwrap()
+            .render(&user("x"), true)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("tokenizer_config.json") && msg.contains("limit"),
+            "{msg}"
+        );
+        let grow = "{% for a in range(100000) %}{% for b in range(100000) %}\
+                    {{ 'x' * 100000 }}{% endfor %}{% endfor %}";
+        let msg = compiled(grow)
+            .unwrap()
+            .render(&user("x"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("limit"), "{msg}");
+        // A real template is far below the limits.
+        let ok = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}";
+        assert_eq!(
+            compiled(ok).unwrap().render(&user("hi"), false).unwrap(),
+            "<s><user>hi"
+        );
+    }
+
+    const FRAGMENTS: &[&str] = &[
+        "{% for i in range(100000) %}",
+        "{% for i in range(7) %}",
+        "{% for i in range(-3, 1000000) %}",
+        "{% for m in messages %}",
+        "{% endfor %}",
+        "{% if loop is defined and loop.index is even %}",
+        "{% if true %}",
+        "{% endif %}",
+        "{% set s = 'ab' %}",
+        "{% set s = s ~ s ~ s %}",
+        "{{ s }}",
+        "{{ 'xy' * 100000 }}",
+        "{{ 'z' * 9999999999999 }}",
+        "{{ messages[0].content * 1000 }}",
+        "{{ range(100000)|list|length }}",
+        "{{ range(100000)|sort|reverse|join(',') }}",
+        "{{ messages|tojson }}",
+        "{{ raise_exception('no') }}",
+        "{{ bos_token }}",
+        "{%",
+        "}}",
+        "text",
+        "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Random templates (loops, growth, recursion, broken syntax) never panic and never
+        /// run past the limits: each ends with its text or a clear error.
+        #[test]
+        fn random_templates_end_without_panicking(
+            parts in proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..10)
+        ) {
+            let src: String = parts.concat();
+            if let Ok(t) = compiled(&src) {
+                let t = t.with_fuel(200_000);
+                match t.render(&user("hello"), true) {
+                    Ok(text) => proptest::prop_assert!(text.len() <= MAX_OUTPUT_BYTES),
+                    Err(e) => proptest::prop_assert!(
+                        e.to_string().contains("tokenizer_config.json"),
+                        "{}", e
+                    ),
+                }
+            }
+        }
+    }
 
     #[test]
     fn python_float_repr() {

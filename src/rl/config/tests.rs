@@ -261,3 +261,71 @@ fn qwen3_explicit_head_dim() {
     d.as_object_mut().unwrap().remove("head_dim");
     assert_eq!(parse(&d).head_dim, 128, "Qwen3Config's default");
 }
+
+/// Values a hostile or broken config.json may hold for a key.
+fn arbitrary_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<u64>().prop_map(Value::from),
+        (0u64..70_000).prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|x| serde_json::json!(x)),
+        Just(Value::Null),
+        Just(serde_json::json!("")),
+        Just(serde_json::json!(["a", 1])),
+        Just(serde_json::json!({"rope_type": "linear", "factor": 1e308})),
+        Just(serde_json::json!({"rope_type": "yarn", "factor": -1})),
+        Just(serde_json::json!(1e20)),
+    ]
+}
+
+const KEYS: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "sliding_window",
+    "sliding_window_pattern",
+    "layer_types",
+    "partial_rotary_factor",
+    "query_pre_attn_scalar",
+    "eos_token_id",
+    "tie_word_embeddings",
+    "model_type",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// Random values for the keys of a valid config.json (huge, negative, fractional, of the
+    /// wrong type) never panic, and what parses stays within the stated limits, so nothing
+    /// sized by it (the layer list, the parameter layout) can grow past them.
+    #[test]
+    fn random_config_values_never_panic_nor_exceed_the_limits(
+        edits in proptest::collection::vec(
+            (proptest::sample::select(KEYS), arbitrary_value()),
+            1..5,
+        )
+    ) {
+        let mut v = base();
+        for (k, x) in &edits {
+            v[*k] = x.clone();
+        }
+        if let Ok(c) = ModelConfig::from_json(&v) {
+            proptest::prop_assert!(c.num_hidden_layers <= MAX_LAYERS);
+            proptest::prop_assert_eq!(c.layer_types.len(), c.num_hidden_layers);
+            proptest::prop_assert!(c.vocab_size <= MAX_VOCAB && c.hidden_size <= MAX_WIDTH);
+            proptest::prop_assert!(c.intermediate_size <= MAX_WIDTH);
+            proptest::prop_assert!(c.num_attention_heads * c.head_dim <= MAX_WIDTH);
+            proptest::prop_assert!(c.max_position_embeddings <= MAX_POSITIONS);
+            let specs = c.parameter_layout(crate::rl::model::Head::Lm);
+            proptest::prop_assert!(specs.len() <= 3 + 16 * MAX_LAYERS);
+        }
+    }
+}

@@ -36,6 +36,49 @@ impl ModelConfig {
         }
         out
     }
+
+    /// config.json's sizes against the tensors the checkpoint holds (its index or headers), before
+    /// anything is sized by them: more layers than the checkpoint has, or a vocabulary or width
+    /// larger than its embedding, is an error naming config.json and the key (a hostile or
+    /// broken config would otherwise size the model's structures by its own numbers).
+    pub fn check_tensors(&self, ck: &crate::io::Checkpoint) -> crate::error::Result<()> {
+        let path = ck.dir.join("config.json");
+        let bad = |key: &str, msg: String| {
+            crate::error::Error::format(&path, format!("field '{key}': {msg}"))
+        };
+        let present = ck
+            .tensors()
+            .iter()
+            .filter_map(|t| t.name.strip_prefix("model.layers."))
+            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .map(|i| i.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        if self.num_hidden_layers > present {
+            return Err(bad(
+                "num_hidden_layers",
+                format!(
+                    "{}, but the checkpoint holds tensors of {present} layer(s)",
+                    self.num_hidden_layers
+                ),
+            ));
+        }
+        if let Some(e) = ck.get("model.embed_tokens.weight") {
+            for (key, v, axis) in [
+                ("vocab_size", self.vocab_size, 0),
+                ("hidden_size", self.hidden_size, 1),
+            ] {
+                let have = e.shape.get(axis).copied().unwrap_or(0);
+                if v > have {
+                    return Err(bad(
+                        key,
+                        format!("{v}, but model.embed_tokens.weight has {have} along that axis"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn spec(name: &str, shape: &[i64]) -> ParamSpec {

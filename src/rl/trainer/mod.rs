@@ -50,6 +50,7 @@ use super::reward::{self, Reward};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
 use crate::io::companion::{self, ModelCard};
+use crate::io::lock::{RunLock, RUN_LOCK_FILE};
 use crate::io::writer::{CheckpointWriter, OutTensor, Staging, WriterOptions};
 use crate::io::{write_file_atomic, Checkpoint, DType};
 use crate::layout::{RlRunLayout, TRAINER_STATE};
@@ -98,6 +99,8 @@ pub struct Trainer {
     chunk: i64,
     layout: RlRunLayout,
     pub step: u64,
+    /// The run folder's lock, held as long as the trainer lives.
+    lock: Option<RunLock>,
 }
 
 /// The complete resumable checkpoints of a run folder, by step.
@@ -109,7 +112,26 @@ impl Trainer {
     /// Starts a new run in `out` (which must not exist, or be empty).
     pub fn new(cfg: RlConfig, out: &Path, reporter: &dyn Reporter) -> Result<Trainer> {
         cfg.check()?;
-        if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
+        // The lock first: a second process on this folder is told who holds it.
+        let lock = RunLock::acquire(out)?;
+        match Self::start(cfg, out, reporter) {
+            Ok(mut t) => {
+                t.lock = Some(lock);
+                Ok(t)
+            }
+            Err(e) => {
+                lock.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn start(cfg: RlConfig, out: &Path, reporter: &dyn Reporter) -> Result<Trainer> {
+        let used = std::fs::read_dir(out)
+            .at(out)?
+            .flatten()
+            .any(|e| e.file_name().to_str() != Some(RUN_LOCK_FILE));
+        if used {
             return Err(Error::setting(
                 "output",
                 format!("run folder {} exists and is not empty", out.display()),
@@ -145,6 +167,8 @@ impl Trainer {
     pub fn resume(out: &Path, steps: Option<u64>, reporter: &dyn Reporter) -> Result<Trainer> {
         let layout = RlRunLayout::new(out);
         let mut cfg = Self::recorded_config(out)?;
+        // No other process works here from now on (the lock is held until this trainer drops).
+        let lock = RunLock::acquire(out)?;
         if let Some(s) = steps {
             cfg.steps = s;
         }
@@ -155,15 +179,13 @@ impl Trainer {
             cfg.dtype = plan.dtype;
             cfg.micro_batch = plan.micro_batch;
         }
-        // Staging folders of checkpoints a killed run was writing: never complete, never used.
-        for e in std::fs::read_dir(out).at(out)?.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') && name.contains(".warp-tmp-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        // Staging folders of checkpoints a killed run was writing: never complete, never used;
+        // removed by the crate's one rule (only those whose owner is dead).
+        for p in crate::io::writer::reclaim_stale(out) {
+            reporter.message(&crate::io::writer::reclaimed_message(&p));
         }
         let last = layout.checkpoints()?.pop();
-        let t = Self::build(cfg, out, last.as_ref().map(|(_, p)| p.as_path()), reporter)?;
+        let mut t = Self::build(cfg, out, last.as_ref().map(|(_, p)| p.as_path()), reporter)?;
         // Metrics of steps after the checkpoint are redone.
         let mpath = layout.metrics();
         let kept: String = std::fs::read_to_string(&mpath)
@@ -178,6 +200,7 @@ impl Trainer {
             .map(|l| format!("{l}\n"))
             .collect();
         write_file_atomic(&mpath, kept.as_bytes())?;
+        t.lock = Some(lock);
         reporter.message(&format!(
             "resuming {} at step {} of {}",
             out.display(),
@@ -242,7 +265,7 @@ impl Trainer {
         let reward = reward::from_spec_opts(
             &cfg.reward,
             &reward::RewardOptions {
-                timeout: std::time::Duration::from_secs_f64(cfg.reward_timeout),
+                timeout: crate::limits::seconds("reward_timeout", cfg.reward_timeout, true)?,
                 device,
                 batch_size: cfg.reward_batch,
                 kind: if device.is_cuda() {
@@ -270,6 +293,7 @@ impl Trainer {
             chunk,
             step: m.step,
             cfg,
+            lock: None,
         })
     }
 

@@ -1,0 +1,368 @@
+//! PEFT LoRA adapters as checkpoint inputs (issue 25): an adapter is its base plus s·B·A per
+//! module and its full tensors. Adapters written here byte by byte (PEFT's key names and
+//! config), checked against an independent float64 reference (tests/ref/lora_ref.py builds
+//! base + s·B·A with numpy; tests/ref/merge_ref.py merges those). Adapters made by PEFT itself:
+//! tests/it/lora_peft.rs.
+
+use crate::common;
+use crate::merge_reference::{compare, compare_reports_tol, make, reference, s, Case};
+use common::*;
+
+use std::path::{Path, PathBuf};
+use warp::io::{Checkpoint, DType};
+
+/// An adapter tensor: PEFT key, shape, f32 values.
+type Tensor = (String, Vec<usize>, Vec<f32>);
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+pub(crate) fn p(x: &Path) -> String {
+    x.to_string_lossy().into_owned()
+}
+
+/// xorshift64*, N(0,1)-ish by summing uniforms: deterministic factors.
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64 * 2.0
+            - 1.0) as f32
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.unit() * scale).collect()
+    }
+}
+
+/// A PEFT adapter folder: adapter_config.json (`cfg`) and adapter_model.safetensors holding
+/// `tensors` (full keys, shapes, f32 values, stored as `dtype`).
+fn write_adapter(dir: &Path, cfg: serde_json::Value, tensors: &[Tensor], dtype: DType) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (k, shape, v) in tensors {
+        let begin = data.len();
+        for x in v {
+            match dtype {
+                DType::F32 => data.extend_from_slice(&x.to_le_bytes()),
+                DType::BF16 => data.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes()),
+                d => panic!("{d}"),
+            }
+        }
+        header.insert(
+            k.clone(),
+            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [begin, data.len()]}),
+        );
+    }
+    raw_file(
+        &dir.join("adapter_model.safetensors"),
+        &serde_json::to_string(&header).unwrap(),
+        &data,
+    );
+}
+
+/// LoRA factors for `modules` of the base (A [r, in], B [out, r] from the base's weight shape)
+/// and full tensors for `full`, PEFT's key names.
+fn lora_tensors(
+    base: &Checkpoint,
+    modules: &[&str],
+    full: &[&str],
+    r: usize,
+    seed: u64,
+) -> Vec<Tensor> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut out = Vec::new();
+    for m in modules {
+        let shape = &base.get(&format!("{m}.weight")).unwrap().shape;
+        let (o, i) = (shape[0], shape[1]);
+        out.push((
+            format!("base_model.model.{m}.lora_A.weight"),
+            vec![r, i],
+            rng.vec(r * i, 0.2),
+        ));
+        out.push((
+            format!("base_model.model.{m}.lora_B.weight"),
+            vec![o, r],
+            rng.vec(o * r, 0.05),
+        ));
+    }
+    for f in full {
+        let t = base.get(f).unwrap();
+        out.push((
+            format!("base_model.model.{f}"),
+            t.shape.clone(),
+            rng.vec(t.numel() as usize, 0.03),
+        ));
+    }
+    out
+}
+
+fn config(base: &str, r: usize, alpha: f64, rslora: bool) -> serde_json::Value {
+    serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
+        "use_rslora": rslora, "use_dora": false, "fan_in_fan_out": false, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj", "down_proj"], "modules_to_save": ["lm_head"],
+        "base_model_name_or_path": base, "bias": "none", "rank_pattern": {}, "alpha_pattern": {}
+    })
+}
+
+const MODULES: [&str; 3] = [
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.1.self_attn.v_proj",
+    "model.layers.1.mlp.down_proj",
+];
+
+/// base + two adapters of it (ranks 4 and 2, one rsLoRA); returns (base, [a1, a2]).
+fn setup(w: &Path, dtype: &'static str) -> (PathBuf, Vec<PathBuf>) {
+    let dir = make(
+        w,
+        &Case {
+            dtype,
+            m: 1,
+            shards: 2,
+            kind: "random",
+            seed: 41,
+        },
+    );
+    let base = dir.join("init");
+    let ck = Checkpoint::open(&base).unwrap();
+    let mut ads = Vec::new();
+    for (k, (r, alpha, rs)) in [(4usize, 8.0, false), (2, 4.0, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let a = w.join(format!("adapter-{dtype}-{k}"));
+        write_adapter(
+            &a,
+            config(&p(&base), r, alpha, rs),
+            &lora_tensors(&ck, &MODULES, &["lm_head.weight"], r, 7 + k as u64),
+            DType::F32,
+        );
+        ads.push(a);
+    }
+    (base, ads)
+}
+
+/// base + s·B·A by the numpy reference, as a float64 single file.
+fn materialized(w: &Path, base: &Path, adapter: &Path) -> PathBuf {
+    let out = w.join(format!(
+        "{}.ref.safetensors",
+        adapter.file_name().unwrap().to_string_lossy()
+    ));
+    if !out.exists() {
+        let script = repo_root().join("tests/ref/lora_ref.py");
+        py(
+            &[
+                &p(&script),
+                "--base",
+                &p(base),
+                "--adapter",
+                &p(adapter),
+                "--out",
+                &p(&out),
+            ],
+            w,
+        );
+    }
+    out
+}
+
+/// An adapter read as a checkpoint is base + s·B·A with its full tensors: `warp convert`
+/// (base from the adapter's config) and `warp liti --eta 1` (base from --init) equal the
+/// float64 reference, in f32 within 1e-6 and, on a bf16 base, within 1 bf16 ulp in the base's
+/// dtype; at the smallest memory budget (chunks cut across rows) the bytes are the same.
+#[test]
+fn adapters_read_as_base_plus_low_rank_deltas() {
+    let w = tempfile::tempdir().unwrap();
+    for dtype in ["f32", "bf16"] {
+        let (base, ads) = setup(w.path(), dtype);
+        for a in &ads {
+            let want = materialized(w.path(), &base, a);
+            let conv = w
+                .path()
+                .join(format!("conv-{}", a.file_name().unwrap().to_string_lossy()));
+            ok("warp-convert", &[&p(a), "-o", &p(&conv), "-q"], w.path());
+            let (rel, ulp) = compare(&conv, &want);
+            assert!(rel <= 1e-6 && ulp <= 1, "{dtype}: rel {rel} ulp {ulp}");
+            let (c, b) = (
+                Checkpoint::open(&conv).unwrap(),
+                Checkpoint::open(&base).unwrap(),
+            );
+            for t in c.tensors() {
+                assert_eq!(t.dtype, b.get(&t.name).unwrap().dtype, "{}", t.name);
+            }
+            let small = w.path().join("small");
+            let _ = std::fs::remove_dir_all(&small);
+            ok(
+                "warp-liti",
+                &[
+                    "--init",
+                    &p(&base),
+                    "--merged",
+                    &p(a),
+                    "--eta",
+                    "1",
+                    "--memory-budget",
+                    "1",
+                    "-o",
+                    &p(&small),
+                    "-q",
+                ],
+                w.path(),
+            );
+            assert_same_tensors(&small, &conv);
+        }
+    }
+}
+
+/// SLERP, LERP and EMA of adapters of one base, written as full checkpoints: equal to the
+/// reference merges of the materialised adapters, norms and angles included.
+#[test]
+fn merges_of_adapters_match_the_reference() {
+    let w = tempfile::tempdir().unwrap();
+    let (base, ads) = setup(w.path(), "f32");
+    let (a1, a2) = (p(&ads[0]), p(&ads[1]));
+    let (m1, m2) = (
+        p(&materialized(w.path(), &base, &ads[0])),
+        p(&materialized(w.path(), &base, &ads[1])),
+    );
+    let b = p(&base);
+    let mut a = s(&[&a1, &a2, "--init", &b, "--eta", "0.5", "--eta", "1"]);
+    a.extend(s(&["-o", "slerp", "-q", "--report", "slerp.json"]));
+    ok("warp-slerp", &args(&a), w.path());
+    let r = reference(
+        w.path(),
+        &s(&[
+            "slerp", "--init", &b, "--eta", "0.5", "--eta", "1", &m1, &m2,
+        ]),
+    );
+    for n in ["eta-0.50", "eta-1.00"] {
+        let (rel, _) = compare(
+            &w.path().join("slerp").join(n),
+            &r.join(format!("{n}.safetensors")),
+        );
+        assert!(rel <= 1e-6);
+    }
+    // The task vectors are read as f32 (base + s·B·A rounded once): norms and cosines agree to
+    // that precision, not to the 1e-9 of exactly representable inputs.
+    compare_reports_tol(&w.path().join("slerp.json"), &r.join("report.json"), 1e-6);
+
+    // An adapter next to a full checkpoint (its own materialisation, written by the reference
+    // as f64): LERP of the two is the materialisation again.
+    ok(
+        "warp-lerp",
+        &[&a1, &m1, "--init", &b, "-o", "lerp", "-q"],
+        w.path(),
+    );
+    let r = reference(w.path(), &s(&["lerp", "--init", &b, &m1, &m1]));
+    let (rel, _) = compare(&w.path().join("lerp"), &r.join("merged.safetensors"));
+    assert!(rel <= 1e-6);
+
+    // EMA with an adapter first: its base comes from its config.
+    ok(
+        "warp-ema",
+        &["--mu", "0.5", &a1, &a2, "-o", "ema", "-q"],
+        w.path(),
+    );
+    let r = reference(w.path(), &s(&["ema", "--mu", "0.5", &m1, &m2]));
+    let (rel, _) = compare(&w.path().join("ema"), &r.join("ema.safetensors"));
+    assert!(rel <= 1e-6);
+}
+
+/// Adapters warp cannot read as base + s·B·A, or that do not fit their base, are refused with
+/// one line naming the file and the setting or tensor; nothing is written.
+#[test]
+fn bad_adapters_are_refused() {
+    let w = tempfile::tempdir().unwrap();
+    let (base, _) = setup(w.path(), "f32");
+    let ck = Checkpoint::open(&base).unwrap();
+    let b = p(&base);
+    let good = lora_tensors(&ck, &MODULES[..1], &[], 4, 3);
+    let cases: Vec<(&str, serde_json::Value, Vec<Tensor>, Vec<&str>)> = vec![
+        (
+            "dora",
+            {
+                let mut c = config(&b, 4, 8.0, false);
+                c["use_dora"] = true.into();
+                c
+            },
+            good.clone(),
+            vec!["adapter_config.json", "use_dora", "DoRA"],
+        ),
+        (
+            "ia3",
+            {
+                let mut c = config(&b, 4, 8.0, false);
+                c["peft_type"] = "IA3".into();
+                c
+            },
+            good.clone(),
+            vec!["adapter_config.json", "peft_type", "IA3"],
+        ),
+        (
+            "rank",
+            config(&b, 8, 8.0, false),
+            good.clone(),
+            vec!["adapter_model.safetensors", "q_proj.weight", "r = 8"],
+        ),
+        (
+            "shape",
+            config(&b, 4, 8.0, false),
+            vec![
+                good[0].clone(),
+                (good[1].0.clone(), vec![5, 4], vec![0.0; 20]),
+            ],
+            vec!["q_proj.weight", "LoRA delta is [5, 32]", "[32, 32]"],
+        ),
+        (
+            "half",
+            config(&b, 4, 8.0, false),
+            good[..1].to_vec(),
+            vec!["q_proj.weight", "one LoRA factor without the other"],
+        ),
+        (
+            "missing",
+            config(&b, 4, 8.0, false),
+            lora_tensors(&ck, &[], &[], 4, 3)
+                .into_iter()
+                .chain([(
+                    "base_model.model.model.layers.9.mlp.up_proj.lora_A.weight".into(),
+                    vec![4, 32],
+                    vec![0.0; 128],
+                )])
+                .chain([(
+                    "base_model.model.model.layers.9.mlp.up_proj.lora_B.weight".into(),
+                    vec![48, 4],
+                    vec![0.0; 192],
+                )])
+                .collect(),
+            vec!["layers.9.mlp.up_proj.weight", "not in its base"],
+        ),
+    ];
+    for (name, cfg, tensors, want) in cases {
+        let dir = w.path().join(format!("bad-{name}"));
+        write_adapter(&dir, cfg, &tensors, DType::F32);
+        let err = fails(
+            "warp-slerp",
+            &[&p(&dir), &p(&dir), "--init", &b, "-o", "out"],
+            w.path(),
+            &want,
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!w.path().join("out").exists());
+    }
+    // No base anywhere: a usage error (exit 2).
+    let lone = w.path().join("lone");
+    let mut c = config(&b, 4, 8.0, false);
+    c["base_model_name_or_path"] = serde_json::Value::Null;
+    write_adapter(&lone, c, &good, DType::F32);
+    let r = run("warp-convert", &[&p(&lone), "-o", "out"], w.path());
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--init"), "{}", r.stderr);
+    assert!(!w.path().join("out").exists());
+}
