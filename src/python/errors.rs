@@ -79,7 +79,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Format { .. } | Error::Tensor { .. } | Error::Mismatch(_) => {
             FormatError::new_err(msg)
         }
-        Error::Io { .. } => FileError::new_err(msg),
+        Error::Io { .. } | Error::Locked { .. } => FileError::new_err(msg),
         Error::Hub(_) => HubError::new_err(msg),
         Error::Compute { .. } | Error::Feature { .. } => BackendError::new_err(msg),
         Error::Reward { .. } => RewardError::new_err(msg),

@@ -82,17 +82,17 @@ pub fn merge(
     }
     let hub = crate::hub::HubOptions::from_env();
     let mut opened = Vec::with_capacity(inputs.len());
+    // A LoRA adapter's base: the init, or else the one its config names (as the CLI).
+    let init = inputs
+        .iter()
+        .find(|(_, role)| *role == "init")
+        .map(|(s, _)| s.clone());
     for (spec, role) in inputs {
-        let local = crate::builtin::resolve_spec(&spec)?;
-        let ckpt = crate::hub::open_checkpoint(&local, &hub, reporter)?;
-        for w in &ckpt.warnings {
+        let input = Input::open(spec, role, init.as_deref(), &hub, reporter)?;
+        for w in &input.ckpt.warnings {
             reporter.message(&format!("warning: {w}"));
         }
-        opened.push(Input {
-            spec,
-            role: role.to_string(),
-            ckpt,
-        });
+        opened.push(input);
     }
     let paths: Vec<&Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
     crate::io::writer::check_destination(&o.out, &paths)?;
