@@ -79,7 +79,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Format { .. } | Error::Tensor { .. } | Error::Mismatch(_) => {
             FormatError::new_err(msg)
         }
-        Error::Io { .. } => FileError::new_err(msg),
+        Error::Io { .. } | Error::Locked { .. } => FileError::new_err(msg),
         Error::Hub(_) => HubError::new_err(msg),
         Error::Compute { .. } | Error::Feature { .. } => BackendError::new_err(msg),
         Error::Reward { .. } => RewardError::new_err(msg),
@@ -91,7 +91,9 @@ pub fn to_py(e: Error) -> PyErr {
         let v = err.value(py);
         let _ = v.setattr("exit_code", e.exit_code());
         let (path, tensor) = match &e {
-            Error::Io { path, .. } | Error::Format { path, .. } => (Some(path), None),
+            Error::Io { path, .. } | Error::Format { path, .. } | Error::Locked { path, .. } => {
+                (Some(path), None)
+            }
             Error::Tensor { path, tensor, .. } => (Some(path), Some(tensor)),
             _ => (None, None),
         };

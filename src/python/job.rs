@@ -92,6 +92,8 @@ pub fn merge(
             spec,
             role: role.to_string(),
             ckpt,
+            // PEFT LoRA adapters as inputs: the CLI's (src/cli/common.rs), not bound here yet.
+            adapter: None,
         });
     }
     let paths: Vec<&Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
