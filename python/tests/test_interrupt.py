@@ -33,8 +33,12 @@ def leftovers(d):
 
 
 INTERRUPTED = r"""
-import _thread, sys
+import _thread, signal, sys
 import warp_align as wa
+
+# Python's own Ctrl-C handler, as in a terminal: a process started in the background by a
+# non-interactive shell inherits SIGINT ignored, and then interrupt_main() does nothing.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class Interrupt:
     # Simulates Ctrl-C (_thread.interrupt_main) when the merge phase starts (reset(total=...)):
