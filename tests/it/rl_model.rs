@@ -521,7 +521,8 @@ fn unsupported_configs_and_missing_tensors_are_clear_errors() {
             "{field}: {e}"
         );
     }
-    // More layers than the file has: the missing tensor is named.
+    // More layers than the file has: refused before any allocation (issue 22), naming the key
+    // and the layers the checkpoint holds.
     let dir = tmp.path().join("layers");
     std::fs::create_dir(&dir).unwrap();
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
@@ -532,7 +533,13 @@ fn unsupported_configs_and_missing_tensors_are_clear_errors() {
         .err()
         .expect("must fail")
         .to_string();
-    assert!(e.contains("model.layers.2."), "{e}");
+    assert!(
+        e.contains("config.json")
+            && e.contains("num_hidden_layers")
+            && e.contains("3")
+            && e.contains("2 layer"),
+        "{e}"
+    );
     // A wrong hidden size: the tensor and both shapes are named.
     let mut c = cfg;
     c["intermediate_size"] = 80.into();
