@@ -840,9 +840,11 @@ fn warp_rl_and_warp_run_with_the_trl_backend() {
     assert_eq!(run["backend"], "trl");
     assert_eq!(run["config"]["backend"], "trl");
     assert!(run["config"]["model"].as_str().unwrap().ends_with("model"));
+    // The run folder's lock (issue 22) stays with the folder.
     assert_eq!(
         common::entries(&out),
         [
+            ".warp-run.lock",
             "final",
             "metrics.jsonl",
             "run.json",
