@@ -338,13 +338,18 @@ pub fn token_stats(
     })
 }
 
+/// The weight of each token's log-probability in [`backward_weighted`]'s objective.
+pub enum Weights<'a> {
+    /// Constants `[N]` (no graph).
+    Fixed(&'a Tensor),
+    /// Computed a chunk at a time from the chunk's first row, its length and its tokens'
+    /// current log-probabilities `[len]` (f32, no graph): `[len]` weights, e.g. the clipped
+    /// importance ratios of PPO/GRPO's later updates.
+    Of(&'a mut dyn FnMut(i64, i64, &Tensor) -> Result<Tensor>),
+}
+
 /// Adds ∇ Σ_t weights_t · log π(targets_t) to the gradients of everything `h` and `head` depend
-/// on, with `h` `[N, hidden]` the completion-position hidden states (carrying the decoder's
-/// graph) — in bounded memory: the head is recomputed and back-propagated one chunk at a time
-/// (only that chunk's `[chunk, vocab]` tensors are alive), the hidden-state gradients are
-/// collected (`[N, hidden]`), and the decoder is back-propagated once. `weights` `[N]` are
-/// constants (no graph). Returns Σ_t weights_t · log π(targets_t), the objective's value, as a
-/// 0-dim f32 tensor on the device (reading it is left to the caller: no host sync here).
+/// on ([`backward_weighted`] with fixed weights and nothing between the chunks).
 pub fn backward_logprobs(
     h: &Tensor,
     head: Head,
@@ -353,6 +358,35 @@ pub fn backward_logprobs(
     temperature: f64,
     chunk: i64,
 ) -> Result<Tensor> {
+    backward_weighted(
+        h,
+        head,
+        targets,
+        Weights::Fixed(weights),
+        temperature,
+        chunk,
+        &mut || Ok(()),
+    )
+}
+
+/// Adds ∇ Σ_t weights_t · log π(targets_t) to the gradients of everything `h` and `head` depend
+/// on, with `h` `[N, hidden]` the completion-position hidden states (carrying the decoder's
+/// graph) — in bounded memory: the head is recomputed and back-propagated one chunk at a time
+/// (only that chunk's `[chunk, vocab]` tensors are alive), the hidden-state gradients are
+/// collected (`[N, hidden]`), and the decoder is back-propagated once. `after_chunk` runs after
+/// each chunk's backward pass (the trainer folds the head's bf16 gradients into f32 there, so
+/// they are not summed in bf16 across chunks). Returns Σ_t weights_t · log π(targets_t), the
+/// objective's value, as a 0-dim f32 tensor on the device (reading it is left to the caller: no
+/// host sync here).
+pub fn backward_weighted(
+    h: &Tensor,
+    head: Head,
+    targets: &Tensor,
+    mut weights: Weights,
+    temperature: f64,
+    chunk: i64,
+    after_chunk: &mut dyn FnMut() -> Result<()>,
+) -> Result<Tensor> {
     if !(temperature.is_finite() && temperature > 0.0) {
         return Err(Error::setting(
             "temperature",
@@ -360,21 +394,27 @@ pub fn backward_logprobs(
         ));
     }
     let n = check_rows(h, targets)?;
-    if weights.size() != [n] {
-        return Err(Error::Internal(format!(
-            "{:?} weights for {n} target tokens",
-            weights.size()
-        )));
-    }
+    let fixed = match &weights {
+        Weights::Fixed(w) => {
+            if w.size() != [n] {
+                return Err(Error::Internal(format!(
+                    "{:?} weights for {n} target tokens",
+                    w.size()
+                )));
+            }
+            Some(
+                w.f_detach()
+                    .and_then(|w| w.f_to_kind(Kind::Float))
+                    .map_err(|e| be("loss weights", e))?,
+            )
+        }
+        Weights::Of(_) => None,
+    };
     if n == 0 {
         return Tensor::f_zeros([], (Kind::Float, h.device())).map_err(|e| be("objective", e));
     }
     let chunk = chunk.max(1);
     let hd = h.detach();
-    let w = weights
-        .f_detach()
-        .and_then(|w| w.f_to_kind(Kind::Float))
-        .map_err(|e| be("loss weights", e))?;
     let mut grads = Vec::new();
     let mut total =
         Tensor::f_zeros([], (Kind::Float, h.device())).map_err(|e| be("objective", e))?;
@@ -393,13 +433,31 @@ pub fn backward_logprobs(
                 .map_err(|e| be("chunk", e))?;
             let z = scaled_logits(head, &x, temperature)?;
             let (_, lp) = log_softmax_at(&z, &tc)?;
-            let obj = w
-                .f_narrow(0, start, len)
-                .and_then(|wc| lp.f_mul(&wc))
+            let wc = match (&fixed, &mut weights) {
+                (Some(w), _) => w.f_narrow(0, start, len).map_err(|e| be("chunk", e))?,
+                (None, Weights::Fixed(_)) => {
+                    return Err(Error::Internal("fixed weights not prepared".into()))
+                }
+                (None, Weights::Of(f)) => {
+                    let wc = tch::no_grad(|| f(start, len, &lp.detach()))?;
+                    if wc.size() != [len] {
+                        return Err(Error::Internal(format!(
+                            "{:?} weights for a chunk of {len} tokens",
+                            wc.size()
+                        )));
+                    }
+                    wc.f_detach()
+                        .and_then(|w| w.f_to_kind(Kind::Float))
+                        .map_err(|e| be("loss weights", e))?
+                }
+            };
+            let obj = lp
+                .f_mul(&wc)
                 .and_then(|x| x.f_sum(Kind::Float))
                 .map_err(|e| be("weighted log-probabilities", e))?;
             obj.f_backward()
                 .map_err(|e| be("backward through the LM head", e))?;
+            after_chunk()?;
             total = total.f_add(&obj.detach()).map_err(|e| be("objective", e))?;
             let g = x.grad();
             grads.push(if g.defined() {

@@ -343,7 +343,8 @@ impl CausalLm {
         self.logits_from_hidden(&h)
     }
 
-    fn lm_head_weight(&self) -> Result<&Tensor> {
+    /// The LM head's weight: its own, or the embedding when tied.
+    pub fn lm_head_weight(&self) -> Result<&Tensor> {
         match &self.lm_head {
             LmHead::Tied => Ok(&self.embed),
             LmHead::Own(w) => Ok(w),

@@ -67,6 +67,26 @@ impl Slot {
         self.master.as_ref().unwrap_or(&self.param)
     }
 
+    /// Adds the parameter's current gradient to the f32 accumulator and zeroes it.
+    fn fold(&mut self) -> Result<()> {
+        let mut g = self.param.grad();
+        if !g.defined() {
+            return Ok(());
+        }
+        let gf = g.f_to_kind(Kind::Float).map_err(|e| be(&self.name, e))?;
+        match &mut self.acc {
+            Some(a) => {
+                let _ = a.f_add_(&gf).map_err(|e| be(&self.name, e))?;
+            }
+            None => {
+                // A copy: for an f32 gradient `to_kind` aliases it, and it is zeroed next.
+                self.acc = Some(gf.f_detach_copy().map_err(|e| be(&self.name, e))?);
+            }
+        }
+        let _ = g.f_zero_().map_err(|e| be(&self.name, e))?;
+        Ok(())
+    }
+
     /// This step's gradient in f32: the accumulated sum plus the parameter's current gradient
     /// (either may be absent). `None` when the parameter received no gradient at all.
     fn grad_f32(&self) -> Result<Option<Tensor>> {
@@ -189,23 +209,26 @@ impl Adam {
     /// parameters are bf16. [`step`](Self::step) uses the sum. Not needed for f32 parameters,
     /// whose gradients libtorch already sums in f32.
     pub fn accumulate(&mut self) -> Result<()> {
+        tch::no_grad(|| self.slots.iter_mut().try_for_each(Slot::fold))
+    }
+
+    /// The index of the slot that optimises `param` (the same tensor storage), if any: for
+    /// [`accumulate_slots`](Self::accumulate_slots).
+    pub fn slot_of(&self, param: &Tensor) -> Option<usize> {
+        let p = param.data_ptr();
+        self.slots.iter().position(|s| s.param.data_ptr() == p)
+    }
+
+    /// [`accumulate`](Self::accumulate) for the given slots only (e.g. the LM head after each
+    /// chunk of the chunked scoring's backward pass, when the rest has no gradient yet).
+    pub fn accumulate_slots(&mut self, slots: &[usize]) -> Result<()> {
         tch::no_grad(|| {
-            for s in &mut self.slots {
-                let mut g = s.param.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let gf = g.f_to_kind(Kind::Float).map_err(|e| be(&s.name, e))?;
-                match &mut s.acc {
-                    Some(a) => {
-                        let _ = a.f_add_(&gf).map_err(|e| be(&s.name, e))?;
-                    }
-                    None => {
-                        // A copy: for an f32 gradient `to_kind` aliases it, and it is zeroed next.
-                        s.acc = Some(gf.f_detach_copy().map_err(|e| be(&s.name, e))?);
-                    }
-                }
-                let _ = g.f_zero_().map_err(|e| be(&s.name, e))?;
+            for &i in slots {
+                let s = self
+                    .slots
+                    .get_mut(i)
+                    .ok_or_else(|| Error::Internal(format!("no optimizer slot {i}")))?;
+                s.fold()?;
             }
             Ok(())
         })

@@ -98,6 +98,15 @@ mod tests {
             serde_json::json!(["auto", "f32", "bf16"])
         );
         assert_eq!(field("steps")["type"], "integer");
+        // The clap names of the baselines are their serde names (Python checks against them).
+        assert_eq!(
+            field("baseline")["choices"],
+            serde_json::json!(["rloo", "none", "grpo", "dr-grpo"])
+        );
+        assert_eq!(field("updates_per_batch")["type"], "integer");
+        assert_eq!(field("updates_per_batch")["default"], 1);
+        assert_eq!(field("clip_eps")["type"], "number");
+        assert_eq!(field("clip_eps")["default"], 0.2);
         assert_eq!(field("mu")["type"], "number");
         assert_eq!(field("mu")["default"], 0.05);
         assert_eq!(field("model")["flag"], "<MODEL>");

@@ -21,6 +21,21 @@ pub enum Baseline {
     Rloo,
     /// Plain REINFORCE (the paper's).
     None,
+    /// GRPO: r_β minus the mean r_β of the prompt's n samples, divided by their standard
+    /// deviation (unbiased, + 1e-4).
+    Grpo,
+    /// Dr. GRPO: r_β minus the mean r_β of the prompt's n samples, not divided by the standard
+    /// deviation.
+    #[serde(rename = "dr-grpo")]
+    #[value(name = "dr-grpo")]
+    DrGrpo,
+}
+
+impl Baseline {
+    /// Whether a sample's advantage depends on the other samples of its prompt.
+    pub fn grouped(self) -> bool {
+        self != Baseline::None
+    }
 }
 
 /// What the KL penalty points at.
@@ -99,7 +114,7 @@ pub struct RlConfig {
     /// cmd:PROGRAM (reads JSONL {prompt, completion} on stdin, prints one number per line).
     #[arg(long, value_name = "SPEC", default_value = "verify:arith")]
     pub reward: String,
-    /// Optimizer steps T.
+    /// Steps T: each samples a batch and makes --updates-per-batch optimizer updates on it.
     #[arg(long, default_value_t = 100)]
     pub steps: u64,
     /// Prompts per step.
@@ -135,6 +150,15 @@ pub struct RlConfig {
     /// Policy-gradient baseline.
     #[arg(long, value_enum, default_value_t = Baseline::Rloo)]
     pub baseline: Baseline,
+    /// Optimizer updates per batch of samples K. The first is on-policy; the next K − 1 weight
+    /// each token by the clipped importance ratio π_θ/π_old against the log-probabilities the
+    /// batch was sampled with (PPO/GRPO's surrogate, --clip-eps), the advantages kept.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub updates_per_batch: usize,
+    /// Clip range ε of the importance ratio (updates after the first of a batch): a token whose
+    /// ratio left [1 − ε, 1 + ε] in the direction its advantage pushes gets no gradient.
+    #[arg(long, value_name = "EPS", default_value_t = 0.2)]
+    pub clip_eps: f64,
     /// Anchor of the KL penalty.
     #[arg(long, value_enum, default_value_t = Anchor::Ema)]
     pub anchor: Anchor,
@@ -224,6 +248,9 @@ pub(crate) fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
     }
 }
 
+/// Most optimizer updates on one batch of samples.
+pub const MAX_UPDATES_PER_BATCH: usize = 64;
+
 fn positive(field: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -259,12 +286,29 @@ impl RlConfig {
                 format!("must be at most {max}, got {v}")
             })?;
         }
-        positive("n", self.baseline != Baseline::Rloo || self.n >= 2, || {
+        positive("n", !self.baseline.grouped() || self.n >= 2, || {
+            let name = serde_json::to_value(self.baseline).unwrap_or_default();
             format!(
-                "the rloo baseline needs at least 2 completions per prompt, got {}",
+                "the {} baseline needs at least 2 completions per prompt, got {}",
+                name.as_str().unwrap_or("grouped"),
                 self.n
             )
         })?;
+        positive(
+            "updates_per_batch",
+            (1..=MAX_UPDATES_PER_BATCH).contains(&self.updates_per_batch),
+            || {
+                format!(
+                    "must be in 1..={MAX_UPDATES_PER_BATCH}, got {}",
+                    self.updates_per_batch
+                )
+            },
+        )?;
+        positive(
+            "clip_eps",
+            self.clip_eps.is_finite() && self.clip_eps > 0.0 && self.clip_eps < 1.0,
+            || format!("must be in (0, 1), got {}", self.clip_eps),
+        )?;
         positive("mu", self.mu > 0.0 && self.mu <= 1.0, || {
             format!("must be in (0, 1], got {}", self.mu)
         })?;
@@ -303,6 +347,9 @@ impl RlConfig {
         }
         positive("baseline", self.baseline == Baseline::Rloo, || {
             "the trl backend has the leave-one-out baseline only (RLOOTrainer)".into()
+        })?;
+        positive("updates_per_batch", self.updates_per_batch == 1, || {
+            "the trl backend makes one update per batch (RLOOTrainer)".into()
         })?;
         positive(
             "beta",
@@ -520,6 +567,12 @@ mod tests {
         assert_eq!(part.batch, RlConfig::default().batch);
         let e = serde_json::from_str::<RlConfig>(r#"{"stepz": 7}"#).unwrap_err();
         assert!(e.to_string().contains("stepz"), "{e}");
+        let g: RlConfig =
+            serde_json::from_str(r#"{"baseline": "dr-grpo", "updates_per_batch": 4}"#).unwrap();
+        assert_eq!((g.baseline, g.updates_per_batch), (Baseline::DrGrpo, 4));
+        assert_eq!(g.to_json()["baseline"], "dr-grpo");
+        let g: RlConfig = serde_json::from_str(r#"{"baseline": "grpo"}"#).unwrap();
+        assert_eq!((g.baseline, g.clip_eps), (Baseline::Grpo, 0.2));
         let e = serde_json::from_str::<RlConfig>(r#"{"baseline": "ppo"}"#).unwrap_err();
         assert!(e.to_string().contains("ppo"), "{e}");
     }
@@ -536,6 +589,24 @@ mod tests {
         };
         bad(|c| c.steps = 0, "steps");
         bad(|c| c.n = 1, "n");
+        bad(
+            |c| {
+                c.baseline = Baseline::Grpo;
+                c.n = 1;
+            },
+            "n",
+        );
+        bad(|c| c.updates_per_batch = 0, "updates_per_batch");
+        bad(|c| c.updates_per_batch = 65, "updates_per_batch");
+        bad(|c| c.clip_eps = 0.0, "clip_eps");
+        bad(|c| c.clip_eps = 1.0, "clip_eps");
+        bad(
+            |c| {
+                c.backend = Trainer::Trl;
+                c.updates_per_batch = 2;
+            },
+            "updates_per_batch",
+        );
         bad(|c| c.mu = 0.0, "mu");
         bad(|c| c.mu = 1.5, "mu");
         bad(|c| c.temperature = f64::NAN, "temperature");

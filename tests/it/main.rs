@@ -38,6 +38,8 @@ mod rl_cli;
 #[cfg(feature = "rl")]
 mod rl_families;
 #[cfg(feature = "rl")]
+mod rl_grpo;
+#[cfg(feature = "rl")]
 mod rl_model;
 #[cfg(feature = "rl")]
 mod rl_reward;

@@ -183,10 +183,11 @@ impl Trainer {
                 notes: vec![format!(
                     "RL fine-tuning (policy gradient, {} baseline) with a KL penalty β = {} \
                      towards the {} anchor; EMA rate μ = {}. `{which}` is {}, saved in {}.",
-                    if self.cfg.baseline == Baseline::Rloo {
-                        "RLOO"
-                    } else {
-                        "no"
+                    match self.cfg.baseline {
+                        Baseline::Rloo => "RLOO",
+                        Baseline::Grpo => "GRPO",
+                        Baseline::DrGrpo => "Dr. GRPO",
+                        Baseline::None => "no",
                     },
                     self.cfg.beta,
                     if self.cfg.anchor == Anchor::Ema {

@@ -21,6 +21,9 @@ pub struct StepMetrics {
     pub lr: f64,
     pub grad_norm: f64,
     pub loss: f64,
+    /// With several updates per batch: the share of completion tokens whose gradient the
+    /// clipping removed, over the batch's later updates.
+    pub clip_frac: Option<f64>,
     pub samples_per_s: f64,
     /// Where the step's wall time went: sampling (with its KV caches), the reward, and the rest
     /// (scoring, backward, optimizer, EMA). On a GPU, work is timed when it is waited for.
@@ -44,6 +47,9 @@ impl StepMetrics {
             "generate_s": self.generate_s, "reward_s": self.reward_s, "train_s": self.train_s,
             "gen_tokens_per_s": self.gen_tokens_per_s,
         });
+        if let Some(c) = self.clip_frac {
+            v["clip_frac"] = json!(c);
+        }
         if let Some((r, kl)) = self.ema {
             v["ema_reward_mean"] = json!(r);
             v["ema_kl_init"] = json!(kl);

@@ -4,8 +4,10 @@
 //! ```text
 //! y ~ π_θ(·|x)                                  (n completions per prompt)
 //! r_β(x, y) = r(x, y) − β · log(π_θ(y|x) / π_anchor(y|x))   [− length penalty · |y|]
-//! θ ← θ + Adam(∇θ  mean A(x, y) · log π_θ(y|x))   A = r_β (REINFORCE) or r_β minus the mean of
-//!                                                 the other n−1 samples' r_β (RLOO)
+//! θ ← θ + Adam(∇θ  mean A(x, y) · log π_θ(y|x))   A = r_β (REINFORCE), r_β minus the mean of
+//!                                                 the other n−1 samples' r_β (RLOO), or minus
+//!                                                 the group's mean, over its std (GRPO; Dr.
+//!                                                 GRPO: not divided)
 //! θ_ema ← (1 − μ) · θ_ema + μ · θ                after every optimizer step, in f32
 //! ```
 //!
@@ -26,7 +28,16 @@
 //! `--dtype bf16` the policy computes in bf16 and Adam keeps f32 masters (`super::optim`); the
 //! EMA is f32 (scored through a bf16 copy), the frozen init is held in the compute dtype. The
 //! saved policy and EMA are the f32 masters and the f32 EMA (`--save-dtype f32`). The step reads
-//! its metrics and the gradient norm back from the device in one transfer.
+//! its metrics and the gradient norm back from the device in one transfer. The LM head's (and a
+//! tied embedding's) bf16 gradient is folded into f32 after every chunk's backward pass, so it
+//! is never summed in bf16.
+//!
+//! Several updates per batch (`--updates-per-batch K`, GRPO/PPO): the first update is the
+//! on-policy one above and records every token's log-probability (π_old) and every sample's
+//! advantage; each later update weights token t of sample i by −A_i·ρ_t/(batch size), ρ_t =
+//! π_θ(y_t)/π_old(y_t), and by 0 where the clipped surrogate min(ρA, clip(ρ, 1 ± ε)A) is flat
+//! (ρ > 1 + ε with A > 0, ρ < 1 − ε with A < 0): the gradient of −mean Σ_t min(ρ_t A, clip A).
+//! Every update is an Adam step followed by the EMA update.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,7 +50,7 @@ use tch::{Device, Kind, Tensor};
 use std::collections::HashMap;
 
 use super::chunked::{
-    backward_logprobs, chunk_positions, token_stats, Completions, Reference, StatsOptions,
+    backward_weighted, chunk_positions, token_stats, Completions, Reference, StatsOptions, Weights,
     DEFAULT_CHUNK_BYTES,
 };
 use super::data::{read_prompt_lines, Prompt};
@@ -68,7 +79,7 @@ use checkpoint::*;
 pub use metrics::StepMetrics;
 use rollout::*;
 use step::*;
-pub use step::{advantages, StepSums};
+pub use step::{advantages, StepSums, UpdateSums, GRPO_STD_EPS};
 
 /// A run in progress: the models, the optimizer, the reward and the prompts.
 pub struct Trainer {
@@ -97,6 +108,11 @@ pub struct Trainer {
     exact_on_disk: bool,
     /// Positions per LM-head chunk.
     chunk: i64,
+    /// Optimizer slots of the LM head's weight (the embedding when tied), folded into f32 after
+    /// every chunk's backward pass when the policy is not f32; empty when it is.
+    head_slots: Vec<usize>,
+    /// What the first update of the current batch recorded for the later ones.
+    rollout: Option<Rollout>,
     layout: RlRunLayout,
     pub step: u64,
     /// The run folder's lock, held as long as the trainer lives.
@@ -262,6 +278,15 @@ impl Trainer {
             None
         };
         let (prompts, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
+        let head_slots = if m.opt.has_masters() {
+            let w = m.policy.lm_head_weight()?;
+            vec![m
+                .opt
+                .slot_of(w)
+                .ok_or_else(|| Error::Internal("the LM head's weight is not optimised".into()))?]
+        } else {
+            Vec::new()
+        };
         let reward = reward::from_spec_opts(
             &cfg.reward,
             &reward::RewardOptions {
@@ -291,6 +316,8 @@ impl Trainer {
             reward,
             exact_on_disk,
             chunk,
+            head_slots,
+            rollout: None,
             step: m.step,
             cfg,
             lock: None,

@@ -17,6 +17,8 @@ pub(super) struct Scored {
     /// scored for the backward pass.
     pub(super) hidden: Option<Tensor>,
     pub(super) seq_logprob: Tensor,
+    /// The policy's log-probability of each completion token `[N]` (no graph).
+    pub(super) token_logprob: Tensor,
     pub(super) anchor_logprob: Tensor,
     pub(super) kl_anchor: Tensor,
     pub(super) kl_init: Option<Tensor>,
@@ -108,7 +110,7 @@ impl Trainer {
         } else {
             tch::no_grad(|| hidden_of(&self.policy))?
         };
-        let (seq_logprob, anchor_logprob, kl_anchor, kl_init, entropy_sum) = tch::no_grad(
+        let (token_logprob, anchor_logprob, kl_anchor, kl_init, entropy_sum) = tch::no_grad(
             || -> Result<(Tensor, Tensor, Tensor, Option<Tensor>, Tensor)> {
                 let anchor = self.anchor_model()?;
                 let ha = hidden_of(anchor)?;
@@ -157,7 +159,7 @@ impl Trainer {
                     .f_sum(Kind::Float)
                     .map_err(|e| Error::compute("entropy", e))?;
                 Ok((
-                    seq(&s.logprobs)?,
+                    s.logprobs.shallow_clone(),
                     seq(&s.references[0].logprobs)?,
                     kl_anchor,
                     kl_init,
@@ -166,7 +168,8 @@ impl Trainer {
             },
         )?;
         Ok(Scored {
-            seq_logprob,
+            seq_logprob: comp.per_sequence(&token_logprob)?,
+            token_logprob,
             anchor_logprob,
             kl_anchor,
             kl_init,
@@ -214,6 +217,7 @@ impl Trainer {
             comp,
             hidden: Some(hidden),
             seq_logprob: zero()?,
+            token_logprob: zero()?,
             anchor_logprob: zero()?,
             kl_anchor: zero()?,
             kl_init: None,

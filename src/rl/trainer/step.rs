@@ -82,17 +82,56 @@ pub(super) struct ReadBack {
     pub(super) entropy: f64,
 }
 
+/// Added to a group's standard deviation before dividing by it (GRPO; TRL's GRPOTrainer adds
+/// the same), so that a group of equal rewards gets advantages 0, not NaN.
+pub const GRPO_STD_EPS: f64 = 1e-4;
+
 /// Policy-gradient weights of samples grouped by prompt (`n` consecutive samples each):
-/// r_β itself (REINFORCE), or r_β minus the mean r_β of the prompt's other n − 1 samples (RLOO).
+/// r_β itself (REINFORCE), r_β minus the mean r_β of the prompt's other n − 1 samples (RLOO),
+/// r_β minus the group's mean (Dr. GRPO), divided by the group's standard deviation (unbiased,
+/// + [`GRPO_STD_EPS`]; GRPO).
 pub fn advantages(r_beta: &Tensor, n: usize, baseline: Baseline) -> Tensor {
+    let grp = || r_beta.view([-1, n as i64]);
+    let centred = || {
+        let g = grp();
+        &g - g.mean_dim(-1, true, Kind::Float)
+    };
     match baseline {
         Baseline::None => r_beta.shallow_clone(),
         Baseline::Rloo => {
-            let grp = r_beta.view([-1, n as i64]);
+            let grp = grp();
             let others = (grp.sum_dim_intlist(-1, true, Kind::Float) - &grp) / (n as f64 - 1.0);
             (grp - others).view([-1])
         }
+        Baseline::DrGrpo => centred().view([-1]),
+        Baseline::Grpo => {
+            let std = grp().std_dim(-1, true, true);
+            (centred() / (std + GRPO_STD_EPS)).view([-1])
+        }
     }
+}
+
+/// What the first update of a batch recorded for the later ones (`--updates-per-batch`).
+pub(super) struct Rollout {
+    /// Per micro-batch, the log-probability `[N]` of each completion token under the policy
+    /// that sampled it.
+    old: Vec<Tensor>,
+    /// Per sample, its loss weight −A/(batch size) `[total]`.
+    weights: Tensor,
+    /// The micro-batch size the tokens were laid out with.
+    micro_batch: usize,
+    total: usize,
+}
+
+/// What a later update of a batch computed ([`Trainer::accumulate_update`]).
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateSums {
+    /// Global norm of the summed gradient (before clipping).
+    pub grad_norm: f64,
+    /// Share of the completion tokens whose gradient the clipping removed.
+    pub clip_frac: f64,
+    /// Completion tokens.
+    pub tokens: f64,
 }
 
 pub(super) fn adam_config(c: &RlConfig) -> AdamConfig {
@@ -123,22 +162,37 @@ impl Trainer {
 
     /// Back-propagates Σ_t w_t · log π(y_t) of one micro-batch, w_t the weight of its sequence:
     /// `weights` `[sequences]` (constants). Returns the objective on the device.
-    pub(super) fn backward(&self, s: &Scored, weights: &Tensor) -> Result<Tensor> {
+    pub(super) fn backward(&mut self, s: &Scored, weights: &Tensor) -> Result<Tensor> {
+        let w = weights
+            .f_index_select(0, &s.comp.seq)
+            .map_err(|e| Error::compute("loss weights", e))?;
+        self.backward_tokens(s, Weights::Fixed(&w))
+    }
+
+    /// Back-propagates Σ_t w_t · log π(y_t) of one micro-batch with per-token weights, folding
+    /// the head's bf16 gradient into f32 after every chunk.
+    pub(super) fn backward_tokens(&mut self, s: &Scored, weights: Weights) -> Result<Tensor> {
         let h = s
             .hidden
             .as_ref()
             .ok_or_else(|| Error::Internal("scored without the graph".into()))?;
-        let w = weights
-            .f_index_select(0, &s.comp.seq)
-            .map_err(|e| Error::compute("loss weights", e))?;
         let head = head_of(&self.policy)?;
-        backward_logprobs(
+        let (opt, slots) = (&mut self.opt, &self.head_slots);
+        let mut fold = || {
+            if slots.is_empty() {
+                Ok(())
+            } else {
+                opt.accumulate_slots(slots)
+            }
+        };
+        backward_weighted(
             h,
             &head,
             &s.comp.targets,
-            &w,
+            weights,
             self.cfg.temperature,
             self.chunk,
+            &mut fold,
         )
     }
 
@@ -191,8 +245,14 @@ impl Trainer {
         let total = pairs.len();
         let init_metrics = self.init_metrics_at(step) && self.init.is_some();
         let summed = self.accumulate_gradient(&pairs, &rewards, init_metrics)?;
-        let info = self.opt.apply(summed.grad_norm)?;
-        self.update_ema()?;
+        let info = self.update(summed.grad_norm)?;
+        let mut clip = (0.0, 0.0);
+        for _ in 1..c.updates_per_batch {
+            let u = self.accumulate_update(&pairs)?;
+            self.update(u.grad_norm)?;
+            clip = (clip.0 + u.clip_frac * u.tokens, clip.1 + u.tokens);
+        }
+        self.rollout = None;
         self.step = step;
         let train_s = t_train.elapsed().as_secs_f64();
 
@@ -217,6 +277,11 @@ impl Trainer {
             lr: info.lr,
             grad_norm: info.grad_norm,
             loss: summed.loss,
+            clip_frac: (c.updates_per_batch > 1).then_some(if clip.1 > 0.0 {
+                clip.0 / clip.1
+            } else {
+                0.0
+            }),
             samples_per_s,
             generate_s,
             reward_s,
@@ -261,7 +326,9 @@ impl Trainer {
         let n_mb = total.div_ceil(k);
         // One pass when every micro-batch holds whole prompt groups (their baselines are
         // inside), else a no-graph pass for every log-probability first.
-        let one_pass = c.baseline == Baseline::None || k % c.n == 0;
+        let one_pass = !c.baseline.grouped() || k % c.n == 0;
+        let record = c.updates_per_batch > 1;
+        let (mut old, mut ws) = (Vec::new(), Vec::new());
         let rows = |i: usize| -> Result<(usize, usize, Tensor, Tensor)> {
             let (a, b) = (i * k, ((i + 1) * k).min(total));
             let narrow = |t: &Tensor| {
@@ -280,6 +347,10 @@ impl Trainer {
                 let w = self.loss_weights(&r, &s.seq_logprob, &s.anchor_logprob, &l, total)?;
                 sums.objective.push(self.backward(&s, &w)?);
                 sums.add(&s);
+                if record {
+                    old.push(s.token_logprob.shallow_clone());
+                    ws.push(w);
+                }
                 if accumulate {
                     self.opt.accumulate()?;
                 }
@@ -293,10 +364,16 @@ impl Trainer {
                 lp.push(s.seq_logprob.shallow_clone());
                 alp.push(s.anchor_logprob.shallow_clone());
                 sums.add(&s);
+                if record {
+                    old.push(s.token_logprob.shallow_clone());
+                }
             }
             let cat =
                 |v: &[Tensor]| Tensor::f_cat(v, 0).map_err(|e| Error::compute("log-probs", e));
             let w_all = self.loss_weights(&r_all, &cat(&lp)?, &cat(&alp)?, &len_all, total)?;
+            if record {
+                ws.push(w_all.shallow_clone());
+            }
             for i in 0..n_mb {
                 let (a, b, _, _) = rows(i)?;
                 let s = self.score_for_backward(&pairs[a..b])?;
@@ -309,6 +386,16 @@ impl Trainer {
                 }
             }
         }
+        self.rollout = if record {
+            Some(Rollout {
+                old,
+                weights: Tensor::f_cat(&ws, 0).map_err(|e| Error::compute("advantages", e))?,
+                micro_batch: k,
+                total,
+            })
+        } else {
+            None
+        };
         let grad_sq = self.opt.grad_sq_norm()?;
         let read = sums.read(&grad_sq, init_metrics)?;
         let tokens: f64 = pairs.iter().map(|(_, y)| y.len() as f64).sum();
@@ -323,6 +410,99 @@ impl Trainer {
                 0.0
             },
         })
+    }
+
+    /// The gradient of a later update of the batch [`accumulate_gradient`](Self::accumulate_gradient)
+    /// last worked on (the same `pairs`), summed over the same micro-batches into the policy's
+    /// gradients: token t of sample i weighted by −A_i·ρ_t/(batch size), ρ_t = π_θ(y_t)/π_old(y_t),
+    /// and by 0 where the clipped surrogate is flat (see the module docs).
+    pub fn accumulate_update(&mut self, pairs: &[(Vec<i64>, Vec<i64>)]) -> Result<UpdateSums> {
+        let ro = self
+            .rollout
+            .take()
+            .ok_or_else(|| Error::Internal("a later update without a first one".into()))?;
+        let result = self.clipped_gradient(pairs, &ro);
+        self.rollout = Some(ro);
+        result
+    }
+
+    fn clipped_gradient(
+        &mut self,
+        pairs: &[(Vec<i64>, Vec<i64>)],
+        ro: &Rollout,
+    ) -> Result<UpdateSums> {
+        let (k, total) = (ro.micro_batch, ro.total);
+        if pairs.len() != total || ro.old.len() != total.div_ceil(k) {
+            return Err(Error::Internal(format!(
+                "a later update of {} samples for a batch of {total}",
+                pairs.len()
+            )));
+        }
+        let eps = self.cfg.clip_eps;
+        self.opt.zero_grad();
+        let mut clipped = Vec::new();
+        let mut tokens = 0i64;
+        let accumulate = ro.old.len() > 1 && self.opt.has_masters();
+        for (i, old) in ro.old.iter().enumerate() {
+            let (a, b) = (i * k, ((i + 1) * k).min(total));
+            let s = self.score_for_backward(&pairs[a..b])?;
+            let w_tok = ro
+                .weights
+                .f_narrow(0, a as i64, (b - a) as i64)
+                .and_then(|w| w.f_index_select(0, &s.comp.seq))
+                .map_err(|e| Error::compute("loss weights", e))?;
+            if old.size() != w_tok.size() {
+                return Err(Error::Internal(format!(
+                    "micro-batch {i}: {:?} old log-probabilities for {:?} tokens",
+                    old.size(),
+                    w_tok.size()
+                )));
+            }
+            tokens += s.comp.n_tokens;
+            let mut weigh = |start: i64, len: i64, lp: &Tensor| -> Result<Tensor> {
+                let (w, cnt) = clipped_weights(
+                    &w_tok.f_narrow(0, start, len).map_err(be_chunk)?,
+                    &old.f_narrow(0, start, len).map_err(be_chunk)?,
+                    lp,
+                    eps,
+                )?;
+                clipped.push(cnt);
+                Ok(w)
+            };
+            // The surrogate's value is not the objective: not reported.
+            let _ = self.backward_tokens(&s, Weights::Of(&mut weigh))?;
+            if accumulate {
+                self.opt.accumulate()?;
+            }
+        }
+        let grad_sq = self.opt.grad_sq_norm()?;
+        let read = (|| {
+            let mut parts = vec![grad_sq.f_to_kind(Kind::Double)?];
+            for c in &clipped {
+                parts.push(c.f_to_kind(Kind::Double)?);
+            }
+            let t = Tensor::f_stack(&parts, 0)?;
+            Vec::<f64>::try_from(t.f_to_device_(Device::Cpu, Kind::Double, false, false)?)
+        })()
+        .map_err(|e| Error::compute("reading the update's metrics", e))?;
+        let n_clipped: f64 = read[1..].iter().sum();
+        Ok(UpdateSums {
+            grad_norm: read[0].sqrt(),
+            clip_frac: if tokens > 0 {
+                n_clipped / tokens as f64
+            } else {
+                0.0
+            },
+            tokens: tokens as f64,
+        })
+    }
+
+    /// One optimizer step from the gradients accumulated (their global norm `grad_norm`), then
+    /// the EMA update.
+    pub fn update(&mut self, grad_norm: f64) -> Result<crate::rl::optim::StepInfo> {
+        let info = self.opt.apply(grad_norm)?;
+        self.update_ema()?;
+        Ok(info)
     }
 
     /// The policy's gradients as f32 tensors by parameter name (what the next optimizer step
@@ -355,4 +535,29 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+fn be_chunk(e: tch::TchError) -> Error {
+    Error::compute("chunk", e)
+}
+
+/// Per-token weights of a later update: `w` (−A/(batch size) per token) × ρ, ρ = exp(lp − old),
+/// and 0 where the clipped surrogate min(ρA, clip(ρ, 1 ± ε)A) is flat — ρ > 1 + ε with A > 0
+/// (w < 0), ρ < 1 − ε with A < 0 (w > 0). Also the number of such tokens (a 0-dim tensor).
+pub(super) fn clipped_weights(
+    w: &Tensor,
+    old: &Tensor,
+    lp: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    (|| {
+        let ratio = lp.f_sub(old)?.f_exp()?;
+        let flat = w
+            .f_lt(0.0)?
+            .f_logical_and(&ratio.f_gt(1.0 + eps)?)?
+            .f_logical_or(&w.f_gt(0.0)?.f_logical_and(&ratio.f_lt(1.0 - eps)?)?)?;
+        let weights = w.f_mul(&ratio)?.f_masked_fill(&flat, 0.0)?;
+        Ok((weights, flat.f_sum(Kind::Float)?))
+    })()
+    .map_err(|e: tch::TchError| Error::compute("clipped importance ratios", e))
 }
