@@ -189,6 +189,9 @@ def load_config(path):
                   "leave-one-out baseline; 'none', plain REINFORCE, needs warp's own trainer)")
     if c["n"] < 2:
         raise bad("n", "must be >= 2 (the leave-one-out baseline needs 2 completions per prompt)")
+    if c["updates_per_batch"] != 1:
+        raise bad("updates_per_batch", "must be 1 with the trl backend (one RLOOTrainer update "
+                  "per batch; several, with the clipped ratio, need warp's own trainer)")
     if c["anchor"] == "ema" and c["beta"] == 0:
         raise bad("beta", "must be > 0 with anchor 'ema' (TRL builds no reference model, hence no "
                   "EMA, when beta is 0)")

@@ -42,6 +42,8 @@ mod rl_grpo;
 #[cfg(feature = "rl")]
 mod rl_model;
 #[cfg(feature = "rl")]
+mod rl_precision;
+#[cfg(feature = "rl")]
 mod rl_reward;
 #[cfg(feature = "rl")]
 mod rl_scale;

@@ -567,6 +567,11 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
             "field 'mu' must be in (0, 1]",
         ),
         (serde_json::json!({"baseline": "none"}), "field 'baseline'"),
+        (serde_json::json!({"baseline": "grpo"}), "field 'baseline'"),
+        (
+            serde_json::json!({"updates_per_batch": 2}),
+            "field 'updates_per_batch'",
+        ),
         (serde_json::json!({"n": 1}), "field 'n'"),
         (
             serde_json::json!({"steps": "ten"}),
