@@ -61,6 +61,14 @@ pub struct Args {
     /// auto (a GPU when libtorch sees one, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value_t = Device::Auto)]
     device: Device,
+    /// Refuse to start (before loading any weights) when the evaluation's memory plan exceeds
+    /// SIZE even one sequence at a time (e.g. 8GB, 2GiB); otherwise sample and score fewer
+    /// sequences at a time so that it fits.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
+    /// Print the memory plan (and the batch it chose) and exit, loading no weights.
+    #[arg(long)]
+    dry_run: bool,
     /// libtorch threads (default: libtorch's choice).
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     threads: Option<usize>,
@@ -118,6 +126,13 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     if a.max_prompts > 0 {
         prompts.truncate(a.max_prompts);
     }
+    let max_memory = match &a.max_memory {
+        Some(m) => Some(
+            crate::io::writer::parse_size(m)
+                .map_err(|e| Error::Usage(format!("--max-memory: {e}")))?,
+        ),
+        None => None,
+    };
     let mut reward = crate::rl::reward::from_spec(&a.reward)?;
     let o = SampleOptions {
         samples: a.samples,
@@ -128,6 +143,25 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     };
     let reporter = super::Progress::new(a.quiet);
     let sft = resolve_path(&a.sft)?;
+    if a.dry_run {
+        let mut tok = crate::rl::tokenizer::Tokenizer::from_dir(&sft)?;
+        tok.set_chat_template(&a.chat_template)?;
+        let device = crate::rl::tch_device(a.device)?;
+        let plan = crate::rl::eval::eval_memory_plan(
+            &sft,
+            &tok,
+            &prompts_path,
+            &prompts,
+            &o,
+            device,
+            max_memory,
+        )?;
+        return super::common::out_line(&format!(
+            "evaluation batch: {} sequences\n{}",
+            plan.micro_batch,
+            plan.table().trim_end()
+        ));
+    }
     let (rows, samples) = evaluate_points(
         &points,
         &sft,
@@ -137,6 +171,7 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
         reward.as_mut(),
         &o,
         a.device,
+        max_memory,
         &reporter,
     )?;
     let table = EvalTable { rows };

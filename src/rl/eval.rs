@@ -6,8 +6,11 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::chat::TemplateChoice;
+use super::chunked::{
+    chunk_positions, token_stats, Completions, Reference, StatsOptions, DEFAULT_CHUNK_BYTES,
+};
 use super::data::{Prompt, PromptLine};
-use super::generate::{generate, score, GenerateOptions};
+use super::generate::{generate, GenerateOptions};
 use super::model::CausalLm;
 use super::reward::Reward;
 use super::tokenizer::Tokenizer;
@@ -96,7 +99,10 @@ pub fn sample(
 
 /// Σ over completion tokens of KL(π(·|prefix) ‖ π_ref(·|prefix)), both at `temperature`, for
 /// each sample: an unbiased estimate of the sequence-level KL when the samples come from π, with
-/// far less variance than the log-ratio of the sampled tokens alone.
+/// far less variance than the log-ratio of the sampled tokens alone. Computed `batch` samples at
+/// a time through the chunked statistics (`super::chunked`): the hidden states at the completion
+/// positions, then a chunk of positions at a time through both LM heads — no `[batch, length,
+/// vocab]` tensor.
 pub fn kl_per_sample(
     policy: &CausalLm,
     reference: &CausalLm,
@@ -105,26 +111,52 @@ pub fn kl_per_sample(
     temperature: f64,
     batch: usize,
 ) -> Result<Vec<f64>> {
+    let c = &policy.config;
+    let chunk = chunk_positions(c.vocab_size, DEFAULT_CHUNK_BYTES);
     let mut out = Vec::with_capacity(samples.len());
-    for chunk in samples.chunks(batch.max(1)) {
-        let pairs: Vec<(Vec<i64>, Vec<i64>)> = chunk
+    for part in samples.chunks(batch.max(1)) {
+        let pairs: Vec<(Vec<i64>, Vec<i64>)> = part
             .iter()
             .map(|s| (s.prompt_ids.clone(), s.ids.clone()))
             .collect();
         if pairs.iter().all(|(_, c)| c.is_empty()) {
-            out.extend(std::iter::repeat(0.0).take(chunk.len()));
+            out.extend(std::iter::repeat(0.0).take(part.len()));
             continue;
         }
         let kl = tch::no_grad(|| -> Result<Tensor> {
-            let p = score(policy, &pairs, pad_id)?;
-            let q = score(reference, &pairs, pad_id)?;
-            Ok(token_kl(&p.logits, &q.logits, temperature)
-                .multiply(&p.mask)
-                .sum_dim_intlist(-1, false, Kind::Double))
+            let comp = Completions::new(
+                &pairs,
+                pad_id,
+                c.vocab_size,
+                c.max_position_embeddings,
+                policy.device,
+            )?;
+            let hidden = |m: &CausalLm| -> Result<Tensor> {
+                let h = m.hidden_states(&comp.ids, &comp.attention_mask, &comp.position_ids)?;
+                comp.gather(&h)
+            };
+            let (hp, hr) = (hidden(policy)?, hidden(reference)?);
+            let head_p = |h: &Tensor| policy.logits_from_hidden(h);
+            let head_r = |h: &Tensor| reference.logits_from_hidden(h);
+            let s = token_stats(
+                &hp,
+                &head_p,
+                &comp.targets,
+                &[Reference {
+                    hidden: &hr,
+                    head: &head_r,
+                }],
+                &StatsOptions {
+                    temperature,
+                    chunk,
+                    entropy: false,
+                },
+            )?;
+            comp.per_sequence(&s.references[0].kl)
         })?;
-        let v: Vec<f64> = Vec::try_from(kl.to_device(tch::Device::Cpu))
+        let v: Vec<f32> = Vec::try_from(kl.to_device(tch::Device::Cpu))
             .map_err(|e| Error::compute("reading KL estimates back from libtorch", e))?;
-        out.extend(v);
+        out.extend(v.into_iter().map(f64::from));
     }
     Ok(out)
 }
@@ -238,12 +270,47 @@ impl EvalResult {
     }
 }
 
+/// The memory plan of [`evaluate_points`] (its batch: the largest up to `o.batch` that the plan
+/// allows), from config.json, the checkpoint headers and the encoded prompts; nothing is loaded.
+pub fn eval_memory_plan(
+    sft: &Path,
+    tok: &Tokenizer,
+    prompts_path: &Path,
+    prompts: &[PromptLine],
+    o: &SampleOptions,
+    device: tch::Device,
+    max_memory: Option<u64>,
+) -> Result<super::memory::Plan> {
+    use super::memory::{eval_batch, EvalPlanInput, ModelShape, Target};
+    let ids = tok.encode_prompt_lines(prompts_path, prompts)?;
+    let most = o.batch.min(prompts.len() * o.samples).max(1) as u64;
+    eval_batch(
+        &EvalPlanInput {
+            model: ModelShape::from_path(sft)?,
+            target: if device.is_cuda() {
+                Target::Cuda
+            } else {
+                Target::Cpu
+            },
+            prompt_tokens: ids.iter().map(|p| p.len() as u64).max().unwrap_or(0),
+            max_new_tokens: o.max_new_tokens as u64,
+            batch: most,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            tokenizer_bytes: std::fs::metadata(sft.join("tokenizer.json")).map_or(0, |m| m.len()),
+        },
+        most,
+        max_memory,
+    )
+}
+
 /// Evaluates every point against the SFT model `sft` (KL reference) on the `prompts` read from
 /// `prompts_path` (encoded by the SFT model's tokenizer, conversations with the chat template
 /// `chat`; a line that cannot be encoded is an error naming it), on `device`; the SFT model
 /// itself comes first (kind `sft`, label `SFT`). One progress step per checkpoint. Returns the
 /// rows of the evaluation CSV and every sample ([`crate::stats::samples`]: point `k` of the
-/// table is row `k`).
+/// table is row `k`). Sequences are sampled and scored `o.batch` at a time at most, fewer when
+/// the memory plan ([`super::memory::eval_batch`]) says so, and within `max_memory` bytes when
+/// given (checked before any weights are loaded).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_points(
     points: &[Point],
@@ -254,13 +321,23 @@ pub fn evaluate_points(
     reward: &mut dyn Reward,
     o: &SampleOptions,
     device: Device,
+    max_memory: Option<u64>,
     reporter: &dyn crate::progress::Reporter,
 ) -> Result<(Vec<EvalRow>, SampleTable)> {
     let device = super::tch_device(device)?;
-    let reference = CausalLm::load(sft, device)?;
+    if !device.is_cuda() {
+        // Freed `[batch, vocab]` temporaries go back to the system (see the trainer's).
+        super::trainer::release_freed_tensors();
+    }
     let mut tok = Tokenizer::from_dir(sft)?;
     tok.set_chat_template(chat)?;
     tok.encode_prompt_lines(prompts_path, prompts)?;
+    let plan = eval_memory_plan(sft, &tok, prompts_path, prompts, o, device, max_memory)?;
+    let o = &SampleOptions {
+        batch: plan.micro_batch as usize,
+        ..o.clone()
+    };
+    let reference = CausalLm::load(sft, device)?;
     let prompts: Vec<Prompt> = prompts.iter().map(|l| l.prompt.clone()).collect();
     let prompts = prompts.as_slice();
     let mut first = Point::new(PointKind::Sft, sft);

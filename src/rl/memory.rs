@@ -773,3 +773,134 @@ mod tests {
         assert!(none.contains("no micro-batch fits"), "{none}");
     }
 }
+
+/// The settings the plan of an evaluation (`warp eval`) depends on.
+#[derive(Debug, Clone)]
+pub struct EvalPlanInput {
+    /// The SFT model's shape (every evaluated checkpoint has the same).
+    pub model: ModelShape,
+    pub target: Target,
+    /// Longest prompt, in tokens.
+    pub prompt_tokens: u64,
+    pub max_new_tokens: u64,
+    /// Sequences sampled and scored at a time.
+    pub batch: u64,
+    /// Bytes of one LM-head chunk of the KL scoring.
+    pub chunk_bytes: u64,
+    /// Bytes of tokenizer.json (the tokenizer's maps in memory are counted as 16 times that).
+    pub tokenizer_bytes: u64,
+}
+
+/// The plan of an evaluation (f32 models): the reference (SFT) model and the checkpoint being
+/// measured for the whole run; per batch, its sampling (KV cache, prefill, the `[batch, vocab]`
+/// logits of a step and the sampler's temporaries) or its KL scoring (a no-graph forward of
+/// each model, their completion-position hidden states, the LM-head chunks of
+/// `super::chunked`: no `[batch, length, vocab]` tensor).
+pub fn eval_plan(input: &EvalPlanInput) -> Plan {
+    let m = &input.model;
+    let (b, e) = (input.batch.max(1), 4);
+    let t = input.prompt_tokens + input.max_new_tokens;
+    let mut items = Items(Vec::new());
+    items.add(
+        "runtime",
+        runtime_bytes(input.target),
+        "libtorch and the process".into(),
+        Phase::Resident,
+    );
+    items.add(
+        "SFT model",
+        m.parameters * e,
+        format!("{} parameters × 4 B (KL reference)", m.parameters),
+        Phase::Resident,
+    );
+    items.add(
+        "evaluated model",
+        m.parameters * e,
+        format!("{} parameters × 4 B", m.parameters),
+        Phase::Resident,
+    );
+    items.add(
+        "tokenizer",
+        16 * input.tokenizer_bytes,
+        "16 × tokenizer.json".into(),
+        Phase::Resident,
+    );
+    items.add(
+        "KV cache",
+        2 * m.layers * b * m.kv_heads * t * m.head_dim * e,
+        format!("{b} seqs × {t} positions"),
+        Phase::Generation,
+    );
+    items.add(
+        "sampling temporaries",
+        b * input.prompt_tokens * m.transient_bytes_per_token(e) + 28 * b * m.vocab,
+        format!(
+            "the prefill, one layer at a time; [{b}, {}] × 28 B (logits, tempered, softmax, \
+             f64 CDF, comparison, allocator slack)",
+            m.vocab
+        ),
+        Phase::Generation,
+    );
+    items.add(
+        "scoring forwards",
+        b * t * m.transient_bytes_per_token(e) + 2 * b * t * m.hidden * e,
+        format!("{b} seqs × {t} tokens, one layer at a time, both models' hidden states"),
+        Phase::Training,
+    );
+    let chunk = input
+        .chunk_bytes
+        .min(4 * b * input.max_new_tokens * m.vocab);
+    items.add(
+        "LM-head chunks",
+        8 * chunk,
+        format!("8 × {} ([chunk, vocab] f32, both models)", gib(chunk)),
+        Phase::Training,
+    );
+    if input.target == Target::Cpu {
+        items.add(
+            "checkpoint mapping",
+            m.checkpoint_bytes,
+            "the file's pages while it is read (RSS)".into(),
+            Phase::Loading,
+        );
+    }
+    Plan {
+        items: items.0,
+        micro_batch: b,
+    }
+}
+
+/// The evaluation batch: the largest up to `max_batch` whose per-batch part of [`eval_plan`]
+/// fits [`auto_activation_budget`] and, with `limit`, whose peak fits `limit` (at least 1);
+/// an error on the setting `max_memory` when not even one sequence fits the limit.
+pub fn eval_batch(input: &EvalPlanInput, max_batch: u64, limit: Option<u64>) -> Result<Plan> {
+    let budget = auto_activation_budget(input.target);
+    let at = |b: u64| {
+        eval_plan(&EvalPlanInput {
+            batch: b,
+            ..input.clone()
+        })
+    };
+    let fits = |p: &Plan| limit.map_or(true, |l| p.peak() <= l);
+    let mut b = max_batch.max(1);
+    loop {
+        let p = at(b);
+        let per_batch = p.sum(Phase::Generation).max(p.sum(Phase::Training));
+        if (per_batch <= budget && fits(&p)) || (b == 1 && fits(&p)) {
+            return Ok(p);
+        }
+        if b == 1 {
+            return Err(Error::setting(
+                "max_memory",
+                format!(
+                    "the evaluation needs about {} with one sequence at a time (the two models \
+                     alone take {}), more than the {} allowed",
+                    gib(p.peak()),
+                    gib(p.resident()),
+                    gib(limit.unwrap_or(0))
+                ),
+            ));
+        }
+        b = (b * 3 / 4).max(1).min(b - 1);
+    }
+}

@@ -406,7 +406,7 @@ fn check_memory(cfg: &RlConfig, plan: &super::memory::RunPlan) -> Result<()> {
 /// adapts upwards (to 32 MiB) as large blocks are freed, after which such tensors come from the
 /// heap and their freed space stays in the process: on the 49.7M-parameter benchmark the RSS then
 /// stayed ~1 GB above the live tensors after the first step (docs/PERFORMANCE.md).
-fn release_freed_tensors() {
+pub(crate) fn release_freed_tensors() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it is called before the training
     // allocates, and changing the threshold is valid at any time.
