@@ -37,6 +37,8 @@ mod rl_chat;
 #[cfg(feature = "rl")]
 mod rl_cli;
 #[cfg(feature = "rl")]
+mod rl_eval;
+#[cfg(feature = "rl")]
 mod rl_families;
 #[cfg(feature = "rl")]
 mod rl_grpo;
