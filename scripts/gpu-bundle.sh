@@ -58,7 +58,7 @@ mkdir -p "$dest/bench"
 for b in "${bins[@]}" warp-rl; do
     strip --strip-debug -o "$dest/$b" "$CARGO_TARGET_DIR/release/$b"
 done
-cp scripts/gpu-check-rl.sh "$dest/"
+cp scripts/gpu-check-rl.sh python/warp_align/trl_backend.py python/accelerate/zero3.yaml "$dest/"
 cp bench/rl_model.py bench/rl_reward.py bench/trl_scale.py "$dest/bench/"
 if [ "${WARP_BUNDLE_WHEELS:-0}" = 1 ]; then
     # shellcheck source=scripts/setup-trl.sh

@@ -147,4 +147,46 @@ EOF
         fi
     fi
 fi
+# 5b. The TRL backend keeps its reference model (WARP's EMA) in f32 under bf16 training: its
+# start-up check (check_reference_f32 in trl_backend.py) refuses to train otherwise. One step with
+# dtype bf16 (TrainingArguments bf16=True) under plain accelerate, then under DeepSpeed ZeRO-3 with
+# mixed_precision bf16 when DeepSpeed is installed. PASS: the run completes (reference f32) or is
+# refused by the check with its one-line message; FAIL: any other outcome.
+if [ "$rl_ok" -eq 1 ] && [ -n "${trl_v:-}" ]; then
+    if ! LD_LIBRARY_PATH="$rl_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$bundle/warp-rl" \
+        --print-schema >"$work/rl-schema.json" 2>>"$log"; then
+        fail "RL: warp-rl --print-schema (see $log)"
+    else
+        "$rl_py" - "$work/trl-f32.json" "$rl_dir" "cmd:$reward" "$device" <<'EOF'
+import json, sys
+out, d, reward, device = sys.argv[1:]
+json.dump({"model": f"{d}/model", "prompts": f"{d}/prompts.jsonl", "reward": reward,
+           "steps": 1, "batch": 2, "n": 2, "max_new_tokens": 16, "dtype": "bf16",
+           "device": device, "backend": "trl", "save_every": 1}, open(out, "w"))
+EOF
+        sed -e "s/^mixed_precision: .*/mixed_precision: bf16/" -e "s/^num_processes: .*/num_processes: 1/" \
+            "$bundle/zero3.yaml" >"$work/zero3-bf16.yaml"
+        for mode in accelerate zero3; do
+            launch=("$trl_py" "$bundle/trl_backend.py")
+            if [ "$mode" = zero3 ]; then
+                if ! "$trl_py" -c 'import deepspeed' 2>/dev/null; then
+                    say "RL: TRL reference dtype under ZeRO-3: skipped (no deepspeed here)"
+                    continue
+                fi
+                launch=("$trl_py" -m accelerate.commands.launch --config_file "$work/zero3-bf16.yaml"
+                    "$bundle/trl_backend.py")
+            fi
+            rm -rf "$rl_dir/trl-$mode"
+            if WARP_RL_SCHEMA=$(cat "$work/rl-schema.json") "${launch[@]}" train "$work/trl-f32.json" \
+                -o "$rl_dir/trl-$mode" -q >>"$log" 2>"$work/trl-$mode.err"; then
+                pass "RL: TRL backend, bf16 under $mode: reference model (EMA) f32, one step done"
+            elif grep -q "reference model (the EMA) holds" "$work/trl-$mode.err"; then
+                pass "RL: TRL backend, bf16 under $mode: refused at start ($(tail -n 1 "$work/trl-$mode.err"))"
+            else
+                cat "$work/trl-$mode.err" >>"$log"
+                fail "RL: TRL backend, bf16 under $mode: $(tail -n 1 "$work/trl-$mode.err")"
+            fi
+        done
+    fi
+fi
 rm -rf "$rl_dir" "$work/trl-venv"

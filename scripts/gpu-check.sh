@@ -12,7 +12,9 @@
 #      on a ~0.5B Qwen2-shaped random model (made here by transformers from a config: Qwen2.5-0.5B's
 #      shape, 494M parameters) next to TRL's RLOOTrainer (bench/trl_scale.py, bf16 autocast) on
 #      the same GPU, same prompts, reward program and settings: samples/s, generation tokens/s,
-#      peak GPU memory (nvidia-smi, polled, for both; TRL's max_memory_allocated too).
+#      peak GPU memory (nvidia-smi, polled, for both; TRL's max_memory_allocated too); then the
+#      TRL backend's start-up check that its reference model (the EMA) is f32, one bf16 step under
+#      plain accelerate and under ZeRO-3 with mixed_precision bf16 (when DeepSpeed is installed).
 # Prints PASS:/FAIL: lines and exits non-zero on any FAIL. With $OUT set, writes
 # $OUT/gpu-check.txt (the summary) and $OUT/gpu-check.log (everything).
 #
@@ -80,7 +82,8 @@ parts=${WARP_GPU_PARTS:-merge rl}
 has_part() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 need=()
 has_part merge && need+=(cuda-tests warp-fixture warp-slerp)
-has_part rl && need+=(warp-rl gpu-check-rl.sh bench/rl_model.py bench/rl_reward.py bench/trl_scale.py)
+has_part rl && need+=(warp-rl gpu-check-rl.sh bench/rl_model.py bench/rl_reward.py bench/trl_scale.py
+    trl_backend.py zero3.yaml)
 for b in "${need[@]}"; do
     if [ ! -e "$bundle/$b" ]; then
         fail "missing $bundle/$b (build the bundle with scripts/gpu-bundle.sh)"

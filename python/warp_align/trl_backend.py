@@ -733,6 +733,28 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
     return trainer, reward, TrainerCallback
 
 
+def check_reference_f32(trainer):
+    """TRL's reference model is WARP's EMA: its update ref <- (1 - mu) ref + mu policy must be
+    computed on f32 weights (in bf16, mu * (policy - ref) rounds away below half a bf16 step, the
+    failure python/accelerate/zero3.yaml warns about). Refuses to start when any of its
+    parameters is held in another dtype, whatever wrapped it: plain accelerate and FSDP keep the
+    f32 weights TRL loads (model_init_kwargs dtype float32), DeepSpeed's bf16 engine may cast
+    them (its partitions, `ds_tensor` under ZeRO-3, are then checked)."""
+    import torch
+
+    ref = getattr(trainer, "ref_model", None)
+    if ref is None:
+        return
+    for name, p in ref.named_parameters():
+        held = getattr(p, "ds_tensor", None)
+        dtype = (held if held is not None else p).dtype
+        if dtype != torch.float32:
+            raise WarpError(
+                f"TRL's reference model (the EMA) holds parameter {name} in {dtype}, not "
+                f"torch.float32: the EMA update would round away (set bf16 off for the reference, "
+                f"e.g. a DeepSpeed config without bf16, or use --dtype f32)")
+
+
 def full_state_dict(trainer, which):
     """Full state dict of the policy or the reference model (collective: every rank calls it;
     rank 0 gets the tensors under FSDP / ZeRO-3)."""
@@ -959,6 +981,7 @@ def train(a):
     if resume_from is not None and cfg["anchor"] == "ema":
         model_path = str(resume_from.parent / "ema")
     trainer, _, TrainerCallback = build_trainer(cfg, out, model_path, trl_opts, state)
+    check_reference_f32(trainer)
     if state.is_main_process and a.command == "train":
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", {

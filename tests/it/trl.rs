@@ -939,3 +939,55 @@ fn warp_rl_and_warp_run_with_the_trl_backend() {
     let svg = std::fs::read_to_string(run_dir.join("front.svg")).unwrap();
     assert!(svg.contains("<svg"));
 }
+
+/// The start-up check on TRL's reference model (the EMA): a reference held in bf16 (here loaded
+/// so through `model_init_kwargs`) is refused before anything is written, naming a parameter
+/// and its dtype; the same run with the f32 reference starts and completes.
+#[test]
+fn a_reference_model_not_in_f32_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &tmp.path().join("c"),
+        serde_json::json!({"steps": 1, "save_every": 1}),
+    );
+    let bf16 = tmp.path().join("bf16");
+    let o = python(
+        &[
+            "train",
+            s(&cfg),
+            "-o",
+            s(&bf16),
+            "--threads",
+            "1",
+            "-q",
+            "--trl-args",
+            r#"{"model_init_kwargs": {"dtype": "bfloat16"}}"#,
+        ],
+        "",
+    );
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("reference model (the EMA)") && err.contains("torch.bfloat16"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(!bf16.join("run.json").exists());
+    let f32 = tmp.path().join("f32");
+    let o = python(
+        &[
+            "train",
+            s(&cfg),
+            "-o",
+            s(&f32),
+            "--threads",
+            "1",
+            "-q",
+            "--trl-args",
+            r#"{"model_init_kwargs": {"dtype": "float32"}}"#,
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(f32.join("final/ema/model.safetensors").is_file());
+}
