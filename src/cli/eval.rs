@@ -144,23 +144,7 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     let reporter = super::Progress::new(a.quiet);
     let sft = resolve_path(&a.sft)?;
     if a.dry_run {
-        let mut tok = crate::rl::tokenizer::Tokenizer::from_dir(&sft)?;
-        tok.set_chat_template(&a.chat_template)?;
-        let device = crate::rl::tch_device(a.device)?;
-        let plan = crate::rl::eval::eval_memory_plan(
-            &sft,
-            &tok,
-            &prompts_path,
-            &prompts,
-            &o,
-            device,
-            max_memory,
-        )?;
-        return super::common::out_line(&format!(
-            "evaluation batch: {} sequences\n{}",
-            plan.micro_batch,
-            plan.table().trim_end()
-        ));
+        return dry_run(a, &sft, &prompts_path, &prompts, &o, max_memory);
     }
     let (rows, samples) = evaluate_points(
         &points,
@@ -201,6 +185,28 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     settings.write(&settings_json)?;
     crate::io::write_file_atomic(&a.output, table.to_csv().as_bytes())?;
     super::common::out_line(summary(&table).trim_end())
+}
+
+/// `--dry-run`: the memory plan and the batch it chose, on stdout; nothing is loaded.
+#[cfg(feature = "rl")]
+fn dry_run(
+    a: &Args,
+    sft: &std::path::Path,
+    prompts_path: &std::path::Path,
+    prompts: &[crate::rl::data::PromptLine],
+    o: &crate::rl::eval::SampleOptions,
+    max_memory: Option<u64>,
+) -> crate::Result<()> {
+    let mut tok = crate::rl::tokenizer::Tokenizer::from_dir(sft)?;
+    tok.set_chat_template(&a.chat_template)?;
+    let device = crate::rl::tch_device(a.device)?;
+    let plan =
+        crate::rl::eval::eval_memory_plan(sft, &tok, prompts_path, prompts, o, device, max_memory)?;
+    super::common::out_line(&format!(
+        "evaluation batch: {} sequences\n{}",
+        plan.micro_batch,
+        plan.table().trim_end()
+    ))
 }
 
 /// The evaluation as a table for the terminal.

@@ -63,6 +63,7 @@ fn peak_rss(args: &[&str], cwd: &Path) -> f64 {
 /// change the same evaluation built the [128, 8, 151 936] f32 logits of both models (peak RSS
 /// 3.99 GB measured); now its peak is within the plan, by default and under --max-memory.
 #[test]
+// long fn: one model pair made once, two measured runs and the refusal share its setup.
 fn warp_eval_with_a_151936_token_vocabulary_stays_within_its_memory_plan() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();

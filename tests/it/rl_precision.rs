@@ -20,10 +20,13 @@ fn cosine(a: &Tensor, b: &Tensor) -> f64 {
     dot / (a.norm().double_value(&[]) * b.norm().double_value(&[]))
 }
 
+/// (prompt ids, completion ids) pairs.
+type Pairs = Vec<(Vec<i64>, Vec<i64>)>;
+
 /// 16 prompts × 4 completions of 12 tokens: 768 completion tokens, 24 chunks of 32. The
 /// completions use 16 words (as text reuses its frequent tokens), so each of their rows of the
 /// head's gradient sums contributions from every chunk.
-fn samples() -> (Vec<(Vec<i64>, Vec<i64>)>, Vec<f64>) {
+fn samples() -> (Pairs, Vec<f64>) {
     let mut rng = SplitMix64::stream(24, 9);
     let word = |rng: &mut SplitMix64| 4 + rng.below(VOCAB - 4) as i64;
     let frequent = |rng: &mut SplitMix64| 1000 + rng.below(16) as i64;

@@ -555,6 +555,7 @@ for l in sys.stdin: print(len(json.loads(l)["completion"]) + 0.5)'"#,
 }
 
 #[test]
+// long fn: a table of bad settings checked alike, then the failing rewards on the same set-up.
 fn bad_settings_and_failing_rewards_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let bad_prompts = tmp.path().join("bad.jsonl");

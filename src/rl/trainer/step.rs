@@ -123,6 +123,36 @@ pub(super) struct Rollout {
     total: usize,
 }
 
+impl Rollout {
+    fn new(old: Vec<Tensor>, weights: &[Tensor], micro_batch: usize, total: usize) -> Result<Self> {
+        Ok(Rollout {
+            old,
+            weights: Tensor::f_cat(weights, 0).map_err(|e| Error::compute("advantages", e))?,
+            micro_batch,
+            total,
+        })
+    }
+}
+
+impl ReadBack {
+    /// The step's sums as means over the samples of `pairs` (entropy: per token).
+    fn step_sums(&self, pairs: &[(Vec<i64>, Vec<i64>)]) -> StepSums {
+        let total = pairs.len() as f64;
+        let tokens: f64 = pairs.iter().map(|(_, y)| y.len() as f64).sum();
+        StepSums {
+            grad_norm: self.grad_sq.sqrt(),
+            loss: self.objective,
+            kl_anchor: self.kl_anchor / total,
+            kl_init: self.kl_init.map(|x| x / total),
+            entropy: if tokens > 0.0 {
+                self.entropy / tokens
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// What a later update of a batch computed ([`Trainer::accumulate_update`]).
 #[derive(Debug, Clone, Copy)]
 pub struct UpdateSums {
@@ -386,30 +416,12 @@ impl Trainer {
                 }
             }
         }
-        self.rollout = if record {
-            Some(Rollout {
-                old,
-                weights: Tensor::f_cat(&ws, 0).map_err(|e| Error::compute("advantages", e))?,
-                micro_batch: k,
-                total,
-            })
-        } else {
-            None
-        };
+        self.rollout = record
+            .then(|| Rollout::new(old, &ws, k, total))
+            .transpose()?;
         let grad_sq = self.opt.grad_sq_norm()?;
         let read = sums.read(&grad_sq, init_metrics)?;
-        let tokens: f64 = pairs.iter().map(|(_, y)| y.len() as f64).sum();
-        Ok(StepSums {
-            grad_norm: read.grad_sq.sqrt(),
-            loss: read.objective,
-            kl_anchor: read.kl_anchor / total as f64,
-            kl_init: read.kl_init.map(|x| x / total as f64),
-            entropy: if tokens > 0.0 {
-                read.entropy / tokens
-            } else {
-                0.0
-            },
-        })
+        Ok(read.step_sums(pairs))
     }
 
     /// The gradient of a later update of the batch [`accumulate_gradient`](Self::accumulate_gradient)
