@@ -16,8 +16,10 @@ pub mod cpu;
 #[cfg_attr(feature = "cuda", path = "cuda_real.rs")]
 pub mod cuda;
 mod input;
+pub mod job;
 pub mod plan;
 pub mod recipe;
+pub mod recipe_job;
 mod sink;
 mod stream;
 
