@@ -301,7 +301,7 @@ def merge(
     TIES, DARE (dare_ties, dare_linear), breadcrumbs, della, SLERP, NuSLERP, model stock,
     task arithmetic, linear, passthrough slices (depth up-scaling), ... and warp_slerp (WARP's
     SLERP of M task vectors with LITI etas), streamed tensor by tensor within the memory budget;
-    mergekit's configuration language as of mergekit 0.1.5 (docs/MERGE.md). The output is the
+    mergekit's configuration language as of mergekit 0.1.5 (docs/RECIPES.md). The output is the
     same, byte for byte, as the command line's.
 
     recipe: the recipe as

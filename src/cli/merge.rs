@@ -1,5 +1,5 @@
 //! `warp merge RECIPE.yaml -o OUT`: a mergekit recipe (its configuration language as of
-//! mergekit 0.1.5), streamed by warp's engine. See docs/MERGE.md.
+//! mergekit 0.1.5), streamed by warp's engine. See docs/RECIPES.md.
 //! The run itself is the library's [`crate::engine::recipe_job::merge_recipe`].
 
 use std::path::PathBuf;

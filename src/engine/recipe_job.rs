@@ -3,7 +3,7 @@
 //! parsed and checked, the destination checked before any input is read, the models opened,
 //! the recipe's program built, the companion files (config with renumbered layers, tokenizer,
 //! chat template, model card) prepared, then either the plan (a dry run) or [`super::recipe::run`].
-//! `merge_method: warp_slerp` runs WARP's SLERP through [`super::job::merge`]. See docs/MERGE.md.
+//! `merge_method: warp_slerp` runs WARP's SLERP through [`super::job::merge`]. See docs/RECIPES.md.
 
 use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
