@@ -111,16 +111,26 @@ pub fn out_line(text: &str) -> Result<()> {
     out(&format!("{text}\n"))
 }
 
+/// The merge options' flags, for the library's messages.
+pub const NAMES: job::Names = job::Names {
+    out: "-o",
+    report: "--report",
+    device: "--device",
+    force: "--force",
+    sep: " ",
+    quote: "",
+};
+
 /// The output folder `flag` names can be written: it does not exist (or `force`), and its parent
 /// is a folder or can be created. Checked before any input is read.
 pub fn check_new_dir(flag: &str, dir: &Path, force: bool) -> Result<()> {
-    job::check_new_dir(&job::CLI, flag, dir, force)
+    job::check_new_dir(&NAMES, flag, dir, force)
 }
 
 /// The output file `flag` names can be written: its parent is an existing folder and it is not
 /// a folder itself. Checked before any input is read.
 pub fn check_new_file(flag: &str, file: &Path) -> Result<()> {
-    job::check_new_file(&job::CLI, flag, file)
+    job::check_new_file(&NAMES, flag, file)
 }
 
 /// The library's merge options from the flags.
@@ -136,7 +146,7 @@ pub fn options(out: &OutputArgs, eng: &EngineArgs, report: Option<&Path>) -> job
         allow_nonfinite: eng.allow_nonfinite,
         dry_run: eng.dry_run,
         report: report.map(Path::to_path_buf),
-        names: &job::CLI,
+        names: &NAMES,
     }
 }
 

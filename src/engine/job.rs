@@ -16,7 +16,8 @@ use crate::merge::Method;
 use crate::progress::Reporter;
 
 /// How the caller names the arguments in messages: the CLI's flags (`-o out: exists (use
-/// --force to replace it)`) or Python's keywords (`out='out': exists (use force=True …)`).
+/// --force to replace it)`) or Python's keywords (`out='out': exists (use force=True …)`); each
+/// front end has its own (`cli::common::NAMES`, the Python module's `NAMES`).
 pub struct Names {
     pub out: &'static str,
     pub report: &'static str,
@@ -28,24 +29,6 @@ pub struct Names {
     /// Around a value: "" (flags) or "'" (keywords).
     pub quote: &'static str,
 }
-
-pub const CLI: Names = Names {
-    out: "-o",
-    report: "--report",
-    device: "--device",
-    force: "--force",
-    sep: " ",
-    quote: "",
-};
-
-pub const PYTHON: Names = Names {
-    out: "out",
-    report: "report",
-    device: "device",
-    force: "force=True",
-    sep: "=",
-    quote: "'",
-};
 
 impl Names {
     /// `-o out` / `out='out'`: an argument with its value, as the caller wrote it.

@@ -21,6 +21,16 @@ use crate::io::OutDType;
 use crate::merge::Grouping;
 use crate::progress::Reporter;
 
+/// The merge options' keywords, for the library's messages.
+const NAMES: job::Names = job::Names {
+    out: "out",
+    report: "report",
+    device: "device",
+    force: "force=True",
+    sep: "=",
+    quote: "'",
+};
+
 /// A bad argument `name` (an ArgumentError naming it).
 fn bad(name: &str, msg: String) -> PyErr {
     errors::to_py(Error::setting(name, msg))
@@ -73,7 +83,7 @@ impl Common {
             allow_nonfinite: self.allow_nonfinite,
             dry_run: self.dry_run,
             report,
-            names: &job::PYTHON,
+            names: &NAMES,
         };
         Ok((o, self.progress))
     }
