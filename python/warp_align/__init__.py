@@ -101,38 +101,6 @@ class MergeOptions(TypedDict, total=False):
     progress: Any
 
 
-PathLike = Union[str, "os.PathLike[str]"]
-Size = Union[int, str]
-
-
-class MergeOptions(TypedDict, total=False):
-    """The keywords every merge takes besides `out` (`**options`), with their defaults:
-
-    dtype: "same" (each tensor keeps the init's dtype), "bf16", "f16", "f32" or "f64".
-    force: False. True replaces an existing `out` (swapped out only after everything new is
-        written).
-    max_shard_size: "5GB". memory_budget: "1GiB". Bytes, or "5GB", "2GiB", ...
-    device: "auto", "cpu", "cuda" or "cuda:N" ("auto").
-    threads: CPU threads of this call (None: all cores).
-    allow_nonfinite: False. True merges inputs holding NaN or Inf (else a FormatError naming
-        the tensor).
-    dry_run: False. True plans only: reads the headers, writes nothing, and returns the plan
-        (`warp ... --dry-run --json`) as `MergeResult.plan`.
-    progress: None, or a tqdm-compatible object (update(n), reset(total=...)) for the bytes
-        processed.
-    """
-
-    dtype: str
-    force: bool
-    max_shard_size: Size
-    memory_budget: Size
-    device: str
-    threads: Optional[int]
-    allow_nonfinite: bool
-    dry_run: bool
-    progress: Any
-
-
 @dataclass(frozen=True)
 class MergeResult:
     """What a merge wrote.

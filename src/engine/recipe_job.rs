@@ -120,17 +120,9 @@ fn merge_opened(
     }))
 }
 
-const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-];
+/// The companion files that describe the model (from the config model); the others are the
+/// tokenizer's (from the tokenizer model).
+const MODEL_FILES: &[&str] = &["config.json", "generation_config.json"];
 
 /// config.json (layers renumbered, dtype), generation config, tokenizer files, chat template and
 /// the model card.
@@ -145,10 +137,10 @@ fn extra_files(
     let cdir = &opened[prog.config_model].ckpt.dir;
     let tdir = &opened[prog.tokenizer_model].ckpt.dir;
     for name in COMPANION_FILES {
-        let from = if TOKENIZER_FILES.contains(name) {
-            tdir
-        } else {
+        let from = if MODEL_FILES.contains(name) {
             cdir
+        } else {
+            tdir
         };
         let p = from.join(name);
         if !p.is_file() {
