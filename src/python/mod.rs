@@ -2,10 +2,10 @@
 //! pyproject.toml). Thin bindings over the library's entry points, the ones the CLI calls: the
 //! merges run the library's [`crate::engine::job::merge`] and
 //! [`crate::engine::recipe_job::merge_recipe`], as `warp slerp`/`lerp`/`liti`/`ema`/`merge` do,
-//! `inspect` the same checks as `warp inspect`, and `rl_schema` is [`crate::rl::schema`]. Every call releases the
-//! GIL while it works, reports progress to Python and stops cleanly on KeyboardInterrupt
-//! ([`pump`]); errors are typed exceptions ([`errors`]). The Python-facing API, its docstrings
-//! and stubs are in python/warp_align/.
+//! `inspect` the same checks as `warp inspect`, and `rl_schema` is [`crate::rl::schema`]. Every
+//! call releases the GIL while it works, reports progress to Python and stops cleanly on
+//! KeyboardInterrupt ([`pump`]); errors are typed exceptions ([`errors`]). The Python-facing
+//! API, its docstrings and stubs are in python/warp_align/.
 
 mod errors;
 mod pump;
