@@ -15,7 +15,7 @@
 # exports nothing of its own) when the venv cannot be made.
 
 _warp_venv_on_torch() {
-  local name="$1" imports="$2" prefix="$3" root req site key venv vsite
+  local name="${1:-}" imports="${2:-}" prefix="${3:-}" root req site key venv vsite
   if [ -z "$name" ] || [ -z "$imports" ] || [ -z "$prefix" ]; then
     echo "venv-on-torch: usage: source scripts/venv-on-torch.sh NAME IMPORTS PREFIX" >&2
     return 1
