@@ -277,7 +277,27 @@ pub fn run_merge(
         "done in {secs:.1} s ({}/s read)",
         crate::io::writer::human_bytes((summary.bytes_read as f64 / secs.max(1e-9)) as u64)
     ));
-    if let Some(rep) = &summary.report {
+    finish_merge(
+        &summary.outputs,
+        summary.report.as_ref(),
+        out,
+        eng,
+        report,
+        &progress,
+    )
+}
+
+/// What every merge does once its outputs are in place: the report (stderr table, --report
+/// file), the output paths on stdout, the hub push.
+pub(crate) fn finish_merge(
+    outputs: &[PathBuf],
+    rep: Option<&serde_json::Value>,
+    out: &OutputArgs,
+    eng: &EngineArgs,
+    report: Option<&Path>,
+    progress: &Progress,
+) -> Result<()> {
+    if let Some(rep) = rep {
         if !eng.quiet {
             eprint!("{}", crate::merge::report::summary_table(rep));
         }
@@ -288,11 +308,11 @@ pub fn run_merge(
         }
     }
     let mut listing = String::new();
-    for o in &summary.outputs {
+    for o in outputs {
         listing += &format!("{}\n", o.display());
     }
     // Several outputs are pushed as one repo with a sub-folder each (load with `subfolder=`).
-    if let Some(pushed) = super::hub_args::push_if_requested(&out.output, &out.hub, &progress)? {
+    if let Some(pushed) = super::hub_args::push_if_requested(&out.output, &out.hub, progress)? {
         listing += &format!("{}\n", pushed.commit_url);
     }
     self::out(&listing)

@@ -27,6 +27,7 @@ mod hub_args;
 mod inspect;
 mod lerp;
 mod liti;
+mod lora_merge;
 mod merge;
 mod plot;
 mod progress;

@@ -47,6 +47,8 @@ pub struct AdapterConfig {
     pub target_modules: serde_json::Value,
     pub modules_to_save: Vec<String>,
     pub base_model_name_or_path: Option<String>,
+    /// PEFT's `task_type` (e.g. "CAUSAL_LM"), kept for the adapters a merge writes.
+    pub task_type: Option<String>,
 }
 
 impl AdapterConfig {
@@ -125,6 +127,10 @@ impl AdapterConfig {
                 .get("base_model_name_or_path")
                 .and_then(|b| b.as_str())
                 .filter(|b| !b.is_empty())
+                .map(String::from),
+            task_type: v
+                .get("task_type")
+                .and_then(|t| t.as_str())
                 .map(String::from),
         })
     }
@@ -402,6 +408,21 @@ impl Adapter {
         })
     }
 
+    /// The shapes of module `w`'s factors as PEFT stores them (A, B), and whether it is an
+    /// Embedding's; from the file's header, no value is read.
+    pub fn factor_shapes(&self, w: &str) -> Result<([usize; 2], [usize; 2], bool)> {
+        let m = self.module(w)?;
+        self.shapes(w, m)?;
+        let shape = |k: &str| -> Result<[usize; 2]> {
+            let t = self
+                .file
+                .get(k)
+                .ok_or_else(|| Error::Internal(format!("adapter key '{k}' vanished")))?;
+            Ok([t.shape[0], t.shape[1]])
+        };
+        Ok((shape(&m.a)?, shape(&m.b)?, m.embedding))
+    }
+
     /// The low-rank modules, by the base tensor they change.
     pub fn modules(&self) -> impl Iterator<Item = &str> {
         self.modules.keys().map(String::as_str)
@@ -424,21 +445,14 @@ impl Adapter {
     /// The factors of module `w` as PEFT stores them, read whole.
     pub fn raw_factors(&self, w: &str) -> Result<RawFactors> {
         let m = self.module(w)?;
-        self.shapes(w, m)?;
-        let shape = |k: &str| -> Result<[usize; 2]> {
-            let t = self
-                .file
-                .get(k)
-                .ok_or_else(|| Error::Internal(format!("adapter key '{k}' vanished")))?;
-            Ok([t.shape[0], t.shape[1]])
-        };
+        let (a_shape, b_shape, embedding) = self.factor_shapes(w)?;
         Ok(RawFactors {
             a: self.read(&m.a)?,
-            a_shape: shape(&m.a)?,
+            a_shape,
             b: self.read(&m.b)?,
-            b_shape: shape(&m.b)?,
+            b_shape,
             scale: self.config.scale(),
-            embedding: m.embedding,
+            embedding,
         })
     }
 

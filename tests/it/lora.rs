@@ -150,9 +150,11 @@ fn setup(w: &Path, dtype: &'static str) -> (PathBuf, Vec<PathBuf>) {
 
 /// base + s·B·A by the numpy reference, as a float64 single file.
 fn materialized(w: &Path, base: &Path, adapter: &Path) -> PathBuf {
+    // Named after the whole path: outputs of several merges share their folder names.
+    let rel = adapter.strip_prefix(w).unwrap_or(adapter);
     let out = w.join(format!(
         "{}.ref.safetensors",
-        adapter.file_name().unwrap().to_string_lossy()
+        rel.to_string_lossy().replace('/', "_")
     ));
     if !out.exists() {
         let script = repo_root().join("tests/ref/lora_ref.py");
@@ -365,4 +367,272 @@ fn bad_adapters_are_refused() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--init"), "{}", r.stderr);
     assert!(!w.path().join("out").exists());
+}
+
+/// base + two adapters of it without full tensors (rank 4, and rank 2 with rsLoRA, on partly
+/// different modules): mergeable in rank space.
+fn setup_low_rank(w: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let (base, _) = setup(w, "f32");
+    let ck = Checkpoint::open(&base).unwrap();
+    let mods: [&[&str]; 2] = [&MODULES, &MODULES[1..]];
+    let mut ads = Vec::new();
+    for (k, (r, alpha, rs)) in [(4usize, 8.0, false), (2, 4.0, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let a = w.join(format!("lowrank-{k}"));
+        let mut cfg = config(&p(&base), r, alpha, rs);
+        cfg["modules_to_save"] = serde_json::Value::Null;
+        let t = lora_tensors(&ck, mods[k], &[], r, 20 + k as u64);
+        write_adapter(&a, cfg, &t, DType::F32);
+        ads.push(a);
+    }
+    (base, ads)
+}
+
+/// adapter_config.json of a written adapter.
+fn adapter_config(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+        .unwrap()
+}
+
+/// Checks one rank-space output `ad` (a PEFT adapter of rank `rank`, no full weights) against
+/// the `--as full` output `full` of the same merge and the float64 reference `want` of the
+/// materialised inputs: materialised by warp (convert) and by numpy (tests/ref/lora_ref.py).
+fn check_adapter_output(w: &Path, base: &Path, ad: &Path, full: &Path, want: &Path, rank: u64) {
+    let cfg = adapter_config(ad);
+    assert_eq!(
+        (cfg["r"].as_u64(), cfg["lora_alpha"].as_u64()),
+        (Some(rank), Some(rank))
+    );
+    assert_eq!(cfg["use_rslora"], false);
+    assert!(!ad.join("model.safetensors").exists());
+    assert!(ad.join("README.md").is_file());
+    let tag = ad
+        .strip_prefix(w)
+        .unwrap_or(ad)
+        .to_string_lossy()
+        .replace('/', "_");
+    let conv = w.join(format!("conv{tag}"));
+    ok("warp-convert", &[&p(ad), "-o", &p(&conv), "-q"], w);
+    let (rel, _) = compare(&conv, full);
+    assert!(rel <= 1e-6, "{}: {rel}", ad.display());
+    let (rel, _) = compare(&conv, want);
+    assert!(rel <= 1e-6, "{}: {rel}", ad.display());
+    let numpy = materialized(w, base, ad);
+    let (rel, _) = compare(&numpy, want);
+    assert!(rel <= 1e-6, "{}: {rel}", ad.display());
+}
+
+/// SLERP (per tensor, layer and global angles) of adapters of one base in rank space: every
+/// output is a PEFT adapter of rank Σr whose materialisation (by warp and by
+/// numpy) equals the same merge written as full checkpoints (`--as full`) and the float64
+/// reference merge of the materialised adapters; the angles computed from the factors equal the
+/// reference's angles of the materialised task vectors (to 1e-9: both are exact up to f64
+/// rounding, where the full merge of f32-rounded task vectors agrees to 1e-6 only).
+#[test]
+fn rank_space_slerp_writes_exact_adapters_and_angles() {
+    let w = tempfile::tempdir().unwrap();
+    let (base, ads) = setup_low_rank(w.path());
+    let (a1, a2, b) = (p(&ads[0]), p(&ads[1]), p(&base));
+    let m1 = p(&materialized(w.path(), &base, &ads[0]));
+    let m2 = p(&materialized(w.path(), &base, &ads[1]));
+    for angle in ["tensor", "layer", "global"] {
+        let run = |kind: &str| {
+            let o = format!("{kind}-{angle}");
+            let mut a = s(&[&a1, &a2, "--init", &b, "--angle", angle, "--eta", "0.5"]);
+            a.extend(s(&["--eta", "1", "-q", "--as", kind, "-o", &o, "--report"]));
+            a.push(format!("{o}.json"));
+            let listed = ok("warp-slerp", &args(&a), w.path());
+            assert_eq!(listed.lines().count(), 2, "{listed}");
+            w.path().join(o)
+        };
+        let (ad, full) = (run("adapter"), run("full"));
+        let r = reference(
+            w.path(),
+            &s(&[
+                "slerp", "--init", &b, "--angle", angle, "--eta", "0.5", "--eta", "1", &m1, &m2,
+            ]),
+        );
+        for n in ["eta-0.50", "eta-1.00"] {
+            let want = r.join(format!("{n}.safetensors"));
+            check_adapter_output(w.path(), &base, &ad.join(n), &full.join(n), &want, 6);
+        }
+        let ours = w.path().join(format!("adapter-{angle}.json"));
+        compare_reports_tol(&ours, &r.join("report.json"), 1e-9);
+        // The report has the engine's shape: the same sections and keys as `--as full`'s.
+        let rep = |f: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()
+        };
+        let (x, y) = (
+            rep(&ours),
+            rep(&w.path().join(format!("full-{angle}.json"))),
+        );
+        for k in ["tensors", "layers"] {
+            let keys = |v: &serde_json::Value| {
+                v[k].as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(keys(&x), keys(&y), "{k}");
+        }
+        assert_eq!((&x["angle"], &x["inputs"]), (&y["angle"], &y["inputs"]));
+        assert!(x["global"]["angles_deg"][0][1].is_number());
+    }
+}
+
+/// LERP (with weights; `auto` is `adapter` for adapters of one base), LITI of a merged adapter
+/// (η > 1 included) and EMA of adapters (no --init) in rank space: every output a PEFT adapter
+/// equal, materialised, to `--as full` and to the float64 reference; `--dry-run` writes nothing.
+#[test]
+fn rank_space_lerp_liti_ema_write_exact_adapters() {
+    let w = tempfile::tempdir().unwrap();
+    let (base, ads) = setup_low_rank(w.path());
+    let (a1, a2, b) = (p(&ads[0]), p(&ads[1]), p(&base));
+    let m1 = p(&materialized(w.path(), &base, &ads[0]));
+    let m2 = p(&materialized(w.path(), &base, &ads[1]));
+    let mut a = s(&[&a1, &a2, "--init", &b, "--weight", "0.3", "--weight", "0.9"]);
+    a.extend(s(&["-o", "lerp", "-q"]));
+    ok("warp-lerp", &args(&a), w.path());
+    a.extend(s(&["--as", "full"]));
+    *a.iter_mut().find(|x| *x == "lerp").unwrap() = "lerp-full".into();
+    ok("warp-lerp", &args(&a), w.path());
+    let r = reference(
+        w.path(),
+        &s(&["lerp", "--init", &b, &m1, &m2, "--weights", "0.3", "0.9"]),
+    );
+    let (lerp, lerp_full) = (w.path().join("lerp"), w.path().join("lerp-full"));
+    check_adapter_output(
+        w.path(),
+        &base,
+        &lerp,
+        &lerp_full,
+        &r.join("merged.safetensors"),
+        6,
+    );
+    // LITI of a merged adapter (η > 1 included): the same adapter rank.
+    let liti = |kind: &str| {
+        let o = format!("liti-{kind}");
+        let mut a = s(&["--init", &b, "--merged", &p(&lerp), "--eta", "0.3"]);
+        a.extend(s(&["--eta", "1.5", "--as", kind, "-o", &o, "-q"]));
+        ok("warp-liti", &args(&a), w.path());
+        w.path().join(o)
+    };
+    let (ad, full) = (liti("adapter"), liti("full"));
+    let merged = p(&r.join("merged.safetensors"));
+    let r = reference(
+        w.path(),
+        &s(&[
+            "liti", "--init", &b, "--merged", &merged, "--eta", "0.3", "--eta", "1.5",
+        ]),
+    );
+    for n in ["eta-0.30", "eta-1.50"] {
+        let want = r.join(format!("{n}.safetensors"));
+        check_adapter_output(w.path(), &base, &ad.join(n), &full.join(n), &want, 6);
+    }
+    // EMA whose inputs are all adapters (no --init; the base from their configs).
+    for kind in ["adapter", "full"] {
+        let o = format!("ema-{kind}");
+        ok(
+            "warp-ema",
+            &["--mu", "0.25", &a1, &a2, "--as", kind, "-o", &o, "-q"],
+            w.path(),
+        );
+    }
+    let r = reference(w.path(), &s(&["ema", "--mu", "0.25", &m1, &m2]));
+    let (ema, ema_full) = (w.path().join("ema-adapter"), w.path().join("ema-full"));
+    check_adapter_output(
+        w.path(),
+        &base,
+        &ema,
+        &ema_full,
+        &r.join("ema.safetensors"),
+        6,
+    );
+    // --dry-run writes nothing and says what it would.
+    let plan = ok(
+        "warp-slerp",
+        &[&a1, &a2, "--init", &b, "--dry-run", "-o", "dry"],
+        w.path(),
+    );
+    assert!(
+        plan.contains("rank 6") && plan.contains("3 module(s)"),
+        "{plan}"
+    );
+    assert!(!w.path().join("dry").exists());
+}
+
+/// `--as adapter` where the merge has no adapter form: an input that is not an adapter, an
+/// adapter with full tensors (modules_to_save), adapters of different bases, no adapter at all:
+/// exit 2, one line, nothing written. `auto` writes full checkpoints in these cases.
+#[test]
+fn rank_space_refusals() {
+    let w = tempfile::tempdir().unwrap();
+    let (base, low) = setup_low_rank(w.path());
+    let (_, with_full) = setup(w.path(), "f32");
+    let (b, a2) = (p(&base), p(&low[1]));
+    let full_model = p(&materialized(w.path(), &base, &low[0]));
+    // An adapter like low[1] but of another base (same shapes, other values).
+    let other_base = base.parent().unwrap().join("p1");
+    let other = w.path().join("other-base");
+    let mut cfg = adapter_config(&low[1]);
+    cfg["base_model_name_or_path"] = p(&other_base).into();
+    let ck = Checkpoint::open(&other_base).unwrap();
+    write_adapter(
+        &other,
+        cfg,
+        &lora_tensors(&ck, &MODULES[1..], &[], 2, 5),
+        DType::F32,
+    );
+    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+        (
+            "warp-slerp",
+            s(&[&a2, &full_model, "--init", &b]),
+            vec!["--as adapter", "is not a PEFT LoRA adapter", "--as full"],
+        ),
+        (
+            "warp-slerp",
+            s(&[&p(&with_full[0]), &a2, "--init", &b]),
+            vec!["--as adapter", "modules_to_save"],
+        ),
+        (
+            "warp-ema",
+            s(&["--mu", "0.5", &a2, &p(&other)]),
+            vec![
+                "--as adapter",
+                "other-base",
+                "is not an adapter of the base",
+            ],
+        ),
+        (
+            "warp-liti",
+            s(&["--init", &b, "--merged", &full_model, "--eta", "1"]),
+            vec!["--as adapter", "is not a PEFT LoRA adapter"],
+        ),
+    ];
+    for (tool, mut a, want) in cases {
+        a.extend(s(&["--as", "adapter", "-o", "out", "--report", "rep.json"]));
+        if tool != "warp-slerp" {
+            a.truncate(a.len() - 2);
+        }
+        let r = run(tool, &args(&a), w.path());
+        assert_eq!(r.code, 2, "{tool} {a:?}: {}", r.stderr);
+        for x in &want {
+            assert!(r.stderr.contains(x), "{tool}: lacks '{x}': {}", r.stderr);
+        }
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+        assert!(!w.path().join("out").exists() && !w.path().join("rep.json").exists());
+        // The default writes full checkpoints instead (a note says why, where there is one).
+        let a: Vec<String> = a
+            .into_iter()
+            .filter(|x| x != "--as" && x != "adapter")
+            .collect();
+        ok(tool, &args(&a), w.path());
+        assert!(!w.path().join("out").join("adapter_config.json").exists());
+        assert!(w.path().join("out/model.safetensors").is_file(), "{tool}");
+        std::fs::remove_dir_all(w.path().join("out")).unwrap();
+        let _ = std::fs::remove_file(w.path().join("rep.json"));
+    }
 }
