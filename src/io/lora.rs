@@ -187,6 +187,10 @@ pub struct Adapter {
     modules: BTreeMap<String, Module>,
     /// Full tensors by the base tensor they replace, with their key in the file.
     full: BTreeMap<String, String>,
+    /// Copies of a LoRA module's base weight (`M.base_layer.weight`, which PEFT saves for
+    /// targeted embeddings), by the base tensor: they must equal the base's (checked by
+    /// [`Adapter::check_base`]) and are otherwise ignored.
+    base_copies: BTreeMap<String, String>,
 }
 
 /// Where a tensor of an adapter-as-checkpoint comes from.
@@ -219,6 +223,7 @@ impl Adapter {
         let file = Checkpoint::open(&wpath)?;
         let mut halves: BTreeMap<String, (Option<String>, Option<String>, bool)> = BTreeMap::new();
         let mut full = BTreeMap::new();
+        let mut base_copies = BTreeMap::new();
         for t in file.tensors() {
             let key = &t.name;
             let name = key.strip_prefix(PREFIX).ok_or_else(|| {
@@ -252,9 +257,14 @@ impl Adapter {
                          factors of Linear, Conv1D and Embedding modules)",
                     ));
                 }
-                None => {
-                    full.insert(name.to_string(), key.clone());
-                }
+                None => match name.strip_suffix(".base_layer.weight") {
+                    Some(module) => {
+                        base_copies.insert(format!("{module}.weight"), key.clone());
+                    }
+                    None => {
+                        full.insert(name.to_string(), key.clone());
+                    }
+                },
             }
         }
         let mut modules = BTreeMap::new();
@@ -294,6 +304,7 @@ impl Adapter {
             file,
             modules,
             full,
+            base_copies,
         };
         for (w, m) in &ad.modules {
             ad.shapes(w, m)?;
@@ -328,6 +339,7 @@ impl Adapter {
     /// in the base, with the shape of the delta or full tensor, and float.
     pub fn check_base(&self, base: &Checkpoint, base_spec: &str) -> Result<()> {
         let wpath = self.file.path.as_path();
+        self.check_base_copies(base, base_spec)?;
         for (w, m) in &self.modules {
             let t = base.get(w).ok_or_else(|| {
                 Error::tensor(
@@ -373,6 +385,35 @@ impl Adapter {
                         format!("a full tensor for '{name}', which is not in the base {base_spec}"),
                     ))
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The copies of base weights the adapter saves (`M.base_layer.weight`) must be copies: a
+    /// LoRA module of the base, the base's values (PEFT saves them for targeted embeddings,
+    /// in case the vocabulary was resized; a resized one is not supported).
+    fn check_base_copies(&self, base: &Checkpoint, base_spec: &str) -> Result<()> {
+        for (w, key) in &self.base_copies {
+            let wpath = self.file.path.as_path();
+            let bad = |msg: String| Err(Error::tensor(wpath, key, msg));
+            if !self.modules.contains_key(w) {
+                return bad(format!("a base weight for '{w}', which is no LoRA module here"));
+            }
+            let (Some(t), Some(c)) = (base.get(w), self.file.get(key)) else {
+                return bad(format!("a base weight for '{w}', which is not in the base {base_spec}"));
+            };
+            let decode = |ck: &Checkpoint, t: &TensorInfo| {
+                let mut v = vec![0f32; t.numel() as usize];
+                decode_f32(t.dtype, ck.bytes(t, 0..t.nbytes), &mut v);
+                v
+            };
+            if t.shape != c.shape || !c.dtype.is_float() || decode(base, t) != decode(&self.file, c) {
+                return bad(format!(
+                    "the adapter's own copy of '{w}' differs from the base {base_spec} (a resized \
+                     vocabulary?): adapters that replace a LoRA module's base weight are not \
+                     supported"
+                ));
             }
         }
         Ok(())
