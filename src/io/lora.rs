@@ -203,24 +203,17 @@ pub enum Part<'a> {
     Base,
 }
 
-impl Adapter {
-    /// Opens the adapter folder `dir`: its config and weights, every key sorted into low-rank
-    /// factors and full tensors.
-    pub fn open(dir: &Path) -> Result<Adapter> {
-        let cfg_path = dir.join(ADAPTER_CONFIG);
-        let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
-        let config = AdapterConfig::parse(&text, &cfg_path)?;
-        let wpath = dir.join(ADAPTER_WEIGHTS);
-        if !wpath.is_file() {
-            return Err(Error::format(
-                dir,
-                format!(
-                    "a PEFT adapter folder ({ADAPTER_CONFIG}) without {ADAPTER_WEIGHTS} (adapters \
-                     saved as .bin are not supported: save with safe_serialization=True)"
-                ),
-            ));
-        }
-        let file = Checkpoint::open(&wpath)?;
+/// The keys of an adapter file sorted by kind: LoRA factor pairs, full tensors, copies of base
+/// weights.
+struct Keys {
+    /// By the base tensor (`….weight`): the keys of A and B, and whether it is an Embedding's.
+    halves: BTreeMap<String, (Option<String>, Option<String>, bool)>,
+    full: BTreeMap<String, String>,
+    base_copies: BTreeMap<String, String>,
+}
+
+impl Keys {
+    fn sort(file: &Checkpoint, wpath: &Path) -> Result<Keys> {
         let mut halves: BTreeMap<String, (Option<String>, Option<String>, bool)> = BTreeMap::new();
         let mut full = BTreeMap::new();
         let mut base_copies = BTreeMap::new();
@@ -228,7 +221,7 @@ impl Adapter {
             let key = &t.name;
             let name = key.strip_prefix(PREFIX).ok_or_else(|| {
                 Error::tensor(
-                    &wpath,
+                    wpath,
                     key,
                     format!("not a PEFT adapter key (every key starts with '{PREFIX}')"),
                 )
@@ -251,7 +244,7 @@ impl Adapter {
                 }
                 None if name.contains("lora_") || name.contains("magnitude") => {
                     return Err(Error::tensor(
-                        &wpath,
+                        wpath,
                         key,
                         "an adapter weight of a kind warp does not read (only LoRA A/B \
                          factors of Linear, Conv1D and Embedding modules)",
@@ -267,6 +260,37 @@ impl Adapter {
                 },
             }
         }
+        Ok(Keys {
+            halves,
+            full,
+            base_copies,
+        })
+    }
+}
+
+impl Adapter {
+    /// Opens the adapter folder `dir`: its config and weights, every key sorted into low-rank
+    /// factors and full tensors.
+    pub fn open(dir: &Path) -> Result<Adapter> {
+        let cfg_path = dir.join(ADAPTER_CONFIG);
+        let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
+        let config = AdapterConfig::parse(&text, &cfg_path)?;
+        let wpath = dir.join(ADAPTER_WEIGHTS);
+        if !wpath.is_file() {
+            return Err(Error::format(
+                dir,
+                format!(
+                    "a PEFT adapter folder ({ADAPTER_CONFIG}) without {ADAPTER_WEIGHTS} (adapters \
+                     saved as .bin are not supported: save with safe_serialization=True)"
+                ),
+            ));
+        }
+        let file = Checkpoint::open(&wpath)?;
+        let Keys {
+            halves,
+            full,
+            base_copies,
+        } = Keys::sort(&file, &wpath)?;
         let mut modules = BTreeMap::new();
         for (weight, (a, b, embedding)) in halves {
             let (Some(a), Some(b)) = (a, b) else {
@@ -398,17 +422,22 @@ impl Adapter {
             let wpath = self.file.path.as_path();
             let bad = |msg: String| Err(Error::tensor(wpath, key, msg));
             if !self.modules.contains_key(w) {
-                return bad(format!("a base weight for '{w}', which is no LoRA module here"));
+                return bad(format!(
+                    "a base weight for '{w}', which is no LoRA module here"
+                ));
             }
             let (Some(t), Some(c)) = (base.get(w), self.file.get(key)) else {
-                return bad(format!("a base weight for '{w}', which is not in the base {base_spec}"));
+                return bad(format!(
+                    "a base weight for '{w}', which is not in the base {base_spec}"
+                ));
             };
             let decode = |ck: &Checkpoint, t: &TensorInfo| {
                 let mut v = vec![0f32; t.numel() as usize];
                 decode_f32(t.dtype, ck.bytes(t, 0..t.nbytes), &mut v);
                 v
             };
-            if t.shape != c.shape || !c.dtype.is_float() || decode(base, t) != decode(&self.file, c) {
+            if t.shape != c.shape || !c.dtype.is_float() || decode(base, t) != decode(&self.file, c)
+            {
                 return bad(format!(
                     "the adapter's own copy of '{w}' differs from the base {base_spec} (a resized \
                      vocabulary?): adapters that replace a LoRA module's base weight are not \

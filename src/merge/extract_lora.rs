@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::io::dtype::decode_f32;
+use crate::io::guard::ReadGuard;
 use crate::io::lora_writer::{AdapterLayout, AdapterWriter, ModuleShape};
 use crate::io::writer::Staging;
 use crate::io::{Checkpoint, DType, TensorInfo};
@@ -145,6 +146,8 @@ struct Delta<'a> {
     cols: usize,
     /// Rows per block (from the budget).
     block: usize,
+    /// Reads of pages of a file truncated under its mapping become an error naming it.
+    guard: &'a ReadGuard,
 }
 
 impl Delta<'_> {
@@ -186,6 +189,7 @@ impl Delta<'_> {
             crate::interrupt::check()?;
             let r = start..(start + self.block).min(self.rows);
             self.read(&r, &mut buf, &mut tmp)?;
+            self.guard.check()?;
             f(r.clone(), &buf);
             start = r.end;
         }
@@ -436,6 +440,8 @@ pub fn extract(job: &ExtractJob, reporter: &dyn Reporter) -> Result<Extracted> {
         metadata,
     };
     let mut w = AdapterWriter::create(staging.path(), &job.dest, &layout)?;
+    let shards = || job.model.shards.iter().chain(&job.base.shards);
+    let guard = ReadGuard::new(shards().map(|s| (s.mapped(), s.path.as_path())));
     let mut tensors = BTreeMap::new();
     reporter.start_steps("extract-lora", modules.len() as u64);
     for (model, base) in &modules {
@@ -449,6 +455,7 @@ pub fn extract(job: &ExtractJob, reporter: &dyn Reporter) -> Result<Extracted> {
             rows,
             cols,
             block: block as usize,
+            guard: &guard,
         };
         let (a, b, rep) = decompose(&d, job.rank, job)?;
         w.write_module(&a, &b)?;
@@ -457,6 +464,11 @@ pub fn extract(job: &ExtractJob, reporter: &dyn Reporter) -> Result<Extracted> {
     }
     reporter.finish();
     let not_captured = differing_others(job, &tensors)?;
+    guard.check()?;
+    // A file changed after it was opened would make the adapter describe neither version.
+    for s in shards() {
+        s.check_unchanged()?;
+    }
     w.finish()?;
     let card = card_text(job, &layout);
     std::fs::write(staging.path().join("README.md"), card)

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::{check_rows, group_key, Gram, Method};
 use crate::engine::Input;
 use crate::error::{Error, Result};
+use crate::io::guard::ReadGuard;
 use crate::io::lora::RawFactors;
 use crate::io::lora_writer::{AdapterLayout, AdapterWriter, ModuleShape};
 use crate::io::writer::Staging;
@@ -352,12 +353,18 @@ pub fn merge(job: &RankSpaceJob, reporter: &dyn Reporter) -> Result<Written> {
     let (inputs, method) = (job.inputs, job.method);
     let plan = RankSpacePlan::new(inputs)?;
     method.validate(inputs.len())?;
+    // Reads of a file truncated under its mapping become an error naming it (checked after
+    // each read, before what was read is used).
+    let shards = || inputs.iter().flat_map(|i| i.shards());
+    let guard = ReadGuard::new(shards().map(|s| (s.mapped(), s.path.as_path())));
     let per_tensor = if method.needs_gram() {
         reporter.message(&format!(
             "statistics of {} module(s) from their factors",
             plan.modules.len()
         ));
-        Some(statistics(inputs, &plan)?)
+        let stats = statistics(inputs, &plan)?;
+        guard.check()?;
+        Some(stats)
     } else {
         None
     };
@@ -377,6 +384,7 @@ pub fn merge(job: &RankSpaceJob, reporter: &dyn Reporter) -> Result<Written> {
     for m in &plan.modules {
         crate::interrupt::check()?;
         let f = module_factors(inputs, &m.weight)?;
+        guard.check()?;
         let rows = rows_of(method, &per_group, &m.weight, inputs.len())?;
         for (w, row) in writers.iter_mut().zip(&rows) {
             let (a, b) = combine(&f, row, &plan, m)?;
@@ -385,6 +393,9 @@ pub fn merge(job: &RankSpaceJob, reporter: &dyn Reporter) -> Result<Written> {
         reporter.advance(1);
     }
     reporter.finish();
+    for s in shards() {
+        s.check_unchanged()?;
+    }
     for w in writers {
         w.finish()?;
     }

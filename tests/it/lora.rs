@@ -285,11 +285,41 @@ fn bad_adapters_are_refused() {
     let ck = Checkpoint::open(&base).unwrap();
     let b = p(&base);
     let good = lora_tensors(&ck, &MODULES[..1], &[], 4, 3);
-    let cases: Vec<(&str, serde_json::Value, Vec<Tensor>, Vec<&str>)> = vec![
+    for (name, cfg, tensors, want) in bad_cases(&ck, &b, &good) {
+        let dir = w.path().join(format!("bad-{name}"));
+        write_adapter(&dir, cfg, &tensors, DType::F32);
+        let err = fails(
+            "warp-slerp",
+            &[&p(&dir), &p(&dir), "--init", &b, "-o", "out"],
+            w.path(),
+            &want,
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!w.path().join("out").exists());
+    }
+    // No base anywhere: a usage error (exit 2).
+    let lone = w.path().join("lone");
+    let mut c = config(b, 4, 8.0, false);
+    c["base_model_name_or_path"] = serde_json::Value::Null;
+    write_adapter(&lone, c, &good, DType::F32);
+    let r = run("warp-convert", &[&p(&lone), "-o", "out"], w.path());
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--init"), "{}", r.stderr);
+    assert!(!w.path().join("out").exists());
+}
+
+/// Adapters warp refuses (name, config, tensors, what the error must say), on the base `b`.
+fn bad_cases<'a>(
+    ck: &Checkpoint,
+    b: &str,
+    good: &[Tensor],
+) -> Vec<(&'a str, serde_json::Value, Vec<Tensor>, Vec<&'a str>)> {
+    let good = good.to_vec();
+    vec![
         (
             "dora",
             {
-                let mut c = config(&b, 4, 8.0, false);
+                let mut c = config(b, 4, 8.0, false);
                 c["use_dora"] = true.into();
                 c
             },
@@ -299,7 +329,7 @@ fn bad_adapters_are_refused() {
         (
             "ia3",
             {
-                let mut c = config(&b, 4, 8.0, false);
+                let mut c = config(b, 4, 8.0, false);
                 c["peft_type"] = "IA3".into();
                 c
             },
@@ -308,13 +338,13 @@ fn bad_adapters_are_refused() {
         ),
         (
             "rank",
-            config(&b, 8, 8.0, false),
+            config(b, 8, 8.0, false),
             good.clone(),
             vec!["adapter_model.safetensors", "q_proj.weight", "r = 8"],
         ),
         (
             "shape",
-            config(&b, 4, 8.0, false),
+            config(b, 4, 8.0, false),
             vec![
                 good[0].clone(),
                 (good[1].0.clone(), vec![5, 4], vec![0.0; 20]),
@@ -322,14 +352,28 @@ fn bad_adapters_are_refused() {
             vec!["q_proj.weight", "LoRA delta is [5, 32]", "[32, 32]"],
         ),
         (
+            // PEFT's copy of a targeted module's base weight must be a copy.
+            "copy",
+            config(b, 4, 8.0, false),
+            good.iter()
+                .cloned()
+                .chain([(
+                    "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight".into(),
+                    vec![32, 32],
+                    vec![0.5; 1024],
+                )])
+                .collect(),
+            vec!["q_proj.base_layer.weight", "differs from the base"],
+        ),
+        (
             "half",
-            config(&b, 4, 8.0, false),
+            config(b, 4, 8.0, false),
             good[..1].to_vec(),
             vec!["q_proj.weight", "one LoRA factor without the other"],
         ),
         (
             "missing",
-            config(&b, 4, 8.0, false),
+            config(b, 4, 8.0, false),
             lora_tensors(&ck, &[], &[], 4, 3)
                 .into_iter()
                 .chain([(
@@ -345,28 +389,7 @@ fn bad_adapters_are_refused() {
                 .collect(),
             vec!["layers.9.mlp.up_proj.weight", "not in its base"],
         ),
-    ];
-    for (name, cfg, tensors, want) in cases {
-        let dir = w.path().join(format!("bad-{name}"));
-        write_adapter(&dir, cfg, &tensors, DType::F32);
-        let err = fails(
-            "warp-slerp",
-            &[&p(&dir), &p(&dir), "--init", &b, "-o", "out"],
-            w.path(),
-            &want,
-        );
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(!w.path().join("out").exists());
-    }
-    // No base anywhere: a usage error (exit 2).
-    let lone = w.path().join("lone");
-    let mut c = config(&b, 4, 8.0, false);
-    c["base_model_name_or_path"] = serde_json::Value::Null;
-    write_adapter(&lone, c, &good, DType::F32);
-    let r = run("warp-convert", &[&p(&lone), "-o", "out"], w.path());
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("--init"), "{}", r.stderr);
-    assert!(!w.path().join("out").exists());
+    ]
 }
 
 /// base + two adapters of it without full tensors (rank 4, and rank 2 with rsLoRA, on partly
@@ -740,7 +763,17 @@ fn extract_lora_reproduces_task_vectors_of_known_rank() {
             assert!(worst < 0.99, "{worst}");
         }
     }
-    // Conv1D-stored deltas ([in, out]) on two modules, targets named.
+}
+
+/// `warp extract-lora` of Conv1D-stored deltas ([in, out], `--fan-in-fan-out`) of rank 3 on two
+/// modules, targets named (`--target-modules`): reproduced to float precision, the SVD as
+/// numpy's; bad settings refused (exit 2, one line, nothing written).
+#[test]
+fn extract_lora_conv1d_targets_and_bad_settings() {
+    let w = tempfile::tempdir().unwrap();
+    let (base, _) = setup(w.path(), "f32");
+    let b = p(&base);
+    let model = p(&lowrank_model(w.path(), &base, 2, &[]).join("model"));
     let mods = [
         "model.layers.0.self_attn.q_proj.weight",
         "model.layers.1.mlp.down_proj.weight",

@@ -59,6 +59,7 @@ fn assert_logits_pairs(l: &[serde_json::Value], family: usize) {
             .iter()
             .zip(&b)
             .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        eprintln!("family {family}: max |Δlogit| {diff:.2e} of max |logit| {scale:.3}");
         assert!(
             diff <= 1e-5 * scale,
             "family {family}: max |Δlogit| {diff} of {scale}"
