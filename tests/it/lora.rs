@@ -299,7 +299,7 @@ fn bad_adapters_are_refused() {
     }
     // No base anywhere: a usage error (exit 2).
     let lone = w.path().join("lone");
-    let mut c = config(b, 4, 8.0, false);
+    let mut c = config(&b, 4, 8.0, false);
     c["base_model_name_or_path"] = serde_json::Value::Null;
     write_adapter(&lone, c, &good, DType::F32);
     let r = run("warp-convert", &[&p(&lone), "-o", "out"], w.path());
