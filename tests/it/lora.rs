@@ -374,7 +374,7 @@ fn bad_cases<'a>(
         (
             "missing",
             config(b, 4, 8.0, false),
-            lora_tensors(&ck, &[], &[], 4, 3)
+            lora_tensors(ck, &[], &[], 4, 3)
                 .into_iter()
                 .chain([(
                     "base_model.model.model.layers.9.mlp.up_proj.lora_A.weight".into(),
