@@ -33,8 +33,8 @@ use crate::layout::RunLayout;
 use crate::pipeline::PipelineConfig;
 use crate::stats::eval_table::{EvalRow, EvalTable, PointKind};
 use crate::stats::{
-    self, dist, BootstrapOptions, Envelope, Estimate, EvalSettings, Point, PromptMeans,
-    SampleTable, SeedInput,
+    self, dist, BootstrapOptions, Estimate, EvalSettings, Point, PromptMeans, SampleTable,
+    SeedInput,
 };
 
 /// One `warp run` folder, loaded.
@@ -289,39 +289,70 @@ pub struct Row {
     pub experiment: String,
     pub what: String,
     pub estimate: Option<Estimate>,
+    /// The verdict of this row's own interval.
     pub verdict: String,
+    /// The verdict after Holm's adjustment over its table's family (set by [`adjust`]).
+    pub adjusted: String,
 }
 
-/// Mean gap between the envelopes of the first `split` points and of the rest.
-fn envelope_gap(p: &[Point], split: usize) -> Option<f64> {
-    let a = Envelope::of(&p[..split]);
-    let b = Envelope::of(&p[split..]);
-    Some(stats::gap(&a, &b)?.mean)
+/// The verdict of one seed: its interval resamples prompts only, so it says how much the
+/// evaluation's prompts move the number, not whether another seed would agree (the coverage
+/// simulation gives such intervals 67 % when seeds differ).
+const ONE_SEED: &str = "1 seed: prompt noise only";
+
+/// The cross-fitted mean gap between the envelopes of the first `split` points and of the rest.
+fn envelope_gap(select: &[Point], measure: &[Point], split: usize) -> Option<f64> {
+    stats::cross_gap(select, measure, split)
 }
 
 /// A statistic over the seeds of `e`: `pick` chooses each run's points (`None`: the run lacks
-/// them, and the claim is not measured) and `stat` combines their (KL, reward).
+/// them, and the claim is not measured) and `make` the seed's statistic of them.
+fn estimate_over<'a>(
+    e: &'a Experiment,
+    o: &BootstrapOptions,
+    pick: impl Fn(&RunData) -> Option<Vec<usize>>,
+    make: impl Fn(&'a RunData, Vec<&'a PromptMeans>) -> SeedInput<'a>,
+) -> Result<Option<Estimate>> {
+    let mut seeds = Vec::new();
+    for r in &e.runs {
+        let Some(idx) = pick(r) else { return Ok(None) };
+        seeds.push(make(r, idx.iter().map(|&k| &r.means[k]).collect()));
+    }
+    stats::estimate(&seeds, o)
+}
+
+/// [`estimate_over`] of a statistic of the points' means on all prompts.
 fn measure<'a>(
     e: &'a Experiment,
     o: &BootstrapOptions,
     pick: impl Fn(&RunData) -> Option<Vec<usize>>,
     stat: impl Fn(&RunData, &[Point]) -> Option<f64> + Copy + 'a,
 ) -> Result<Option<Estimate>> {
-    let mut seeds = Vec::new();
-    for r in &e.runs {
-        let Some(idx) = pick(r) else { return Ok(None) };
-        seeds.push(SeedInput {
-            points: idx.iter().map(|&k| &r.means[k]).collect(),
-            stat: Box::new(move |p: &[Point]| stat(r, p)),
-        });
-    }
-    stats::estimate(&seeds, o)
+    estimate_over(e, o, pick, |r, pts| {
+        SeedInput::plain(pts, move |p: &[Point]| stat(r, p))
+    })
 }
 
-/// "yes" when the interval is above 0, "reversed" when below, "not shown" when it holds 0.
+/// [`estimate_over`] of a cross-fitted statistic (`stat(r, select, measure)`): the statistics
+/// that choose checkpoints (envelopes, the best policy) choose them on the other half of the
+/// prompts.
+fn measure_cross<'a>(
+    e: &'a Experiment,
+    o: &BootstrapOptions,
+    pick: impl Fn(&RunData) -> Option<Vec<usize>>,
+    stat: impl Fn(&RunData, &[Point], &[Point]) -> Option<f64> + Copy + 'a,
+) -> Result<Option<Estimate>> {
+    estimate_over(e, o, pick, |r, pts| {
+        SeedInput::cross_fit(pts, move |s: &[Point], m: &[Point]| stat(r, s, m))
+    })
+}
+
+/// "yes" when the interval is above 0, "reversed" when below, "not shown" when it holds 0;
+/// one seed is never a verdict.
 fn verdict(e: &Option<Estimate>) -> String {
     match e {
         None => "not measured".into(),
+        Some(e) if e.seeds() < 2 => ONE_SEED.into(),
         Some(e) => match e.sign() {
             std::cmp::Ordering::Greater => "**yes**".into(),
             std::cmp::Ordering::Less => "**reversed**".into(),
@@ -334,8 +365,43 @@ fn row(e: &Experiment, what: String, est: Option<Estimate>) -> Row {
     Row {
         experiment: e.name.clone(),
         verdict: verdict(&est),
+        adjusted: "–".into(),
         what,
         estimate: est,
+    }
+}
+
+/// Holm's adjustment over a table's family — its rows with at least 2 seeds — at the level of
+/// the intervals: a row's adjusted verdict is its direction when its adjusted p-value is below
+/// 1 − level, else "not shown". Returns the family's size.
+fn adjust(rows: &mut [Row], level: f64) -> usize {
+    let members: Vec<(usize, f64)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.estimate.as_ref()?.p_value()?)))
+        .collect();
+    let p: Vec<f64> = members.iter().map(|m| m.1).collect();
+    for ((i, _), adj) in members.iter().zip(stats::holm(&p)) {
+        let r = &mut rows[*i];
+        let value = r.estimate.as_ref().map_or(0.0, |e| e.value);
+        r.adjusted = adjusted_verdict(adj, level, value > 0.0, "**yes**", "**reversed**");
+    }
+    members.len()
+}
+
+/// The verdict of an adjusted p-value: `up` or `down` by the estimate's side when significant.
+fn adjusted_verdict(adj: f64, level: f64, above: bool, up: &str, down: &str) -> String {
+    let p = if adj < 0.001 {
+        "< 0.001".to_string()
+    } else {
+        format!("{adj:.3}")
+    };
+    if adj >= 1.0 - level {
+        format!("not shown (p {p})")
+    } else if above {
+        format!("{up} (p {p})")
+    } else {
+        format!("{down} (p {p})")
     }
 }
 
@@ -358,7 +424,7 @@ fn claim_anchor(e: &Experiment, o: &BootstrapOptions) -> Result<Vec<Row>> {
         }
         (!idx.is_empty()).then_some(idx)
     };
-    let stat = |r: &RunData, p: &[Point]| {
+    let stat = |r: &RunData, s: &[Point], p: &[Point]| {
         let mut gaps = Vec::new();
         let mut at = 0;
         for m in r.runs(1) {
@@ -366,12 +432,12 @@ fn claim_anchor(e: &Experiment, o: &BootstrapOptions) -> Result<Vec<Row>> {
                 r.trajectory(PointKind::Policy, Some(1), m).len() + 1,
                 r.trajectory(PointKind::AnchorInit, None, m).len() + 1,
             );
-            gaps.push(envelope_gap(&p[at..at + a + b], a)?);
+            gaps.push(envelope_gap(&s[at..at + a + b], &p[at..at + a + b], a)?);
             at += a + b;
         }
         Some(gaps.iter().sum::<f64>() / gaps.len() as f64)
     };
-    let est = measure(e, o, pick, stat)?;
+    let est = measure_cross(e, o, pick, stat)?;
     Ok(vec![row(
         e,
         "EMA-anchored minus init-anchored reward at equal KL (iteration 1)".into(),
@@ -391,19 +457,18 @@ fn claim_merges(e: &Experiment, o: &BootstrapOptions) -> Result<Vec<Row>> {
             }
             (idx.len() > 2).then_some(idx)
         };
-        let best = |_: &RunData, p: &[Point]| {
-            let top = p[2..]
-                .iter()
-                .map(|q| q.reward)
-                .fold(f64::NEG_INFINITY, f64::max);
-            Some(p[0].reward - top)
+        // The best policy is chosen on the other half of the prompts (the best of noisy
+        // rewards is biased upward).
+        let best = |_: &RunData, s: &[Point], p: &[Point]| {
+            let top = (2..s.len()).max_by(|&a, &b| s[a].reward.total_cmp(&s[b].reward))?;
+            Some(p[0].reward - p[top].reward)
         };
         let vs_lerp = |_: &RunData, p: &[Point]| Some(p[0].reward - p[1].reward);
         let kl = |_: &RunData, p: &[Point]| Some(p[0].kl - p[1].kl);
         rows.push(row(
             e,
             format!("2a. iteration {i}: reward of SLERP minus the best final policy"),
-            measure(e, o, pick, best)?,
+            measure_cross(e, o, pick, best)?,
         ));
         rows.push(row(
             e,
@@ -420,7 +485,15 @@ fn claim_merges(e: &Experiment, o: &BootstrapOptions) -> Result<Vec<Row>> {
 }
 
 /// Claim 4: angles between the task vectors, per iteration (no resampling).
-fn claim_angles(e: &Experiment) -> Vec<(String, String, String)> {
+/// An angle row: its cells, its verdict, and (2 seeds or more) the two-sided p-value of "the
+/// mean angle is 80°" with the side of 80° the mean is on.
+struct AngleRow {
+    cells: String,
+    verdict: String,
+    test: Option<(f64, bool)>,
+}
+
+fn claim_angles(e: &Experiment) -> Vec<AngleRow> {
     let mut out = Vec::new();
     for i in e.runs[0].iterations() {
         let v: Vec<(f64, f64)> = e.runs.iter().filter_map(|r| r.angle(i)).collect();
@@ -430,9 +503,14 @@ fn claim_angles(e: &Experiment) -> Vec<(String, String, String)> {
         let k = v.len() as f64;
         let mean = v.iter().map(|x| x.0).sum::<f64>() / k;
         let median = v.iter().map(|x| x.1).sum::<f64>() / k;
+        let mut test = None;
         let (interval, verdict) = if v.len() >= 2 {
             let s2 = v.iter().map(|x| (x.0 - mean).powi(2)).sum::<f64>() / (k - 1.0);
             let h = dist::t_quantile(0.975, k - 1.0) * (s2 / k).sqrt();
+            test = Some((
+                stats::t_p_value(mean - 80.0, (s2 / k).sqrt(), k - 1.0),
+                mean >= 80.0,
+            ));
             let verdict = if mean - h >= 80.0 {
                 "**yes** (≥ 80°)"
             } else if mean + h < 80.0 {
@@ -442,25 +520,19 @@ fn claim_angles(e: &Experiment) -> Vec<(String, String, String)> {
             };
             (format!("[{:.1}°, {:.1}°]", mean - h, mean + h), verdict)
         } else {
-            (
-                "–".to_string(),
-                if mean >= 80.0 {
-                    "one seed: ≥ 80°"
-                } else {
-                    "one seed: < 80°"
-                },
-            )
+            ("–".to_string(), "1 seed: no interval")
         };
         let seeds: Vec<String> = v.iter().map(|x| format!("{:.1}°", x.0)).collect();
-        out.push((
-            format!("{} | iteration {i}", e.name),
-            format!(
-                "{mean:.1}° {interval} | {median:.1}° | {} | {}",
+        out.push(AngleRow {
+            cells: format!(
+                "{} | iteration {i} | {mean:.1}° {interval} | {median:.1}° | {} | {}",
+                e.name,
                 v.len(),
                 seeds.join(", ")
             ),
-            verdict.to_string(),
-        ));
+            verdict: verdict.to_string(),
+            test,
+        });
     }
     out
 }
@@ -481,11 +553,13 @@ fn claim_liti(e: &Experiment, o: &BootstrapOptions) -> Result<Vec<Row>> {
             }
             Some(idx)
         };
-        let stat = |r: &RunData, p: &[Point]| envelope_gap(p, r.curve(PointKind::Liti, i).len());
+        let stat = |r: &RunData, s: &[Point], p: &[Point]| {
+            envelope_gap(s, p, r.curve(PointKind::Liti, i).len())
+        };
         rows.push(row(
             e,
             format!("iteration {i}: LITI curve minus the RL checkpoints' envelope at equal KL"),
-            measure(e, o, pick, stat)?,
+            measure_cross(e, o, pick, stat)?,
         ));
     }
     Ok(rows)
@@ -505,11 +579,13 @@ fn claim_iterations(e: &Experiment, o: &BootstrapOptions) -> Result<Vec<Row>> {
             let (fa, fb) = (r.curve(PointKind::Front, a), r.curve(PointKind::Front, b));
             (fa.len() >= 2 && fb.len() >= 2).then(|| [fa, fb].concat())
         };
-        let stat = |r: &RunData, p: &[Point]| envelope_gap(p, r.curve(PointKind::Front, a).len());
+        let stat = |r: &RunData, s: &[Point], p: &[Point]| {
+            envelope_gap(s, p, r.curve(PointKind::Front, a).len())
+        };
         rows.push(row(
             e,
             format!("front of iteration {a} minus iteration {b} at equal KL"),
-            measure(e, o, pick, stat)?,
+            measure_cross(e, o, pick, stat)?,
         ));
     }
     Ok(rows)
@@ -519,11 +595,13 @@ fn signed(x: f64) -> String {
     format!("{x:+.4}")
 }
 
-/// A Markdown table of claim rows.
-fn table(title: &str, rows: &[Row]) -> String {
+/// A Markdown table of claim rows, with Holm's adjustment over its family.
+fn table(title: &str, rows: &mut [Row], level: f64) -> String {
+    let m = adjust(rows, level);
     let mut s = format!(
-        "### {title}\n\n| experiment | comparison | estimate [95 % interval] | seeds | per seed | \
-         verdict |\n|---|---|---|---|---|---|\n"
+        "### {title}\n\nFamily of Holm's adjustment: the {m} rows of this table with at least 2 \
+         seeds.\n\n| experiment | comparison | estimate [95 % interval] | seeds | per seed | \
+         verdict | Holm-adjusted |\n|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         let (est, k, per) = match &r.estimate {
@@ -551,8 +629,8 @@ fn table(title: &str, rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {est} | {k} | {per} | {} |",
-            r.experiment, r.what, r.verdict
+            "| {} | {} | {est} | {k} | {per} | {} | {} |",
+            r.experiment, r.what, r.verdict, r.adjusted
         );
     }
     s
@@ -572,30 +650,76 @@ pub fn markdown(exps: &[Experiment], o: &BootstrapOptions) -> Result<String> {
         iters.extend(claim_iterations(e, o)?);
         angles.extend(claim_angles(e));
     }
+    let level = o.level;
     let mut s = String::new();
     let _ = writeln!(s, "{}", runs_table(exps));
-    s += &table("1. EMA anchor vs init anchor, at equal KL", &anchor);
+    s += &table(
+        "1. EMA anchor vs init anchor, at equal KL",
+        &mut anchor,
+        level,
+    );
     s += "\n";
-    s += &table("2, 3. SLERP vs its policies and LERP", &merges);
-    s += "\n### 4. Angle between the task vectors\n\n| experiment | iteration | whole model: \
-          mean [95 % interval] | per tensor: median | seeds | per seed | verdict |\n\
-          |---|---|---|---|---|---|---|\n";
-    for (a, b, v) in &angles {
-        let _ = writeln!(s, "| {a} | {b} | {v} |");
-    }
+    s += &table("2, 3. SLERP vs its policies and LERP", &mut merges, level);
     s += "\n";
-    s += &table("5. LITI curve vs the RL trajectories, at equal KL", &liti);
+    s += &angles_table(&angles, level);
     s += "\n";
-    s += &table("6. Iterations: fronts toward the SFT, at equal KL", &iters);
+    s += &table(
+        "5. LITI curve vs the RL trajectories, at equal KL",
+        &mut liti,
+        level,
+    );
+    s += "\n";
+    s += &table(
+        "6. Iterations: fronts toward the SFT, at equal KL",
+        &mut iters,
+        level,
+    );
+    let pct = 100.0 * o.level;
     let _ = write!(
         s,
-        "\nIntervals: bootstrap over prompts ({} replicates, seed {}), aggregated over seeds with \
-         the crossed seeds × prompts variance and a t quantile (src/stats). A verdict is **yes** \
-         when the 95 % interval is above 0 (the claim's direction), **reversed** when below, \
-         *not shown* when it holds 0.\n",
-        o.replicates, o.seed
+        "\nIntervals: bootstrap over prompts ({} replicates, seed {}); with 2 or more seeds, \
+         aggregated over the seeds with the crossed seeds × prompts variance and Student's t at \
+         the Welch–Satterthwaite degrees of freedom (src/stats). A verdict is **yes** when the \
+         {pct:.0} % interval is above 0 (the claim's direction), **reversed** when below, *not \
+         shown* when it holds 0. One seed gives no verdict: its interval resamples prompts only \
+         and misses the spread between seeds. Each table is one family of tests: the \
+         Holm-adjusted column keeps the chance of any false verdict in the table at most \
+         {:.0} % (p: the adjusted two-sided p-value of the t test matching the interval). \
+         Comparisons that choose checkpoints from the data — the upper envelopes (claims 1, 5, 6) \
+         and the best final policy (2a) — are cross-fitted: the prompts are split by index \
+         parity, the checkpoints are chosen on one half and measured on the other, both ways, \
+         and the two averaged; choosing and measuring on the same prompts biases an envelope \
+         upward, the more so the more points it has.\n",
+        o.replicates,
+        o.seed,
+        100.0 - pct
     );
     Ok(s)
+}
+
+/// Claim 4's table: the angle rows, with Holm's adjustment of their tests against 80°.
+fn angles_table(angles: &[AngleRow], level: f64) -> String {
+    let tested: Vec<(usize, f64, bool)> = angles
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| a.test.map(|(p, up)| (i, p, up)))
+        .collect();
+    let p: Vec<f64> = tested.iter().map(|t| t.1).collect();
+    let mut adjusted = vec!["–".to_string(); angles.len()];
+    for (&(i, _, up), adj) in tested.iter().zip(stats::holm(&p)) {
+        adjusted[i] = adjusted_verdict(adj, level, up, "**yes** (≥ 80°)", "no (< 80°)");
+    }
+    let mut s = format!(
+        "### 4. Angle between the task vectors\n\nFamily of Holm's adjustment: the {} rows of this \
+         table with at least 2 seeds (each a t test of the mean angle against 80°).\n\n\
+         | experiment | iteration | whole model: mean [95 % interval] | per tensor: median | \
+         seeds | per seed | verdict | Holm-adjusted |\n|---|---|---|---|---|---|---|---|\n",
+        tested.len()
+    );
+    for (a, adj) in angles.iter().zip(&adjusted) {
+        let _ = writeln!(s, "| {} | {} | {adj} |", a.cells, a.verdict);
+    }
+    s
 }
 
 /// The experiments, their run folders and evaluation settings.

@@ -1,16 +1,16 @@
 //! Hub ids as checkpoint inputs: download the files a merge needs into the standard HF cache
-//! (`models--org--name/{blobs,snapshots,refs}`, shared with the python client) through the
-//! blocking `hf-hub` client, or find them there when offline.
+//! (`models--org--name/{blobs,snapshots,refs}`, shared with the python client) through warp's
+//! own blocking client (`fetch`), or find them there when offline.
 
-use super::http::{encode_segment, judge_ureq, retry, Verdict};
+use super::fetch::{fetch_file, FetchError, RepoCache};
+use super::http::{encode_segment, CallError, Client, HttpFailure};
 use super::repo_id::{is_commit_hash, HubId};
 use super::{HubError, HubOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Reporter;
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::{Repo, RepoType};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::io::reader::{INDEX_FILE as INDEX, SINGLE_FILE as SINGLE};
 
@@ -60,10 +60,14 @@ pub fn open_checkpoint(
     crate::io::Checkpoint::open(resolve_checkpoint(spec, opts, reporter)?)
 }
 
+/// `models--org--name`: the repo's folder in the cache (and in its `.locks`).
+fn repo_folder(id: &HubId) -> String {
+    format!("models--{}", id.repo.replace('/', "--"))
+}
+
 /// `models--org--name` under the cache.
 fn repo_cache(opts: &HubOptions, id: &HubId) -> PathBuf {
-    opts.cache_dir
-        .join(Repo::model(id.repo.clone()).folder_name())
+    opts.cache_dir.join(repo_folder(id))
 }
 
 fn offline_snapshot(id: &HubId, opts: &HubOptions) -> Result<PathBuf> {
@@ -150,45 +154,42 @@ fn index_shards(index: &Path) -> Result<BTreeSet<String>> {
     Ok(shards)
 }
 
-fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<PathBuf> {
-    let build = |token: Option<String>| {
-        ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
-            .with_endpoint(opts.endpoint.clone())
-            .with_token(token)
-            .with_progress(false)
-            .build()
-            .map_err(|e| api_error(id, "connect", e))
-    };
-    if let Some(t) = &opts.token {
-        super::http::register_secret(t);
-    }
-    let rev = id.revision().to_string();
+/// Read timeout of one download request (per read of the socket, not for the whole file).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
+fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<PathBuf> {
+    // warp's own client: the token goes to the hub's exact origin only, on every hop
+    // (see `fetch`), so it can be sent from the start for public and private repos alike.
+    let client = Client::new(
+        &opts.endpoint,
+        opts.token.clone(),
+        opts.retry.clone(),
+        DOWNLOAD_TIMEOUT,
+    );
+    let rev = id.revision().to_string();
     // The listing pins the commit; every file is then fetched at that commit so a push landing
     // meanwhile cannot mix two versions in one snapshot.
-    let list = |api: &hf_hub::api::sync::Api| {
-        with_retries(opts, reporter, "list", || {
-            api.repo(Repo::with_revision(
-                id.repo.clone(),
-                RepoType::Model,
-                encode_segment(&rev),
-            ))
-            .info()
-        })
-    };
-    // hf-hub sends the token with every request of a download, the storage server's included
-    // (it follows the hub's redirect with its own headers). So a repo that can be read without
-    // the token is read without it; only a repo that refuses an anonymous reader gets it.
-    let mut api = build(None)?;
-    let listing = match list(&api) {
-        Ok(l) => l,
-        Err(e) if opts.token.is_some() && needs_token(&e) => {
-            api = build(opts.token.clone())?;
-            list(&api).map_err(|e| api_error(id, "list files", e))?
-        }
-        Err(e) => return Err(api_error(id, "list files", e)),
-    };
-    let sha = listing.sha.clone();
+    let url = format!(
+        "{}/api/models/{}/revision/{}",
+        client.endpoint(),
+        id.repo,
+        encode_segment(&rev)
+    );
+    let listing = client
+        .json(
+            "GET",
+            &url,
+            None,
+            "application/json",
+            "list files",
+            reporter,
+        )
+        .map_err(|e| call_error(id, "list files", e))?;
+    let sha = listing
+        .get("sha")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
     if !is_commit_hash(&sha) {
         return Err(HubError::protocol(format!(
             "{id}: the hub answered an invalid commit '{sha}'"
@@ -196,28 +197,32 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
         .into());
     }
     let present: BTreeSet<&str> = listing
-        .siblings
-        .iter()
-        .map(|s| s.rfilename.as_str())
-        .collect();
-    let root = repo_cache(opts, id);
-    let snap = root.join("snapshots").join(&sha);
-    let sha_ref = root.join("refs").join(&sha);
-    let sha_ref_existed = sha_ref.exists();
-    let at_commit = api.repo(Repo::with_revision(
-        id.repo.clone(),
-        RepoType::Model,
-        sha.clone(),
-    ));
+        .get("siblings")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.get("rfilename")?.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let cache = RepoCache {
+        root: repo_cache(opts, id),
+        locks: opts.cache_dir.join(".locks").join(repo_folder(id)),
+    };
+    let snap = cache.root.join("snapshots").join(&sha);
     let fetch = |file: &str| -> Result<PathBuf> {
         let cached = snap.join(file);
         if cached.is_file() {
             return Ok(cached);
         }
-        with_retries(opts, reporter, file, || {
-            at_commit.download_with_progress(file, ReporterProgress { reporter })
+        fetch_file(&client, &id.repo, &sha, file, &cache, reporter).map_err(|e| match e {
+            FetchError::Http(e, url) => call_error(
+                id,
+                &format!("download {file}"),
+                CallError::Http(HttpFailure::of(*e, &url, false)),
+            ),
+            FetchError::Local(e) => e,
         })
-        .map_err(|e| api_error(id, &format!("download {file}"), e))
     };
 
     let files = files_to_fetch(id, &present, &fetch)?;
@@ -227,11 +232,7 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
 
     // Cache refs as the python client keeps them: refs/<branch> → commit; none named by a hash.
     if rev != sha {
-        write_ref(&root.join("refs").join(&rev), &sha)?;
-        if !sha_ref_existed {
-            // hf-hub records the commit we fetched at as a ref of its own; it is not a branch.
-            let _ = std::fs::remove_file(&sha_ref);
-        }
+        write_ref(&cache.root.join("refs").join(&rev), &sha)?;
     }
     if !snap.is_dir() {
         return Err(HubError::protocol(format!(
@@ -293,98 +294,24 @@ fn write_ref(path: &Path, sha: &str) -> Result<()> {
     std::fs::rename(&tmp, path).at(path)
 }
 
-/// Progress of one file download, forwarded to the reporter.
-struct ReporterProgress<'a> {
-    reporter: &'a dyn Reporter,
-}
-
-impl hf_hub::api::Progress for ReporterProgress<'_> {
-    fn init(&mut self, size: usize, filename: &str) {
-        // hf-hub calls init again on a resumed attempt, followed by update(bytes already there).
-        self.reporter
-            .start(&format!("download {filename}"), size as u64);
-    }
-    fn update(&mut self, size: usize) {
-        self.reporter.advance(size as u64);
-    }
-    fn finish(&mut self) {
-        self.reporter.finish();
-    }
-}
-
-/// The hub's retry loop ([`retry`]: backoff, `Retry-After`) around one hf-hub call; hf-hub
-/// resumes a partial file from where it stopped.
-fn with_retries<T>(
-    opts: &HubOptions,
-    reporter: &dyn Reporter,
-    what: &str,
-    mut f: impl FnMut() -> std::result::Result<T, ApiError>,
-) -> std::result::Result<T, ApiError> {
-    retry(&opts.retry, what, reporter, |_| f(), judge_api).map_err(|(e, _)| e)
-}
-
-/// hf-hub's errors judged like ours: its HTTP errors as the upload's, its I/O failures (a
-/// dropped download) and "too many retries" of its own as transient.
-fn judge_api(e: &ApiError) -> Verdict {
-    match e {
-        ApiError::RequestError(inner) => judge_ureq(inner),
-        ApiError::IoError(_) | ApiError::TooManyRetries(_) => Verdict {
-            retry: true,
-            retry_after: None,
-            lost_response: false,
-            reason: e.to_string(),
-        },
-        _ => Verdict {
-            retry: false,
-            retry_after: None,
-            lost_response: false,
-            reason: String::new(),
-        },
-    }
-}
-
-/// The hub refused an anonymous reader (a private or gated repo answers 401, 403 or 404).
-fn needs_token(e: &ApiError) -> bool {
-    matches!(e, ApiError::RequestError(inner)
-        if matches!(inner.as_ref(), ureq::Error::Status(401 | 403 | 404, _)))
-}
-
-fn api_error(id: &HubId, what: &str, e: ApiError) -> Error {
-    let context = format!("{id}: {what}");
-    if let ApiError::RequestError(inner) = &e {
-        if let ureq::Error::Status(status, resp) = inner.as_ref() {
-            let code = resp.header("X-Error-Code").map(str::to_string);
-            // One line, scrubbed of the token (a server may echo it).
-            let msg = super::http::one_line(resp.header("X-Error-Message").unwrap_or(""), 300);
-            let hint = match (*status, code.as_deref().unwrap_or("")) {
-                (_, "RevisionNotFound") => {
-                    format!(" (no revision '{}' in {})", id.revision(), id.repo)
-                }
-                (_, "EntryNotFound") => " (no such file in the repo)".to_string(),
-                (401 | 403 | 404, _) => format!(
-                    " (repo {} not found on the hub, or private/gated: a token may be needed; \
-                     no local path of that name exists either)",
-                    id.repo
-                ),
-                _ => String::new(),
-            };
-            let e = HubError::status(*status, msg)
-                .context(context)
-                .hint(hint)
-                .url(resp.get_url());
-            return HubError { code, ..e }.into();
-        }
-        if let ureq::Error::Transport(t) = inner.as_ref() {
-            let src = std::error::Error::source(t)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            let timed_out = src.contains("timed out");
-            return HubError::network(format!("{}{src}", t.kind()), timed_out)
-                .context(context)
-                .into();
-        }
-    }
-    HubError::network(e.to_string(), false)
-        .context(context)
-        .into()
+/// A failed hub request as the typed error, with the hints of a download: which revision or
+/// file is missing, or that the repo may need a token.
+fn call_error(id: &HubId, what: &str, e: CallError) -> Error {
+    let f = match e {
+        CallError::Http(f) => f,
+        CallError::Local(e) => return e,
+    };
+    let hint = match (f.status, f.code.as_deref().unwrap_or("")) {
+        (_, "RevisionNotFound") => format!(" (no revision '{}' in {})", id.revision(), id.repo),
+        (_, "EntryNotFound") => " (no such file in the repo)".to_string(),
+        (Some(401 | 403 | 404), _) => format!(
+            " (repo {} not found on the hub, or private/gated: a token may be needed; \
+             no local path of that name exists either)",
+            id.repo
+        ),
+        _ => String::new(),
+    };
+    let mut e = f.to_hub_error(&format!("{id}: {what}"));
+    e.hint = if hint.is_empty() { e.hint } else { hint };
+    e.into()
 }

@@ -26,7 +26,7 @@ pub(crate) struct Verdict {
 }
 
 impl Verdict {
-    fn fatal() -> Verdict {
+    pub(crate) fn fatal() -> Verdict {
         Verdict {
             retry: false,
             retry_after: None,
@@ -150,7 +150,7 @@ impl From<HttpFailure> for CallError {
 
 impl HttpFailure {
     /// The failure of an attempt's ureq error (consumes the answer's body for the message).
-    fn of(e: ureq::Error, url: &str, ambiguous: bool) -> HttpFailure {
+    pub(crate) fn of(e: ureq::Error, url: &str, ambiguous: bool) -> HttpFailure {
         let mut f = match e {
             ureq::Error::Status(status, resp) => failure_from_response(status, resp),
             ureq::Error::Transport(t) => HttpFailure {
@@ -191,6 +191,9 @@ impl HttpFailure {
 
 pub(crate) struct Client {
     agent: ureq::Agent,
+    /// The same agent without automatic redirects: downloads follow them one hop at a time, so
+    /// the token can be attached (or not) by each hop's origin.
+    direct: ureq::Agent,
     endpoint: String,
     token: Option<String>,
     retry: RetryPolicy,
@@ -206,18 +209,20 @@ impl Client {
         if let Some(t) = &token {
             register_secret(t);
         }
-        let agent = ureq::AgentBuilder::new()
-            // The token goes only to the hub's exact origin (scheme, host and port; see
-            // `request`), never along a redirect, whatever host it points to.
-            .redirect_auth_headers(ureq::RedirectAuthHeaders::Never)
-            .try_proxy_from_env(true)
-            .timeout_connect(Duration::from_secs(30))
-            .timeout_read(timeout)
-            .timeout_write(timeout)
-            .user_agent(concat!("warp/", env!("CARGO_PKG_VERSION"), "; rust"))
-            .build();
+        let builder = || {
+            ureq::AgentBuilder::new()
+                // The token goes only to the hub's exact origin (scheme, host and port; see
+                // `request`), never along a redirect, whatever host it points to.
+                .redirect_auth_headers(ureq::RedirectAuthHeaders::Never)
+                .try_proxy_from_env(true)
+                .timeout_connect(Duration::from_secs(30))
+                .timeout_read(timeout)
+                .timeout_write(timeout)
+                .user_agent(concat!("warp/", env!("CARGO_PKG_VERSION"), "; rust"))
+        };
         Client {
-            agent,
+            agent: builder().build(),
+            direct: builder().redirects(0).build(),
             endpoint: endpoint.trim_end_matches('/').to_string(),
             token,
             retry,
@@ -228,15 +233,28 @@ impl Client {
         &self.endpoint
     }
 
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     /// A request with the token attached when `url` is on the hub's origin.
     pub fn request(&self, method: &str, url: &str) -> ureq::Request {
-        let mut req = self.agent.request(method, url);
-        if let Some(token) = &self.token {
-            if same_origin(url, &self.endpoint) {
-                req = req.set("Authorization", &format!("Bearer {token}"));
+        self.authorize(self.agent.request(method, url), url)
+    }
+
+    /// A GET that answers a redirect as it is (3xx, `Location`) instead of following it, with
+    /// the token attached only when `url` is on the hub's origin.
+    pub fn get_one_hop(&self, url: &str) -> ureq::Request {
+        self.authorize(self.direct.get(url), url)
+    }
+
+    fn authorize(&self, req: ureq::Request, url: &str) -> ureq::Request {
+        match &self.token {
+            Some(token) if same_origin(url, &self.endpoint) => {
+                req.set("Authorization", &format!("Bearer {token}"))
             }
+            _ => req,
         }
-        req
     }
 
     /// Send a JSON body (or none) and parse a JSON answer, with retries.

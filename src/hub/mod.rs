@@ -1,8 +1,9 @@
 //! Hugging Face hub: hub ids as inputs, pushing outputs. (Owned by the hub work; see issue 6.)
 //!
 //! - [`resolve_checkpoint`]: a checkpoint argument that is not a local path but `org/name[@rev]` is
-//!   downloaded (only the files a merge needs) into the standard HF cache through the `hf-hub`
-//!   crate, and the snapshot folder is returned. `HF_HUB_OFFLINE=1` reads the cache only.
+//!   downloaded (only the files a merge needs) into the standard HF cache through warp's own
+//!   client (the token only to the hub's exact origin, on every redirect hop), and the snapshot
+//!   folder is returned. `HF_HUB_OFFLINE=1` reads the cache only.
 //! - [`push_folder`]: uploads an output folder as ONE commit with the hub's own protocol
 //!   (preupload → LFS batch → basic/multipart transfers → verify → NDJSON commit), streaming every
 //!   file from disk, retrying each request on its own.
@@ -13,6 +14,7 @@
 
 mod auth;
 mod download;
+mod fetch;
 mod http;
 pub mod lfs;
 mod repo_id;

@@ -56,6 +56,21 @@ impl Envelope {
         }
     }
 
+    /// The curve through `points` in order of KL, with no selection: for measuring, on other
+    /// prompts, the checkpoints an envelope selected (cross-fitting, see
+    /// [`crate::stats::Statistic::CrossFit`]); its rewards need not increase.
+    pub fn through(points: &[Point]) -> Envelope {
+        let mut points: Vec<Point> = points
+            .iter()
+            .copied()
+            .filter(|p| p.kl.is_finite() && p.reward.is_finite())
+            .collect();
+        points.sort_by(|a, b| a.kl.total_cmp(&b.kl));
+        // Of points at one KL the first is kept, so the curve is a function of KL.
+        points.dedup_by(|b, a| a.kl == b.kl);
+        Envelope { points }
+    }
+
     /// The KL range the envelope covers, if it has any point.
     pub fn range(&self) -> Option<(f64, f64)> {
         Some((self.points.first()?.kl, self.points.last()?.kl))
@@ -125,6 +140,21 @@ pub fn gap(a: &Envelope, b: &Envelope) -> Option<Gap> {
     })
 }
 
+/// The cross-fitted gap between the envelope of the first `split` points and that of the rest:
+/// which checkpoints form each envelope is decided on `select`, their (KL, reward) taken from
+/// `measure` (two independent halves of the prompts).
+pub fn cross_gap(select: &[Point], measure: &[Point], split: usize) -> Option<f64> {
+    let side = |range: std::ops::Range<usize>| {
+        let start = range.start;
+        let chosen: Vec<Point> = pareto(&select[range])
+            .into_iter()
+            .map(|i| measure[start + i])
+            .collect();
+        Envelope::through(&chosen)
+    };
+    Some(gap(&side(0..split), &side(split..select.len()))?.mean)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +184,23 @@ mod tests {
         // A point with the lowest KL and the highest reward dominates all.
         assert_eq!(pareto(&pts(&[(0.2, 0.1), (0.0, 1.0), (0.5, 0.9)])), vec![1]);
         assert!(pareto(&[]).is_empty());
+    }
+
+    #[test]
+    fn cross_gap_measures_what_the_other_half_selected() {
+        // Selection: side a's envelope is points 0 and 2 (1 is dominated), side b's both.
+        let select = pts(&[(0.0, 0.0), (0.5, -0.1), (1.0, 1.0), (0.0, 0.0), (1.0, 0.5)]);
+        // Measured elsewhere, point 1 would be on a's envelope; it is not used.
+        let measure = pts(&[(0.0, 0.1), (0.5, 0.9), (1.0, 0.9), (0.0, 0.0), (1.0, 0.6)]);
+        // a: (0, 0.1)–(1, 0.9), b: (0, 0)–(1, 0.6); the difference is linear from 0.1 to 0.3.
+        let g = cross_gap(&select, &measure, 3).unwrap();
+        assert!((g - 0.2).abs() < 1e-15, "{g}");
+        // The plain envelope of the measured points would include point 1.
+        let plain = gap(&Envelope::of(&measure[..3]), &Envelope::of(&measure[3..])).unwrap();
+        assert!(plain.mean > 0.3, "{plain:?}");
+        // A selected point measured at a lower reward than its neighbour stays on the curve.
+        let e = Envelope::through(&pts(&[(1.0, 0.2), (0.0, 0.5), (1.0, 0.9)]));
+        assert_eq!(e.points, pts(&[(0.0, 0.5), (1.0, 0.2)]));
     }
 
     #[test]

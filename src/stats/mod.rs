@@ -41,7 +41,7 @@ pub mod eval_table;
 pub mod front;
 pub mod samples;
 
-pub use front::{gap, pareto, Envelope, Gap, Point};
+pub use front::{cross_gap, gap, pareto, Envelope, Gap, Point};
 pub use samples::{EvalSettings, SampleTable};
 
 use crate::error::{Error, Result};
@@ -95,11 +95,46 @@ impl Resampler {
 /// KL range).
 pub struct SeedInput<'a> {
     pub points: Vec<&'a PromptMeans>,
-    pub stat: Box<StatFn<'a>>,
+    pub stat: Statistic<'a>,
 }
 
 /// A statistic of some checkpoints' (mean KL, mean reward); `None` where undefined.
 pub type StatFn<'a> = dyn Fn(&[Point]) -> Option<f64> + 'a;
+
+/// A statistic that selects checkpoints on one set of points (`select`: e.g. which are on an
+/// envelope, which policy is best) and measures them on another (`measure`).
+pub type CrossFn<'a> = dyn Fn(&[Point], &[Point]) -> Option<f64> + 'a;
+
+/// How a seed's statistic is computed from its prompts.
+pub enum Statistic<'a> {
+    /// On the points' means over all the (resampled) prompts.
+    Plain(Box<StatFn<'a>>),
+    /// Cross-fitted: the prompts are split in two halves by index parity (fixed, so a bootstrap
+    /// replicate weights each half by its draws); the statistic is
+    /// `½ [f(half 0, half 1) + f(half 1, half 0)]`. Selecting on the data that is then measured
+    /// biases a maximum upward (the upper envelope of noisy points lies above the envelope of
+    /// their means, the more so the more points); selecting on independent prompts does not.
+    CrossFit(Box<CrossFn<'a>>),
+}
+
+impl<'a> SeedInput<'a> {
+    pub fn plain(points: Vec<&'a PromptMeans>, f: impl Fn(&[Point]) -> Option<f64> + 'a) -> Self {
+        SeedInput {
+            points,
+            stat: Statistic::Plain(Box::new(f)),
+        }
+    }
+
+    pub fn cross_fit(
+        points: Vec<&'a PromptMeans>,
+        f: impl Fn(&[Point], &[Point]) -> Option<f64> + 'a,
+    ) -> Self {
+        SeedInput {
+            points,
+            stat: Statistic::CrossFit(Box::new(f)),
+        }
+    }
+}
 
 /// A statistic with its interval.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,6 +163,15 @@ impl Estimate {
         self.per_seed.len()
     }
 
+    /// The two-sided p-value of "the statistic is 0" that matches the interval (below the
+    /// interval's α exactly when the interval excludes 0): Student's t at the estimate's degrees
+    /// of freedom. `None` for one seed: its percentile interval measures prompt noise only and
+    /// is not a test of the experiment (see [`crate::report`]).
+    pub fn p_value(&self) -> Option<f64> {
+        let df = self.df?.max(self.seeds() as f64 - 1.0);
+        Some(t_p_value(self.value, self.se, df))
+    }
+
     /// Whether the interval lies above zero (`Greater`), below it (`Less`) or contains it.
     pub fn sign(&self) -> std::cmp::Ordering {
         if self.lo > 0.0 {
@@ -140,13 +184,29 @@ impl Estimate {
     }
 }
 
-/// Weighted mean of `x` with integer weights summing to `x.len()`.
-fn weighted_mean(x: &[f64], counts: &[u32]) -> f64 {
-    x.iter()
-        .zip(counts)
-        .map(|(v, &c)| v * c as f64)
-        .sum::<f64>()
-        / x.len() as f64
+/// Two-sided p-value of a t statistic `value / se` with `df` degrees of freedom.
+pub fn t_p_value(value: f64, se: f64, df: f64) -> f64 {
+    if se <= 0.0 {
+        return if value == 0.0 { 1.0 } else { 0.0 };
+    }
+    (2.0 * (1.0 - dist::t_cdf((value / se).abs(), df))).clamp(0.0, 1.0)
+}
+
+/// Holm's step-down adjustment of a family of p-values (same order as given): the `i`-th
+/// smallest is multiplied by `m − i` (0-based `i`), capped at 1, and made non-decreasing. A
+/// family whose adjusted p-values are compared with α has a family-wise error rate ≤ α
+/// whatever the dependence between the tests.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut out = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (i, &k) in order.iter().enumerate() {
+        running = running.max(((m - i) as f64 * p[k]).min(1.0));
+        out[k] = running;
+    }
+    out
 }
 
 /// Mean and sample variance (divisor n − 1).
@@ -168,22 +228,45 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     sorted[k] + (h - k as f64) * (sorted[k + 1] - sorted[k])
 }
 
-fn eval_stat(s: &SeedInput, counts: Option<&[u32]>) -> Option<f64> {
-    let pts: Vec<Point> = s
-        .points
-        .iter()
-        .map(|m| match counts {
-            None => Point {
-                kl: m.kl.iter().sum::<f64>() / m.kl.len() as f64,
-                reward: m.reward.iter().sum::<f64>() / m.reward.len() as f64,
-            },
-            Some(c) => Point {
-                kl: weighted_mean(&m.kl, c),
-                reward: weighted_mean(&m.reward, c),
-            },
+/// The points' means over the prompts whose index has parity `half` (`None`: all), each
+/// prompt weighted by its draws in the replicate (`None`: once). `None` when no prompt of the
+/// half was drawn.
+fn means(s: &SeedInput, counts: Option<&[u32]>, half: Option<usize>) -> Option<Vec<Point>> {
+    let p = s.points.first()?.reward.len();
+    let w: Vec<f64> = (0..p)
+        .map(|i| {
+            let c = counts.map_or(1.0, |c| c[i] as f64);
+            match half {
+                Some(h) if i % 2 != h => 0.0,
+                _ => c,
+            }
         })
         .collect();
-    (s.stat)(&pts).filter(|v| v.is_finite())
+    let total: f64 = w.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mean = |x: &[f64]| x.iter().zip(&w).map(|(v, w)| v * w).sum::<f64>() / total;
+    Some(
+        s.points
+            .iter()
+            .map(|m| Point {
+                kl: mean(&m.kl),
+                reward: mean(&m.reward),
+            })
+            .collect(),
+    )
+}
+
+fn eval_stat(s: &SeedInput, counts: Option<&[u32]>) -> Option<f64> {
+    let v = match &s.stat {
+        Statistic::Plain(f) => f(&means(s, counts, None)?)?,
+        Statistic::CrossFit(f) => {
+            let (a, b) = (means(s, counts, Some(0))?, means(s, counts, Some(1))?);
+            0.5 * (f(&a, &b)? + f(&b, &a)?)
+        }
+    };
+    v.is_finite().then_some(v)
 }
 
 /// The number of prompts every checkpoint of `seeds` was measured on (the same for all, ≥ 2).
@@ -313,10 +396,7 @@ mod tests {
         // B − A is exactly 1 on every prompt: every replicate gives 1, the interval is [1, 1].
         let a = pm(&[0.0, 0.5, 1.0, 0.25]);
         let b = pm(&[1.0, 1.5, 2.0, 1.25]);
-        let s = SeedInput {
-            points: vec![&a, &b],
-            stat: Box::new(|p: &[Point]| Some(p[1].reward - p[0].reward)),
-        };
+        let s = SeedInput::plain(vec![&a, &b], |p: &[Point]| Some(p[1].reward - p[0].reward));
         let e = estimate(&[s], &BootstrapOptions::default())
             .unwrap()
             .unwrap();
@@ -328,19 +408,15 @@ mod tests {
     #[test]
     fn undefined_statistics() {
         let a = pm(&[0.0, 1.0]);
-        let none = SeedInput {
-            points: vec![&a],
-            stat: Box::new(|_: &[Point]| None),
-        };
+        let none = SeedInput::plain(vec![&a], |_: &[Point]| None);
         assert_eq!(
             estimate(&[none], &BootstrapOptions::default()).unwrap(),
             None
         );
         // Defined on all prompts, undefined on replicates whose mean reward is 0 or 1.
-        let partly = SeedInput {
-            points: vec![&a],
-            stat: Box::new(|p: &[Point]| (p[0].reward > 0.0 && p[0].reward < 1.0).then_some(1.0)),
-        };
+        let partly = SeedInput::plain(vec![&a], |p: &[Point]| {
+            (p[0].reward > 0.0 && p[0].reward < 1.0).then_some(1.0)
+        });
         let e = estimate(&[partly], &BootstrapOptions::default())
             .unwrap()
             .unwrap();
@@ -348,10 +424,7 @@ mod tests {
         assert!(e.undefined > 800 && e.undefined < 1200, "{}", e.undefined);
         assert_eq!(e.replicates + e.undefined, 2000);
         let b = pm(&[0.0, 1.0, 2.0]);
-        let mixed = SeedInput {
-            points: vec![&a, &b],
-            stat: Box::new(|_: &[Point]| Some(0.0)),
-        };
+        let mixed = SeedInput::plain(vec![&a, &b], |_: &[Point]| Some(0.0));
         assert!(estimate(&[mixed], &BootstrapOptions::default())
             .unwrap_err()
             .to_string()
@@ -376,6 +449,57 @@ mod tests {
             counts.iter().all(|&c| (9_500..10_500).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn holm_matches_its_closed_form() {
+        // By hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04,
+        // made non-decreasing: 0.02, 0.03, 0.06, 0.06 (R's p.adjust(, "holm") gives the same).
+        let adj = holm(&[0.01, 0.04, 0.03, 0.005]);
+        for (a, want) in adj.iter().zip([0.03, 0.06, 0.06, 0.02]) {
+            assert!((a - want).abs() < 1e-15, "{adj:?}");
+        }
+        assert_eq!(holm(&[0.5, 0.9]), vec![1.0, 1.0]);
+        assert!(holm(&[]).is_empty());
+    }
+
+    #[test]
+    fn t_p_values_match_closed_forms() {
+        // df 1 (Cauchy): p = 1 − (2/π)·atan|t|; df 2: p = 1 − |t|/√(2 + t²).
+        for t in [0.3, 1.0, 2.5, 12.7] {
+            let p1 = 1.0 - 2.0 / std::f64::consts::PI * f64::atan(t);
+            let p2 = 1.0 - t / (2.0 + t * t).sqrt();
+            assert!((t_p_value(t, 1.0, 1.0) - p1).abs() < 1e-9, "{t}");
+            assert!((t_p_value(-2.0 * t, 2.0, 2.0) - p2).abs() < 1e-9, "{t}");
+        }
+        assert_eq!(t_p_value(0.0, 0.0, 3.0), 1.0);
+        assert_eq!(t_p_value(0.1, 0.0, 3.0), 0.0);
+    }
+
+    #[test]
+    fn cross_fitting_selects_on_one_half_and_measures_on_the_other() {
+        // A is good on the even prompts, B on the odd ones: each half picks the checkpoint that
+        // is bad on the other half, so the cross-fitted "best reward" is 0, while the best of
+        // the means on all prompts is 0.5.
+        let a = pm(&[1.0, 0.0, 1.0, 0.0]);
+        let b = pm(&[0.0, 1.0, 0.0, 1.0]);
+        let best = |sel: &[Point], mea: &[Point]| {
+            let k = if sel[0].reward >= sel[1].reward { 0 } else { 1 };
+            Some(mea[k].reward)
+        };
+        let o = BootstrapOptions {
+            replicates: 50,
+            ..Default::default()
+        };
+        let cf = estimate(&[SeedInput::cross_fit(vec![&a, &b], best)], &o)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cf.value, 0.0);
+        let max = |p: &[Point]| Some(p[0].reward.max(p[1].reward));
+        let plain = estimate(&[SeedInput::plain(vec![&a, &b], max)], &o)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plain.value, 0.5);
     }
 
     #[test]

@@ -149,10 +149,15 @@ fn hub_warp(server: &HubServer, home: &Path) -> Command {
 
 /// A repo `org/h` on `server` holding a small checkpoint.
 fn pushed(server: &HubServer, home: &Path) {
+    pushed_as(server, home, "org/h", &[]);
+}
+
+/// A checkpoint pushed to `repo` with extra `warp push` flags (e.g. `--private`).
+fn pushed_as(server: &HubServer, home: &Path, repo: &str, flags: &[&str]) {
     let src = tempfile::tempdir().unwrap();
     write_checkpoint(src.path(), 5);
     let mut c = hub_warp(server, home);
-    c.args(["push", "-q"]).arg(src.path()).arg("org/h");
+    c.args(["push", "-q"]).args(flags).arg(src.path()).arg(repo);
     let r = bounded(c, LIMIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
@@ -168,8 +173,8 @@ fn retry_after_1e20_is_an_error_not_a_panic() {
         code: 404,
         headers: vec![("Retry-After".into(), "1e20".into())],
     };
-    // Twice: the anonymous listing, then the one with the token.
-    server.fail("GET", "org/h", huge.clone(), 2);
+    // The listing (sent with the token: it goes to the hub's own origin).
+    server.fail("GET", "org/h", huge.clone(), 1);
     let mut c = hub_warp(&server, home.path());
     c.args(["download", "org/h"]);
     let r = bounded(c, LIMIT);
@@ -215,13 +220,64 @@ fn the_token_stays_with_its_origin_and_out_of_messages() {
             format!("Invalid credentials: the token {TOKEN} is revoked"),
         )],
     };
-    // Twice: the anonymous attempt, then the one with the token.
-    server.fail("GET", "org/h", echo, 2);
+    // The listing, sent once with the token (a 401 is not retried).
+    server.fail("GET", "org/h", echo, 1);
     let mut c = hub_warp(&server, home.path());
     c.args(["download", "org/h"]);
     let r = bounded(c, LIMIT);
     assert_clear(&r, 1, &["401", "Invalid credentials", "[the token]"]);
     assert!(!r.stderr.contains(TOKEN), "{}", r.stderr);
+}
+
+/// Item 8, private repos: the repo cannot be read without the token, so every request of the
+/// download carries it to the hub — and still none reaches the storage server its files
+/// redirect to (hf-hub, used before, forwarded it along that redirect). The files arrive
+/// intact in the python client's cache layout, and a second download fetches nothing.
+#[test]
+fn the_token_stays_with_its_origin_for_a_private_repo() {
+    let server = HubServer::start();
+    let home = tempfile::tempdir().unwrap();
+    pushed_as(&server, home.path(), "org/secret", &["--private"]);
+    assert_eq!(server.is_private("org/secret"), Some(true));
+    let start = server.log().len();
+    let mut c = hub_warp(&server, home.path());
+    c.args(["download", "org/secret"]);
+    let r = bounded(c, LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let log = server.log();
+    let (cdn, hub): (Vec<_>, Vec<_>) = log[start..].iter().partition(|l| l.server == "cdn");
+    assert!(!cdn.is_empty(), "the shards came from the storage server");
+    assert!(
+        cdn.iter().all(|l| !l.has_auth),
+        "token sent to storage: {cdn:?}"
+    );
+    assert!(
+        hub.iter().all(|l| l.has_auth),
+        "a hub request went without it"
+    );
+    let snap = std::path::PathBuf::from(r.stdout.trim());
+    for f in server.files("org/secret", "main") {
+        if f == ".gitattributes" {
+            continue;
+        }
+        let got = std::fs::read(snap.join(&f)).unwrap();
+        assert_eq!(Some(got), server.file("org/secret", "main", &f), "{f}");
+        // A relative link into blobs/, as huggingface_hub makes it.
+        let link = std::fs::read_link(snap.join(&f)).unwrap();
+        assert!(link.starts_with("../../blobs"), "{f}: {}", link.display());
+    }
+    let before = server.log().len();
+    let mut c = hub_warp(&server, home.path());
+    c.args(["download", "org/secret"]);
+    let r = bounded(c, LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let again = server.log();
+    assert!(
+        again[before..]
+            .iter()
+            .all(|l| !l.path.contains("/resolve/")),
+        "cached files were fetched again"
+    );
 }
 
 /// A tiny pipeline config in `d` with `extra` appended (settings tests).

@@ -442,3 +442,83 @@ fn a_reward_programs_setsid_grandchild_dies_with_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Item 5, signals during planning: each of SIGINT, SIGTERM and SIGHUP, sent the moment the
+/// handler is installed (while `warp run` and `warp rl` are still reading their settings, the
+/// model and the plan), ends the process with 128 + N, no panic, and no RL step done (the one
+/// that ignored the first SIGINT planned for minutes).
+#[test]
+fn a_signal_during_planning_is_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = d.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "iterations = 2\nruns = 2\nsteps = 4\netas = [0.5]\neta = 0.5\njobs = 1\n\
+         devices = [\"cpu\"]\neval_prompts = 4\neval_samples = 1\nthreads = 1\n\
+         [rl]\nbatch = 4\nn = 2\n",
+    )
+    .unwrap();
+    let model = repo_root().join("fixtures/arith/model");
+    for (i, sig) in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .enumerate()
+    {
+        let run_out = format!("RUN{i}");
+        let rl_out = format!("RL{i}");
+        let commands = [
+            warp(&["run", s(&cfg), "-o", &run_out, "-q"], d),
+            warp(
+                &[
+                    "rl",
+                    s(&model),
+                    "-o",
+                    &rl_out,
+                    "--steps",
+                    "4",
+                    "--threads",
+                    "1",
+                    "-q",
+                ],
+                d,
+            ),
+        ];
+        for cmd in commands {
+            let what = format!("{cmd:?} with signal {sig}");
+            let child = spawn(cmd);
+            let t0 = Instant::now();
+            while !catches_sigint(child.id()) {
+                assert!(t0.elapsed() < LIMIT, "{what}: no handler installed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // SAFETY: kill(2) on our child's pid (not reaped yet).
+            unsafe { libc::kill(child.id() as i32, sig) };
+            let (code, stderr) = finish(child);
+            assert_eq!(code, Some(128 + sig), "{what}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        }
+        let steps = |root: &Path| -> Vec<String> {
+            walk(root)
+                .into_iter()
+                .filter(|p| p.contains("step-"))
+                .collect()
+        };
+        assert_eq!(steps(&d.join(&run_out)), Vec::<String>::new(), "warp run");
+        assert_eq!(steps(&d.join(&rl_out)), Vec::<String>::new(), "warp rl");
+    }
+}
+
+/// Every path under `root` (none when it does not exist).
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            out.push(e.path().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    out
+}

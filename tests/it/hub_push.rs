@@ -635,3 +635,65 @@ fn downloads_honour_retry_after_too() {
     // The backoff alone would be ~10 ms; Retry-After asked for a second.
     assert!(tries[1].at - tries[0].at >= Duration::from_millis(950));
 }
+
+/// A file whose body is cut short resumes where it stopped: in the same run (the retry asks
+/// for the rest with `Range` and the storage answers 206), and in the next run when the first
+/// gave up (the partial blob `blobs/<etag>.incomplete` stays in the cache for it).
+#[test]
+fn a_download_cut_short_resumes_with_a_range_request() {
+    let server = HubServer::start();
+    let src = tempfile::tempdir().unwrap();
+    let files = write_checkpoint(src.path(), 13);
+    push_folder(src.path(), "org/cut", &push_opts(&server), &Silent).unwrap();
+    let resumed = |s: &HubServer, from: usize| -> Vec<(String, u16)> {
+        s.log()[from..]
+            .iter()
+            .filter(|l| l.server == "cdn")
+            .filter_map(|l| Some((l.range.clone()?, l.status)))
+            .collect()
+    };
+
+    // Same run: one cut, then the retry continues from the bytes already written.
+    server.fail("GET", "/lfs/", Fault::CutAnswer, 1);
+    let start = server.log().len();
+    let cache = tempfile::tempdir().unwrap();
+    let snap = resolve_checkpoint("org/cut", &hub_opts(&server, cache.path()), &Silent).unwrap();
+    assert_same_files(&snap, &files);
+    let ranges = resumed(&server, start);
+    assert_eq!(ranges.len(), 1, "{}", server.dump_log());
+    assert_eq!(ranges[0].1, 206);
+    let from: u64 = ranges[0].0["bytes=".len()..]
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(from > 0, "{ranges:?}");
+
+    // Next run: no retries, so the cut ends the first run; the second resumes the partial blob.
+    let cache = tempfile::tempdir().unwrap();
+    let mut once = hub_opts(&server, cache.path());
+    once.retry.max_retries = 0;
+    server.fail("GET", "/lfs/", Fault::CutAnswer, 1);
+    let err = resolve_checkpoint("org/cut", &once, &Silent).unwrap_err();
+    assert!(err.to_string().contains("cut short"), "{err}");
+    let blobs = cache.path().join("models--org--cut/blobs");
+    let partial: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".incomplete"))
+        .collect();
+    assert_eq!(
+        partial.len(),
+        1,
+        "one partial blob is kept for the next run"
+    );
+    let start = server.log().len();
+    let snap = resolve_checkpoint("org/cut", &once, &Silent).unwrap();
+    assert_same_files(&snap, &files);
+    let ranges = resumed(&server, start);
+    assert_eq!(ranges.len(), 1, "{}", server.dump_log());
+    assert_eq!(ranges[0].1, 206);
+    assert!(std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().ends_with(".incomplete")));
+}

@@ -53,6 +53,8 @@ pub enum Fault {
     DropMidBody,
     /// Hold the connection open without answering for this long, then close it.
     Stall(Duration),
+    /// Answer as usual, announcing the whole length, but close after half the body.
+    CutAnswer,
 }
 
 struct Rule {
@@ -71,6 +73,8 @@ pub struct Logged {
     pub status: u16,
     pub at: Instant,
     pub has_auth: bool,
+    /// The request's `Range` header.
+    pub range: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -433,6 +437,7 @@ fn handle(ctx: &Ctx, which: &'static str, stream: TcpStream) {
             status,
             at: Instant::now(),
             has_auth: req.header("Authorization").is_some(),
+            range: req.header("Range").map(str::to_string),
         });
     };
     let fault = {
@@ -480,6 +485,7 @@ fn handle(ctx: &Ctx, which: &'static str, stream: TcpStream) {
         log(0);
         return;
     };
+    let cut = matches!(fault, Some(Fault::CutAnswer));
     let resp = match fault {
         Some(Fault::Status { code, retry_after }) => {
             let mut r = Response::error(code, "", "injected failure");
@@ -504,10 +510,10 @@ fn handle(ctx: &Ctx, which: &'static str, stream: TcpStream) {
         }
     };
     log(resp.status);
-    write_response(write_half, &req, resp);
+    write_response(write_half, &req, resp, cut);
 }
 
-fn write_response(mut w: TcpStream, req: &Request, resp: Response) {
+fn write_response(mut w: TcpStream, req: &Request, resp: Response, cut: bool) {
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     let mut has_len = false;
     for (k, v) in &resp.headers {
@@ -520,7 +526,12 @@ fn write_response(mut w: TcpStream, req: &Request, resp: Response) {
     head.push_str("Connection: close\r\n\r\n");
     let _ = w.write_all(head.as_bytes());
     if req.method != "HEAD" {
-        let _ = w.write_all(&resp.body);
+        let n = if cut {
+            resp.body.len() / 2
+        } else {
+            resp.body.len()
+        };
+        let _ = w.write_all(&resp.body[..n]);
     }
     let _ = w.flush();
     let _ = w.shutdown(Shutdown::Write);

@@ -835,3 +835,69 @@ fn dtype_conversion_updates_the_config() {
         std::fs::read(p.join("in/config.json")).unwrap()
     );
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped. Mounting needs root: without it the
+/// test says so on stderr and returns, unless `WARP_REQUIRE_TMPFS=1` (scripts/test sets it where
+/// a probe mount works, as on CI), which makes a failed mount a failure, never a skip.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(at.to_path_buf())),
+            other => {
+                let why = format!("cannot mount a tmpfs (needs root): {other:?}");
+                if std::env::var("WARP_REQUIRE_TMPFS").is_ok_and(|v| v == "1") {
+                    panic!("WARP_REQUIRE_TMPFS=1 but {why}");
+                }
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Item 10 of issue 22 on a real full file system (the rlimit test above stands in for one):
+/// out of blocks while the shard is written, and out of inodes when the temporary folder is
+/// made. Each error names the destination (not a temporary name), exits 1, and the file system
+/// is left empty.
+#[test]
+fn a_real_full_disk_names_the_destination_and_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let big: Vec<f32> = (0..200_000).map(|i| i as f32).collect();
+    f32_file(&d.path().join("in.safetensors"), &[("w", big)]);
+    let cases = [
+        ("size=256k", "m/out/model.safetensors"),
+        ("size=1m,nr_inodes=2", "m/out:"),
+    ];
+    for (options, names) in cases {
+        let Some(fs) = Tmpfs::mount(&d.path().join("m"), options) else {
+            return;
+        };
+        let r = run(
+            "warp",
+            &["convert", "in.safetensors", "-o", "m/out", "-q"],
+            d.path(),
+        );
+        assert_eq!(r.code, 1, "{options}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(names) && r.stderr.contains("No space left on device"),
+            "{options}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("warp-tmp"), "{options}: {}", r.stderr);
+        assert_eq!(entries(&fs.0), Vec::<String>::new(), "{options}");
+        drop(fs);
+    }
+}

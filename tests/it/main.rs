@@ -6,6 +6,7 @@ mod common;
 mod hub_server;
 
 pub mod cli;
+mod coverage;
 mod dtypes;
 mod hostile;
 mod hub_cli;

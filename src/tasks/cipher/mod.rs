@@ -213,6 +213,28 @@ pub fn corrupt(s: &str, rng: &mut SplitMix64) -> String {
 mod tests {
     use super::*;
 
+    /// The relabelling x → 3x (mod 10) maps the rewarded shifts onto each other and keeps the
+    /// corpus, but the train/held-out split is a hash of the word itself, so a word and its
+    /// image can fall on different sides: docs/RESULTS.md says so, and this counts them.
+    #[test]
+    fn the_split_is_not_invariant_under_the_relabelling() {
+        let relabel = |w: &str| -> String {
+            w.bytes()
+                .map(|b| (b'a' + (3 * (b - b'a')) % 10) as char)
+                .collect()
+        };
+        let words = words();
+        let moved = words
+            .iter()
+            .filter(|w| is_heldout(w) != is_heldout(&relabel(w)))
+            .count();
+        eprintln!(
+            "{moved} of {} words change sides under x -> 3x",
+            words.len()
+        );
+        assert!(moved > 0 && moved < words.len() / 4, "{moved}");
+    }
+
     #[test]
     fn styles_start_with_different_tokens() {
         let w = "bdfa";
