@@ -34,7 +34,13 @@
 //! seeds; when they agree, the prompts dominate and `ν` grows. The seeds are not resampled: with
 //! 3 seeds a bootstrap over them has 10 distinct resamples and shrinks their variance by
 //! `(K − 1)/K`. The coverage of both kinds of interval is checked on simulated data with a known
-//! truth (tests/science.rs).
+//! truth (tests/it/science.rs, tests/it/coverage.rs).
+//!
+//! # Choosing and measuring
+//! A statistic that chooses checkpoints by their measured values (an upper envelope, the best
+//! policy) is biased when it is measured on the same prompts: [`Statistic::CrossFit`] chooses on
+//! one half of the prompts and measures on the other. [`Estimate::p_value`] and [`holm`] turn a
+//! table of intervals into a family of tests with a family-wise error rate.
 
 pub mod dist;
 pub mod eval_table;
@@ -156,6 +162,9 @@ pub struct Estimate {
     /// The variance parts (several seeds): between seeds, and prompts + evaluation noise.
     pub var_seed: f64,
     pub var_prompt: f64,
+    /// The mean over the replicates of the (seed-mean) statistic: `boot_mean − value` is the
+    /// bootstrap's estimate of the statistic's bias.
+    pub boot_mean: f64,
 }
 
 impl Estimate {
@@ -262,8 +271,11 @@ fn eval_stat(s: &SeedInput, counts: Option<&[u32]>) -> Option<f64> {
     let v = match &s.stat {
         Statistic::Plain(f) => f(&means(s, counts, None)?)?,
         Statistic::CrossFit(f) => {
+            // The choice is made once, on the data's own halves; a replicate resamples only
+            // what measures it.
+            let (a0, b0) = (means(s, None, Some(0))?, means(s, None, Some(1))?);
             let (a, b) = (means(s, counts, Some(0))?, means(s, counts, Some(1))?);
-            0.5 * (f(&a, &b)? + f(&b, &a)?)
+            0.5 * (f(&a0, &b)? + f(&b0, &a)?)
         }
     };
     v.is_finite().then_some(v)
@@ -332,7 +344,7 @@ pub fn estimate(seeds: &[SeedInput], o: &BootstrapOptions) -> Result<Option<Esti
     let alpha = (1.0 - o.level) / 2.0;
     if k == 1 {
         let mut v: Vec<f64> = reps.iter().map(|r| r[0]).collect();
-        let (_, var) = mean_var(&v);
+        let (boot_mean, var) = mean_var(&v);
         v.sort_by(f64::total_cmp);
         return Ok(Some(Estimate {
             value: per_seed[0],
@@ -345,12 +357,13 @@ pub fn estimate(seeds: &[SeedInput], o: &BootstrapOptions) -> Result<Option<Esti
             df: None,
             var_seed: 0.0,
             var_prompt: var,
+            boot_mean,
         }));
     }
     let kf = k as f64;
     let (value, s2) = mean_var(&per_seed);
     let means: Vec<f64> = reps.iter().map(|r| r.iter().sum::<f64>() / kf).collect();
-    let (_, v_p) = mean_var(&means);
+    let (boot_mean, v_p) = mean_var(&means);
     let w = (0..k)
         .map(|j| mean_var(&reps.iter().map(|r| r[j]).collect::<Vec<_>>()).1)
         .sum::<f64>()
@@ -377,6 +390,7 @@ pub fn estimate(seeds: &[SeedInput], o: &BootstrapOptions) -> Result<Option<Esti
         df: Some(df),
         var_seed: v_seed,
         var_prompt: v_p,
+        boot_mean,
     }))
 }
 

@@ -66,6 +66,7 @@ fn front_coverage(d: &FrontDesign, sims: usize) -> (f64, f64, f64, f64) {
     let prompts = 200;
     let mut g = SplitMix64(77 + d.left as u64 * 1000 + d.right as u64 + 7 * d.seeds as u64);
     let (mut hits, mut naive_hits, mut err, mut naive_err) = (0, 0, 0.0, 0.0);
+    let (mut bc_hits, mut bc_err) = (0, 0.0);
     for sim in 0..sims {
         let left = truth(d.left, 0.0, &mut g);
         let right = truth(d.right, 0.04, &mut g);
@@ -103,10 +104,18 @@ fn front_coverage(d: &FrontDesign, sims: usize) -> (f64, f64, f64, f64) {
         let n = stats::estimate(&plain, &o).unwrap().unwrap();
         hits += (c.lo <= want && want <= c.hi) as usize;
         naive_hits += (n.lo <= want && want <= n.hi) as usize;
+        let b = n.boot_mean - n.value;
+        bc_hits += (n.lo - b <= want && want <= n.hi - b) as usize;
+        bc_err += n.value - b - want;
         err += c.value - want;
         naive_err += n.value - want;
     }
     let s = sims as f64;
+    eprintln!(
+        "bias-corrected plain: coverage {:.3} bias {:+.4}",
+        bc_hits as f64 / s,
+        bc_err / s
+    );
     (
         hits as f64 / s,
         naive_hits as f64 / s,
@@ -156,13 +165,14 @@ fn many_point_fronts_cross_fitted_cover_the_truth() {
         ));
     }
     eprintln!("{}", report.join("\n"));
-    // What holds (the figures are in the closing note of issue 27): the cross-fitted interval
-    // never under-covers and its point estimate is less biased than the plain one where the
-    // plain one's bias is large; the plain interval under-covers the many-point designs (the
-    // check has teeth). The cross-fitted interval over-covers (~99 %): conservative, not exact.
+    // What holds (the figures are in docs/RESULTS.md and issue 27's closing note): the
+    // cross-fitted interval covers the truth within sampling error of 95 % (200 experiments:
+    // sd 1.5 %) and its point estimate is less biased than the plain one where the plain one's
+    // bias is large; the plain interval under-covers the many-point designs (the check has
+    // teeth).
     for (d, line) in designs.iter().zip(&report) {
         let (cov, naive, bias, naive_bias) = results[&(d.seeds, d.left, d.right)];
-        assert!(cov >= 0.93, "{line}");
+        assert!((0.92..=0.985).contains(&cov), "{line}");
         if naive_bias.abs() > 0.005 {
             assert!(bias.abs() < 0.6 * naive_bias.abs(), "{line}");
             assert!(naive < 0.9, "{line}");
