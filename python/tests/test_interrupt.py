@@ -53,29 +53,38 @@ class Interrupt:
         self.n += n
 
 bar = Interrupt()
+a, b, out, call = sys.argv[1:]
 try:
-    wa.liti(sys.argv[1], sys.argv[2], etas=[0.3, 0.7], out=sys.argv[3], memory_budget="32MiB",
-            threads=1, progress=bar)
+    if call == "liti":
+        wa.liti(a, b, etas=[0.3, 0.7], out=out, memory_budget="32MiB", threads=1, progress=bar)
+    else:  # a recipe (warp merge), element-wise
+        recipe = {"models": [{"model": a, "parameters": {"weight": 0.5}},
+                             {"model": b, "parameters": {"weight": 0.5}}],
+                  "merge_method": "linear"}
+        wa.merge(recipe, out=out, memory_budget="32MiB", threads=1, progress=bar)
     print("finished", bar.n, bar.total)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", bar.n, bar.total)
 """
 
 
-def test_keyboard_interrupt_during_a_merge_leaves_nothing(big, tmp_path):
+@pytest.mark.parametrize("call", ["liti", "merge"])
+def test_keyboard_interrupt_during_a_merge_leaves_nothing(big, tmp_path, call):
     # In a fresh interpreter (as a user's script or notebook kernel runs it).
     import subprocess
     import sys
 
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-c", INTERRUPTED, str(big["init"]), str(big["p1"]),
-                        str(out)], capture_output=True, text=True)
+                        str(out), call], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     what, n, total = r.stdout.split()
     assert what == "KeyboardInterrupt", r.stdout
     assert int(n) < int(total), r.stdout
     # No output folder, no staging folder beside it.
     assert leftovers(tmp_path) == []
+    if call != "liti":
+        return
     # The next merge runs (the cancellation was forgotten) and equals the CLI's.
     wa.liti(big["init"], big["p1"], etas=[0.3], out=out, memory_budget="32MiB")
     cli("liti", "--init", big["init"], "--merged", big["p1"], "--eta", 0.3, "-o",

@@ -10,8 +10,10 @@ such runs, and LITI, an interpolation back towards the init. This package runs s
                  etas=[0.3, 0.5, 1.0], out="merged")
     r.outputs            # [Path('merged/eta-0.30'), Path('merged/eta-0.50'), Path('merged/eta-1.00')]
     r.report["tensors"]  # the task vectors' norms and angles, as `warp slerp --report`
+    wa.merge("ties.yaml", out="ties", seed=1)  # a mergekit recipe, as `warp merge`
 
-Every call releases the GIL while it works, reports progress to a tqdm-compatible object
+Every merge takes the keywords of `MergeOptions` (dtype, force, memory_budget, threads, dry_run,
+progress, ...) besides its own. Every call releases the GIL while it works, reports progress to a tqdm-compatible object
 (`progress=tqdm(unit="B", unit_scale=True)`) and its log lines to the `warp_align` logger, stops
 cleanly on KeyboardInterrupt (nothing is left at the destination), and raises a subclass of
 `WarpError`. Stage 1 on TRL: `warp_align.warp_trl` (needs transformers; not imported here).
@@ -23,7 +25,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, TypedDict, Union
 
 from . import _native
 from ._native import (
@@ -39,6 +42,9 @@ from ._native import (
     WarpError,
 )
 
+if TYPE_CHECKING:  # PEP 692 (typing.Unpack from Python 3.11); annotations only, not run.
+    from typing_extensions import Unpack
+
 __version__: str = _native.__version__
 
 __all__ = [
@@ -49,6 +55,7 @@ __all__ = [
     "FormatError",
     "HubError",
     "InternalError",
+    "MergeOptions",
     "MergeResult",
     "RewardError",
     "StepError",
@@ -57,6 +64,7 @@ __all__ = [
     "inspect",
     "lerp",
     "liti",
+    "merge",
     "rl_schema",
     "slerp",
 ]
@@ -65,17 +73,49 @@ PathLike = Union[str, "os.PathLike[str]"]
 Size = Union[int, str]
 
 
+class MergeOptions(TypedDict, total=False):
+    """The keywords every merge takes besides `out` (`**options`), with their defaults:
+
+    dtype: "same" (each tensor keeps the init's dtype), "bf16", "f16", "f32" or "f64".
+    force: False. True replaces an existing `out` (swapped out only after everything new is
+        written).
+    max_shard_size: "5GB". memory_budget: "1GiB". Bytes, or "5GB", "2GiB", ...
+    device: "auto", "cpu", "cuda" or "cuda:N" ("auto").
+    threads: CPU threads of this call (None: all cores).
+    allow_nonfinite: False. True merges inputs holding NaN or Inf (else a FormatError naming
+        the tensor).
+    dry_run: False. True plans only: reads the headers, writes nothing, and returns the plan
+        (`warp ... --dry-run --json`) as `MergeResult.plan`.
+    progress: None, or a tqdm-compatible object (update(n), reset(total=...)) for the bytes
+        processed.
+    """
+
+    dtype: str
+    force: bool
+    max_shard_size: Size
+    memory_budget: Size
+    device: str
+    threads: Optional[int]
+    allow_nonfinite: bool
+    dry_run: bool
+    progress: Any
+
+
 @dataclass(frozen=True)
 class MergeResult:
     """What a merge wrote.
 
-    outputs: the output folders (one per η with several etas; else `out` itself).
+    outputs: the output folders (one per eta with several etas; else `out` itself); empty for a
+        dry run.
     report: SLERP only: per-tensor and per-group task-vector norms, cosines and angles, and the
         coefficients used (the same JSON as `warp slerp --report FILE`); None for the others.
+    plan: a dry run's plan (tensors, bytes to read and write, memory), as `--dry-run --json`;
+        None otherwise.
     """
 
     outputs: list
     report: Optional[dict]
+    plan: Optional[dict] = None
 
 
 def _one(name: str, x: Any) -> str:
@@ -98,8 +138,9 @@ def _floats(name: str, xs: Optional[Iterable[float]]) -> list:
     return [float(x) for x in xs]
 
 
-def _common(out, force, dtype, max_shard_size, memory_budget, device, threads, allow_nonfinite,
-            progress) -> dict:
+def _options(out, dtype="same", force=False, max_shard_size="5GB", memory_budget="1GiB",
+             device="auto", threads=None, allow_nonfinite=False, dry_run=False,
+             progress=None) -> dict:
     return dict(
         out=_one("out", out),
         force=bool(force),
@@ -109,13 +150,21 @@ def _common(out, force, dtype, max_shard_size, memory_budget, device, threads, a
         device=str(device),
         threads=threads,
         allow_nonfinite=bool(allow_nonfinite),
+        dry_run=bool(dry_run),
         progress=progress,
     )
 
 
-def _result(r) -> MergeResult:
-    outputs, report = r
-    return MergeResult([Path(p) for p in outputs], None if report is None else json.loads(report))
+def _run(native, *args, out, options: dict) -> MergeResult:
+    """Calls `native(*args, {out and the options})`: every merge's one way in."""
+    for k in options:
+        if k not in MergeOptions.__annotations__:
+            name = native.__name__
+            raise TypeError(f"{name}() got an unexpected keyword argument {k!r}")
+    outputs, report, plan = native(*args, _options(out, **options))
+    return MergeResult([Path(p) for p in outputs],
+                       None if report is None else json.loads(report),
+                       None if plan is None else json.loads(plan))
 
 
 def slerp(
@@ -127,14 +176,7 @@ def slerp(
     angle: str = "tensor",
     lerp_threshold: float = 0.9995,
     report: Optional[PathLike] = None,
-    dtype: str = "same",
-    force: bool = False,
-    max_shard_size: Size = "5GB",
-    memory_budget: Size = "1GiB",
-    device: str = "auto",
-    threads: Optional[int] = None,
-    allow_nonfinite: bool = False,
-    progress: Any = None,
+    **options: Unpack[MergeOptions],
 ) -> MergeResult:
     """SLERP of M >= 2 task vectors from one init, with fused LITI exports (`warp slerp`).
 
@@ -147,20 +189,14 @@ def slerp(
     angle: "tensor" (one angle per tensor), "layer" (per transformer block) or "global".
     lerp_threshold: LERP instead of SLERP where |cos(angle)| exceeds it (or a task vector is 0).
     report: also write the norms and angles (JSON) to this file, as `--report`.
-    dtype: "same" (each tensor keeps the init's dtype), "bf16", "f16", "f32" or "f64".
-    force: replace an existing `out` (swapped out only after everything new is written).
-    max_shard_size, memory_budget: bytes, or "5GB", "2GiB", ...
-    device: "auto", "cpu", "cuda" or "cuda:N". threads: CPU threads (default: all cores).
-    progress: a tqdm-compatible object (update(n), reset(total=...)) for the bytes processed.
+    options: dtype, force, max_shard_size, memory_budget, device, threads, allow_nonfinite,
+        dry_run, progress: see `MergeOptions`.
 
     Returns the output folders and the report (norms, angles) as Python data.
     """
-    return _result(_native.slerp(
-        _many("policies", policies), _one("init", init),
-        etas=_floats("etas", etas), angle=str(angle), lerp_threshold=float(lerp_threshold),
-        report=None if report is None else _one("report", report),
-        **_common(out, force, dtype, max_shard_size, memory_budget, device, threads,
-                  allow_nonfinite, progress)))
+    return _run(_native.slerp, _many("policies", policies), _one("init", init),
+                _floats("etas", etas), str(angle), float(lerp_threshold),
+                None if report is None else _one("report", report), out=out, options=options)
 
 
 def lerp(
@@ -170,26 +206,16 @@ def lerp(
     out: PathLike,
     weights: Optional[Iterable[float]] = None,
     etas: Optional[Iterable[float]] = None,
-    dtype: str = "same",
-    force: bool = False,
-    max_shard_size: Size = "5GB",
-    memory_budget: Size = "1GiB",
-    device: str = "auto",
-    threads: Optional[int] = None,
-    allow_nonfinite: bool = False,
-    progress: Any = None,
+    **options: Unpack[MergeOptions],
 ) -> MergeResult:
     """LERP (task arithmetic) of task vectors from one init, with fused LITI (`warp lerp`).
 
     init + sum_m weights[m] * (policies[m] - init), weights 1/M each by default; with etas, also
     (1 - eta) * init + eta * lerp for each eta (several written in one pass). Other arguments as
-    in `slerp`.
+    in `slerp`; options: see `MergeOptions`.
     """
-    return _result(_native.lerp(
-        _many("policies", policies), _one("init", init),
-        weights=_floats("weights", weights), etas=_floats("etas", etas),
-        **_common(out, force, dtype, max_shard_size, memory_budget, device, threads,
-                  allow_nonfinite, progress)))
+    return _run(_native.lerp, _many("policies", policies), _one("init", init),
+                _floats("weights", weights), _floats("etas", etas), out=out, options=options)
 
 
 def liti(
@@ -198,24 +224,15 @@ def liti(
     *,
     etas: Iterable[float],
     out: PathLike,
-    dtype: str = "same",
-    force: bool = False,
-    max_shard_size: Size = "5GB",
-    memory_budget: Size = "1GiB",
-    device: str = "auto",
-    threads: Optional[int] = None,
-    allow_nonfinite: bool = False,
-    progress: Any = None,
+    **options: Unpack[MergeOptions],
 ) -> MergeResult:
     """LITI: (1 - eta) * init + eta * merged for each eta (`warp liti`; WARP Sec. 3.3).
 
     eta traces the KL-reward Pareto front; eta > 1 extrapolates. Several etas are written in one
-    pass to out/eta-0.30/, ...; a single eta to `out` itself. Other arguments as in `slerp`.
+    pass to out/eta-0.30/, ...; a single eta to `out` itself. Options: see `MergeOptions`.
     """
-    return _result(_native.liti(
-        _one("init", init), _one("merged", merged), etas=_floats("etas", etas),
-        **_common(out, force, dtype, max_shard_size, memory_budget, device, threads,
-                  allow_nonfinite, progress)))
+    return _run(_native.liti, _one("init", init), _one("merged", merged),
+                _floats("etas", etas), out=out, options=options)
 
 
 def ema(
@@ -223,24 +240,68 @@ def ema(
     mu: float,
     *,
     out: PathLike,
-    dtype: str = "same",
-    force: bool = False,
-    max_shard_size: Size = "5GB",
-    memory_budget: Size = "1GiB",
-    device: str = "auto",
-    threads: Optional[int] = None,
-    allow_nonfinite: bool = False,
-    progress: Any = None,
+    **options: Unpack[MergeOptions],
 ) -> MergeResult:
     """Exponential moving average of checkpoints, oldest first (`warp ema`).
 
     ema <- checkpoints[0], then ema <- (1 - mu) * ema + mu * c for each next one, in one pass.
-    Other arguments as in `slerp`.
+    Options: see `MergeOptions`.
     """
-    return _result(_native.ema(
-        _many("checkpoints", checkpoints), float(mu),
-        **_common(out, force, dtype, max_shard_size, memory_budget, device, threads,
-                  allow_nonfinite, progress)))
+    return _run(_native.ema, _many("checkpoints", checkpoints), float(mu), out=out,
+                options=options)
+
+
+def _path_default(x):
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    raise ArgumentError(f"recipe: {type(x).__name__} is not a recipe value")
+
+
+def merge(
+    recipe: Union[PathLike, Mapping[str, Any]],
+    *,
+    out: PathLike,
+    seed: int = 0,
+    **options: Unpack[MergeOptions],
+) -> MergeResult:
+    """Merges models as a mergekit recipe says (`warp merge RECIPE.yaml -o OUT`).
+
+    TIES, DARE (dare_ties, dare_linear), breadcrumbs, della, SLERP, NuSLERP, model stock,
+    task arithmetic, linear, passthrough slices (depth up-scaling), ... and warp_slerp (WARP's
+    SLERP of M task vectors with LITI etas), streamed tensor by tensor within the memory budget;
+    mergekit's configuration language as of mergekit 0.1.5 (docs/RECIPES.md). The output is the
+    same, byte for byte, as the command line's.
+
+    recipe: the recipe as
+        - a path (str or os.PathLike) to the YAML file;
+        - YAML text: a str holding a line break (e.g. a triple-quoted string);
+        - a dict, as yaml.safe_load gives it (os.PathLike values are taken as paths).
+        Model names in it are HF folders, .safetensors files or hub ids org/name[@revision];
+        relative paths are relative to the working directory.
+    seed: seed of the random methods (dare_ties, dare_linear): each keep/drop decision is a
+        function of (seed, tensor, model, element), whatever the threads, budget or chunking.
+    options: dtype (overrides the recipe's `dtype`/`out_dtype` unless "same"), force,
+        max_shard_size, memory_budget, device ("cuda" is refused: recipe kernels run on the
+        CPU), threads, allow_nonfinite, dry_run, progress: see `MergeOptions`.
+
+    A bad recipe raises ArgumentError with one line naming the file (or "<recipe>") and the key,
+    e.g. "<recipe>: models[0].parameters.densty: unknown parameter"; nothing is written.
+    """
+    path = text = None
+    name = "<recipe>"
+    if isinstance(recipe, Mapping):
+        text = json.dumps(recipe, indent=2, default=_path_default) + "\n"
+    elif isinstance(recipe, str) and "\n" in recipe:
+        text = recipe
+    elif isinstance(recipe, (str, os.PathLike)):
+        path = os.fspath(recipe)
+        name = path
+    else:
+        raise ArgumentError(
+            f"recipe: expected a path, YAML text or a dict, got {type(recipe).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ArgumentError(f"seed: expected a whole number from 0 to 2**64 - 1, got {seed!r}")
+    return _run(_native.merge, path, text, name, seed, out=out, options=options)
 
 
 def inspect(path: PathLike, *, progress: Any = None) -> dict:

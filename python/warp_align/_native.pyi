@@ -1,6 +1,6 @@
 """Type stubs of the extension module (src/python/): the public API is warp_align's wrappers."""
 
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
 __version__: str
 
@@ -38,66 +38,39 @@ class InternalError(WarpError):
 class CancelledError(WarpError):
     """The operation was cancelled (nothing was left half-written)."""
 
-_Merged = tuple[list[str], Optional[str]]
+# (output folders, report as JSON text, dry run's plan as JSON text)
+_Merged = tuple[list[str], Optional[str], Optional[str]]
+
+class _Options(TypedDict):
+    """What warp_align._options makes of `out` and the MergeOptions keywords."""
+
+    out: str
+    force: bool
+    dtype: str
+    max_shard_size: str
+    memory_budget: str
+    device: str
+    threads: Optional[int]
+    allow_nonfinite: bool
+    dry_run: bool
+    progress: Any
 
 def slerp(
     policies: list[str],
     init: str,
-    out: str,
     etas: list[float],
     angle: str,
     lerp_threshold: float,
-    force: bool,
-    dtype: str,
-    max_shard_size: str,
-    memory_budget: str,
-    device: str,
-    threads: Optional[int],
-    allow_nonfinite: bool,
     report: Optional[str],
-    progress: Any,
+    options: _Options,
 ) -> _Merged: ...
 def lerp(
-    policies: list[str],
-    init: str,
-    out: str,
-    weights: list[float],
-    etas: list[float],
-    force: bool,
-    dtype: str,
-    max_shard_size: str,
-    memory_budget: str,
-    device: str,
-    threads: Optional[int],
-    allow_nonfinite: bool,
-    progress: Any,
+    policies: list[str], init: str, weights: list[float], etas: list[float], options: _Options
 ) -> _Merged: ...
-def liti(
-    init: str,
-    merged_model: str,
-    out: str,
-    etas: list[float],
-    force: bool,
-    dtype: str,
-    max_shard_size: str,
-    memory_budget: str,
-    device: str,
-    threads: Optional[int],
-    allow_nonfinite: bool,
-    progress: Any,
-) -> _Merged: ...
-def ema(
-    checkpoints: list[str],
-    mu: float,
-    out: str,
-    force: bool,
-    dtype: str,
-    max_shard_size: str,
-    memory_budget: str,
-    device: str,
-    threads: Optional[int],
-    allow_nonfinite: bool,
-    progress: Any,
+def liti(init: str, merged_model: str, etas: list[float], options: _Options) -> _Merged: ...
+def ema(checkpoints: list[str], mu: float, options: _Options) -> _Merged: ...
+def merge(
+    path: Optional[str], text: Optional[str], name: str, seed: int, options: _Options
 ) -> _Merged: ...
 def inspect(path: str, progress: Any) -> str: ...
 def rl_schema() -> str: ...

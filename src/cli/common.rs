@@ -1,14 +1,15 @@
 //! What several commands share: the options of every checkpoint-writing tool and of the
-//! streaming engine, the merge runner, argument checks done before any work, stdout.
+//! streaming engine, the merge runner (over the library's [`crate::engine::job`]), argument
+//! checks done before any work, stdout.
 
 use std::path::{Path, PathBuf};
 
 use super::progress::Progress;
 use crate::device::Device;
+use crate::engine::job;
 use crate::error::{Error, Result};
 use crate::io::writer::parse_size;
 use crate::io::OutDType;
-use crate::progress::Reporter;
 
 /// Options of every tool that writes a checkpoint.
 #[derive(clap::Args, Debug)]
@@ -81,18 +82,6 @@ pub fn parse_threads(s: &str) -> std::result::Result<usize, String> {
     Ok(n)
 }
 
-impl EngineArgs {
-    pub fn init_threads(&self) -> Result<()> {
-        if let Some(n) = self.threads {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()
-                .map_err(|e| Error::Internal(format!("thread pool of {n}: {e}")))?;
-        }
-        Ok(())
-    }
-}
-
 /// `--name` (or `<NAME>` for a positional) of an argument, for messages.
 pub fn flag_display(a: &clap::Arg) -> String {
     match (a.get_long(), a.get_short()) {
@@ -122,92 +111,47 @@ pub fn out_line(text: &str) -> Result<()> {
     out(&format!("{text}\n"))
 }
 
+/// The merge options' flags, for the library's messages.
+pub const NAMES: job::Names = job::Names {
+    out: "-o",
+    report: "--report",
+    device: "--device",
+    force: "--force",
+    sep: " ",
+    quote: "",
+};
+
 /// The output folder `flag` names can be written: it does not exist (or `force`), and its parent
 /// is a folder or can be created. Checked before any input is read.
 pub fn check_new_dir(flag: &str, dir: &Path, force: bool) -> Result<()> {
-    if dir.exists() && !force {
-        return Err(Error::Usage(format!(
-            "{flag} {}: exists (use --force to replace it)",
-            dir.display()
-        )));
-    }
-    check_parent(flag, dir)
+    job::check_new_dir(&NAMES, flag, dir, force)
 }
 
 /// The output file `flag` names can be written: its parent is an existing folder and it is not
 /// a folder itself. Checked before any input is read.
 pub fn check_new_file(flag: &str, file: &Path) -> Result<()> {
-    if file.is_dir() {
-        return Err(Error::Usage(format!(
-            "{flag} {}: is a folder, not a file",
-            file.display()
-        )));
-    }
-    let parent = parent_of(file);
-    if !parent.is_dir() {
-        return Err(Error::Usage(format!(
-            "{flag} {}: the folder {} does not exist",
-            file.display(),
-            parent.display()
-        )));
-    }
-    Ok(())
+    job::check_new_file(&NAMES, flag, file)
 }
 
-fn parent_of(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+/// The library's merge options from the flags.
+pub fn options(out: &OutputArgs, eng: &EngineArgs, report: Option<&Path>) -> job::Options {
+    job::Options {
+        out: out.output.clone(),
+        force: out.force,
+        dtype: out.dtype,
+        max_shard_size: out.max_shard_size,
+        memory_budget: eng.memory_budget,
+        device: eng.device,
+        threads: eng.threads,
+        allow_nonfinite: eng.allow_nonfinite,
+        dry_run: eng.dry_run,
+        report: report.map(Path::to_path_buf),
+        names: &NAMES,
     }
 }
 
-/// The nearest existing ancestor of `path` must be a folder (so the parents can be created).
-fn check_parent(flag: &str, path: &Path) -> Result<()> {
-    let mut p = parent_of(path);
-    loop {
-        if p.exists() {
-            return if p.is_dir() {
-                Ok(())
-            } else {
-                Err(Error::Usage(format!(
-                    "{flag} {}: {} is not a folder",
-                    path.display(),
-                    p.display()
-                )))
-            };
-        }
-        match p.parent() {
-            Some(q) if !q.as_os_str().is_empty() => p = q.to_path_buf(),
-            _ => return Ok(()),
-        }
-    }
-}
-
-/// Opens the inputs (local paths, `builtin:…` files, hub ids), their warnings on stderr.
-pub(crate) fn open_inputs(
-    inputs: Vec<(String, &str)>,
-    progress: &Progress,
-) -> Result<Vec<crate::engine::Input>> {
-    let hub = crate::hub::HubOptions::from_env();
-    let mut opened = Vec::with_capacity(inputs.len());
-    // A LoRA adapter's base: the init, or else the one its config names.
-    let init = inputs
-        .iter()
-        .find(|(_, role)| *role == "init")
-        .map(|(s, _)| s.clone());
-    for (spec, role) in inputs {
-        let input = crate::engine::Input::open(spec, role, init.as_deref(), &hub, progress)?;
-        for w in &input.ckpt.warnings {
-            progress.message(&format!("warning: {w}"));
-        }
-        opened.push(input);
-    }
-    Ok(opened)
-}
-
-/// Opens the inputs (local paths, `builtin:…` files, hub ids), plans, and either prints the
-/// plan (--dry-run) or runs the merge. Output paths go to stdout, one per line. Every output
-/// path is checked before the first input byte is read.
+/// Runs a merge as the library does it ([`job::merge`]: checks, inputs, plan, engine, report
+/// file), then [`finish`]es it.
 pub fn run_merge(
     method: &dyn crate::merge::Method,
     inputs: Vec<(String, &str)>,
@@ -215,103 +159,36 @@ pub fn run_merge(
     eng: &EngineArgs,
     report: Option<&Path>,
 ) -> Result<()> {
-    use crate::engine::{backend_for, run, MergeJob, Plan};
-    if !eng.dry_run {
-        check_new_dir("-o", &out.output, out.force)?;
-        if let Some(r) = report {
-            check_new_file("--report", r)?;
-        }
-    }
-    eng.init_threads()?;
     let progress = Progress::new(eng.quiet);
-    let opened = open_inputs(inputs, &progress)?;
-    let paths: Vec<&Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
-    crate::io::writer::check_destination(&out.output, &paths)?;
-    if let Some(r) = report {
-        crate::io::writer::check_destination(r, &paths)?;
-    }
-    let job = MergeJob {
-        inputs: &opened,
-        method,
-        dest: out.output.clone(),
-        out_dtype: out.dtype,
-        max_shard_size: out.max_shard_size,
-        force: out.force,
-        budget: eng.memory_budget,
-        allow_nonfinite: eng.allow_nonfinite,
-    };
-    let plan = Plan::new(&job)?;
-    if eng.dry_run {
-        let text = if eng.json {
-            serde_json::to_string_pretty(&plan).map_err(|e| Error::Internal(e.to_string()))? + "\n"
-        } else {
-            plan.table()
-        };
-        return self::out(&text);
-    }
-    if !out.force {
-        for o in &plan.outputs {
-            if o.exists() {
-                return Err(Error::Usage(format!(
-                    "destination {} exists (use --force to replace it)",
-                    o.display()
-                )));
-            }
-        }
-    }
-    let backend = backend_for(eng.device)?;
-    progress.message(&format!(
-        "{}: {} input(s) → {} output(s), {} tensors, read {}, write {}, on {}",
-        method.name(),
-        opened.len(),
-        plan.outputs.len(),
-        plan.tensors.len(),
-        crate::io::writer::human_bytes(plan.read_bytes),
-        crate::io::writer::human_bytes(plan.write_bytes),
-        backend.name()
-    ));
-    let started = std::time::Instant::now();
-    let summary = run(&job, &plan, backend.as_ref(), &progress)?;
-    let secs = started.elapsed().as_secs_f64();
-    progress.message(&format!(
-        "done in {secs:.1} s ({}/s read)",
-        crate::io::writer::human_bytes((summary.bytes_read as f64 / secs.max(1e-9)) as u64)
-    ));
-    finish_merge(
-        &summary.outputs,
-        summary.report.as_ref(),
-        out,
-        eng,
-        report,
-        &progress,
-    )
+    let outcome = job::merge(method, inputs, &options(out, eng, report), &progress)?;
+    finish(outcome, out, eng, &progress)
 }
 
-/// What every merge does once its outputs are in place: the report (stderr table, --report
-/// file), the output paths on stdout, the hub push.
-pub(crate) fn finish_merge(
-    outputs: &[PathBuf],
-    rep: Option<&serde_json::Value>,
+/// A dry run's plan on stdout (a table, or JSON with --json); else the output folders, one per
+/// line, after the hub upload (several outputs are pushed as one repo with a sub-folder each:
+/// load with `subfolder=`) and its commit URL.
+pub fn finish(
+    outcome: job::Outcome,
     out: &OutputArgs,
     eng: &EngineArgs,
-    report: Option<&Path>,
     progress: &Progress,
 ) -> Result<()> {
-    if let Some(rep) = rep {
-        if !eng.quiet {
-            eprint!("{}", crate::merge::report::summary_table(rep));
+    let summary = match outcome {
+        job::Outcome::Planned { table, json } => {
+            let text = if eng.json {
+                serde_json::to_string_pretty(&json).map_err(|e| Error::Internal(e.to_string()))?
+                    + "\n"
+            } else {
+                table
+            };
+            return self::out(&text);
         }
-        if let Some(path) = report {
-            let text =
-                serde_json::to_string_pretty(rep).map_err(|e| Error::Internal(e.to_string()))?;
-            crate::io::write_file_atomic(path, (text + "\n").as_bytes())?;
-        }
-    }
+        job::Outcome::Done(summary) => summary,
+    };
     let mut listing = String::new();
-    for o in outputs {
+    for o in &summary.outputs {
         listing += &format!("{}\n", o.display());
     }
-    // Several outputs are pushed as one repo with a sub-folder each (load with `subfolder=`).
     if let Some(pushed) = super::hub_args::push_if_requested(&out.output, &out.hub, progress)? {
         listing += &format!("{}\n", pushed.commit_url);
     }

@@ -1,15 +1,16 @@
 //! `--as adapter|full` of the merge tools (slerp, lerp, liti, ema): merges of PEFT LoRA adapters
 //! of one base written as PEFT adapters, computed in rank space from the factors
-//! ([`crate::merge::lora`]), or as full checkpoints by the streaming engine.
+//! ([`crate::engine::lora`]), or as full checkpoints by the streaming engine.
 
 use std::path::Path;
 
 use super::common::{
-    check_new_dir, check_new_file, finish_merge, open_inputs, run_merge, EngineArgs, OutputArgs,
+    check_new_dir, check_new_file, finish, options, run_merge, EngineArgs, OutputArgs,
 };
 use super::progress::Progress;
+use crate::engine::job;
+use crate::engine::lora::{merge_opened, why_not_rank_space};
 use crate::error::{Error, Result};
-use crate::merge::lora::{merge, why_not_rank_space, RankSpaceJob, RankSpacePlan};
 use crate::merge::Method;
 use crate::progress::Reporter;
 
@@ -67,7 +68,7 @@ pub fn run_merge_as(
         }
     }
     let progress = Progress::new(eng.quiet);
-    let opened = open_inputs(inputs.clone(), &progress)?;
+    let opened = job::open_inputs(inputs.clone(), &progress)?;
     if let Some(why) = why_not_rank_space(&opened) {
         if kind == OutputKind::Adapter {
             return Err(Error::Usage(format!("--as adapter: {why} (use --as full)")));
@@ -76,35 +77,9 @@ pub fn run_merge_as(
         drop(opened);
         return run_merge(method, inputs, out, eng, report);
     }
-    eng.init_threads()?;
-    let paths: Vec<&Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
-    crate::io::writer::check_destination(&out.output, &paths)?;
-    if let Some(r) = report {
-        crate::io::writer::check_destination(r, &paths)?;
-    }
-    let plan = RankSpacePlan::new(&opened)?;
-    if eng.dry_run {
-        return dry_run(method, &opened, &plan, out, eng);
-    }
-    progress.message(&format!(
-        "{}: {} input(s) → {} PEFT adapter(s) of rank {}, {} module(s), in rank space from the \
-         factors ({} read)",
-        method.name(),
-        opened.len(),
-        method.outputs().len(),
-        plan.rank,
-        plan.modules.len(),
-        crate::io::writer::human_bytes(plan.factor_bytes)
-    ));
-    let job = RankSpaceJob {
-        inputs: &opened,
-        method,
-        dest: out.output.clone(),
-        force: out.force,
-        dtype: out.dtype,
-    };
-    let w = merge(&job, &progress)?;
-    finish_merge(&w.outputs, w.report.as_ref(), out, eng, report, &progress)
+    let o = options(out, eng, report);
+    let outcome = job::with_threads(o.threads, || merge_opened(method, &opened, &o, &progress))?;
+    finish(outcome, out, eng, &progress)
 }
 
 /// The first input (besides a full init) that is not a local PEFT adapter folder, if any.
@@ -117,50 +92,4 @@ fn not_an_adapter(inputs: &[(String, &str)]) -> Option<String> {
         .filter(|(spec, role)| *role != "init" || adapter(spec))
         .find(|(spec, _)| !adapter(spec))
         .map(|(spec, _)| spec.clone())
-}
-
-/// `--dry-run` of a rank-space merge: what would be written (text, or JSON with --json).
-fn dry_run(
-    method: &dyn Method,
-    opened: &[crate::engine::Input],
-    plan: &RankSpacePlan,
-    out: &OutputArgs,
-    eng: &EngineArgs,
-) -> Result<()> {
-    let names = method.outputs();
-    let outputs: Vec<String> = if names.len() == 1 {
-        vec![out.output.display().to_string()]
-    } else {
-        names
-            .iter()
-            .map(|n| out.output.join(n).display().to_string())
-            .collect()
-    };
-    if eng.json {
-        let v = serde_json::json!({
-            "as": "adapter",
-            "method": method.name(),
-            "inputs": opened.iter().map(|i| i.spec.as_str()).collect::<Vec<_>>(),
-            "outputs": outputs,
-            "rank": plan.rank,
-            "modules": plan.modules.iter().map(|m| m.weight.as_str()).collect::<Vec<_>>(),
-            "read_bytes": plan.factor_bytes,
-        });
-        let text = serde_json::to_string_pretty(&v).map_err(|e| Error::Internal(e.to_string()))?;
-        return super::common::out(&(text + "\n"));
-    }
-    let mut text = format!(
-        "{} in rank space: {} input(s) → {} PEFT LoRA adapter(s) of rank {} over {} module(s), \
-         from the factors alone ({} read; no full weight is read or written)\n",
-        method.name(),
-        opened.len(),
-        outputs.len(),
-        plan.rank,
-        plan.modules.len(),
-        crate::io::writer::human_bytes(plan.factor_bytes)
-    );
-    for o in outputs {
-        text += &format!("  {o}\n");
-    }
-    super::common::out(&text)
 }

@@ -6,7 +6,12 @@
 //! - [`plan`]: what a job will do and the memory model (`--dry-run`);
 //! - `sink`: the outputs, each written by its own thread (computing chunk i+1 overlaps writing
 //!   chunk i), atomically;
-//! - `stream`: the passes themselves, with every chunk's inputs and outputs checked before use.
+//! - `stream`: the passes themselves, with every chunk's inputs and outputs checked before use;
+//! - [`job`] and [`recipe_job`]: one merge (or recipe) as the CLI and Python run it: the checks
+//!   before any input is read, the inputs opened, the plan, then the plan alone (a dry run) or
+//!   the run; [`recipe`]: the recipes' executor.
+//! - [`lora`]: merges of PEFT LoRA adapters of one base in rank space (statistics and outputs
+//!   from the factors, written as PEFT adapters; `--as adapter`).
 //!
 //! The engine knows no method: coefficients, validation and report entries come from the
 //! [`Method`](crate::merge::Method) trait.
@@ -16,8 +21,11 @@ pub mod cpu;
 #[cfg_attr(feature = "cuda", path = "cuda_real.rs")]
 pub mod cuda;
 mod input;
+pub mod job;
+pub mod lora;
 pub mod plan;
 pub mod recipe;
+pub mod recipe_job;
 mod sink;
 mod stream;
 

@@ -123,35 +123,13 @@ fn offline_snapshot(id: &HubId, opts: &HubOptions) -> Result<PathBuf> {
     Ok(snap)
 }
 
-/// The shard file names of an index (`weight_map` values), checked to stay inside the snapshot.
+/// The shard file names of an index, by the reader's own rule (next to the index, nothing
+/// that leaves the folder), so a download fetches exactly what the merge will then open.
 fn index_shards(index: &Path) -> Result<BTreeSet<String>> {
-    let text = std::fs::read_to_string(index).at(index)?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::format(index, format!("invalid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::format(index, "no 'weight_map' object"))?;
-    let mut shards = BTreeSet::new();
-    for (tensor, shard) in map {
-        let shard = shard.as_str().ok_or_else(|| {
-            Error::format(index, format!("weight_map['{tensor}'] is not a string"))
-        })?;
-        let safe = !shard.is_empty()
-            && !shard.starts_with('/')
-            && !shard.contains('\\')
-            && shard
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != "..");
-        if !safe {
-            return Err(Error::format(
-                index,
-                format!("shard name '{shard}' leaves the checkpoint folder"),
-            ));
-        }
-        shards.insert(shard.to_string());
-    }
-    Ok(shards)
+    Ok(crate::io::reader::read_index(index)?
+        .files
+        .into_iter()
+        .collect())
 }
 
 /// Read timeout of one download request (per read of the socket, not for the whole file).

@@ -534,7 +534,7 @@ pub struct Index {
 /// Largest index file read (a weight map of a million tensors is well below).
 const MAX_INDEX_BYTES: u64 = 256 << 20;
 
-fn read_index(path: &Path) -> Result<Index> {
+pub fn read_index(path: &Path) -> Result<Index> {
     let text = super::read_text(path, MAX_INDEX_BYTES)?;
     parse_index(&text, path)
 }

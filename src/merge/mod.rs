@@ -11,7 +11,6 @@ pub mod kernel;
 pub mod lerp;
 pub mod linear;
 pub mod liti;
-pub mod lora;
 pub mod model_stock;
 pub mod multislerp;
 pub mod nearswap;

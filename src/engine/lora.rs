@@ -22,14 +22,15 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{check_rows, group_key, Gram, Method};
-use crate::engine::Input;
+use super::job::{Options, Outcome};
+use super::{Input, Summary};
 use crate::error::{Error, Result};
 use crate::io::guard::ReadGuard;
 use crate::io::lora::RawFactors;
 use crate::io::lora_writer::{AdapterLayout, AdapterWriter, ModuleShape};
-use crate::io::writer::Staging;
+use crate::io::writer::{check_destination, human_bytes, Staging};
 use crate::io::{DType, OutDType};
+use crate::merge::{check_rows, group_key, Gram, Method};
 use crate::progress::Reporter;
 
 /// Why the inputs cannot be merged in rank space (None: they can): at least one input is a
@@ -347,6 +348,89 @@ fn rows_of(
     Ok(rows)
 }
 
+/// A merge of adapters of one base in rank space as the front ends run it — the counterpart of
+/// [`super::job::merge`] once the inputs are open and [`why_not_rank_space`] found
+/// nothing: the destinations checked against the inputs, the plan, then the plan itself (a dry
+/// run) or the adapters, the report's table (a message) and file. `o.dtype` is the factors'
+/// dtype; the memory budget, device and shard size do not apply.
+pub fn merge_opened(
+    method: &dyn Method,
+    inputs: &[Input],
+    o: &Options,
+    reporter: &dyn Reporter,
+) -> Result<Outcome> {
+    let paths: Vec<&Path> = inputs.iter().map(|i| i.ckpt.path.as_path()).collect();
+    check_destination(&o.out, &paths)?;
+    if let Some(r) = &o.report {
+        check_destination(r, &paths)?;
+    }
+    let plan = RankSpacePlan::new(inputs)?;
+    let names = method.outputs();
+    let outputs: Vec<PathBuf> = if names.len() == 1 {
+        vec![o.out.clone()]
+    } else {
+        names.iter().map(|n| o.out.join(n)).collect()
+    };
+    let what = format!(
+        "{}: {} input(s) → {} PEFT LoRA adapter(s) of rank {} over {} module(s), in rank space \
+         from the factors alone ({} read; no full weight is read or written)",
+        method.name(),
+        inputs.len(),
+        outputs.len(),
+        plan.rank,
+        plan.modules.len(),
+        human_bytes(plan.factor_bytes)
+    );
+    if o.dry_run {
+        let mut table = what + "\n";
+        for x in &outputs {
+            table += &format!("  {}\n", x.display());
+        }
+        let json = serde_json::json!({
+            "as": "adapter",
+            "method": method.name(),
+            "inputs": inputs.iter().map(|i| i.spec.as_str()).collect::<Vec<_>>(),
+            "outputs": outputs,
+            "rank": plan.rank,
+            "modules": plan.modules.iter().map(|m| m.weight.as_str()).collect::<Vec<_>>(),
+            "read_bytes": plan.factor_bytes,
+        });
+        return Ok(Outcome::Planned { table, json });
+    }
+    reporter.message(&what);
+    let job = RankSpaceJob {
+        inputs,
+        method,
+        dest: o.out.clone(),
+        force: o.force,
+        dtype: o.dtype,
+    };
+    let w = merge(&job, reporter)?;
+    if let Some(rep) = &w.report {
+        reporter.message(crate::merge::report::summary_table(rep).trim_end());
+        if let Some(path) = &o.report {
+            let text =
+                serde_json::to_string_pretty(rep).map_err(|e| Error::Internal(e.to_string()))?;
+            crate::io::write_file_atomic(path, (text + "\n").as_bytes())?;
+        }
+    }
+    let elems: usize = plan
+        .modules
+        .iter()
+        .map(|m| m.a_shape[0] * m.a_shape[1] + m.b_shape[0] * m.b_shape[1])
+        .sum();
+    let size = match o.dtype {
+        OutDType::Same => 4,
+        OutDType::To(d) => d.size(),
+    };
+    Ok(Outcome::Done(Summary {
+        outputs: w.outputs,
+        report: w.report,
+        bytes_read: plan.factor_bytes,
+        bytes_written: (elems * size * names.len()) as u64,
+    }))
+}
+
 /// Merges the adapters of `job` and writes every output as a PEFT adapter, all appearing at
 /// once at the end (or none, on an error).
 pub fn merge(job: &RankSpaceJob, reporter: &dyn Reporter) -> Result<Written> {
@@ -403,7 +487,7 @@ pub fn merge(job: &RankSpaceJob, reporter: &dyn Reporter) -> Result<Written> {
     let specs: Vec<&str> = inputs.iter().map(|i| i.spec.as_str()).collect();
     Ok(Written {
         outputs,
-        report: per_tensor.map(|p| super::report::report_json(method, &specs, &p)),
+        report: per_tensor.map(|p| crate::merge::report::report_json(method, &specs, &p)),
         rank: plan.rank,
     })
 }
