@@ -252,32 +252,12 @@ struct Cut {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// An element is kept when its key lies strictly between the cuts' keys, or equals a cut's key
+/// and its place among the elements of that key keeps it inside the rank window (see `select`).
 struct Selection {
     window: RankWindow,
     lo: Option<Cut>,
     hi: Option<Cut>,
-}
-
-impl Selection {
-    /// Whether an element with key `bits` is kept, given how many elements before it have the
-    /// key of each cut.
-    #[inline]
-    fn keeps(&self, bits: u32, before_lo: u64, before_hi: u64) -> bool {
-        if self.window.lo >= self.window.hi {
-            return false;
-        }
-        if let Some(c) = self.lo {
-            if bits < c.bits || (bits == c.bits && c.less + before_lo < c.rank) {
-                return false;
-            }
-        }
-        if let Some(c) = self.hi {
-            if bits > c.bits || (bits == c.bits && c.less + before_hi > c.rank) {
-                return false;
-            }
-        }
-        true
-    }
 }
 
 fn key_bits(k: f32) -> u32 {
@@ -836,15 +816,31 @@ fn select(
     for (s, sel) in sels.iter().enumerate() {
         kernel.key(s, &blk, &mut key[..blen]);
         let [mut blo, mut bhi] = before.map_or([0, 0], |b| b[s]);
+        if sel.window.lo >= sel.window.hi {
+            masks[s][..blen].fill(false);
+            continue;
+        }
+        // `Selection::keeps` without branches on the cuts: a missing low cut is one that
+        // keeps every key (bits 0, rank 0), a missing high cut likewise (bits and rank at
+        // their maximum); the tie counts of a missing cut are never read.
+        let lo = sel.lo.unwrap_or(Cut {
+            bits: 0,
+            less: 0,
+            rank: 0,
+        });
+        let hi = sel.hi.unwrap_or(Cut {
+            bits: u32::MAX,
+            less: 0,
+            rank: u64::MAX,
+        });
         for (m, &k) in masks[s][..blen].iter_mut().zip(&key[..blen]) {
             let bits = key_bits(k);
-            *m = sel.keeps(bits, blo, bhi);
-            if sel.lo.is_some_and(|c| c.bits == bits) {
-                blo += 1;
-            }
-            if sel.hi.is_some_and(|c| c.bits == bits) {
-                bhi += 1;
-            }
+            let (at_lo, at_hi) = (bits == lo.bits, bits == hi.bits);
+            let keep_lo = bits > lo.bits || (at_lo && lo.less + blo >= lo.rank);
+            let keep_hi = bits < hi.bits || (at_hi && hi.less + bhi <= hi.rank);
+            *m = keep_lo & keep_hi;
+            blo += u64::from(at_lo);
+            bhi += u64::from(at_hi);
         }
     }
 }

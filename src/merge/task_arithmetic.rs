@@ -99,14 +99,15 @@ impl TaskArithmetic {
     /// DELLA's ε per model and the length of the rows its ranks are taken in.
     pub fn with_ranks(mut self, epsilons: Vec<f64>, cols: usize) -> TaskArithmetic {
         self.epsilons = epsilons;
-        self.cols = cols.max(1);
+        // Row ranks pack the index in 32 bits; a longer row is ranked as rows of 2^32 − 1.
+        self.cols = cols.clamp(1, u32::MAX as usize);
         self
     }
 
     /// DELLA's masks of one block (whole rows): per model, empty when it is not masked.
     fn ranked_masks(&self, b: &Block) -> Vec<Vec<bool>> {
         let c = self.cols;
-        let mut order: Vec<(u32, usize)> = Vec::with_capacity(c);
+        let mut order: Vec<u64> = Vec::with_capacity(c);
         (0..self.models())
             .map(|m| {
                 if !self.masked(m) {
@@ -114,28 +115,33 @@ impl TaskArithmetic {
                 }
                 let (rho, eps) = (self.densities[m], self.epsilons[m]);
                 let mut keep = vec![false; b.len()];
-                let thr = |r: usize| {
-                    let rn = if c > 1 {
-                        r as f64 / (c - 1) as f64
-                    } else {
-                        0.0
-                    };
-                    keep_threshold((rho - eps) + rn * 2.0 * eps)
-                };
+                // The keep threshold of each rank (the same for every row).
+                let thr: Vec<u64> = (0..c)
+                    .map(|r| {
+                        let rn = if c > 1 {
+                            r as f64 / (c - 1) as f64
+                        } else {
+                            0.0
+                        };
+                        keep_threshold((rho - eps) + rn * 2.0 * eps)
+                    })
+                    .collect();
                 for row in 0..b.len() / c {
                     let lo = row * c;
                     // Magnitudes are ≥ 0 (sign bit clear, NaN above ∞): their bit patterns
-                    // order as `total_cmp` does; the index breaks ties in index order, so an
-                    // unstable sort of these distinct keys gives the stable sort's order.
+                    // order as `total_cmp` does; the index (low half) breaks ties in index
+                    // order, so an unstable sort of these distinct keys gives the stable
+                    // sort's order. (Rows are far shorter than 2^32: `c` is checked.)
                     order.clear();
                     order.extend((0..c).map(|j| {
                         let mag = (b.xs[m + 1][lo + j] - b.xs[0][lo + j]).abs();
-                        (mag.to_bits(), j)
+                        (u64::from(mag.to_bits()) << 32) | j as u64
                     }));
                     order.sort_unstable();
-                    for (r, &(_, j)) in order.iter().enumerate() {
+                    for (r, &k) in order.iter().enumerate() {
+                        let j = (k & 0xffff_ffff) as usize;
                         keep[lo + j] =
-                            keep_below(self.streams[m], b.start + (lo + j) as u64, thr(r));
+                            keep_below(self.streams[m], b.start + (lo + j) as u64, thr[r]);
                     }
                 }
                 keep
