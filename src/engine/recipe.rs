@@ -670,17 +670,25 @@ impl Passes<'_> {
                         };
                         for s in 0..nsel {
                             kernel.key(s, &blk, &mut sc.key[..blen]);
-                            for &k in &sc.key[..blen] {
-                                let bits = key_bits(k);
-                                match bins {
-                                    None => {
-                                        h[s][(bits >> 16) as usize] += 1;
-                                        z[s] += u64::from(bits == 0);
+                            let keys = &sc.key[..blen];
+                            match bins {
+                                None => {
+                                    let hs = &mut h[s][..BINS];
+                                    let mut zs = 0;
+                                    for &k in keys {
+                                        let bits = key_bits(k);
+                                        hs[(bits >> 16) as usize] += 1;
+                                        zs += u64::from(bits == 0);
                                     }
-                                    Some(want) => {
-                                        for (j, &top) in want[s].iter().enumerate() {
+                                    z[s] += zs;
+                                }
+                                Some(want) => {
+                                    for (j, &top) in want[s].iter().enumerate() {
+                                        let hs = &mut h[s][j * BINS..(j + 1) * BINS];
+                                        for &k in keys {
+                                            let bits = key_bits(k);
                                             if bits >> 16 == top {
-                                                h[s][j * BINS + (bits & 0xffff) as usize] += 1;
+                                                hs[(bits & 0xffff) as usize] += 1;
                                             }
                                         }
                                     }

@@ -329,7 +329,7 @@ impl Kernel for TaskArithmetic {
         let mut scratch = Vec::new();
         D.with_borrow_mut(|d| {
             d.clear();
-            d.resize(mm * n, 0.0);
+            d.resize((mm + 3) * n, 0.0);
             for m in 0..mm {
                 let dm = &mut d[m * n..(m + 1) * n];
                 let xm = &b.xs[m + 1][..n];
@@ -352,40 +352,58 @@ impl Kernel for TaskArithmetic {
                     dm[j] = v * wm;
                 }
             }
-            for j in 0..n {
-                let (mixed, div) = if self.consensus {
-                    let mut sw = 0f32;
-                    for m in 0..mm {
-                        sw += d[m * n + j];
+            // The per-element reductions over the models, vectorised over the elements (models
+            // outer, elements inner): each element's accumulators still add the models in order.
+            let (d, acc) = d.split_at_mut(mm * n);
+            let (mixed, rest) = acc.split_at_mut(n);
+            let (sw, div) = rest.split_at_mut(n);
+            mixed.fill(0.0);
+            if self.consensus {
+                // σ = +1 when Σ d_m ≥ 0 (NaN: −1); d_m counts when its sign is σ (0 never).
+                sw.fill(0.0);
+                for m in 0..mm {
+                    for (t, &v) in sw.iter_mut().zip(&d[m * n..(m + 1) * n]) {
+                        *t += v;
                     }
-                    let sign = if sw >= 0.0 { 1.0f32 } else { -1.0 };
-                    let (mut mixed, mut div) = (0f32, 0f32);
-                    for m in 0..mm {
-                        let dv = d[m * n + j];
-                        let sg = if dv > 0.0 {
-                            1.0
-                        } else if dv < 0.0 {
-                            -1.0
+                }
+                div.fill(0.0);
+                for m in 0..mm {
+                    let wm = w[m];
+                    let dm = &d[m * n..(m + 1) * n];
+                    for j in 0..n {
+                        let (v, pos) = (dm[j], sw[j] >= 0.0);
+                        let mask = if (pos && v > 0.0) || (!pos && v < 0.0) {
+                            1.0f32
                         } else {
                             0.0
                         };
-                        let mask = if sg == sign { 1.0f32 } else { 0.0 };
-                        mixed += dv * mask;
-                        div += w[m] * mask;
+                        mixed[j] += v * mask;
+                        div[j] += wm * mask;
                     }
-                    (mixed, if div == 0.0 { 1.0 } else { div })
-                } else {
-                    let mut mixed = 0f32;
-                    for m in 0..mm {
-                        mixed += d[m * n + j];
-                    }
-                    (mixed, wsum)
-                };
-                let mut mixed = if self.normalize { mixed / div } else { mixed };
-                if lambda != 1.0 {
-                    mixed *= lambda;
                 }
-                out[j] = x0[j] + mixed;
+                for t in div.iter_mut() {
+                    if *t == 0.0 {
+                        *t = 1.0;
+                    }
+                }
+            } else {
+                for m in 0..mm {
+                    for (t, &v) in mixed.iter_mut().zip(&d[m * n..(m + 1) * n]) {
+                        *t += v;
+                    }
+                }
+                div.fill(wsum);
+            }
+            for j in 0..n {
+                let mut v = if self.normalize {
+                    mixed[j] / div[j]
+                } else {
+                    mixed[j]
+                };
+                if lambda != 1.0 {
+                    v *= lambda;
+                }
+                out[j] = x0[j] + v;
             }
         })
     }
