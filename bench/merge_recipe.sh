@@ -145,7 +145,9 @@ for k in rows:
     (wt, wm), (mt, mm), (bt, bm) = med[k], med.get("mergekit-" + m, nan), med.get("base-" + m, nan)
     vs = f"{mt/wt:.1f}× faster, {mm/max(wm,1):.0f}× less memory" if mm else "—"
     same = "" if "differs-" + m not in rows else " **outputs differ**"
-    print(f"| {m} | {mt:.1f}, {mm/1024:.0f} | {bt:.2f}, {bm/1024:.0f} | {wt:.2f}, {wm/1024:.0f} | {vs} | "
-          f"{wt/bt:.2f}×{same} | {wt/floor:.2f}× |")
+    mk = f"{mt:.1f}, {mm/1024:.0f}" if mm else "—"
+    bw = f"{bt:.2f}, {bm/1024:.0f}" if bm else "—"
+    ratio = f"{wt/bt:.2f}×{same}" if bm else "—"
+    print(f"| {m} | {mk} | {bw} | {wt:.2f}, {wm/1024:.0f} | {vs} | {ratio} | {wt/floor:.2f}× |")
 PY
 done
