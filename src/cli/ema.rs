@@ -1,6 +1,7 @@
 //! `warp ema` (alias `warp-ema`): exponential moving average over a sequence of checkpoints.
 
-use super::common::{run_merge, EngineArgs, OutputArgs};
+use super::common::{EngineArgs, OutputArgs};
+use super::lora_merge::{run_merge_as, AsArgs};
 use super::Ctx;
 use crate::merge::ema::Ema;
 
@@ -19,6 +20,8 @@ pub struct Args {
     #[arg(required = true, num_args = 2.., value_name = "CKPT")]
     checkpoints: Vec<String>,
     #[command(flatten)]
+    as_kind: AsArgs,
+    #[command(flatten)]
     out: OutputArgs,
     #[command(flatten)]
     engine: EngineArgs,
@@ -31,5 +34,5 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
         .iter()
         .map(|c| (c.clone(), "checkpoint"))
         .collect();
-    run_merge(&method, inputs, &a.out, &a.engine, None)
+    run_merge_as(&method, inputs, a.as_kind.kind, &a.out, &a.engine, None)
 }

@@ -1,7 +1,8 @@
 //! `warp lerp` (alias `warp-lerp`): linear interpolation of task vectors (task arithmetic),
 //! with fused LITI exports.
 
-use super::common::{run_merge, EngineArgs, OutputArgs};
+use super::common::{EngineArgs, OutputArgs};
+use super::lora_merge::{run_merge_as, AsArgs};
 use super::Ctx;
 use crate::merge::lerp::Lerp;
 
@@ -25,6 +26,8 @@ pub struct Args {
     #[arg(long = "eta", value_name = "ETA")]
     etas: Vec<f64>,
     #[command(flatten)]
+    as_kind: AsArgs,
+    #[command(flatten)]
     out: OutputArgs,
     #[command(flatten)]
     engine: EngineArgs,
@@ -34,5 +37,5 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     let method = Lerp::new(a.models.len(), a.weights.clone(), a.etas.clone())?;
     let mut inputs = vec![(a.init.clone(), "init")];
     inputs.extend(a.models.iter().map(|m| (m.clone(), "model")));
-    run_merge(&method, inputs, &a.out, &a.engine, None)
+    run_merge_as(&method, inputs, a.as_kind.kind, &a.out, &a.engine, None)
 }

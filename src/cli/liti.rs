@@ -1,7 +1,8 @@
 //! `warp liti` (alias `warp-liti`): linear interpolation towards the initialization (WARP
 //! stage 3).
 
-use super::common::{run_merge, EngineArgs, OutputArgs};
+use super::common::{EngineArgs, OutputArgs};
+use super::lora_merge::{run_merge_as, AsArgs};
 use super::Ctx;
 use crate::merge::liti::Liti;
 
@@ -22,6 +23,8 @@ pub struct Args {
     #[arg(long = "eta", required = true, value_name = "ETA")]
     etas: Vec<f64>,
     #[command(flatten)]
+    as_kind: AsArgs,
+    #[command(flatten)]
     out: OutputArgs,
     #[command(flatten)]
     engine: EngineArgs,
@@ -30,5 +33,5 @@ pub struct Args {
 pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     let method = Liti::new(a.etas.clone())?;
     let inputs = vec![(a.init.clone(), "init"), (a.merged.clone(), "merged")];
-    run_merge(&method, inputs, &a.out, &a.engine, None)
+    run_merge_as(&method, inputs, a.as_kind.kind, &a.out, &a.engine, None)
 }

@@ -21,12 +21,14 @@ mod convert;
 mod download;
 mod ema;
 mod eval;
+mod extract_lora;
 mod fixture;
 mod generate;
 mod hub_args;
 mod inspect;
 mod lerp;
 mod liti;
+mod lora_merge;
 mod merge;
 mod plot;
 mod progress;
@@ -68,6 +70,7 @@ pub enum Command {
     Ema(ema::Args),
     Merge(merge::Args),
     Convert(convert::Args),
+    ExtractLora(extract_lora::Args),
     Inspect(inspect::Args),
     Fixture(fixture::Args),
     Rl(rl::Args),
@@ -85,8 +88,17 @@ pub enum Command {
 }
 
 /// The commands that are also programs of their own, `warp-NAME`.
-pub const ALIASES: [&str; 9] = [
-    "slerp", "liti", "lerp", "ema", "convert", "inspect", "fixture", "rl", "sft",
+pub const ALIASES: [&str; 10] = [
+    "slerp",
+    "liti",
+    "lerp",
+    "ema",
+    "convert",
+    "inspect",
+    "fixture",
+    "rl",
+    "sft",
+    "extract-lora",
 ];
 
 /// What a command's code gets besides its arguments.
@@ -195,6 +207,7 @@ fn dispatch(c: &Command, ctx: &Ctx) -> crate::Result<()> {
         Command::Ema(a) => ema::run(a, ctx),
         Command::Merge(a) => merge::run_cmd(a, ctx),
         Command::Convert(a) => convert::run(a, ctx),
+        Command::ExtractLora(a) => extract_lora::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Fixture(a) => fixture::run(a, ctx),
         Command::Rl(a) => rl::run(a, ctx),

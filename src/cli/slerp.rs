@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::common::{run_merge, EngineArgs, OutputArgs};
+use super::common::{EngineArgs, OutputArgs};
+use super::lora_merge::{run_merge_as, AsArgs};
 use super::Ctx;
 use crate::merge::{slerp::Slerp, Grouping};
 
@@ -41,6 +42,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     #[command(flatten)]
+    as_kind: AsArgs,
+    #[command(flatten)]
     out: OutputArgs,
     #[command(flatten)]
     engine: EngineArgs,
@@ -76,5 +79,12 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     )?;
     let mut inputs = vec![(a.init.clone(), "init")];
     inputs.extend(a.models.iter().map(|m| (m.clone(), "model")));
-    run_merge(&method, inputs, &a.out, &a.engine, a.report.as_deref())
+    run_merge_as(
+        &method,
+        inputs,
+        a.as_kind.kind,
+        &a.out,
+        &a.engine,
+        a.report.as_deref(),
+    )
 }

@@ -10,6 +10,8 @@
 //! - [`job`] and [`recipe_job`]: one merge (or recipe) as the CLI and Python run it: the checks
 //!   before any input is read, the inputs opened, the plan, then the plan alone (a dry run) or
 //!   the run; [`recipe`]: the recipes' executor.
+//! - [`lora`]: merges of PEFT LoRA adapters of one base in rank space (statistics and outputs
+//!   from the factors, written as PEFT adapters; `--as adapter`).
 //!
 //! The engine knows no method: coefficients, validation and report entries come from the
 //! [`Method`](crate::merge::Method) trait.
@@ -20,6 +22,7 @@ pub mod cpu;
 pub mod cuda;
 mod input;
 pub mod job;
+pub mod lora;
 pub mod plan;
 pub mod recipe;
 pub mod recipe_job;

@@ -500,31 +500,8 @@ fn combine_chunk(
     Ok(())
 }
 
-/// The statistics report: per tensor, per transformer block and for the whole model, each entry
-/// described by the method.
+/// The statistics report (see [`crate::merge::report::report_json`]).
 fn report(cx: &Ctx, stats: &Stats) -> serde_json::Value {
-    let method = cx.job.method;
-    let entry = |g: &Gram| method.report_entry(g);
-    let tensors: serde_json::Map<String, serde_json::Value> = stats
-        .per_tensor
-        .iter()
-        .map(|(k, g)| (k.clone(), entry(g)))
-        .collect();
-    // Per transformer block, whatever the grouping used for the merge.
-    let mut layers: BTreeMap<String, Gram> = BTreeMap::new();
-    let mut global: Option<Gram> = None;
-    for (name, g) in &stats.per_tensor {
-        if let Some(l) = crate::merge::layer_of(name) {
-            layers.entry(l).or_insert_with(|| Gram::zeros(g.m)).add(g);
-        }
-        global.get_or_insert_with(|| Gram::zeros(g.m)).add(g);
-    }
     let inputs: Vec<&str> = cx.job.inputs.iter().map(|i| i.spec.as_str()).collect();
-    serde_json::json!({
-        "inputs": inputs,
-        "angle": method.grouping(),
-        "tensors": tensors,
-        "layers": layers.iter().map(|(k, g)| (k.clone(), entry(g))).collect::<serde_json::Map<_, _>>(),
-        "global": global.as_ref().map(entry),
-    })
+    crate::merge::report::report_json(cx.job.method, &inputs, &stats.per_tensor)
 }

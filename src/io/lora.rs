@@ -47,6 +47,8 @@ pub struct AdapterConfig {
     pub target_modules: serde_json::Value,
     pub modules_to_save: Vec<String>,
     pub base_model_name_or_path: Option<String>,
+    /// PEFT's `task_type` (e.g. "CAUSAL_LM"), kept for the adapters a merge writes.
+    pub task_type: Option<String>,
 }
 
 impl AdapterConfig {
@@ -126,6 +128,10 @@ impl AdapterConfig {
                 .and_then(|b| b.as_str())
                 .filter(|b| !b.is_empty())
                 .map(String::from),
+            task_type: v
+                .get("task_type")
+                .and_then(|t| t.as_str())
+                .map(String::from),
         })
     }
 
@@ -181,6 +187,10 @@ pub struct Adapter {
     modules: BTreeMap<String, Module>,
     /// Full tensors by the base tensor they replace, with their key in the file.
     full: BTreeMap<String, String>,
+    /// Copies of a LoRA module's base weight (`M.base_layer.weight`, which PEFT saves for
+    /// targeted embeddings), by the base tensor: they must equal the base's (checked by
+    /// [`Adapter::check_base`]) and are otherwise ignored.
+    base_copies: BTreeMap<String, String>,
 }
 
 /// Where a tensor of an adapter-as-checkpoint comes from.
@@ -193,31 +203,25 @@ pub enum Part<'a> {
     Base,
 }
 
-impl Adapter {
-    /// Opens the adapter folder `dir`: its config and weights, every key sorted into low-rank
-    /// factors and full tensors.
-    pub fn open(dir: &Path) -> Result<Adapter> {
-        let cfg_path = dir.join(ADAPTER_CONFIG);
-        let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
-        let config = AdapterConfig::parse(&text, &cfg_path)?;
-        let wpath = dir.join(ADAPTER_WEIGHTS);
-        if !wpath.is_file() {
-            return Err(Error::format(
-                dir,
-                format!(
-                    "a PEFT adapter folder ({ADAPTER_CONFIG}) without {ADAPTER_WEIGHTS} (adapters \
-                     saved as .bin are not supported: save with safe_serialization=True)"
-                ),
-            ));
-        }
-        let file = Checkpoint::open(&wpath)?;
+/// The keys of an adapter file sorted by kind: LoRA factor pairs, full tensors, copies of base
+/// weights.
+struct Keys {
+    /// By the base tensor (`….weight`): the keys of A and B, and whether it is an Embedding's.
+    halves: BTreeMap<String, (Option<String>, Option<String>, bool)>,
+    full: BTreeMap<String, String>,
+    base_copies: BTreeMap<String, String>,
+}
+
+impl Keys {
+    fn sort(file: &Checkpoint, wpath: &Path) -> Result<Keys> {
         let mut halves: BTreeMap<String, (Option<String>, Option<String>, bool)> = BTreeMap::new();
         let mut full = BTreeMap::new();
+        let mut base_copies = BTreeMap::new();
         for t in file.tensors() {
             let key = &t.name;
             let name = key.strip_prefix(PREFIX).ok_or_else(|| {
                 Error::tensor(
-                    &wpath,
+                    wpath,
                     key,
                     format!("not a PEFT adapter key (every key starts with '{PREFIX}')"),
                 )
@@ -240,17 +244,53 @@ impl Adapter {
                 }
                 None if name.contains("lora_") || name.contains("magnitude") => {
                     return Err(Error::tensor(
-                        &wpath,
+                        wpath,
                         key,
                         "an adapter weight of a kind warp does not read (only LoRA A/B \
                          factors of Linear, Conv1D and Embedding modules)",
                     ));
                 }
-                None => {
-                    full.insert(name.to_string(), key.clone());
-                }
+                None => match name.strip_suffix(".base_layer.weight") {
+                    Some(module) => {
+                        base_copies.insert(format!("{module}.weight"), key.clone());
+                    }
+                    None => {
+                        full.insert(name.to_string(), key.clone());
+                    }
+                },
             }
         }
+        Ok(Keys {
+            halves,
+            full,
+            base_copies,
+        })
+    }
+}
+
+impl Adapter {
+    /// Opens the adapter folder `dir`: its config and weights, every key sorted into low-rank
+    /// factors and full tensors.
+    pub fn open(dir: &Path) -> Result<Adapter> {
+        let cfg_path = dir.join(ADAPTER_CONFIG);
+        let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
+        let config = AdapterConfig::parse(&text, &cfg_path)?;
+        let wpath = dir.join(ADAPTER_WEIGHTS);
+        if !wpath.is_file() {
+            return Err(Error::format(
+                dir,
+                format!(
+                    "a PEFT adapter folder ({ADAPTER_CONFIG}) without {ADAPTER_WEIGHTS} (adapters \
+                     saved as .bin are not supported: save with safe_serialization=True)"
+                ),
+            ));
+        }
+        let file = Checkpoint::open(&wpath)?;
+        let Keys {
+            halves,
+            full,
+            base_copies,
+        } = Keys::sort(&file, &wpath)?;
         let mut modules = BTreeMap::new();
         for (weight, (a, b, embedding)) in halves {
             let (Some(a), Some(b)) = (a, b) else {
@@ -288,6 +328,7 @@ impl Adapter {
             file,
             modules,
             full,
+            base_copies,
         };
         for (w, m) in &ad.modules {
             ad.shapes(w, m)?;
@@ -322,6 +363,7 @@ impl Adapter {
     /// in the base, with the shape of the delta or full tensor, and float.
     pub fn check_base(&self, base: &Checkpoint, base_spec: &str) -> Result<()> {
         let wpath = self.file.path.as_path();
+        self.check_base_copies(base, base_spec)?;
         for (w, m) in &self.modules {
             let t = base.get(w).ok_or_else(|| {
                 Error::tensor(
@@ -372,6 +414,40 @@ impl Adapter {
         Ok(())
     }
 
+    /// The copies of base weights the adapter saves (`M.base_layer.weight`) must be copies: a
+    /// LoRA module of the base, the base's values (PEFT saves them for targeted embeddings,
+    /// in case the vocabulary was resized; a resized one is not supported).
+    fn check_base_copies(&self, base: &Checkpoint, base_spec: &str) -> Result<()> {
+        for (w, key) in &self.base_copies {
+            let wpath = self.file.path.as_path();
+            let bad = |msg: String| Err(Error::tensor(wpath, key, msg));
+            if !self.modules.contains_key(w) {
+                return bad(format!(
+                    "a base weight for '{w}', which is no LoRA module here"
+                ));
+            }
+            let (Some(t), Some(c)) = (base.get(w), self.file.get(key)) else {
+                return bad(format!(
+                    "a base weight for '{w}', which is not in the base {base_spec}"
+                ));
+            };
+            let decode = |ck: &Checkpoint, t: &TensorInfo| {
+                let mut v = vec![0f32; t.numel() as usize];
+                decode_f32(t.dtype, ck.bytes(t, 0..t.nbytes), &mut v);
+                v
+            };
+            if t.shape != c.shape || !c.dtype.is_float() || decode(base, t) != decode(&self.file, c)
+            {
+                return bad(format!(
+                    "the adapter's own copy of '{w}' differs from the base {base_spec} (a resized \
+                     vocabulary?): adapters that replace a LoRA module's base weight are not \
+                     supported"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// (rows, cols, r) of module `w`'s delta as the weight stores it; checks the factors agree.
     fn shapes(&self, w: &str, m: &Module) -> Result<(usize, usize, usize)> {
         let wpath = self.file.path.as_path();
@@ -402,6 +478,21 @@ impl Adapter {
         })
     }
 
+    /// The shapes of module `w`'s factors as PEFT stores them (A, B), and whether it is an
+    /// Embedding's; from the file's header, no value is read.
+    pub fn factor_shapes(&self, w: &str) -> Result<([usize; 2], [usize; 2], bool)> {
+        let m = self.module(w)?;
+        self.shapes(w, m)?;
+        let shape = |k: &str| -> Result<[usize; 2]> {
+            let t = self
+                .file
+                .get(k)
+                .ok_or_else(|| Error::Internal(format!("adapter key '{k}' vanished")))?;
+            Ok([t.shape[0], t.shape[1]])
+        };
+        Ok((shape(&m.a)?, shape(&m.b)?, m.embedding))
+    }
+
     /// The low-rank modules, by the base tensor they change.
     pub fn modules(&self) -> impl Iterator<Item = &str> {
         self.modules.keys().map(String::as_str)
@@ -424,21 +515,14 @@ impl Adapter {
     /// The factors of module `w` as PEFT stores them, read whole.
     pub fn raw_factors(&self, w: &str) -> Result<RawFactors> {
         let m = self.module(w)?;
-        self.shapes(w, m)?;
-        let shape = |k: &str| -> Result<[usize; 2]> {
-            let t = self
-                .file
-                .get(k)
-                .ok_or_else(|| Error::Internal(format!("adapter key '{k}' vanished")))?;
-            Ok([t.shape[0], t.shape[1]])
-        };
+        let (a_shape, b_shape, embedding) = self.factor_shapes(w)?;
         Ok(RawFactors {
             a: self.read(&m.a)?,
-            a_shape: shape(&m.a)?,
+            a_shape,
             b: self.read(&m.b)?,
-            b_shape: shape(&m.b)?,
+            b_shape,
             scale: self.config.scale(),
-            embedding: m.embedding,
+            embedding,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod guard;
 pub mod header;
 pub mod lock;
 pub mod lora;
+pub mod lora_writer;
 pub mod reader;
 pub mod synth;
 pub mod verify;

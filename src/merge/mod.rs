@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod ema;
+pub mod extract_lora;
 pub mod gram;
 pub mod karcher;
 pub mod kernel;

@@ -1,6 +1,35 @@
 //! The human summary of a merge's diagnostics: per transformer block, the task-vector norms and
 //! pairwise angles (the WARP paper's Fig. 11 finds independent RL runs nearly orthogonal).
 
+use std::collections::BTreeMap;
+
+use super::{layer_of, Gram, Method};
+
+/// The statistics report of a merge: per tensor, per transformer block (whatever the grouping
+/// used for the merge) and for the whole model, each entry described by the method.
+pub fn report_json(
+    method: &dyn Method,
+    inputs: &[&str],
+    per_tensor: &BTreeMap<String, Gram>,
+) -> serde_json::Value {
+    let entry = |g: &Gram| method.report_entry(g);
+    let mut layers: BTreeMap<String, Gram> = BTreeMap::new();
+    let mut global: Option<Gram> = None;
+    for (name, g) in per_tensor {
+        if let Some(l) = layer_of(name) {
+            layers.entry(l).or_insert_with(|| Gram::zeros(g.m)).add(g);
+        }
+        global.get_or_insert_with(|| Gram::zeros(g.m)).add(g);
+    }
+    serde_json::json!({
+        "inputs": inputs,
+        "angle": method.grouping(),
+        "tensors": per_tensor.iter().map(|(k, g)| (k.clone(), entry(g))).collect::<serde_json::Map<_, _>>(),
+        "layers": layers.iter().map(|(k, g)| (k.clone(), entry(g))).collect::<serde_json::Map<_, _>>(),
+        "global": global.as_ref().map(entry),
+    })
+}
+
 /// A compact stderr table from the engine's report JSON.
 pub fn summary_table(report: &serde_json::Value) -> String {
     let mut s = String::from("task vectors (per block): norms | pairwise angles in degrees\n");

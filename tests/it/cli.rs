@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use crate::common::{bin, entries, ok, run, Run};
 
-const COMMANDS: [&str; 20] = [
+const COMMANDS: [&str; 21] = [
     "slerp",
     "merge",
     "liti",
     "lerp",
     "ema",
     "convert",
+    "extract-lora",
     "inspect",
     "fixture",
     "rl",
@@ -36,7 +37,14 @@ const COMMANDS: [&str; 20] = [
 /// The aliases this build has (`warp-rl`, `warp-sft` need the `rl` feature).
 pub fn aliases() -> Vec<&'static str> {
     let mut v = vec![
-        "slerp", "liti", "lerp", "ema", "convert", "inspect", "fixture",
+        "slerp",
+        "liti",
+        "lerp",
+        "ema",
+        "convert",
+        "inspect",
+        "fixture",
+        "extract-lora",
     ];
     if cfg!(feature = "rl") {
         v.extend(["rl", "sft"]);
