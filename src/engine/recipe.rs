@@ -252,32 +252,12 @@ struct Cut {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// An element is kept when its key lies strictly between the cuts' keys, or equals a cut's key
+/// and its place among the elements of that key keeps it inside the rank window (see `select`).
 struct Selection {
     window: RankWindow,
     lo: Option<Cut>,
     hi: Option<Cut>,
-}
-
-impl Selection {
-    /// Whether an element with key `bits` is kept, given how many elements before it have the
-    /// key of each cut.
-    #[inline]
-    fn keeps(&self, bits: u32, before_lo: u64, before_hi: u64) -> bool {
-        if self.window.lo >= self.window.hi {
-            return false;
-        }
-        if let Some(c) = self.lo {
-            if bits < c.bits || (bits == c.bits && c.less + before_lo < c.rank) {
-                return false;
-            }
-        }
-        if let Some(c) = self.hi {
-            if bits > c.bits || (bits == c.bits && c.less + before_hi > c.rank) {
-                return false;
-            }
-        }
-        true
-    }
 }
 
 fn key_bits(k: f32) -> u32 {
@@ -690,17 +670,25 @@ impl Passes<'_> {
                         };
                         for s in 0..nsel {
                             kernel.key(s, &blk, &mut sc.key[..blen]);
-                            for &k in &sc.key[..blen] {
-                                let bits = key_bits(k);
-                                match bins {
-                                    None => {
-                                        h[s][(bits >> 16) as usize] += 1;
-                                        z[s] += u64::from(bits == 0);
+                            let keys = &sc.key[..blen];
+                            match bins {
+                                None => {
+                                    let hs = &mut h[s][..BINS];
+                                    let mut zs = 0;
+                                    for &k in keys {
+                                        let bits = key_bits(k);
+                                        hs[(bits >> 16) as usize] += 1;
+                                        zs += u64::from(bits == 0);
                                     }
-                                    Some(want) => {
-                                        for (j, &top) in want[s].iter().enumerate() {
+                                    z[s] += zs;
+                                }
+                                Some(want) => {
+                                    for (j, &top) in want[s].iter().enumerate() {
+                                        let hs = &mut h[s][j * BINS..(j + 1) * BINS];
+                                        for &k in keys {
+                                            let bits = key_bits(k);
                                             if bits >> 16 == top {
-                                                h[s][j * BINS + (bits & 0xffff) as usize] += 1;
+                                                hs[(bits & 0xffff) as usize] += 1;
                                             }
                                         }
                                     }
@@ -836,15 +824,31 @@ fn select(
     for (s, sel) in sels.iter().enumerate() {
         kernel.key(s, &blk, &mut key[..blen]);
         let [mut blo, mut bhi] = before.map_or([0, 0], |b| b[s]);
+        if sel.window.lo >= sel.window.hi {
+            masks[s][..blen].fill(false);
+            continue;
+        }
+        // `Selection::keeps` without branches on the cuts: a missing low cut is one that
+        // keeps every key (bits 0, rank 0), a missing high cut likewise (bits and rank at
+        // their maximum); the tie counts of a missing cut are never read.
+        let lo = sel.lo.unwrap_or(Cut {
+            bits: 0,
+            less: 0,
+            rank: 0,
+        });
+        let hi = sel.hi.unwrap_or(Cut {
+            bits: u32::MAX,
+            less: 0,
+            rank: u64::MAX,
+        });
         for (m, &k) in masks[s][..blen].iter_mut().zip(&key[..blen]) {
             let bits = key_bits(k);
-            *m = sel.keeps(bits, blo, bhi);
-            if sel.lo.is_some_and(|c| c.bits == bits) {
-                blo += 1;
-            }
-            if sel.hi.is_some_and(|c| c.bits == bits) {
-                bhi += 1;
-            }
+            let (at_lo, at_hi) = (bits == lo.bits, bits == hi.bits);
+            let keep_lo = bits > lo.bits || (at_lo && lo.less + blo >= lo.rank);
+            let keep_hi = bits < hi.bits || (at_hi && hi.less + bhi <= hi.rank);
+            *m = keep_lo & keep_hi;
+            blo += u64::from(at_lo);
+            bhi += u64::from(at_hi);
         }
     }
 }

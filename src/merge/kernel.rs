@@ -100,8 +100,23 @@ fn mix(mut z: u64) -> u64 {
 /// (a pure function of its arguments: the same answer on any thread, chunk or device).
 #[inline]
 pub fn keep_random(stream: u64, index: u64, p: f64) -> bool {
+    keep_below(stream, index, keep_threshold(p))
+}
+
+/// The integer form of [`keep_random`]'s test: with x = u >> 11 < 2^53, x · 2^-53 < p exactly
+/// when x < ⌈p · 2^53⌉ (both products are exact), so the same decisions without a float
+/// conversion per element.
+#[inline]
+pub fn keep_threshold(p: f64) -> u64 {
+    // `as` saturates: p ≤ 0 (or NaN) → 0 (never), p ≥ 1 → ≥ 2^53 (always).
+    (p * (1u64 << 53) as f64).ceil() as u64
+}
+
+/// [`keep_random`] with the threshold of [`keep_threshold`].
+#[inline]
+pub fn keep_below(stream: u64, index: u64, threshold: u64) -> bool {
     let u = mix(stream.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-    ((u >> 11) as f64) * (1.0 / (1u64 << 53) as f64) < p
+    (u >> 11) < threshold
 }
 
 /// The element-wise part of a recipe method for one tensor (its parameters already resolved).
@@ -208,6 +223,19 @@ mod tests {
         assert_ne!(cx.stream(1), cx.stream(2));
         assert!((0..1000).all(|i| keep_random(s, i, 1.0)));
         assert!((0..1000).all(|i| !keep_random(s, i, 0.0)));
+        // The integer test makes the float test's decisions (checked against it directly).
+        for p in [0.0, 1e-9, 0.1, 0.3, 0.5, 0.7, 0.999_999, 1.0, 1.5, -0.2] {
+            let float = |i: u64| {
+                let u = mix(s.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+                ((u >> 11) as f64) * (1.0 / (1u64 << 53) as f64) < p
+            };
+            assert!((0..20_000).all(|i| float(i) == keep_random(s, i, p)), "{p}");
+        }
+        // At the boundary: x · 2^-53 < p with p exactly x · 2^-53 is false, just above true.
+        let x = 123_456_789u64;
+        let p = x as f64 / (1u64 << 53) as f64;
+        assert_eq!(keep_threshold(p), x);
+        assert_eq!(keep_threshold(f64::from_bits(p.to_bits() + 1)), x + 1);
     }
 
     #[test]

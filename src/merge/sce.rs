@@ -35,20 +35,33 @@ impl Kernel for Sce {
         usize::from(self.selects())
     }
     fn key(&self, _sel: usize, b: &Block, out: &mut [f32]) {
+        // Models outer, elements inner (vectorised): each element's mean and variance still add
+        // the models in order, as the per-element formula does.
         let m = self.models as f32;
-        for (e, o) in out.iter_mut().enumerate().take(b.len()) {
-            let mut mean = 0f32;
+        let n = b.len().min(out.len());
+        let (x0, out) = (&b.xs[0][..n], &mut out[..n]);
+        MEAN.with_borrow_mut(|mean| {
+            mean.clear();
+            mean.resize(n, 0.0);
             for x in &b.xs[1..] {
-                mean += x[e] - b.xs[0][e];
+                for ((t, &v), &v0) in mean.iter_mut().zip(&x[..n]).zip(x0) {
+                    *t += v - v0;
+                }
             }
-            mean /= m;
-            let mut v = 0f32;
+            for t in mean.iter_mut() {
+                *t /= m;
+            }
+            out.fill(0.0);
             for x in &b.xs[1..] {
-                let d = x[e] - b.xs[0][e] - mean;
-                v += d * d;
+                for (((o, &v), &v0), &mu) in out.iter_mut().zip(&x[..n]).zip(x0).zip(mean.iter()) {
+                    let d = v - v0 - mu;
+                    *o += d * d;
+                }
             }
-            *o = v / m;
-        }
+            for o in out.iter_mut() {
+                *o /= m;
+            }
+        })
     }
     fn window(&self, _sel: usize, n: u64, zeros: u64) -> RankWindow {
         let k = ((n - zeros) as f64 * self.topk.max(0.0)) as u64;
@@ -106,4 +119,9 @@ impl Kernel for Sce {
             *o = x0 + num / den.max(1e-6);
         }
     }
+}
+
+thread_local! {
+    /// The key's per-thread scratch of per-element means, reused across blocks.
+    static MEAN: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -33,7 +33,7 @@
 // Index loops follow the formulas (several arrays indexed by the same model/element).
 #![allow(clippy::needless_range_loop)]
 
-use super::kernel::{keep_random, Block, Kernel, RankWindow, TensorCx};
+use super::kernel::{keep_below, keep_threshold, Block, Kernel, RankWindow, TensorCx};
 use crate::error::Result;
 
 /// How task vectors are sparsified before they are combined.
@@ -99,14 +99,15 @@ impl TaskArithmetic {
     /// DELLA's ε per model and the length of the rows its ranks are taken in.
     pub fn with_ranks(mut self, epsilons: Vec<f64>, cols: usize) -> TaskArithmetic {
         self.epsilons = epsilons;
-        self.cols = cols.max(1);
+        // Row ranks pack the index in 32 bits; a longer row is ranked as rows of 2^32 − 1.
+        self.cols = cols.clamp(1, u32::MAX as usize);
         self
     }
 
     /// DELLA's masks of one block (whole rows): per model, empty when it is not masked.
     fn ranked_masks(&self, b: &Block) -> Vec<Vec<bool>> {
         let c = self.cols;
-        let mut order: Vec<usize> = Vec::with_capacity(c);
+        let mut order: Vec<u64> = Vec::with_capacity(c);
         (0..self.models())
             .map(|m| {
                 if !self.masked(m) {
@@ -114,20 +115,33 @@ impl TaskArithmetic {
                 }
                 let (rho, eps) = (self.densities[m], self.epsilons[m]);
                 let mut keep = vec![false; b.len()];
-                for row in 0..b.len() / c {
-                    let lo = row * c;
-                    let mag = |j: usize| (b.xs[m + 1][lo + j] - b.xs[0][lo + j]).abs();
-                    order.clear();
-                    order.extend(0..c);
-                    order.sort_by(|&i, &j| mag(i).total_cmp(&mag(j)).then(i.cmp(&j)));
-                    for (r, &j) in order.iter().enumerate() {
+                // The keep threshold of each rank (the same for every row).
+                let thr: Vec<u64> = (0..c)
+                    .map(|r| {
                         let rn = if c > 1 {
                             r as f64 / (c - 1) as f64
                         } else {
                             0.0
                         };
-                        let p = (rho - eps) + rn * 2.0 * eps;
-                        keep[lo + j] = keep_random(self.streams[m], b.start + (lo + j) as u64, p);
+                        keep_threshold((rho - eps) + rn * 2.0 * eps)
+                    })
+                    .collect();
+                for row in 0..b.len() / c {
+                    let lo = row * c;
+                    // Magnitudes are ≥ 0 (sign bit clear, NaN above ∞): their bit patterns
+                    // order as `total_cmp` does; the index (low half) breaks ties in index
+                    // order, so an unstable sort of these distinct keys gives the stable
+                    // sort's order. (Rows are far shorter than 2^32: `c` is checked.)
+                    order.clear();
+                    order.extend((0..c).map(|j| {
+                        let mag = (b.xs[m + 1][lo + j] - b.xs[0][lo + j]).abs();
+                        (u64::from(mag.to_bits()) << 32) | j as u64
+                    }));
+                    order.sort_unstable();
+                    for (r, &k) in order.iter().enumerate() {
+                        let j = (k & 0xffff_ffff) as usize;
+                        keep[lo + j] =
+                            keep_below(self.streams[m], b.start + (lo + j) as u64, thr[r]);
                     }
                 }
                 keep
@@ -157,17 +171,29 @@ impl TaskArithmetic {
         matches!(self.sparsify, Sparsify::Magnitude | Sparsify::Outliers)
     }
 
-    /// μ_m of element j of the block (`ranked`: DELLA's masks of the block).
-    #[inline]
-    fn keep(&self, b: &Block, ranked: &[Vec<bool>], m: usize, j: usize) -> bool {
+    /// μ_m of the block's elements (`ranked`: DELLA's masks of the block; `scratch` holds
+    /// DARE's draws), or `None` when every element is kept. Computed once per block and model
+    /// in a loop of its own, so the sums' and combine's loops do not dispatch per element.
+    fn mask<'a>(
+        &self,
+        b: &'a Block,
+        ranked: &'a [Vec<bool>],
+        m: usize,
+        scratch: &'a mut Vec<bool>,
+    ) -> Option<&'a [bool]> {
         if !self.masked(m) {
-            return true;
+            return None;
         }
         match self.sparsify {
-            Sparsify::None => true,
-            Sparsify::MagPrune => ranked[m][j],
-            Sparsify::Random => keep_random(self.streams[m], b.start + j as u64, self.densities[m]),
-            Sparsify::Magnitude | Sparsify::Outliers => b.selected[m][j],
+            Sparsify::None => None,
+            Sparsify::MagPrune => Some(&ranked[m][..b.len()]),
+            Sparsify::Random => {
+                let (st, t, start) = (self.streams[m], keep_threshold(self.densities[m]), b.start);
+                scratch.clear();
+                scratch.extend((0..b.len() as u64).map(|j| keep_below(st, start + j, t)));
+                Some(&scratch[..])
+            }
+            Sparsify::Magnitude | Sparsify::Outliers => Some(&b.selected[m][..b.len()]),
         }
     }
 
@@ -236,13 +262,27 @@ impl Kernel for TaskArithmetic {
 
     fn sums(&self, b: &Block, acc: &mut [f64]) {
         let ranked = self.block_masks(b);
+        let (n, x0) = (b.len(), b.xs[0]);
         for m in 0..self.models() {
+            let xm = &b.xs[m + 1][..n];
+            // Sequential f64 sums in element order (the fixed fold order). Adding +0 for a
+            // dropped element leaves `after` (≥ +0) unchanged: the same bits as skipping it.
             let (mut before, mut after) = (0f64, 0f64);
-            for j in 0..b.len() {
-                let d = (b.xs[m + 1][j] - b.xs[0][j]).abs() as f64;
-                before += d;
-                if self.keep(b, &ranked, m, j) {
-                    after += d;
+            let mut scratch = Vec::new();
+            match self.mask(b, &ranked, m, &mut scratch) {
+                None => {
+                    for j in 0..n {
+                        let d = (xm[j] - x0[j]).abs() as f64;
+                        before += d;
+                        after += d;
+                    }
+                }
+                Some(keep) => {
+                    for j in 0..n {
+                        let d = (xm[j] - x0[j]).abs() as f64;
+                        before += d;
+                        after += if keep[j] { d } else { 0.0 };
+                    }
                 }
             }
             acc[2 * m] += before;
@@ -268,12 +308,8 @@ impl Kernel for TaskArithmetic {
     }
 
     fn combine(&self, b: &Block, out: &mut [f32]) {
-        let mm = self.models();
+        let (mm, n) = (self.models(), b.len());
         let w: Vec<f32> = self.weights.iter().map(|&w| w as f32).collect();
-        let s: Vec<f32> = (0..mm)
-            .map(|m| b.params.get(m).map_or(1.0, |&v| v as f32))
-            .collect();
-        let scaled: Vec<bool> = (0..mm).map(|m| self.rescales() && self.masked(m)).collect();
         let lambda = self.lambda as f32;
         let wsum = {
             let mut t = 0f32;
@@ -287,55 +323,93 @@ impl Kernel for TaskArithmetic {
             }
         };
         let ranked = self.block_masks(b);
-        let mut d = vec![0f32; mm];
-        for j in 0..b.len() {
-            let x0 = b.xs[0][j];
+        let x0 = &b.xs[0][..n];
+        // d_m for the whole block, model by model (tight loops), then the per-element
+        // consensus over the models: the same f32 operations in the same order per element.
+        let mut scratch = Vec::new();
+        D.with_borrow_mut(|d| {
+            d.clear();
+            d.resize((mm + 3) * n, 0.0);
             for m in 0..mm {
-                let mut v = b.xs[m + 1][j] - x0;
-                if self.masked(m) {
-                    v = if self.keep(b, &ranked, m, j) {
-                        v
-                    } else {
-                        v * 0.0
-                    };
-                    if scaled[m] {
-                        v *= s[m];
+                let dm = &mut d[m * n..(m + 1) * n];
+                let xm = &b.xs[m + 1][..n];
+                let wm = w[m];
+                if !self.masked(m) {
+                    for j in 0..n {
+                        dm[j] = (xm[j] - x0[j]) * wm;
+                    }
+                    continue;
+                }
+                let scaled = self.rescales();
+                let sm = b.params.get(m).map_or(1.0, |&v| v as f32);
+                let keep = self.mask(b, &ranked, m, &mut scratch).unwrap_or(&[]);
+                for j in 0..n {
+                    let v = xm[j] - x0[j];
+                    let mut v = if keep[j] { v } else { v * 0.0 };
+                    if scaled {
+                        v *= sm;
+                    }
+                    dm[j] = v * wm;
+                }
+            }
+            // The per-element reductions over the models, vectorised over the elements (models
+            // outer, elements inner): each element's accumulators still add the models in order.
+            let (d, acc) = d.split_at_mut(mm * n);
+            let (mixed, rest) = acc.split_at_mut(n);
+            let (sw, div) = rest.split_at_mut(n);
+            mixed.fill(0.0);
+            if self.consensus {
+                // σ = +1 when Σ d_m ≥ 0 (NaN: −1); d_m counts when its sign is σ (0 never).
+                sw.fill(0.0);
+                for m in 0..mm {
+                    for (t, &v) in sw.iter_mut().zip(&d[m * n..(m + 1) * n]) {
+                        *t += v;
                     }
                 }
-                d[m] = v * w[m];
-            }
-            let (mixed, div) = if self.consensus {
-                let mut sw = 0f32;
-                for &v in &d {
-                    sw += v;
-                }
-                let sign = if sw >= 0.0 { 1.0f32 } else { -1.0 };
-                let (mut mixed, mut div) = (0f32, 0f32);
+                div.fill(0.0);
                 for m in 0..mm {
-                    let sg = if d[m] > 0.0 {
-                        1.0
-                    } else if d[m] < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-                    let mask = if sg == sign { 1.0f32 } else { 0.0 };
-                    mixed += d[m] * mask;
-                    div += w[m] * mask;
+                    let wm = w[m];
+                    let dm = &d[m * n..(m + 1) * n];
+                    for j in 0..n {
+                        let (v, pos) = (dm[j], sw[j] >= 0.0);
+                        let mask = if (pos && v > 0.0) || (!pos && v < 0.0) {
+                            1.0f32
+                        } else {
+                            0.0
+                        };
+                        mixed[j] += v * mask;
+                        div[j] += wm * mask;
+                    }
                 }
-                (mixed, if div == 0.0 { 1.0 } else { div })
+                for t in div.iter_mut() {
+                    if *t == 0.0 {
+                        *t = 1.0;
+                    }
+                }
             } else {
-                let mut mixed = 0f32;
-                for &v in &d {
-                    mixed += v;
+                for m in 0..mm {
+                    for (t, &v) in mixed.iter_mut().zip(&d[m * n..(m + 1) * n]) {
+                        *t += v;
+                    }
                 }
-                (mixed, wsum)
-            };
-            let mut mixed = if self.normalize { mixed / div } else { mixed };
-            if lambda != 1.0 {
-                mixed *= lambda;
+                div.fill(wsum);
             }
-            out[j] = x0 + mixed;
-        }
+            for j in 0..n {
+                let mut v = if self.normalize {
+                    mixed[j] / div[j]
+                } else {
+                    mixed[j]
+                };
+                if lambda != 1.0 {
+                    v *= lambda;
+                }
+                out[j] = x0[j] + v;
+            }
+        })
     }
+}
+
+thread_local! {
+    /// The combine's per-thread d_m scratch (one block of every model), reused across blocks.
+    static D: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
