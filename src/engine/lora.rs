@@ -4,14 +4,18 @@
 //! With δn = sn·Bn·An per module (δ = 0 for the base itself and for a module an adapter does not
 //! train), every inner product is exact at r×r cost, in f64:
 //!
-//!     ⟨si·Bi·Ai, sj·Bj·Aj⟩ = si·sj·tr((Biᵀ·Bj)·(Aj·Aiᵀ))
+//! ```text
+//! ⟨si·Bi·Ai, sj·Bj·Aj⟩ = si·sj·tr((Biᵀ·Bj)·(Aj·Aiᵀ))
+//! ```
 //!
 //! so the Gram matrices of the task vectors (per tensor, summed per block or over the model as
 //! the engine does) and every angle are those of the materialised deltas, without rounding them
 //! to f32 first. Every method merged here is affine (each coefficient row sums to 1), so the
 //! base's weight passes through and a row c gives the delta Σn cn·δn, which is exactly the LoRA
 //!
-//!     B = [c1·s1·B1 | c2·s2·B2 | …],  A = [A1; A2; …]   of rank Σ rn, scale 1
+//! ```text
+//! B = [c1·s1·B1 | c2·s2·B2 | …],  A = [A1; A2; …]   of rank Σ rn, scale 1
+//! ```
 //!
 //! written as a PEFT adapter with `lora_alpha = r` (PEFT's scale α/r = 1, no rsLoRA). Modules are
 //! read and written one at a time; an input's modules are read twice when the method needs
