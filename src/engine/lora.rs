@@ -541,6 +541,7 @@ fn open_outputs(
             modules: plan.modules.clone(),
             dtype,
             metadata,
+            scaling: None,
         };
         writers.push(AdapterWriter::create(&dir, &shown, &layout)?);
         write_card(&dir, &shown, name, plan.rank, &base, method, &recipe, k)?;

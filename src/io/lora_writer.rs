@@ -70,18 +70,30 @@ pub struct AdapterLayout {
     pub dtype: DType,
     /// `__metadata__` of the safetensors file (`format: pt` is always added).
     pub metadata: BTreeMap<String, String>,
+    /// PEFT's `lora_alpha` and `use_rslora` (scale α/r, or α/√r): `None` writes α = r without
+    /// rsLoRA (scale 1, the factors hold the delta as B·A); a trained adapter keeps its own.
+    pub scaling: Option<(f64, bool)>,
 }
 
 impl AdapterLayout {
-    /// `adapter_config.json`: a plain LoRA of rank r, scale α/r = 1.
+    /// `adapter_config.json`: a plain LoRA of rank r, scale α/r = 1 unless `scaling` says
+    /// otherwise.
     pub fn config(&self) -> serde_json::Value {
         let targets: Vec<&str> = self.modules.iter().map(ModuleShape::module).collect();
+        let (alpha, rslora) = match self.scaling {
+            None => (serde_json::json!(self.r), false),
+            // An integral α as an integer, as PEFT writes it.
+            Some((a, rs)) if a.fract() == 0.0 && a.abs() < 1e15 => {
+                (serde_json::json!(a as i64), rs)
+            }
+            Some((a, rs)) => (serde_json::json!(a), rs),
+        };
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": self.task_type,
             "r": self.r,
-            "lora_alpha": self.r,
-            "use_rslora": false,
+            "lora_alpha": alpha,
+            "use_rslora": rslora,
             "use_dora": false,
             "fan_in_fan_out": self.fan_in_fan_out,
             "lora_dropout": 0.0,
@@ -231,6 +243,7 @@ mod tests {
             ],
             dtype: DType::F32,
             metadata: BTreeMap::new(),
+            scaling: None,
         };
         let mut w = AdapterWriter::create(dir.path(), dir.path(), &layout).unwrap();
         let v = |n: usize, k: f32| (0..n).map(|i| i as f32 * k).collect::<Vec<f32>>();

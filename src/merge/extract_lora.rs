@@ -438,6 +438,7 @@ pub fn extract(job: &ExtractJob, reporter: &dyn Reporter) -> Result<Extracted> {
         modules: shapes,
         dtype: job.dtype,
         metadata,
+        scaling: None,
     };
     let mut w = AdapterWriter::create(staging.path(), &job.dest, &layout)?;
     let shards = || job.model.shards.iter().chain(&job.base.shards);

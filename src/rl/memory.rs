@@ -143,6 +143,42 @@ pub struct PlanInput {
     pub reward_model: Option<(ModelShape, u64, u64)>,
     /// Bytes of one LM-head chunk (`super::chunked::DEFAULT_CHUNK_BYTES`).
     pub chunk_bytes: u64,
+    /// A LoRA run (`--lora R`): only the adapters train.
+    pub lora: Option<LoraShape>,
+}
+
+/// The adapters of a LoRA run, as the plan counts them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraShape {
+    pub rank: u64,
+    /// Σ r·(in + out) over the target modules.
+    pub parameters: u64,
+    /// Target modules per layer (the most of any layer).
+    pub modules_per_layer: u64,
+    /// Σ in over one layer's target modules (the most of any layer).
+    pub inputs_per_layer: u64,
+}
+
+impl LoraShape {
+    /// From the targets (path "model.layers.N.…", [out, in]).
+    pub fn of(rank: u64, targets: &[(String, [i64; 2])]) -> LoraShape {
+        let mut per_layer: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+        for (m, [_, i]) in targets {
+            let layer = m.splitn(4, '.').take(3).last().unwrap_or("");
+            let e = per_layer.entry(layer).or_default();
+            e.0 += 1;
+            e.1 += *i as u64;
+        }
+        LoraShape {
+            rank,
+            parameters: targets
+                .iter()
+                .map(|(_, [o, i])| rank * (*o as u64 + *i as u64))
+                .sum(),
+            modules_per_layer: per_layer.values().map(|v| v.0).max().unwrap_or(0),
+            inputs_per_layer: per_layer.values().map(|v| v.1).max().unwrap_or(0),
+        }
+    }
 }
 
 /// One line of the plan.
@@ -271,6 +307,10 @@ fn resident_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
         },
         Resident,
     );
+    if let Some(l) = &input.lora {
+        lora_items(l, s, items);
+        return;
+    }
     items.add(
         "policy weights",
         p * e,
@@ -308,6 +348,41 @@ fn resident_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
     if input.init {
         items.add("init", p * e, format!("{p} × {e} B, frozen"), Resident);
     }
+}
+
+/// A LoRA run's resident state: the frozen base once (the policy, the EMA and the init are
+/// the base with their own adapters, or none), and the adapters' f32 factors, gradients, Adam
+/// moments and EMA.
+fn lora_items(l: &LoraShape, s: &Sizes, items: &mut Items) {
+    let (p, e, dt) = (s.p, s.e, s.dt);
+    let a = l.parameters;
+    use Phase::Resident;
+    items.add(
+        "base weights",
+        p * e,
+        format!("{p} parameters × {e} B ({dt}), frozen; shared by the policy, EMA and init"),
+        Resident,
+    );
+    let r = l.rank;
+    items.add(
+        "LoRA factors",
+        4 * a,
+        format!("{a} adapter parameters (rank {r}) × 4 B (f32)"),
+        Resident,
+    );
+    items.add("LoRA gradients", 4 * a, format!("{a} × 4 B"), Resident);
+    items.add(
+        "Adam moments",
+        8 * a,
+        format!("{a} × 2 × 4 B (f32)"),
+        Resident,
+    );
+    items.add(
+        "EMA",
+        4 * a,
+        format!("{a} × 4 B (f32, the EMAs of A and B)"),
+        Resident,
+    );
 }
 
 /// A reward model: its weights for the whole run, its forward while a batch is scored.
@@ -370,6 +445,21 @@ fn training_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
         ),
         Training,
     );
+    if let Some(l) = &input.lora {
+        // Saved for backward by each adapter: A·x (r values, f32) and, when the base is not
+        // f32, the input cast to f32.
+        let cast = if s.bf16 { 4 * l.inputs_per_layer } else { 0 };
+        let per_l = 4 * l.rank * l.modules_per_layer + cast;
+        items.add(
+            "LoRA activations",
+            k * t * m.layers * per_l,
+            format!(
+                "{k} seqs × {t} tokens × {} layers × {per_l} B (A·x, f32 inputs)",
+                m.layers
+            ),
+            Training,
+        );
+    }
     let others = 1 + u64::from(input.init && input.ema_anchor);
     items.add(
         "anchor/init hidden states",
@@ -558,7 +648,7 @@ impl RunPlan {
         format!(
             "model: {} parameters, {} layers, hidden {}, vocab {}\n\
              device: {}, dtype: {}, micro-batch: {} of {} sequences ({} prompts × {}), \
-             {} prompt + {} new tokens\n{}",
+             {} prompt + {} new tokens\n{}{}",
             i.model.parameters,
             i.model.layers,
             i.model.hidden,
@@ -577,6 +667,13 @@ impl RunPlan {
             i.n,
             i.prompt_tokens,
             i.max_new_tokens,
+            match &i.lora {
+                None => String::new(),
+                Some(l) => format!(
+                    "LoRA: rank {}, {} adapter parameters (the base is frozen)\n",
+                    l.rank, l.parameters
+                ),
+            },
             self.plan.table()
         )
     }
@@ -639,6 +736,14 @@ pub fn for_run(
         ema_anchor: cfg.anchor == Anchor::Ema,
         reward_model,
         chunk_bytes: super::chunked::DEFAULT_CHUNK_BYTES,
+        lora: match cfg.lora {
+            None => None,
+            Some(r) => {
+                let config = ModelConfig::from_dir(&ck.dir)?;
+                let targets = super::model::lora_targets(&config, &cfg.lora_target_names())?;
+                Some(LoraShape::of(r as u64, &targets))
+            }
+        },
     };
     if input.micro_batch == 0 {
         input.micro_batch = auto_micro_batch(&input);
@@ -685,6 +790,7 @@ mod tests {
             ema_anchor: true,
             reward_model: None,
             chunk_bytes: 1 << 20,
+            lora: None,
         }
     }
 

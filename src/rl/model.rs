@@ -12,6 +12,7 @@
 mod attention;
 mod layers;
 mod layout;
+mod lora;
 mod rope;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::io::{companion, Checkpoint, CheckpointWriter, DType, OutTensor, Write
 use attention::{Masks, Scoring};
 use layers::{Assembler, CacheSlot, Layer, Norm, Pass};
 pub use layout::{Head, ParamSpec};
+pub use lora::{key_a, key_b, linear_modules, lora_targets, AdapterModule, Adapters, ALL_LINEAR};
 use rope::RopeFreqs;
 
 /// Keys and values of past positions, per layer, in buffers preallocated for `capacity`
@@ -126,14 +128,19 @@ pub fn read_tensor(ck: &Checkpoint, name: &str, kind: Kind, device: Device) -> R
 /// Registers `t` in the var store under its HF name: tch nests by path ("a.b.c" is
 /// sub("a").sub("b"), variable "c"), so the store lists it under that name.
 fn register(root: &nn::Path, name: &str, t: Tensor) -> Tensor {
+    register_as(root, name, t, true)
+}
+
+/// [`register`], trainable or not (a frozen variable's `requires_grad` is left as it is).
+fn register_as(root: &nn::Path, name: &str, t: Tensor, trainable: bool) -> Tensor {
     let mut parts = name.split('.');
     let first = parts.next().unwrap_or("_");
     let mut rest: Vec<&str> = parts.collect();
     let Some(leaf) = rest.pop() else {
-        return root.add(first, t, true);
+        return root.add(first, t, trainable);
     };
     let path = rest.iter().fold(root.sub(first), |p, s| p.sub(*s));
-    path.add(leaf, t, true)
+    path.add(leaf, t, trainable)
 }
 
 /// Parameters by name, and (name, on-disk dtype) in layout order.

@@ -217,6 +217,23 @@ pub struct RlConfig {
     /// '{"gradient_checkpointing": true, "gradient_accumulation_steps": 4}').
     #[arg(long, value_name = "JSON")]
     pub trl_args: Option<String>,
+    /// Train LoRA adapters of rank R on the frozen init instead of every weight: the policy is
+    /// W + s·B·A on each --lora-targets module (B starts at 0, A random as PEFT's), Adam and the
+    /// EMA run over A and B only, and final/{policy,ema}, step-*/ are PEFT adapters (docs/RL.md).
+    #[arg(long, value_name = "R")]
+    pub lora: Option<usize>,
+    /// LoRA α: the adapters' scale s is α/r (α/√r with --rslora). Default: r (s = 1).
+    #[arg(long, value_name = "ALPHA")]
+    pub lora_alpha: Option<f64>,
+    /// LoRA target modules: all-linear (every attention and MLP projection of the decoder
+    /// layers: q/k/v/o_proj, gate/up/down_proj, or Phi-3's fused qkv_proj/gate_up_proj), or
+    /// module names separated by commas (e.g. q_proj,v_proj), matched against the last part of
+    /// each module's path as PEFT does.
+    #[arg(long, value_name = "NAMES", default_value = "all-linear")]
+    pub lora_targets: String,
+    /// rsLoRA: scale the adapters by α/√r instead of α/r.
+    #[arg(long)]
+    pub rslora: bool,
 }
 
 impl Default for RlConfig {
@@ -331,7 +348,57 @@ impl RlConfig {
             crate::io::writer::parse_size(m).map_err(|e| Error::setting("max_memory", e))?;
         }
         crate::limits::seconds("reward_timeout", self.reward_timeout, true)?;
+        self.check_lora()?;
         self.check_backend()
+    }
+
+    /// The LoRA settings: a positive rank, and the other LoRA settings only with one; what
+    /// LoRA cannot be combined with.
+    fn check_lora(&self) -> Result<()> {
+        let Some(r) = self.lora else {
+            for (field, set) in [
+                ("lora_alpha", self.lora_alpha.is_some()),
+                ("rslora", self.rslora),
+                ("lora_targets", self.lora_targets != "all-linear"),
+            ] {
+                positive(field, !set, || "applies to LoRA runs only (--lora R)".into())?;
+            }
+            return Ok(());
+        };
+        positive("lora", (1..=65536).contains(&r), || {
+            format!("the LoRA rank must be in 1..=65536, got {r}")
+        })?;
+        if let Some(a) = self.lora_alpha {
+            positive("lora_alpha", a.is_finite() && a > 0.0, || {
+                format!("must be a finite number > 0, got {a}")
+            })?;
+        }
+        let names = self.lora_target_names();
+        positive("lora_targets", !names.is_empty(), || {
+            "give module names (e.g. q_proj,v_proj) or all-linear".into()
+        })?;
+        positive("save_dtype", self.save_dtype == SaveDtype::F32, || {
+            "LoRA adapters are saved in f32 (the trained factors exactly); --save-dtype same \
+             applies to full fine-tuning only"
+                .into()
+        })
+    }
+
+    /// The LoRA target names given (`all-linear` as itself).
+    pub fn lora_target_names(&self) -> Vec<String> {
+        self.lora_targets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// The LoRA scale s: α/r, or α/√r with rsLoRA (α defaults to r).
+    pub fn lora_scale(&self) -> Option<f64> {
+        let r = self.lora? as f64;
+        let alpha = self.lora_alpha.unwrap_or(r);
+        Some(if self.rslora { alpha / r.sqrt() } else { alpha / r })
     }
 
     /// What the trl backend cannot do (RLOOTrainer: docs/SCALE.md), and its own settings.

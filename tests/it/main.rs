@@ -43,6 +43,8 @@ mod rl_families;
 #[cfg(feature = "rl")]
 mod rl_grpo;
 #[cfg(feature = "rl")]
+mod rl_lora;
+#[cfg(feature = "rl")]
 mod rl_model;
 #[cfg(feature = "rl")]
 mod rl_precision;

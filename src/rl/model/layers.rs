@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use tch::{Kind, TchError, Tensor};
 
 use super::attention::{self, Masks, Scoring};
+use super::lora::LoraPart;
 use super::rope;
 use crate::error::{Error, Result};
 use crate::rl::config::{Activation, LayerType, ModelConfig};
@@ -12,13 +13,31 @@ use crate::rl::config::{Activation, LayerType, ModelConfig};
 type TchResult<T> = std::result::Result<T, TchError>;
 
 pub(super) struct Linear {
+    /// The module's path ("model.layers.0.self_attn.q_proj").
+    pub module: String,
     w: Tensor,
     b: Option<Tensor>,
+    /// A LoRA adapter on this module (`super::lora`).
+    pub lora: Option<LoraPart>,
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        x.f_linear(&self.w, self.b.as_ref())
+        let y = x.f_linear(&self.w, self.b.as_ref())?;
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => l.add_to(x, y),
+        }
+    }
+
+    /// The same weights (shared storage), with `lora` as its adapter.
+    fn share(&self, lora: &dyn Fn(&str) -> Option<LoraPart>) -> Linear {
+        Linear {
+            module: self.module.clone(),
+            w: self.w.shallow_clone(),
+            b: self.b.as_ref().map(Tensor::shallow_clone),
+            lora: lora(&self.module),
+        }
     }
 }
 
@@ -116,6 +135,8 @@ impl Assembler<'_> {
 
     fn linear(&mut self, name: &str, bias: bool) -> Result<Linear> {
         Ok(Linear {
+            module: name.to_string(),
+            lora: None,
             w: self.take(&format!("{name}.weight"))?,
             b: match bias {
                 true => Some(self.take(&format!("{name}.bias"))?),
@@ -187,6 +208,37 @@ fn activate(x: &Tensor, a: Activation) -> TchResult<Tensor> {
 }
 
 impl Layer {
+    /// The same weights (shared storage), with the adapters `lora` gives per module path.
+    pub fn share(&self, lora: &dyn Fn(&str) -> Option<LoraPart>) -> Layer {
+        let t = |x: &Tensor| x.shallow_clone();
+        Layer {
+            input_norm: t(&self.input_norm),
+            qkv: match &self.qkv {
+                Qkv::Split { q, k, v } => Qkv::Split {
+                    q: q.share(lora),
+                    k: k.share(lora),
+                    v: v.share(lora),
+                },
+                Qkv::Fused(qkv) => Qkv::Fused(qkv.share(lora)),
+            },
+            o: self.o.share(lora),
+            q_norm: self.q_norm.as_ref().map(t),
+            k_norm: self.k_norm.as_ref().map(t),
+            post_attention_norm: t(&self.post_attention_norm),
+            ff_norms: self.ff_norms.as_ref().map(|(a, b)| (t(a), t(b))),
+            gate_up: match &self.gate_up {
+                GateUp::Split { gate, up } => GateUp::Split {
+                    gate: gate.share(lora),
+                    up: up.share(lora),
+                },
+                GateUp::Fused(gu) => GateUp::Fused(gu.share(lora)),
+            },
+            down: self.down.share(lora),
+            window: self.window,
+            rope: self.rope,
+        }
+    }
+
     /// `x` `[b, t, hidden]` → the layer's output, same shape.
     pub fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<CacheSlot>) -> TchResult<Tensor> {
         let h = pass.norm.apply(x, &self.input_norm)?;

@@ -163,6 +163,19 @@ impl Trainer {
     /// nothing.
     pub fn save_checkpoint(&self, dest: &Path, resumable: bool) -> Result<PathBuf> {
         let staging = Staging::new(dest, false)?;
+        if let Some(lora) = &self.lora {
+            for (which, ad) in [("policy", &lora.policy), ("ema", &lora.ema)] {
+                let dir = staging.path().join(which);
+                std::fs::create_dir_all(&dir).at(dest.join(which))?;
+                self.write_adapter(&dir, &dest.join(which), lora, ad)?;
+                self.write_card(&dir, which, true)?;
+            }
+            if resumable {
+                // The adapters on disk are the exact f32 factors: Adam's moments suffice.
+                self.write_trainer_state(staging.path(), self.opt.state())?;
+            }
+            return staging.commit();
+        }
         let policy: Vec<(String, Tensor)> = self
             .opt
             .weights_f32()
@@ -173,6 +186,45 @@ impl Trainer {
         for (which, named) in [("policy", &policy), ("ema", &ema)] {
             let dir = staging.path().join(which);
             self.write_model(&dir, named)?;
+            self.write_card(&dir, which, false)?;
+        }
+        if resumable {
+            let mut named = self.opt.state();
+            if !self.exact_on_disk {
+                // The policy's exact weights are the optimizer's master copies when it has
+                // them (already in its state).
+                if !self.opt.has_masters() {
+                    named.extend(
+                        policy
+                            .iter()
+                            .map(|(n, t)| (format!("policy.{n}"), t.shallow_clone())),
+                    );
+                }
+                named.extend(
+                    ema.iter()
+                        .map(|(n, t)| (format!("ema.{n}"), t.shallow_clone())),
+                );
+            }
+            self.write_trainer_state(staging.path(), named)?;
+        }
+        staging.commit()
+    }
+
+    /// `trainer/` of a resumable checkpoint staged at `staging`: `named` f32 tensors and the
+    /// step.
+    fn write_trainer_state(&self, staging: &Path, named: Vec<(String, Tensor)>) -> Result<()> {
+        let dir = RlRunLayout::trainer_dir(staging);
+        write_f32_tensors(&dir, &named, &[])?;
+        let state = TrainerState {
+            step: self.step,
+            config: self.cfg.clone(),
+        };
+        write_json(&dir.join(TRAINER_STATE), &state)
+    }
+
+    /// The model card `dir/README.md` of the saved policy or EMA (`which`); `adapter`: a PEFT
+    /// adapter of a LoRA run.
+    fn write_card(&self, dir: &Path, which: &str, adapter: bool) -> Result<()> {
             let recipe = json!({"method": "warp-rl", "which": which, "step": self.step,
                                 "config": self.cfg.to_json()});
             let card = ModelCard {
@@ -201,41 +253,21 @@ impl Trainer {
                     } else {
                         "the trained policy"
                     },
-                    match self.cfg.save_dtype {
-                        SaveDtype::F32 => "f32 (the trained weights exactly)",
-                        SaveDtype::Same => "the init's dtypes",
+                    match (adapter, self.cfg.save_dtype) {
+                        (true, _) => "a PEFT LoRA adapter of the base model (f32 factors; with \
+                                      the EMA anchor, `ema` holds the EMAs of A and of B)",
+                        (false, SaveDtype::F32) => "f32 (the trained weights exactly)",
+                        (false, SaveDtype::Same) => "the init's dtypes",
                     }
                 )],
             };
             let readme = dir.join("README.md");
-            std::fs::write(&readme, card.render()).at(&readme)?;
-        }
-        if resumable {
-            let dir = RlRunLayout::trainer_dir(staging.path());
-            let mut named = self.opt.state();
-            if !self.exact_on_disk {
-                // The policy's exact weights are the optimizer's master copies when it has
-                // them (already in its state).
-                if !self.opt.has_masters() {
-                    named.extend(
-                        policy
-                            .iter()
-                            .map(|(n, t)| (format!("policy.{n}"), t.shallow_clone())),
-                    );
-                }
-                named.extend(
-                    ema.iter()
-                        .map(|(n, t)| (format!("ema.{n}"), t.shallow_clone())),
-                );
+            let mut text = card.render();
+            if adapter {
+                // The card says what loads it: PEFT, not transformers alone.
+                text = text.replacen("library_name: transformers", "library_name: peft", 1);
             }
-            write_f32_tensors(&dir, &named, &[])?;
-            let state = TrainerState {
-                step: self.step,
-                config: self.cfg.clone(),
-            };
-            write_json(&dir.join(TRAINER_STATE), &state)?;
-        }
-        staging.commit()
+            std::fs::write(&readme, text).at(&readme)
     }
 
     /// Writes named weights (the policy's parameters, in their save order) as an HF checkpoint

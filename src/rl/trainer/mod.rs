@@ -71,11 +71,13 @@ use crate::rng::SplitMix64;
 pub use super::settings::{Anchor, Baseline, RlConfig, SaveDtype, TrainDtype};
 
 mod checkpoint;
+mod lora;
 mod metrics;
 mod rollout;
 mod step;
 
 use checkpoint::*;
+use lora::*;
 pub use metrics::StepMetrics;
 use rollout::*;
 use step::*;
@@ -113,6 +115,8 @@ pub struct Trainer {
     head_slots: Vec<usize>,
     /// What the first update of the current batch recorded for the later ones.
     rollout: Option<Rollout>,
+    /// The adapters of a LoRA run (`--lora R`); the policy and EMA models use them.
+    lora: Option<LoraRun>,
     layout: RlRunLayout,
     pub step: u64,
     /// The run folder's lock, held as long as the trainer lives.
@@ -265,11 +269,26 @@ impl Trainer {
             .map(|t| (t.name.clone(), t.dtype))
             .collect();
         let chunk = chunk_positions(config.vocab_size, DEFAULT_CHUNK_BYTES);
-        let m = match from {
-            None => fresh_models(&cfg, &ck, config.clone(), device)?,
-            Some(dir) => restore_models(&cfg, &ck, config.clone(), dir, exact_on_disk, device)?,
+        let (m, lora) = match (from, cfg.lora.is_some()) {
+            (None, false) => (fresh_models(&cfg, &ck, config.clone(), device)?, None),
+            (Some(dir), false) => (
+                restore_models(&cfg, &ck, config.clone(), dir, exact_on_disk, device)?,
+                None,
+            ),
+            (None, true) => {
+                let (m, l) = fresh_lora_models(&cfg, &ck, config.clone(), device)?;
+                (m, Some(l))
+            }
+            (Some(dir), true) => {
+                let (m, l) = restore_lora_models(&cfg, &ck, config.clone(), dir, device)?;
+                (m, Some(l))
+            }
         };
-        let ema_compute = if train_kind(&cfg) != Kind::Float && cfg.anchor == Anchor::Ema {
+        // A LoRA run's EMA adapters are f32 already, on the base in the compute dtype.
+        let ema_compute = if train_kind(&cfg) != Kind::Float
+            && cfg.anchor == Anchor::Ema
+            && lora.is_none()
+        {
             let mut e = CausalLm::from_checkpoint(&ck, config, device, train_kind(&cfg))?;
             e.vs.freeze();
             copy_weights(&m.ema, &e)?;
@@ -318,6 +337,7 @@ impl Trainer {
             chunk,
             head_slots,
             rollout: None,
+            lora,
             step: m.step,
             cfg,
             lock: None,

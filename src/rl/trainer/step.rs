@@ -530,8 +530,13 @@ impl Trainer {
     pub(super) fn update_ema(&mut self) -> Result<()> {
         let mu = self.cfg.mu;
         let weights: HashMap<&str, Tensor> = self.opt.weights_f32().into_iter().collect();
+        // A LoRA run averages the factors A and B (not the deltas s·B·A).
+        let targets: Vec<(String, Tensor)> = match &self.lora {
+            Some(l) => l.ema.named(),
+            None => self.ema.vs.variables().into_iter().collect(),
+        };
         tch::no_grad(|| -> Result<()> {
-            for (name, mut e) in self.ema.vs.variables() {
+            for (name, mut e) in targets {
                 let p = weights.get(name.as_str()).ok_or_else(|| {
                     Error::Internal(format!("EMA parameter '{name}' is not optimised"))
                 })?;
