@@ -188,35 +188,52 @@ fn lora_gradients_match_the_torch_reference() {
     // Every linear module is adapted by default, only q and v with the targets given.
     assert_eq!(cases[0].first.len(), 2 * 7 * 4);
     assert_eq!(cases[2].first.len(), 2 * 2 * 4);
+    // The reference in f32 (an f32 implementation's rounding) and in f64 (the exact value).
     let mut jobs = Vec::new();
     for c in &cases {
         for (which, policy) in [("first", "old"), ("later", "new")] {
-            jobs.push(json!({
-                "base": fixture("arith/model"),
-                "policy": d.join(format!("{policy}-{}/policy", c.name)),
-                "old": d.join(format!("old-{}/policy", c.name)),
-                "anchor": d.join(format!("old-{}/ema", c.name)),
-                "out": d.join(format!("ref-{which}-{}.safetensors", c.name)),
-                "pairs": pairs, "rewards": rewards, "n": 4, "baseline": "grpo",
-                "beta": 0.1, "temperature": 0.9, "length_penalty": 0.0, "clip_eps": 0.2,
-            }));
+            for (prec, double) in [("f32", false), ("f64", true)] {
+                jobs.push(json!({
+                    "base": fixture("arith/model"),
+                    "policy": d.join(format!("{policy}-{}/policy", c.name)),
+                    "old": d.join(format!("old-{}/policy", c.name)),
+                    "anchor": d.join(format!("old-{}/ema", c.name)),
+                    "out": d.join(format!("ref-{which}-{prec}-{}.safetensors", c.name)),
+                    "double": double,
+                    "pairs": pairs, "rewards": rewards, "n": 4, "baseline": "grpo",
+                    "beta": 0.1, "temperature": 0.9, "length_penalty": 0.0, "clip_eps": 0.2,
+                }));
+            }
         }
     }
     let answers = torch_ref("lora_rl_ref.py", &[], &json!({ "jobs": jobs }));
     let tokens: usize = pairs.iter().map(|(_, c)| c.len()).sum();
+    let refs = |which: &str, c: &Case| {
+        let r = |prec: &str| {
+            read_grads(&d.join(format!("ref-{which}-{prec}-{}.safetensors", c.name)))
+        };
+        (r("f32"), r("f64"))
+    };
     for (i, c) in cases.iter().enumerate() {
-        let r1 = read_grads(&d.join(format!("ref-first-{}.safetensors", c.name)));
-        let r2 = read_grads(&d.join(format!("ref-later-{}.safetensors", c.name)));
-        let (d1, s1) = worst(&c.first, &r1);
-        let (d2, s2) = worst(&c.later, &r2);
-        let clipped = answers[2 * i + 1]["clipped"].as_f64().unwrap();
-        eprintln!(
-            "LoRA {}: first update max |ours − torch| {d1:e} (max |g| {s1:e}); later update \
-             {d2:e} (max |g| {s2:e}); clipped: torch {clipped:.3}, ours {:.3}",
-            c.name, c.clip_frac
-        );
-        assert!(s1 > 0.0 && d1 <= 2e-5 * s1, "{}: first {d1} vs {s1}", c.name);
-        assert!(s2 > 0.0 && d2 <= 2e-5 * s2, "{}: later {d2} vs {s2}", c.name);
+        for (which, ours) in [("first", &c.first), ("later", &c.later)] {
+            let (r32, r64) = refs(which, c);
+            let (d_ours, scale) = worst(ours, &r64);
+            let (d_torch, _) = worst(&r32, &r64);
+            eprintln!(
+                "LoRA {} {which} update: max |ours − torch f64| {d_ours:.2e}, torch f32 {d_torch:.2e} \
+                 (max |g| {scale:.2e})",
+                c.name
+            );
+            // As close to the exact gradient as torch's own f32 computation, or within 2e-5.
+            assert!(
+                scale > 0.0 && (d_ours <= 2e-5 * scale || d_ours <= 3.0 * d_torch),
+                "{} {which}: ours {d_ours}, torch f32 {d_torch}, max |g| {scale}",
+                c.name
+            );
+        }
+        let clipped = answers[4 * i + 2]["clipped"].as_f64().unwrap();
+        eprintln!("LoRA {}: clipped: torch {clipped:.3}, ours {:.3}", c.name, c.clip_frac);
+        assert!(clipped > 0.0 && clipped < 1.0, "{}", c.name);
         assert!(
             (c.clip_frac - clipped).abs() <= 1.0 / tokens as f64,
             "{}",
@@ -423,11 +440,11 @@ fn bad_lora_settings_fail_clearly() {
     let o = s(&out);
     for (args, want) in [
         (vec!["--lora", "0"], vec!["lora", "rank"]),
-        (vec!["--lora", "4", "--lora-targets", "q_proj,nope"], vec!["lora_targets", "nope", "q_proj"]),
-        (vec!["--lora", "4", "--lora-alpha", "-1"], vec!["lora_alpha"]),
-        (vec!["--lora-alpha", "8"], vec!["lora_alpha", "--lora"]),
-        (vec!["--rslora"], vec!["rslora", "--lora"]),
-        (vec!["--lora", "4", "--save-dtype", "same"], vec!["save_dtype", "LoRA"]),
+        (vec!["--lora", "4", "--lora-targets", "q_proj,nope"], vec!["--lora-targets", "nope", "q_proj"]),
+        (vec!["--lora", "4", "--lora-alpha=-1"], vec!["--lora-alpha"]),
+        (vec!["--lora-alpha", "8"], vec!["--lora-alpha", "--lora R"]),
+        (vec!["--rslora"], vec!["--rslora", "--lora R"]),
+        (vec!["--lora", "4", "--save-dtype", "same"], vec!["--save-dtype", "LoRA"]),
     ] {
         let mut a = vec!["rl", "-o", o, "--steps", "1", "-q"];
         a.extend(args.iter().copied());

@@ -4,7 +4,7 @@
     python lora_rl_ref.py < request.json > response.json
 
 request: {"jobs": [{"base": DIR, "policy": ADAPTER, "old": ADAPTER, "anchor": ADAPTER,
-                    "out": FILE.safetensors, "pairs": [[prompt ids, completion ids], ...],
+                    "out": FILE.safetensors, "double": false, "pairs": [[prompt ids, completion ids], ...],
                     "rewards": [...], "n": 4, "baseline": "grpo" | ..., "beta": 0.1,
                     "temperature": 0.9, "length_penalty": 0.0, "clip_eps": 0.2}, ...]}
 response: [{"loss": L, "clipped": share of tokens whose clipped branch is taken}, ...]
@@ -16,6 +16,7 @@ The base is read by transformers' `LlamaForCausalLM` (f32, eager attention). An 
 replacing each target nn.Linear's forward with `W x + s * B (A x)`, s = lora_alpha / r (or
 / sqrt(r) with rsLoRA), A and B leaf tensors of their own: written here from the definition,
 neither PEFT nor warp. The loss is grpo_ref.py's (same definitions, its functions reused).
+With "double" everything is float64: a reference for the rounding of an f32 implementation.
 """
 import json
 import math
@@ -29,7 +30,7 @@ try:
     from safetensors.torch import load_file, save_file
     from transformers.utils import logging as hf_logging
 
-    from grpo_ref import advantages, load, token_logprobs
+    from grpo_ref import advantages, load
 except ImportError as e:  # pragma: no cover - environment problem, reported clearly
     sys.stderr.write(
         f"lora_rl_ref.py: cannot import torch/transformers ({e}); "
@@ -40,7 +41,7 @@ except ImportError as e:  # pragma: no cover - environment problem, reported cle
 PREFIX = "base_model.model."
 
 
-def read_adapter(path):
+def read_adapter(path, dtype):
     """(scale, {module path: (A, B)}) of an adapter folder; A and B as leaf tensors."""
     with open(os.path.join(path, "adapter_config.json")) as f:
         cfg = json.load(f)
@@ -52,19 +53,20 @@ def read_adapter(path):
         for which, suffix in (("A", ".lora_A.weight"), ("B", ".lora_B.weight")):
             if key.endswith(suffix):
                 module = key[len(PREFIX) : -len(suffix)]
-                factors.setdefault(module, {})[which] = t.float().clone().requires_grad_(True)
+                factors.setdefault(module, {})[which] = t.to(dtype).clone().requires_grad_(True)
     targets = cfg["target_modules"]
     if sorted(factors) != sorted(targets):
         raise SystemExit(f"lora_rl_ref.py: {path}: factors of {sorted(factors)}, targets {targets}")
     return scale, {m: (f["A"], f["B"]) for m, f in factors.items()}
 
 
-def adapted(base_dir, adapter_dir):
+def adapted(base_dir, adapter_dir, double):
     """The base model with the adapter applied, and the adapter's factors by PEFT key."""
-    model = load(base_dir)
+    dtype = torch.float64 if double else torch.float32
+    model = load(base_dir).to(dtype)
     for p in model.parameters():
         p.requires_grad_(False)
-    scale, factors = read_adapter(adapter_dir)
+    scale, factors = read_adapter(adapter_dir, dtype)
     modules = dict(model.named_modules())
     for name, (a, b) in factors.items():
         lin = modules[name]
@@ -84,23 +86,41 @@ def adapted(base_dir, adapter_dir):
     return model, named
 
 
+def token_logprobs(model, pairs, temperature):
+    """Per pair, the log-probabilities [len(completion)] of its completion tokens, in the
+    model's dtype (grpo_ref.py's, without its cast of the logits to f32)."""
+    out = []
+    for prompt, completion in pairs:
+        if not completion:
+            out.append(torch.zeros(0))
+            continue
+        ids = torch.tensor([prompt + completion])
+        logits = model(input_ids=ids, use_cache=False).logits[0]
+        at = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature
+        lp = torch.log_softmax(at, dim=-1)
+        out.append(lp.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1))
+    return out
+
+
 def job(j):
     pairs = [(list(p), list(c)) for p, c in j["pairs"]]
     temperature = j["temperature"]
+    double = bool(j.get("double"))
     with torch.no_grad():
-        old = token_logprobs(adapted(j["base"], j["old"])[0], pairs, temperature)
-        anchor = token_logprobs(adapted(j["base"], j["anchor"])[0], pairs, temperature)
+        old = token_logprobs(adapted(j["base"], j["old"], double)[0], pairs, temperature)
+        anchor = token_logprobs(adapted(j["base"], j["anchor"], double)[0], pairs, temperature)
     r = torch.tensor(j["rewards"], dtype=torch.float64)
     log_ratio = torch.tensor(
         [float(o.sum() - a.sum()) for o, a in zip(old, anchor)], dtype=torch.float64
     )
     lens = torch.tensor([len(c) for _, c in pairs], dtype=torch.float64)
     r_beta = r - j["beta"] * log_ratio - j["length_penalty"] * lens
-    adv = advantages(r_beta, j["n"], j["baseline"]).float()
-    policy, factors = adapted(j["base"], j["policy"])
+    adv = advantages(r_beta, j["n"], j["baseline"])
+    adv = adv if double else adv.float()
+    policy, factors = adapted(j["base"], j["policy"], double)
     lp = token_logprobs(policy, pairs, temperature)
     eps = j["clip_eps"]
-    loss = torch.zeros(())
+    loss = torch.zeros((), dtype=torch.float64 if double else torch.float32)
     clipped = tokens = 0
     for a, cur, o in zip(adv, lp, old):
         if cur.numel() == 0:
@@ -116,11 +136,11 @@ def job(j):
     for key, t in factors.items():
         if t.grad is None:
             raise SystemExit(f"lora_rl_ref.py: {key} received no gradient")
-        grads[key] = t.grad.detach().float().contiguous()
+        grads[key] = t.grad.detach().contiguous()
     for name, p in policy.named_parameters():
         if p.grad is not None:
             raise SystemExit(f"lora_rl_ref.py: the frozen base parameter {name} got a gradient")
-    save_file(grads, j["out"])
+    save_file({k: g.double() if double else g for k, g in grads.items()}, j["out"])
     return {"loss": float(loss), "clipped": clipped / tokens}
 
 
