@@ -361,7 +361,9 @@ impl RlConfig {
                 ("rslora", self.rslora),
                 ("lora_targets", self.lora_targets != "all-linear"),
             ] {
-                positive(field, !set, || "applies to LoRA runs only (--lora R)".into())?;
+                positive(field, !set, || {
+                    "applies to LoRA runs only (--lora R)".into()
+                })?;
             }
             return Ok(());
         };
@@ -398,7 +400,11 @@ impl RlConfig {
     pub fn lora_scale(&self) -> Option<f64> {
         let r = self.lora? as f64;
         let alpha = self.lora_alpha.unwrap_or(r);
-        Some(if self.rslora { alpha / r.sqrt() } else { alpha / r })
+        Some(if self.rslora {
+            alpha / r.sqrt()
+        } else {
+            alpha / r
+        })
     }
 
     /// What the trl backend cannot do (RLOOTrainer: docs/SCALE.md), and its own settings.

@@ -9,7 +9,7 @@ use crate::lora::p;
 use std::path::PathBuf;
 
 /// The venv of scripts/setup-trl.sh (torch, transformers, PEFT) for tests/ref/peft_ref.py.
-fn peft_ref(req: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn peft_ref(req: &serde_json::Value) -> serde_json::Value {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let py = std::env::var("WARP_TRL_PYTHON").unwrap_or_else(|_| {
@@ -42,7 +42,7 @@ fn peft_ref(req: &serde_json::Value) -> serde_json::Value {
 
 /// Logits given as pairs (warp's full checkpoint, PEFT's base + adapter): equal within 1e-5 of
 /// the largest logit.
-fn assert_logits_pairs(l: &[serde_json::Value], family: usize) {
+pub(crate) fn assert_logits_pairs(l: &[serde_json::Value], family: usize) {
     assert!(l.len() >= 2 && l.len() % 2 == 0);
     for pair in l.chunks(2) {
         let v = |x: &serde_json::Value| -> Vec<f64> {

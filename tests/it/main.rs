@@ -45,6 +45,8 @@ mod rl_grpo;
 #[cfg(feature = "rl")]
 mod rl_lora;
 #[cfg(feature = "rl")]
+mod rl_lora_peft;
+#[cfg(feature = "rl")]
 mod rl_model;
 #[cfg(feature = "rl")]
 mod rl_precision;

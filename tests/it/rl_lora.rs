@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crate::common::{self, bin, fails, fixture, ok, torch_ref};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
-use warp::rl::trainer::{Baseline, RlConfig, TrainDtype, Trainer};
 use warp::rl::model::Adapters;
+use warp::rl::trainer::{Baseline, RlConfig, TrainDtype, Trainer};
 use warp::rl::CausalLm;
 use warp::rng::SplitMix64;
 
@@ -126,7 +126,12 @@ fn copies(t: &Trainer) -> HashMap<String, Tensor> {
 /// The first and the later (clipped) update of one batch; the adapters the reference needs
 /// are saved as PEFT folders: old-NAME/{policy,ema} before, new-NAME/policy after the step.
 fn run_case(dir: &Path, name: &str, cfg: RlConfig, pairs: &Pairs, r: &[f64]) -> Case {
-    let mut t = Trainer::new(cfg, &dir.join(format!("run-{name}")), &warp::progress::Silent).unwrap();
+    let mut t = Trainer::new(
+        cfg,
+        &dir.join(format!("run-{name}")),
+        &warp::progress::Silent,
+    )
+    .unwrap();
     let (policy, ema) = t.adapters().unwrap();
     // B away from 0 (else ∂/∂A is 0) and an anchor away from the policy (else the KL is 0).
     perturb(policy, 3, 0.05);
@@ -209,9 +214,8 @@ fn lora_gradients_match_the_torch_reference() {
     let answers = torch_ref("lora_rl_ref.py", &[], &json!({ "jobs": jobs }));
     let tokens: usize = pairs.iter().map(|(_, c)| c.len()).sum();
     let refs = |which: &str, c: &Case| {
-        let r = |prec: &str| {
-            read_grads(&d.join(format!("ref-{which}-{prec}-{}.safetensors", c.name)))
-        };
+        let r =
+            |prec: &str| read_grads(&d.join(format!("ref-{which}-{prec}-{}.safetensors", c.name)));
         (r("f32"), r("f64"))
     };
     for (i, c) in cases.iter().enumerate() {
@@ -232,7 +236,10 @@ fn lora_gradients_match_the_torch_reference() {
             );
         }
         let clipped = answers[4 * i + 2]["clipped"].as_f64().unwrap();
-        eprintln!("LoRA {}: clipped: torch {clipped:.3}, ours {:.3}", c.name, c.clip_frac);
+        eprintln!(
+            "LoRA {}: clipped: torch {clipped:.3}, ours {:.3}",
+            c.name, c.clip_frac
+        );
         assert!(clipped > 0.0 && clipped < 1.0, "{}", c.name);
         assert!(
             (c.clip_frac - clipped).abs() <= 1.0 / tokens as f64,
@@ -321,20 +328,41 @@ fn the_base_is_untouched_and_a_fresh_adapter_is_a_no_op() {
     ok(
         "warp",
         &[
-            "rl", s(&model), "-o", s(&out), "--lora", "4", "--steps", "3", "--batch", "4",
-            "--save-every", "2", "--threads", "1", "-q",
+            "rl",
+            s(&model),
+            "-o",
+            s(&out),
+            "--lora",
+            "4",
+            "--steps",
+            "3",
+            "--batch",
+            "4",
+            "--save-every",
+            "2",
+            "--threads",
+            "1",
+            "-q",
         ],
         tmp.path(),
     );
     assert_eq!(files(&model), before, "the base folder changed");
-    for dir in ["step-000002/policy", "step-000002/ema", "final/policy", "final/ema"] {
+    for dir in [
+        "step-000002/policy",
+        "step-000002/ema",
+        "final/policy",
+        "final/ema",
+    ] {
         let dir = out.join(dir);
         let cfg: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join("adapter_config.json")).unwrap(),
         )
         .unwrap();
         assert_eq!(cfg["peft_type"], "LORA");
-        assert_eq!((cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()), (Some(4), Some(4.0)));
+        assert_eq!(
+            (cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()),
+            (Some(4), Some(4.0))
+        );
         assert_eq!(
             cfg["base_model_name_or_path"].as_str().unwrap(),
             s(&std::fs::canonicalize(&model).unwrap())
@@ -351,7 +379,13 @@ fn the_base_is_untouched_and_a_fresh_adapter_is_a_no_op() {
     let full = tmp.path().join("full");
     ok(
         "warp",
-        &["convert", s(&out.join("final/policy")), "-o", s(&full), "-q"],
+        &[
+            "convert",
+            s(&out.join("final/policy")),
+            "-o",
+            s(&full),
+            "-q",
+        ],
         tmp.path(),
     );
     assert!(full.join("model.safetensors").is_file());
@@ -381,8 +415,27 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
 
 fn quick<'a>(out: &'a str) -> Vec<&'a str> {
     vec![
-        "-o", out, "--lora", "4", "--lora-alpha", "8", "--steps", "5", "--batch", "8", "-n", "4",
-        "--lr", "2e-3", "--warmup", "1", "--save-every", "1", "--threads", "1", "-q",
+        "-o",
+        out,
+        "--lora",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--steps",
+        "5",
+        "--batch",
+        "8",
+        "-n",
+        "4",
+        "--lr",
+        "2e-3",
+        "--warmup",
+        "1",
+        "--save-every",
+        "1",
+        "--threads",
+        "1",
+        "-q",
     ]
 }
 
@@ -440,11 +493,17 @@ fn bad_lora_settings_fail_clearly() {
     let o = s(&out);
     for (args, want) in [
         (vec!["--lora", "0"], vec!["lora", "rank"]),
-        (vec!["--lora", "4", "--lora-targets", "q_proj,nope"], vec!["--lora-targets", "nope", "q_proj"]),
+        (
+            vec!["--lora", "4", "--lora-targets", "q_proj,nope"],
+            vec!["--lora-targets", "nope", "q_proj"],
+        ),
         (vec!["--lora", "4", "--lora-alpha=-1"], vec!["--lora-alpha"]),
         (vec!["--lora-alpha", "8"], vec!["--lora-alpha", "--lora R"]),
         (vec!["--rslora"], vec!["--rslora", "--lora R"]),
-        (vec!["--lora", "4", "--save-dtype", "same"], vec!["--save-dtype", "LoRA"]),
+        (
+            vec!["--lora", "4", "--save-dtype", "same"],
+            vec!["--save-dtype", "LoRA"],
+        ),
     ] {
         let mut a = vec!["rl", "-o", o, "--steps", "1", "-q"];
         a.extend(args.iter().copied());
@@ -462,11 +521,24 @@ fn bad_lora_settings_fail_clearly() {
         &["rl", "-o", o, "--lora", "8", "--dry-run"],
         tmp.path(),
     );
-    for w in ["LoRA: rank 8", "LoRA factors", "base weights", "LoRA activations"] {
+    for w in [
+        "LoRA: rank 8",
+        "LoRA factors",
+        "base weights",
+        "LoRA activations",
+    ] {
         assert!(plan.contains(w), "{w}:\n{plan}");
     }
-    assert!(!plan.contains("f32 master weights") && !plan.contains("EMA bf16 copy"), "{plan}");
-    let _ = fails("warp", &["rl", "-o", o, "--lora", "x"], tmp.path(), &["lora"]);
+    assert!(
+        !plan.contains("f32 master weights") && !plan.contains("EMA bf16 copy"),
+        "{plan}"
+    );
+    let _ = fails(
+        "warp",
+        &["rl", "-o", o, "--lora", "x"],
+        tmp.path(),
+        &["lora"],
+    );
 }
 
 /// `warp rl --lora 8` on the built-in task raises the reward (mean of the last 5 steps against
@@ -478,8 +550,22 @@ fn lora_raises_the_builtin_reward() {
     ok(
         "warp",
         &[
-            "rl", "-o", s(&out), "--lora", "8", "--lora-alpha", "16", "--lr", "3e-3", "--steps",
-            "40", "--metrics-every", "0", "--threads", "1", "-q",
+            "rl",
+            "-o",
+            s(&out),
+            "--lora",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lr",
+            "3e-3",
+            "--steps",
+            "40",
+            "--metrics-every",
+            "0",
+            "--threads",
+            "1",
+            "-q",
         ],
         tmp.path(),
     );
@@ -518,9 +604,18 @@ fn ema_of_factors_against_ema_of_deltas() {
     let mu = cfg.mu;
     let mut t = Trainer::new(cfg, &tmp.path().join("run"), &warp::progress::Silent).unwrap();
     let scale = t.adapters().unwrap().0.scale;
-    let delta = |a: &Tensor, b: &Tensor| b.to_kind(Kind::Double).matmul(&a.to_kind(Kind::Double)) * scale;
+    let delta =
+        |a: &Tensor, b: &Tensor| b.to_kind(Kind::Double).matmul(&a.to_kind(Kind::Double)) * scale;
     let snapshot = |ad: &Adapters| -> Vec<(Tensor, Tensor)> {
-        ad.modules.iter().map(|m| (m.a.detach().to_kind(Kind::Double), m.b.detach().to_kind(Kind::Double))).collect()
+        ad.modules
+            .iter()
+            .map(|m| {
+                (
+                    m.a.detach().to_kind(Kind::Double),
+                    m.b.detach().to_kind(Kind::Double),
+                )
+            })
+            .collect()
     };
     let (p0, _) = t.adapters().unwrap();
     let mut ema_f: Vec<(Tensor, Tensor)> = snapshot(p0);
@@ -537,14 +632,27 @@ fn ema_of_factors_against_ema_of_deltas() {
         }
         // The trainer's EMA is the recurrence on A and on B.
         for (m, (ea, eb)) in e.modules.iter().zip(&ema_f) {
-            let da = (m.a.to_kind(Kind::Double) - ea).abs().max().double_value(&[]);
-            let db = (m.b.to_kind(Kind::Double) - eb).abs().max().double_value(&[]);
-            assert!(da < 1e-6 && db < 1e-6, "step {step} {}: {da} {db}", m.module);
+            let da = (m.a.to_kind(Kind::Double) - ea)
+                .abs()
+                .max()
+                .double_value(&[]);
+            let db = (m.b.to_kind(Kind::Double) - eb)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(
+                da < 1e-6 && db < 1e-6,
+                "step {step} {}: {da} {db}",
+                m.module
+            );
         }
         if [5, 10, 20, 30].contains(&step) {
             let (mut num, mut den) = (0.0f64, 0.0f64);
             for ((ea, eb), ed) in ema_f.iter().zip(&ema_d) {
-                num += (delta(ea, eb) - ed).square().sum(Kind::Double).double_value(&[]);
+                num += (delta(ea, eb) - ed)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
                 den += ed.square().sum(Kind::Double).double_value(&[]);
             }
             report.push((step, (num / den).sqrt()));
@@ -552,5 +660,8 @@ fn ema_of_factors_against_ema_of_deltas() {
     }
     eprintln!("LoRA EMA gap ‖s·EMA(B)·EMA(A) − EMA(s·B·A)‖/‖EMA(s·B·A)‖ (r 8, α 16, μ {mu}, lr 3e-3, batch 8 × 4): {report:?}");
     // Different (cross terms), and not wildly so over a short run.
-    assert!(report.iter().all(|(_, g)| *g > 1e-6 && g.is_finite()), "{report:?}");
+    assert!(
+        report.iter().all(|(_, g)| *g > 1e-6 && g.is_finite()),
+        "{report:?}"
+    );
 }

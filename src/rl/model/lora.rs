@@ -13,9 +13,9 @@
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::CausalLm;
+use crate::error::{Error, Result};
 use crate::rl::config::ModelConfig;
 use crate::rl::model::Head;
-use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
 type TchResult<T> = std::result::Result<T, TchError>;
@@ -92,7 +92,8 @@ impl Adapters {
                     let b = Tensor::f_zeros([*out, r], (Kind::Float, device))?;
                     Ok((a, b))
                 };
-                let (a, b) = mk().map_err(|e| Error::compute(format!("LoRA init of {module}"), e))?;
+                let (a, b) =
+                    mk().map_err(|e| Error::compute(format!("LoRA init of {module}"), e))?;
                 Ok(AdapterModule {
                     module: module.clone(),
                     a: a.set_requires_grad(true),
@@ -207,12 +208,11 @@ impl CausalLm {
             let _ = super::register_as(&vs.root(), &name, t.shallow_clone(), false);
         }
         let backend = |e: TchError| Error::compute(format!("model {}: sharing", self.name), e);
-        let mut ropes = vec![super::RopeFreqs::new(
-            &self.config.rope,
-            self.config.rotary_dim,
-            self.device,
-        )
-        .map_err(backend)?];
+        let mut ropes =
+            vec![
+                super::RopeFreqs::new(&self.config.rope, self.config.rotary_dim, self.device)
+                    .map_err(backend)?,
+            ];
         if let Some(local) = &self.config.local_rope {
             ropes.push(
                 super::RopeFreqs::new(local, self.config.rotary_dim, self.device)

@@ -225,49 +225,50 @@ impl Trainer {
     /// The model card `dir/README.md` of the saved policy or EMA (`which`); `adapter`: a PEFT
     /// adapter of a LoRA run.
     fn write_card(&self, dir: &Path, which: &str, adapter: bool) -> Result<()> {
-            let recipe = json!({"method": "warp-rl", "which": which, "step": self.step,
+        let recipe = json!({"method": "warp-rl", "which": which, "step": self.step,
                                 "config": self.cfg.to_json()});
-            let card = ModelCard {
-                title: &format!("warp-rl {which} at step {}", self.step),
-                base_model: &self.cfg.model,
-                method: "rl",
-                recipe: &recipe,
-                notes: vec![format!(
-                    "RL fine-tuning (policy gradient, {} baseline) with a KL penalty β = {} \
+        let card = ModelCard {
+            title: &format!("warp-rl {which} at step {}", self.step),
+            base_model: &self.cfg.model,
+            method: "rl",
+            recipe: &recipe,
+            notes: vec![format!(
+                "RL fine-tuning (policy gradient, {} baseline) with a KL penalty β = {} \
                      towards the {} anchor; EMA rate μ = {}. `{which}` is {}, saved in {}.",
-                    match self.cfg.baseline {
-                        Baseline::Rloo => "RLOO",
-                        Baseline::Grpo => "GRPO",
-                        Baseline::DrGrpo => "Dr. GRPO",
-                        Baseline::None => "no",
-                    },
-                    self.cfg.beta,
-                    if self.cfg.anchor == Anchor::Ema {
-                        "EMA"
-                    } else {
-                        "init"
-                    },
-                    self.cfg.mu,
-                    if which == "ema" {
-                        "the exponential moving average of the policy"
-                    } else {
-                        "the trained policy"
-                    },
-                    match (adapter, self.cfg.save_dtype) {
-                        (true, _) => "a PEFT LoRA adapter of the base model (f32 factors; with \
+                match self.cfg.baseline {
+                    Baseline::Rloo => "RLOO",
+                    Baseline::Grpo => "GRPO",
+                    Baseline::DrGrpo => "Dr. GRPO",
+                    Baseline::None => "no",
+                },
+                self.cfg.beta,
+                if self.cfg.anchor == Anchor::Ema {
+                    "EMA"
+                } else {
+                    "init"
+                },
+                self.cfg.mu,
+                if which == "ema" {
+                    "the exponential moving average of the policy"
+                } else {
+                    "the trained policy"
+                },
+                match (adapter, self.cfg.save_dtype) {
+                    (true, _) =>
+                        "a PEFT LoRA adapter of the base model (f32 factors; with \
                                       the EMA anchor, `ema` holds the EMAs of A and of B)",
-                        (false, SaveDtype::F32) => "f32 (the trained weights exactly)",
-                        (false, SaveDtype::Same) => "the init's dtypes",
-                    }
-                )],
-            };
-            let readme = dir.join("README.md");
-            let mut text = card.render();
-            if adapter {
-                // The card says what loads it: PEFT, not transformers alone.
-                text = text.replacen("library_name: transformers", "library_name: peft", 1);
-            }
-            std::fs::write(&readme, text).at(&readme)
+                    (false, SaveDtype::F32) => "f32 (the trained weights exactly)",
+                    (false, SaveDtype::Same) => "the init's dtypes",
+                }
+            )],
+        };
+        let readme = dir.join("README.md");
+        let mut text = card.render();
+        if adapter {
+            // The card says what loads it: PEFT, not transformers alone.
+            text = text.replacen("library_name: transformers", "library_name: peft", 1);
+        }
+        std::fs::write(&readme, text).at(&readme)
     }
 
     /// Writes named weights (the policy's parameters, in their save order) as an HF checkpoint

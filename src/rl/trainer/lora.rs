@@ -23,7 +23,10 @@ pub(super) struct LoraRun {
 }
 
 /// The rank and the target modules of `cfg`'s LoRA in a model of `config`.
-fn lora_plan(cfg: &RlConfig, config: &crate::rl::ModelConfig) -> Result<(usize, Vec<(String, [i64; 2])>)> {
+fn lora_plan(
+    cfg: &RlConfig,
+    config: &crate::rl::ModelConfig,
+) -> Result<(usize, Vec<(String, [i64; 2])>)> {
     let rank = cfg
         .lora
         .ok_or_else(|| Error::Internal("a LoRA run without a rank".into()))?;
@@ -213,15 +216,15 @@ impl Trainer {
                 .collect(),
             dtype: DType::F32,
             metadata: [
-                ("warp_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                (
+                    "warp_version".to_string(),
+                    env!("CARGO_PKG_VERSION").to_string(),
+                ),
                 ("warp_step".to_string(), self.step.to_string()),
             ]
             .into_iter()
             .collect(),
-            scaling: Some((
-                self.cfg.lora_alpha.unwrap_or(r as f64),
-                self.cfg.rslora,
-            )),
+            scaling: Some((self.cfg.lora_alpha.unwrap_or(r as f64), self.cfg.rslora)),
         };
         let mut w = AdapterWriter::create(dir, shown, &layout)?;
         for m in &adapters.modules {

@@ -285,17 +285,15 @@ impl Trainer {
             }
         };
         // A LoRA run's EMA adapters are f32 already, on the base in the compute dtype.
-        let ema_compute = if train_kind(&cfg) != Kind::Float
-            && cfg.anchor == Anchor::Ema
-            && lora.is_none()
-        {
-            let mut e = CausalLm::from_checkpoint(&ck, config, device, train_kind(&cfg))?;
-            e.vs.freeze();
-            copy_weights(&m.ema, &e)?;
-            Some(e)
-        } else {
-            None
-        };
+        let ema_compute =
+            if train_kind(&cfg) != Kind::Float && cfg.anchor == Anchor::Ema && lora.is_none() {
+                let mut e = CausalLm::from_checkpoint(&ck, config, device, train_kind(&cfg))?;
+                e.vs.freeze();
+                copy_weights(&m.ema, &e)?;
+                Some(e)
+            } else {
+                None
+            };
         let (prompts, prompt_ids) = read_training_prompts(&cfg, &tok, &m.policy)?;
         let head_slots = if m.opt.has_masters() {
             let w = m.policy.lm_head_weight()?;
