@@ -413,7 +413,7 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn quick<'a>(out: &'a str) -> Vec<&'a str> {
+fn quick(out: &str) -> Vec<&str> {
     vec![
         "-o",
         out,

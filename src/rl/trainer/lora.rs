@@ -11,11 +11,14 @@ use super::*;
 use crate::io::lora_writer::{AdapterLayout, AdapterWriter, ModuleShape};
 use crate::rl::model::{key_a, key_b, lora_targets, AdapterModule, Adapters};
 
+/// Adapted modules: path and [out, in].
+type Targets = Vec<(String, [i64; 2])>;
+
 /// The adapters of a LoRA run, besides the models that use them.
 pub(super) struct LoraRun {
     pub(super) rank: usize,
     /// The adapted modules (path, [out, in]).
-    pub(super) targets: Vec<(String, [i64; 2])>,
+    pub(super) targets: Targets,
     /// The policy's factors (Adam's parameters).
     pub(super) policy: Adapters,
     /// Their exponential moving average.
@@ -23,10 +26,7 @@ pub(super) struct LoraRun {
 }
 
 /// The rank and the target modules of `cfg`'s LoRA in a model of `config`.
-fn lora_plan(
-    cfg: &RlConfig,
-    config: &crate::rl::ModelConfig,
-) -> Result<(usize, Vec<(String, [i64; 2])>)> {
+fn lora_plan(cfg: &RlConfig, config: &crate::rl::ModelConfig) -> Result<(usize, Targets)> {
     let rank = cfg
         .lora
         .ok_or_else(|| Error::Internal("a LoRA run without a rank".into()))?;
@@ -38,7 +38,7 @@ fn lora_models(
     cfg: &RlConfig,
     base: CausalLm,
     rank: usize,
-    targets: Vec<(String, [i64; 2])>,
+    targets: Targets,
     policy_ad: Adapters,
     ema_ad: Adapters,
 ) -> Result<(Models, LoraRun)> {
