@@ -20,6 +20,12 @@
 #       temperature 0.9, micro-batches of MICRO (16) sequences on both sides, f32. Prints
 #       samples/s, peak RSS and where the step's time went, for both.
 #
+#   bench/rl_scale.sh lora [-- WARP-RL ARGS…]
+#       LoRA against full fine-tuning (issue 25) on the two models above (49.7M, 122.4M), rounds
+#       interleaved (full, then --lora 8, per model and round): 8 prompts × 4 samples × 32 new
+#       tokens, lr 1e-5 (full) / 1e-3 (LoRA), micro-batch MICRO, f32, CPU. Peak RSS, the plan's
+#       estimate and samples/s per run, and the median step time by phase.
+#
 # Environment: ROUNDS (default 1 for mem49, 3 for vs-trl), STEPS (3), SKIP (1), THREADS
 # (libtorch's default), MICRO (16), BENCH_DIR (default target/bench). Arguments after `--` go to
 # warp-rl (e.g. --micro-batch 8).
@@ -188,8 +194,25 @@ case "$mode" in
     done
     report
     ;;
+  lora)
+    model m49 --hidden 512 --layers 6 --heads 8 --kv-heads 2 --intermediate 1408 --vocab 32000
+    model m120 --hidden 768 --layers 12 --heads 12 --kv-heads 2 --intermediate 2048 --vocab 32000
+    : > "$W/results.jsonl"
+    echo "rl_scale lora: threads $threads, rounds $rounds, steps $steps (first $skip left out)" >&2
+    for r in $(seq "$rounds"); do
+      for m in m49 m120; do
+        echo "  round $r: $m full, then LoRA" >&2
+        common=(--batch 8 -n 4 --max-new-tokens 32 --micro-batch "$micro" --device cpu)
+        warp_run "full $m" "$target/release/warp-rl" "$W/$m" "$r" "${common[@]}" --lr 1e-5 \
+          "${extra[@]}"
+        warp_run "lora $m" "$target/release/warp-rl" "$W/$m" "$r" "${common[@]}" --lr 1e-3 \
+          --lora 8 "${extra[@]}"
+      done
+    done
+    report
+    ;;
   *)
-    echo "usage: bench/rl_scale.sh mem49|vs-trl [-- WARP-RL ARGS…]" >&2
+    echo "usage: bench/rl_scale.sh mem49|vs-trl|lora [-- WARP-RL ARGS…]" >&2
     exit 2
     ;;
 esac

@@ -16,6 +16,11 @@
 //!   below; the no-graph hidden states of the anchor and init forwards (K·T·H·e each); the LM-head
 //!   chunks of `super::chunked` (a few `[chunk, vocab]` f32 tensors).
 //!
+//! A LoRA run (`--lora R`) holds instead the frozen base once (P·e, shared by the policy, the EMA
+//! and the init) and, for the adapters' Σ r·(in + out) elements, f32 factors, gradients, Adam
+//! moments and EMA; its activations add A·x per adapted module and, with a bf16 base, the f32
+//! copy of each adapted module's input.
+//!
 //! Activation model (saved for backward, per token and layer, compute dtype e, as the decoder in
 //! `super::model` computes a layer): the two RMSNorms keep their f32 input and normalised output
 //! (2·(4H + 2eH)); the q/k/v projections their outputs, RoPE a rotated copy of q and k, and
