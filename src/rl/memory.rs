@@ -819,6 +819,41 @@ mod tests {
     }
 
     #[test]
+    fn lora_counts_the_adapters_state_and_the_base_once() {
+        // 4 layers × (q [128, 128] and v [64, 128]), rank 8.
+        let targets: Vec<(String, [i64; 2])> = (0..4)
+            .flat_map(|i| {
+                [
+                    (format!("model.layers.{i}.self_attn.q_proj"), [128, 128]),
+                    (format!("model.layers.{i}.self_attn.v_proj"), [64, 128]),
+                ]
+            })
+            .collect();
+        let l = LoraShape::of(8, &targets);
+        assert_eq!(l.parameters, 4 * 8 * (256 + 192));
+        assert_eq!((l.modules_per_layer, l.inputs_per_layer), (2, 256));
+        for precision in [Precision::F32, Precision::Bf16] {
+            let mut i = input(16, precision);
+            i.lora = Some(l.clone());
+            let p = plan(&i);
+            let a = l.parameters;
+            assert_eq!(
+                item(&p, "base weights"),
+                Some(1_000_000 * precision.bytes())
+            );
+            assert_eq!(item(&p, "LoRA factors"), Some(4 * a));
+            assert_eq!(item(&p, "LoRA gradients"), Some(4 * a));
+            assert_eq!(item(&p, "Adam moments"), Some(8 * a));
+            assert_eq!(item(&p, "EMA"), Some(4 * a));
+            for gone in ["policy weights", "f32 master weights", "gradients", "init"] {
+                assert_eq!(item(&p, gone), None, "{gone}");
+            }
+            assert!(item(&p, "LoRA activations").unwrap() > 0);
+            assert!(p.resident() < plan(&input(16, precision)).resident());
+        }
+    }
+
+    #[test]
     fn kv_cache_is_counted_exactly() {
         // 2 × 4 layers × 8 seqs × 2 kv heads × 16 positions × 32 × 4 B.
         let p = plan(&input(8, Precision::F32));
