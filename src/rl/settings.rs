@@ -421,6 +421,10 @@ impl RlConfig {
         positive("baseline", self.baseline == Baseline::Rloo, || {
             "the trl backend has the leave-one-out baseline only (RLOOTrainer)".into()
         })?;
+        // Until the trl backend trains adapters (issue 25), it would train every weight.
+        positive("lora", self.lora.is_none(), || {
+            "the trl backend does not train LoRA adapters yet (use the warp backend)".into()
+        })?;
         positive("updates_per_batch", self.updates_per_batch == 1, || {
             "the trl backend makes one update per batch (RLOOTrainer)".into()
         })?;
