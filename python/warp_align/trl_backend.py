@@ -62,6 +62,9 @@ class UsageError(WarpError):
 REQUIRED = ("model", "prompts")
 # Accepted as a JSON object as well as its text.
 OBJECT_OR_TEXT = ("trl_args",)
+# LoRA (`warp rl --lora R --lora-alpha A --lora-targets NAMES --rslora`): declared in Rust with the
+# rest; a warp whose schema predates them gets these defaults (LoRA off).
+LORA_DEFAULTS = {"lora": None, "lora_alpha": None, "lora_targets": "all-linear", "rslora": False}
 _SCHEMA = None
 
 
@@ -152,13 +155,14 @@ def load_config(path):
     if not isinstance(v, dict):
         raise UsageError(f"{path}: not a JSON object")
     schema = rl_schema()
+    known = set(schema) | set(LORA_DEFAULTS)
     for k in v:
-        if k not in schema:
-            raise UsageError(f"{path}: unknown field '{k}' (known: {', '.join(sorted(schema))})")
+        if k not in known:
+            raise UsageError(f"{path}: unknown field '{k}' (known: {', '.join(sorted(known))})")
     for k in REQUIRED:
         if k not in v:
             raise UsageError(f"{path}: missing field '{k}'")
-    c = defaults()
+    c = {**LORA_DEFAULTS, **defaults()}
     # This entry point is the trl backend, whatever warp's default trainer is.
     c["backend"] = "trl"
     c.update(v)
@@ -205,6 +209,7 @@ def load_config(path):
     if c["anchor"] == "ema" and c["beta"] == 0:
         raise bad("beta", "must be > 0 with anchor 'ema' (TRL builds no reference model, hence no "
                   "EMA, when beta is 0)")
+    check_lora(c, bad)
     if c["chat_template"] == "":
         raise bad("chat_template", "must be auto, none or a Jinja file")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c["device"]):
@@ -219,6 +224,34 @@ def load_config(path):
     elif isinstance(t, dict):
         parse_trl_args(json.dumps(t), f"{path}: field 'trl_args'")
     return c
+
+
+def check_lora(c, bad):
+    """The LoRA settings' types and ranges (src/rl/settings.rs check_lora, for a schema that
+    lacks them)."""
+    r = c["lora"]
+    if r is None:
+        for k in ("lora_alpha", "rslora"):
+            if c[k] not in (None, False):
+                raise bad(k, "applies to LoRA runs only (lora R)")
+        if c["lora_targets"] != "all-linear":
+            raise bad("lora_targets", "applies to LoRA runs only (lora R)")
+        return
+    if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 65536):
+        raise bad("lora", "must be a rank in 1..=65536")
+    a = c["lora_alpha"]
+    if a is not None and not (_type_ok({"type": "number", "nullable": False}, a) and a > 0):
+        raise bad("lora_alpha", "must be a finite number > 0")
+    if not isinstance(c["rslora"], bool):
+        raise bad("rslora", "is not true or false")
+    if not isinstance(c["lora_targets"], str) or not lora_targets(c):
+        raise bad("lora_targets", "must name modules (e.g. q_proj,v_proj) or be all-linear")
+
+
+def lora_targets(c):
+    """PEFT's target_modules: "all-linear" as itself, else the comma-separated names."""
+    names = [x.strip() for x in c["lora_targets"].split(",") if x.strip()]
+    return "all-linear" if names == ["all-linear"] else names
 
 
 def read_prompts(path, with_lines=False):
@@ -711,6 +744,11 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
     )
     args.update(algorithm_args(cfg))
     args.update(opts)
+    model = model_path
+    if cfg["lora"]:
+        model = lora_policy(cfg, model_path, args.pop("model_init_kwargs", None), accel_state)
+        # TRL's own sync refuses PEFT models: the EMA of the adapter is EmaAdapter's.
+        args["sync_ref_model"] = False
     kind = TRAINERS[cfg["baseline"]]
     Config, Trainer = getattr(trl, f"{kind}Config"), getattr(trl, f"{kind}Trainer")
     try:
@@ -742,11 +780,137 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
-    trainer = WarpTrainer(model=model_path, reward_funcs=funcs, args=trl_args,
-                              train_dataset=dataset, processing_class=tok)
+    trainer = WarpTrainer(model=model, reward_funcs=funcs, args=trl_args,
+                          train_dataset=dataset, processing_class=tok)
     # Our metrics line replaces the log dict the printer would put on stdout.
     trainer.remove_callback(PrinterCallback)
+    if cfg["lora"]:
+        ref_adapter_pairs(trainer)  # fails clearly if TRL made no "ref" adapter
+        if cfg["anchor"] == "ema":
+            # Before the checkpoint callbacks (train() adds them): step N's EMA is saved.
+            trainer.add_callback(ema_adapter_callback(TrainerCallback, trainer, cfg["mu"]))
     return trainer, reward, TrainerCallback
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA: TRL with a PEFT model. Given a PeftModel (not a peft_config), RLOOTrainer and GRPOTrainer
+# copy its "default" adapter into a second adapter named "ref" and compute the reference
+# log-probabilities with that adapter active (trl 1.16.0: GRPOTrainer.__init__ "model.add_adapter(
+# 'ref', default_config)", _generate_and_score_completions "use_adapter(model, adapter_name='ref'
+# if 'ref' in model.peft_config else None)"). With B = 0 at the start, "ref" is the init; after
+# every optimizer step EmaAdapter sets ref <- (1 - mu) ref + mu default for every A and B: WARP's
+# EMA anchor over the adapter parameters, as warp-rl --lora keeps it (the EMA of A and B, not of
+# B.A: docs/RL.md). TRL's SyncRefModelCallback refuses PEFT models (sync_ref_model=False here).
+
+def lora_policy(cfg, model_path, init_kwargs, accel_state):
+    """The init with fresh LoRA adapters (PEFT's initialisation: A Kaiming-uniform, B = 0),
+    seeded as TRL seeds it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, set_seed
+
+    sharded = str(getattr(accel_state.distributed_type, "value", accel_state.distributed_type))
+    if sharded.upper() in ("FSDP", "DEEPSPEED"):
+        raise UsageError(f"lora: the trl backend keeps the EMA adapter beside the policy's in one "
+                         f"process or data-parallel processes only, not under {sharded} (use one "
+                         f"GPU, several with DDP, or full fine-tuning)")
+    kwargs = dict(init_kwargs or {})
+    try:
+        base = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise UsageError(f"model {model_path}: cannot load: {one_line(e)}") from None
+    r = cfg["lora"]
+    config = LoraConfig(
+        r=r, lora_alpha=cfg["lora_alpha"] if cfg["lora_alpha"] is not None else r,
+        use_rslora=cfg["rslora"], target_modules=lora_targets(cfg), lora_dropout=0.0,
+        bias="none", task_type="CAUSAL_LM")
+    set_seed(cfg["seed"])
+    try:
+        return get_peft_model(base, config)
+    except ValueError as e:
+        raise UsageError(f"lora_targets {cfg['lora_targets']}: {one_line(e)}") from None
+
+
+def ref_adapter_pairs(trainer):
+    """(ema, policy) parameter pairs: TRL's "ref" adapter and the trained "default" one."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" not in getattr(model, "peft_config", {}):
+        raise WarpError("TRL made no \"ref\" adapter for the PEFT policy (its reference would "
+                        "be the base model, not the EMA): this TRL/PEFT pair is not supported")
+    params = dict(model.named_parameters())
+    pairs = [(params[n.replace(".default.", ".ref.")], p) for n, p in params.items()
+             if ".default." in n]
+    if not pairs:
+        raise WarpError("the PEFT policy has no \"default\" adapter parameters")
+    return pairs
+
+
+def ema_adapter_callback(TrainerCallback, trainer, mu):
+    pairs = ref_adapter_pairs(trainer)
+
+    class EmaAdapter(TrainerCallback):
+        """ref <- (1 - mu) ref + mu default after every optimizer step (SyncRefModelCallback's
+        update, on the adapter)."""
+
+        def on_step_end(self, args, state, control, **kw):
+            import torch
+
+            with torch.no_grad():
+                for ema, p in pairs:
+                    ema.mul_(1.0 - mu).add_(p.detach(), alpha=mu)
+            return control
+
+    return EmaAdapter()
+
+
+def adapter_state(trainer, name):
+    """The adapter `name` ("default": the policy, "ref": the EMA) in PEFT's file format (keys
+    without the adapter name), f32 on the CPU."""
+    from peft import get_peft_model_state_dict
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    sd = get_peft_model_state_dict(model, adapter_name=name)
+    return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+
+
+def load_ema_adapter(trainer, folder):
+    """Resume: the saved EMA adapter back into TRL's "ref" adapter."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    f = folder / "adapter_model.safetensors"
+    if not f.is_file():
+        raise WarpError(f"{f}: no such file (the EMA adapter to resume from)")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        res = set_peft_model_state_dict(model, load_file(str(f)), adapter_name="ref")
+    missing = [k for k in getattr(res, "missing_keys", []) if ".ref." in k]
+    if missing:
+        raise WarpError(f"{f}: tensor for {missing[0]} is missing")
+
+
+def save_adapters(trainer, cfg, tmp, parts, step):
+    """tmp/{policy,ema} as PEFT adapter folders: adapter_config.json (base_model_name_or_path =
+    the init) and adapter_model.safetensors in f32, the tokenizer, a model card."""
+    from safetensors.torch import save_file
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for which in parts:
+        d = tmp / which
+        d.mkdir()
+        sd = adapter_state(trainer, "default" if which == "policy" else "ref")
+        save_file(sd, str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = model.peft_config["default"]
+        config.save_pretrained(str(d))
+        cj = d / "adapter_config.json"
+        c = json.loads(cj.read_text(encoding="utf-8"))
+        c["base_model_name_or_path"] = cfg["model"]
+        c["inference_mode"] = True
+        if isinstance(c.get("target_modules"), list):
+            c["target_modules"] = sorted(c["target_modules"])  # PEFT keeps a set: stable bytes
+        cj.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        trainer.processing_class.save_pretrained(d)
+        (d / "README.md").write_text(model_card(cfg, which, step), encoding="utf-8")
 
 
 def algorithm_args(cfg):
@@ -801,9 +965,15 @@ def check_reference_f32(trainer):
     import torch
 
     ref = getattr(trainer, "ref_model", None)
-    if ref is None:
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if ref is not None:
+        named = list(ref.named_parameters())
+    elif "ref" in (getattr(policy, "peft_config", None) or {}):
+        # LoRA: the EMA is TRL's "ref" adapter (ref_adapter_pairs); the frozen base is not.
+        named = [(n, p) for n, p in policy.named_parameters() if ".ref." in n]
+    else:
         return
-    for name, p in ref.named_parameters():
+    for name, p in named:
         held = getattr(p, "ds_tensor", None)
         dtype = (held if held is not None else p).dtype
         if dtype != torch.float32:
@@ -825,6 +995,13 @@ def save_folders(trainer, cfg, dest, step, init_dir, with_ema):
     """dest/{policy,ema} as HF folders (f32 safetensors, the init's companion files, a model
     card), staged and renamed: all ranks call it, rank 0 writes."""
     acc = trainer.accelerator
+    if cfg["lora"]:
+        if acc.is_main_process:
+            tmp = staging(dest)
+            save_adapters(trainer, cfg, tmp, ["policy"] + (["ema"] if with_ema else []), step)
+            commit(tmp, dest)
+        acc.wait_for_everyone()
+        return
     parts = [("policy",)] + ([("ema",)] if with_ema else [])
     states = [(w[0],) + full_state_dict(trainer, w[0]) for w in parts]
     if acc.is_main_process:
@@ -1059,10 +1236,13 @@ def train(a):
 
     # The reference model is built from the model the trainer is given; on resume with an EMA
     # anchor that is the saved EMA (the policy then comes from TRL's checkpoint).
+    # (LoRA: the init is the base, the saved EMA adapter goes into TRL's "ref" adapter.)
     model_path = model_src
-    if resume_from is not None and cfg["anchor"] == "ema":
+    if resume_from is not None and cfg["anchor"] == "ema" and not cfg["lora"]:
         model_path = str(resume_from.parent / "ema")
     trainer, _, TrainerCallback = build_trainer(cfg, out, model_path, trl_opts, state)
+    if resume_from is not None and cfg["anchor"] == "ema" and cfg["lora"]:
+        load_ema_adapter(trainer, resume_from.parent / "ema")
     check_reference_f32(trainer)
     if state.is_main_process and a.command == "train":
         out.mkdir(parents=True, exist_ok=True)

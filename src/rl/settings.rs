@@ -334,8 +334,7 @@ impl RlConfig {
         self.check_backend()
     }
 
-    /// What the trl backend cannot do (RLOOTrainer, GRPOTrainer: docs/SCALE.md), and its own
-    /// settings.
+    /// What the trl backend cannot do (RLOOTrainer: docs/SCALE.md), and its own settings.
     fn check_backend(&self) -> Result<()> {
         if self.backend == Trainer::Warp {
             for (field, set) in [
