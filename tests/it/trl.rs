@@ -573,10 +573,7 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
             "field 'updates_per_batch'",
         ),
         (serde_json::json!({"clip_eps": 1.0}), "field 'clip_eps'"),
-        (
-            serde_json::json!({"baseline": "grpo", "n": 1}),
-            "field 'n'",
-        ),
+        (serde_json::json!({"baseline": "grpo", "n": 1}), "field 'n'"),
         (serde_json::json!({"n": 1}), "field 'n'"),
         (
             serde_json::json!({"steps": "ten"}),
@@ -1068,7 +1065,10 @@ fn grpo_keeps_the_ema_anchor_per_update_and_resumes() {
             "clip_frac",
             "grad_norm",
         ] {
-            assert!(row[key].as_f64().is_some_and(f64::is_finite), "{key} in {row}");
+            assert!(
+                row[key].as_f64().is_some_and(f64::is_finite),
+                "{key} in {row}"
+            );
         }
         // warp's warm-up counts optimizer updates: batch s starts with update (s − 1)·K + 1.
         let update = (i * k + 1) as f64;
@@ -1083,10 +1083,16 @@ fn grpo_keeps_the_ema_anchor_per_update_and_resumes() {
     let it: Vec<_> = (0..=3 * k)
         .map(|t| tensors(&steps_dir.join(format!("policy-{t}.safetensors"))))
         .collect();
-    assert_eq!(max_diff(&it[0], &tensors(&fixture("arith").join("model"))), 0.0);
+    assert_eq!(
+        max_diff(&it[0], &tensors(&fixture("arith").join("model"))),
+        0.0
+    );
     for t in 1..=3 * k {
         let moved = max_diff(&it[t], &it[t - 1]);
-        assert!(moved > 1e-4, "update {t} left the policy unchanged ({moved})");
+        assert!(
+            moved > 1e-4,
+            "update {t} left the policy unchanged ({moved})"
+        );
     }
     let mu = 0.3;
     let mut worst = 0.0f64;
@@ -1094,7 +1100,10 @@ fn grpo_keeps_the_ema_anchor_per_update_and_resumes() {
         let want = ema_of(&it[..=batch * k], mu);
         let d = max_diff(&tensors(&out.join(dir).join("ema")), &want);
         eprintln!("grpo {dir}/ema: max |TRL − EMA of every update, f64| = {d:.2e}");
-        assert!(d < 1e-6, "{dir}/ema is not the EMA of the policy iterates: {d}");
+        assert!(
+            d < 1e-6,
+            "{dir}/ema is not the EMA of the policy iterates: {d}"
+        );
         worst = worst.max(d);
         assert_eq!(
             max_diff(&tensors(&out.join(dir).join("policy")), &it[batch * k]),
@@ -1112,7 +1121,9 @@ fn grpo_keeps_the_ema_anchor_per_update_and_resumes() {
     let out2 = tmp.path().join("run2");
     let o = train(&out2, &[("WARP_TRL_SIGTERM_AT_STEP", "5")]);
     assert!(!o.status.success(), "the run should have been killed");
-    assert!(out2.join("step-000002/trainer/trainer_state.json").is_file());
+    assert!(out2
+        .join("step-000002/trainer/trainer_state.json")
+        .is_file());
     assert!(!out2.join("final").exists());
     let o = launch(&["resume", s(&out2), "--threads", "1", "-q"], &[]);
     assert!(o.status.success(), "resume failed:\n{}", text(&o).1);
@@ -1228,4 +1239,174 @@ fn warp_rl_and_warp_run_on_grpotrainer() {
     }
     assert!(run_dir.join("eval.csv").is_file());
     assert!(run_dir.join("front.svg").is_file());
+}
+
+/// The LoRA factors of adapter `name` ("default": the policy, "ref": TRL's reference) in a full
+/// PEFT state dict, under PEFT's file names (the adapter name dropped), sorted.
+fn adapter_of(state: &[(String, Vec<f64>)], name: &str) -> Vec<(String, Vec<f64>)> {
+    let tag = format!(".{name}.");
+    let mut v: Vec<_> = state
+        .iter()
+        .filter(|(n, _)| n.contains(&tag))
+        .map(|(n, x)| (n.replace(&tag, "."), x.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// TRL with a PEFT policy (`lora` 4): TRL's "ref" adapter is WARP's EMA of the adapter
+/// parameters. Checked: the run writes PEFT adapters; the base stays frozen; the ema adapters
+/// equal the EMA of the policy adapter's trajectory recomputed in f64; TRL's reference
+/// log-probabilities equal those of the base with the saved EMA adapter folded in by hand
+/// (tests/ref/lora_ref_logps.py, no PEFT) and not those of the policy adapter; a run killed and
+/// resumed ends bit for bit as the uninterrupted one.
+#[test]
+// long fn: one LoRA run checked for its adapters, its EMA, its reference and its resume in turn.
+fn lora_keeps_the_ema_adapter_as_trls_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        serde_json::json!({"baseline": "grpo", "lora": 4, "lora_alpha": 8.0, "steps": 3,
+                           "save_every": 1, "lr": 1e-2}),
+    );
+    let out = tmp.path().join("run");
+    let steps_dir = tmp.path().join("iterates");
+    let ref_dir = tmp.path().join("ref-logps");
+    let callback = repo_root().join("tests/ref/trl_policy_steps.py");
+    let train = |out: &Path, env: &[(&str, &str)]| {
+        launch(
+            &[
+                "train",
+                s(&cfg),
+                "-o",
+                s(out),
+                "--threads",
+                "1",
+                "-q",
+                "--callback",
+                s(&callback),
+            ],
+            env,
+        )
+    };
+    let o = train(
+        &out,
+        &[
+            ("WARP_TRL_POLICY_STEPS", s(&steps_dir)),
+            ("WARP_TRL_REF_LOGPS", s(&ref_dir)),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    for dir in ["step-000001", "step-000003", "final"] {
+        for which in ["policy", "ema"] {
+            let d = out.join(dir).join(which);
+            let c: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(d.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                (c["peft_type"].as_str(), c["r"].as_u64()),
+                (Some("LORA"), Some(4))
+            );
+            assert_eq!(c["lora_alpha"], 8.0);
+            assert_eq!(c["base_model_name_or_path"], cfg_model());
+            assert!(d.join("adapter_model.safetensors").is_file());
+            assert!(!d.join("model.safetensors").exists());
+        }
+    }
+    let it: Vec<_> = (0..=3)
+        .map(|t| tensors(&steps_dir.join(format!("policy-{t}.safetensors"))))
+        .collect();
+    // The base is frozen: every non-adapter tensor of the last iterate is the first one's.
+    let base = |st: &[(String, Vec<f64>)]| -> Vec<(String, Vec<f64>)> {
+        st.iter()
+            .filter(|(n, _)| !n.contains("lora_"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(max_diff(&base(&it[3]), &base(&it[0])), 0.0);
+    let adapters: Vec<_> = it.iter().map(|st| adapter_of(st, "default")).collect();
+    assert_eq!(
+        adapters[0].len(),
+        2 * 7 * 2,
+        "2 layers × 7 projections × (A, B)"
+    );
+    for t in 1..=3 {
+        assert!(max_diff(&adapters[t], &adapters[t - 1]) > 1e-4, "step {t}");
+    }
+    let file = |dir: &str, which: &str| {
+        let mut v = tensors(&out.join(dir).join(which).join("adapter_model.safetensors"));
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mu = 0.3;
+    let mut worst = 0.0f64;
+    for (t, dir) in [(1, "step-000001"), (2, "step-000002"), (3, "final")] {
+        let d = max_diff(&file(dir, "ema"), &ema_of(&adapters[..=t], mu));
+        eprintln!("lora {dir}/ema: max |TRL ref adapter − EMA of the adapters, f64| = {d:.2e}");
+        assert!(d < 1e-6, "{dir}: {d}");
+        worst = worst.max(d);
+        assert_eq!(max_diff(&file(dir, "policy"), &adapters[t]), 0.0, "{dir}");
+    }
+    let ema = file("final", "ema");
+    let (vs_policy, vs_init) = (max_diff(&ema, &adapters[3]), max_diff(&ema, &adapters[0]));
+    eprintln!("lora final/ema vs policy {vs_policy:.2e}, vs init adapter {vs_init:.2e}");
+    assert!(vs_policy > 100.0 * worst.max(1e-8) && vs_init > 100.0 * worst.max(1e-8));
+
+    // TRL's reference log-probs at the generation of step t + 1 are those of the EMA after t
+    // updates (folded in by hand), not of the policy adapter.
+    let model = fixture("arith").join("model");
+    for t in [1, 2] {
+        let record = ref_dir.join(format!("ref-{t}.safetensors"));
+        let dist = |which: &str| -> (f64, usize) {
+            let adapter = out.join(format!("step-{t:06}")).join(which);
+            let v = common::torch_ref(
+                "lora_ref_logps.py",
+                &[&model, &adapter, &record],
+                &serde_json::json!({"temperature": 0.9}),
+            );
+            let rows = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
+            let (ours, trl, mask) = (rows("ours"), rows("trl"), rows("mask"));
+            let mut d = (0.0f64, 0usize);
+            for ((o, r), m) in ours.iter().zip(&trl).zip(&mask) {
+                for ((a, b), keep) in o.iter().zip(r).zip(m) {
+                    if *keep > 0.5 {
+                        d = (d.0.max((a - b).abs()), d.1 + 1);
+                    }
+                }
+            }
+            d
+        };
+        let (d_ema, n) = dist("ema");
+        let (d_policy, _) = dist("policy");
+        eprintln!(
+            "ref log-probs at step {}: max |TRL − base+EMA adapter| = {d_ema:.2e} over {n} \
+             tokens; vs base+policy adapter {d_policy:.2e}",
+            t + 1
+        );
+        assert!(n > 0 && d_ema < 1e-4, "{d_ema}");
+        assert!(d_policy > 100.0 * d_ema.max(1e-7), "{d_policy}");
+    }
+
+    // Killed after step 2 (its checkpoint written), resumed: the same adapters, bit for bit.
+    let out2 = tmp.path().join("run2");
+    let o = train(&out2, &[("WARP_TRL_SIGTERM_AT_STEP", "2")]);
+    assert!(!o.status.success(), "the run should have been killed");
+    let o = launch(&["resume", s(&out2), "--threads", "1", "-q"], &[]);
+    assert!(o.status.success(), "resume failed:\n{}", text(&o).1);
+    for which in ["policy", "ema"] {
+        let f = |root: &Path| {
+            std::fs::read(
+                root.join("final")
+                    .join(which)
+                    .join("adapter_model.safetensors"),
+            )
+            .unwrap()
+        };
+        assert!(f(&out) == f(&out2), "final/{which} differs after resume");
+    }
+}
+
+fn cfg_model() -> String {
+    s(&fixture("arith").join("model")).to_string()
 }
