@@ -952,29 +952,36 @@ fn a_reference_model_not_in_f32_is_refused_at_start() {
         &tmp.path().join("c"),
         serde_json::json!({"steps": 1, "save_every": 1}),
     );
-    let bf16 = tmp.path().join("bf16");
-    let o = python(
-        &[
-            "train",
-            s(&cfg),
-            "-o",
-            s(&bf16),
-            "--threads",
-            "1",
-            "-q",
-            "--trl-args",
-            r#"{"model_init_kwargs": {"dtype": "bfloat16"}}"#,
-        ],
-        "",
+    // RLOOTrainer and GRPOTrainer build their reference alike: both are checked.
+    let grpo = config(
+        &tmp.path().join("c-grpo"),
+        serde_json::json!({"steps": 1, "save_every": 1, "baseline": "grpo"}),
     );
-    let err = text(&o).1;
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("reference model (the EMA)") && err.contains("torch.bfloat16"),
-        "{err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
-    assert!(!bf16.join("run.json").exists());
+    for (name, cfg) in [("rloo", &cfg), ("grpo", &grpo)] {
+        let bf16 = tmp.path().join(format!("bf16-{name}"));
+        let o = python(
+            &[
+                "train",
+                s(cfg),
+                "-o",
+                s(&bf16),
+                "--threads",
+                "1",
+                "-q",
+                "--trl-args",
+                r#"{"model_init_kwargs": {"dtype": "bfloat16"}}"#,
+            ],
+            "",
+        );
+        let err = text(&o).1;
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("reference model (the EMA)") && err.contains("torch.bfloat16"),
+            "{name}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        assert!(!bf16.join("run.json").exists());
+    }
     let f32 = tmp.path().join("f32");
     let o = python(
         &[
@@ -1137,7 +1144,7 @@ fn grpo_keeps_the_ema_anchor_per_update_and_resumes() {
 }
 
 /// `warp rl --backend trl --baseline dr-grpo` writes the artefacts of the RLOO path (same
-/// folders, same tensors), and `warp run` with `trainer = "trl"` and `baseline = "grpo"`
+/// folders, same tensor names), and `warp run` with `trainer = "trl"` and `baseline = "grpo"`
 /// completes, every RL run of it on GRPOTrainer.
 #[test]
 // long fn: one `warp rl` and one `warp run`, sharing the TRL environment setup.
@@ -1197,12 +1204,9 @@ fn warp_rl_and_warp_run_on_grpotrainer() {
                     .map(|(n, _)| n)
                     .collect()
             };
+            // (Their values may coincide here: with 2 prompts × 2 samples every group often has
+            // one reward, so neither trainer moves; grpo_keeps_… checks that GRPO trains.)
             assert_eq!(names(&grpo), names(&rloo), "{dir}/{which}");
-            assert_ne!(
-                tensors(&grpo.join(dir).join(which)),
-                tensors(&rloo.join(dir).join(which)),
-                "{dir}/{which}: GRPO trained exactly as RLOO"
-            );
         }
     }
     assert_eq!(metrics(&grpo).len(), 2);
@@ -1328,8 +1332,8 @@ fn lora_keeps_the_ema_adapter_as_trls_reference() {
     let adapters: Vec<_> = it.iter().map(|st| adapter_of(st, "default")).collect();
     assert_eq!(
         adapters[0].len(),
-        2 * 7 * 2,
-        "2 layers × 7 projections × (A, B)"
+        4 * 7 * 2,
+        "4 layers × 7 projections × (A, B)"
     );
     for t in 1..=3 {
         assert!(max_diff(&adapters[t], &adapters[t - 1]) > 1e-4, "step {t}");
