@@ -14,11 +14,14 @@ docs/SCALE.md says what maps to what in TRL: baseline rloo runs RLOOTrainer, grp
 GRPOTrainer (algorithm_args); updates_per_batch K and clip_eps are TRL's num_iterations and
 epsilon. WARP's EMA anchor is TRL's reference model with sync_ref_model=True,
 ref_model_sync_steps=1, ref_model_mixup_alpha=mu: after every optimizer step
-ref <- (1 - mu) * ref + mu * policy (trl.trainer.callbacks.SyncRefModelCallback).
+ref <- (1 - mu) * ref + mu * policy (trl.trainer.callbacks.SyncRefModelCallback). With lora R
+(lora_alpha, lora_targets, rslora) the policy is a PEFT LoRA adapter on the frozen init and the EMA
+of its A and B is TRL's "ref" adapter, the reference log-probabilities' (see lora_policy).
 
 OUT gets warp's run layout: run.json, metrics.jsonl, step-NNNNNN/{policy,ema,trainer}/ every
-save_every steps and at the end, final/{policy,ema}/ (HF folders in f32; `ema` is TRL's reference
-model; `trainer` is TRL's own checkpoint, kept for the newest step only). Every folder is written
+save_every steps and at the end, final/{policy,ema}/ (HF folders in f32, PEFT adapter folders
+with lora; `ema` is TRL's reference model; `trainer` is TRL's own checkpoint, kept for the newest
+step only). Every folder is written
 under a hidden temporary name and renamed into place when complete.
 
 Exit status: 0 done, 2 bad settings or input, 1 any other failure; one line on stderr says why.
