@@ -678,13 +678,14 @@ pub fn markdown(exps: &[Experiment], o: &BootstrapOptions) -> Result<String> {
     let _ = write!(
         s,
         "\nIntervals: bootstrap over prompts ({} replicates, seed {}); with 2 or more seeds, \
-         aggregated over the seeds with the crossed seeds × prompts variance and Student's t at \
-         the Welch–Satterthwaite degrees of freedom (src/stats). A verdict is **yes** when the \
+         aggregated over the seeds: the seeds' own part of the variance (s²/K) at Student's t with \
+         K − 1 degrees of freedom and the part of the prompts shared by the seeds at the normal \
+         quantile, the two half-widths added in quadrature (src/stats). A verdict is **yes** when the \
          {pct:.0} % interval is above 0 (the claim's direction), **reversed** when below, *not \
          shown* when it holds 0. One seed gives no verdict: its interval resamples prompts only \
          and misses the spread between seeds. Each table is one family of tests: the \
          Holm-adjusted column keeps the chance of any false verdict in the table at most \
-         {:.0} % (p: the adjusted two-sided p-value of the t test matching the interval). \
+         {:.0} % (p: the adjusted two-sided p-value of the test matching the interval). \
          Comparisons that choose checkpoints from the data — the upper envelopes (claims 1, 5, 6) \
          and the best final policy (2a) — are cross-fitted: the prompts are split by index \
          parity, the checkpoints are chosen on one half and measured on the other, both ways, \

@@ -228,3 +228,12 @@ pub fn tiny_pipeline(over: &[(&str, &str)], tables: &str) -> String {
 /// The `[slurm]` table of the tiny pipelines run on the test cluster: one CPU, and the queue
 /// looked at often (so a test does not wait for nothing).
 pub const TINY_SLURM: &str = "[slurm]\ncpus = 1\npoll_seconds = 0.3\nmarker_grace_seconds = 5\n";
+
+/// Simulated experiments per coverage design: `default` in CI; `WARP_COVERAGE_SIMS` for the
+/// long runs whose figures docs/RESULTS.md quotes (binomial sd of a 95 % coverage: √(0.0475/n)).
+pub fn coverage_sims(default: usize) -> usize {
+    std::env::var("WARP_COVERAGE_SIMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

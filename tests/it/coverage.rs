@@ -2,6 +2,7 @@
 //! the committed experiments use (issue 27): 2 seeds, and fronts of 10–40 points on each side,
 //! where choosing an envelope's points on the prompts that then measure it biases the gap.
 
+use crate::common;
 use warp::rng::SplitMix64;
 use warp::stats::{self, BootstrapOptions, Envelope, Point, PromptMeans, SeedInput};
 
@@ -156,7 +157,7 @@ fn many_point_fronts_cross_fitted_cover_the_truth() {
     let mut report = Vec::new();
     let mut results = std::collections::BTreeMap::new();
     for d in &designs {
-        let (cov, naive, bias, naive_bias) = front_coverage(d, 200);
+        let (cov, naive, bias, naive_bias) = front_coverage(d, common::coverage_sims(200));
         results.insert((d.seeds, d.left, d.right), (cov, naive, bias, naive_bias));
         report.push(format!(
             "K={} fronts {}+{}: cross-fitted {cov:.3} (bias {bias:+.4}), plain {naive:.3} \

@@ -136,14 +136,18 @@ fn statistics_match_the_numpy_reference() {
         let ra = &r["all"];
         let f = |k: &str| ra[k].as_f64().unwrap();
         close(all.value, f("value"), &format!("{name} value"));
-        close(all.var_prompt, f("v_p"), &format!("{name} V_p"));
+        close(all.boot_var, f("v_p"), &format!("{name} V_p"));
         close(all.var_seed, f("v_seed"), &format!("{name} V_seed"));
+        close(all.var_prompt, f("v_shared"), &format!("{name} V_shared"));
         close(all.se, f("v").sqrt(), &format!("{name} se"));
-        close(all.df.unwrap(), f("df"), &format!("{name} df"));
-        let t = stats::dist::t_quantile(0.95, all.df.unwrap().max(k as f64 - 1.0));
+        assert_eq!(all.df, Some(k as f64 - 1.0));
+        // Level 0.9, closed forms: Student's t with 2 degrees of freedom at 0.95 is
+        // (2p − 1)/√(2p(1 − p)); the normal's is 1.6448536269514722.
+        let t = 0.9 / (2.0f64 * 0.95 * 0.05).sqrt();
+        let z = 1.6448536269514722;
         close(
             all.lo,
-            f("value") - t * f("v").sqrt(),
+            f("value") - (t * t * f("v_seed") + z * z * f("v_shared")).sqrt(),
             &format!("{name} lo"),
         );
         assert_eq!(all.seeds(), 3);
@@ -221,7 +225,7 @@ fn coverage(c: &Crossed, k: usize, prompts: usize, samples: usize, sims: usize) 
         if e.lo <= theta && theta <= e.hi {
             hits += 1;
         }
-        if (e.value - theta).abs() <= 1.96 * e.var_prompt.sqrt() {
+        if (e.value - theta).abs() <= 1.96 * e.boot_var.sqrt() {
             naive += 1;
         }
     }
@@ -295,7 +299,7 @@ fn intervals_cover_the_truth_on_simulated_data() {
     ];
     let mut report = Vec::new();
     for (i, (k, c)) in cases.iter().enumerate() {
-        let (cov, naive) = coverage(c, *k, 100, 2, 400);
+        let (cov, naive) = coverage(c, *k, 100, 2, common::coverage_sims(400));
         report.push(format!(
             "K={k} seed {} prompt {} noise {}: {cov:.3} (prompts only: {naive:.3})",
             c.sd_seed, c.sd_prompt, c.sd_noise

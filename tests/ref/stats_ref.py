@@ -10,7 +10,7 @@ response: {"diff": {...}, "kl_diff": {...}, "gap": {...}} where each statistic h
            "undefined" / "undefined_one": replicates left out (the statistic undefined in some
            seed / in seed 0), and
            "one": {"value", "lo", "hi", "se"}             seed 0 alone (percentile interval)
-           "all": {"value", "s2", "v_p", "w", "v_noise", "v_seed", "v", "df"}   all seeds
+           "all": {"value", "s2", "v_p", "w", "v_noise", "v_seed", "v_shared", "v"}   all seeds
 
 The statistics, on the (mean KL, mean reward) of points 0..4 of a seed:
   diff    = reward[1] - reward[0]
@@ -105,10 +105,10 @@ def main():
         v_p = t.mean(axis=1).var(ddof=1)
         w = t.var(axis=0, ddof=1).mean()
         v_noise = max(0.0, (w - v_p) / (k - 1))
-        v_seed = max(0.0, s2 / k - v_noise)
-        v = v_seed + v_p
-        p = seeds[0][0].shape[1]
-        df = v * v / ((s2 / k) ** 2 / (k - 1) + v_p**2 / (p - 1))
+        # The seeds' own part (K - 1 degrees of freedom) and the shared prompts' part.
+        v_seed = s2 / k
+        v_shared = max(0.0, v_p - v_noise)
+        v = v_seed + v_shared
         out[name] = {
             "one": {
                 "value": float(per_seed[0]),
@@ -125,8 +125,8 @@ def main():
                 "w": float(w),
                 "v_noise": v_noise,
                 "v_seed": v_seed,
+                "v_shared": v_shared,
                 "v": v,
-                "df": float(df),
             },
         }
     json.dump(out, sys.stdout)
