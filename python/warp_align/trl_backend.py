@@ -234,11 +234,9 @@ def check_lora(c, bad):
     lacks them)."""
     r = c["lora"]
     if r is None:
-        for k in ("lora_alpha", "rslora"):
-            if c[k] not in (None, False):
+        for k, off in (("lora_alpha", None), ("rslora", False), ("lora_targets", "all-linear")):
+            if c[k] is not off and c[k] != off:
                 raise bad(k, "applies to LoRA runs only (lora R)")
-        if c["lora_targets"] != "all-linear":
-            raise bad("lora_targets", "applies to LoRA runs only (lora R)")
         return
     if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 65536):
         raise bad("lora", "must be a rank in 1..=65536")

@@ -573,6 +573,8 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
             "field 'updates_per_batch'",
         ),
         (serde_json::json!({"clip_eps": 1.0}), "field 'clip_eps'"),
+        (serde_json::json!({"lora": 0}), "field 'lora'"),
+        (serde_json::json!({"lora_alpha": 0.0}), "field 'lora_alpha'"),
         (serde_json::json!({"baseline": "grpo", "n": 1}), "field 'n'"),
         (serde_json::json!({"n": 1}), "field 'n'"),
         (
