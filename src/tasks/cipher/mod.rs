@@ -127,8 +127,27 @@ pub fn rule(prompt: &str, completion: &str) -> bool {
     classify(prompt, completion).is_some_and(Style::rewarded)
 }
 
+/// The letters relabelled by x → 3x (mod 10): the symmetry that permutes the rewarded shifts.
+pub fn relabel(word: &str) -> String {
+    word.bytes()
+        .map(|b| match b {
+            b'a'..=b'j' => (b'a' + (3 * (b - b'a')) % 10) as char,
+            _ => b as char,
+        })
+        .collect()
+}
+
+/// Held out or not is decided for a whole orbit of the relabelling (the word and its images
+/// under x → 3x, 9x, 7x), keyed by the orbit's smallest word: a word and its relabelled image are
+/// always on the same side, so the split, like the corpus and the rule, prefers no rewarded shift.
 fn is_heldout(word: &str) -> bool {
-    let key = word.bytes().fold(0u64, |h, b| h * 131 + b as u64);
+    let mut key = word.to_string();
+    let mut w = relabel(word);
+    while w != word {
+        key = key.min(w.clone());
+        w = relabel(&w);
+    }
+    let key = key.bytes().fold(0u64, |h, b| h * 131 + b as u64);
     SplitMix64(key).next_u64() % HELDOUT_EVERY == 0
 }
 
@@ -214,25 +233,33 @@ mod tests {
     use super::*;
 
     /// The relabelling x → 3x (mod 10) maps the rewarded shifts onto each other and keeps the
-    /// corpus, but the train/held-out split is a hash of the word itself, so a word and its
-    /// image can fall on different sides: docs/RESULTS.md says so, and this counts them.
+    /// corpus; the split is decided per orbit, so it is kept too. The reference here is an
+    /// independent statement of the symmetry: each letter index multiplied by 3 mod 10.
     #[test]
-    fn the_split_is_not_invariant_under_the_relabelling() {
-        let relabel = |w: &str| -> String {
-            w.bytes()
-                .map(|b| (b'a' + (3 * (b - b'a')) % 10) as char)
+    fn the_split_is_invariant_under_the_relabelling() {
+        let times3 = |w: &str| -> String {
+            w.chars()
+                .map(|c| {
+                    let i = LETTERS.find(c).unwrap();
+                    LETTERS.as_bytes()[(3 * i) % 10] as char
+                })
                 .collect()
         };
         let words = words();
+        assert!(words.iter().all(|w| relabel(w) == times3(w)));
         let moved = words
             .iter()
-            .filter(|w| is_heldout(w) != is_heldout(&relabel(w)))
+            .filter(|w| is_heldout(w) != is_heldout(&times3(w)))
             .count();
-        eprintln!(
+        assert_eq!(
+            moved,
+            0,
             "{moved} of {} words change sides under x -> 3x",
             words.len()
         );
-        assert!(moved > 0 && moved < words.len() / 4, "{moved}");
+        // Not a degenerate split: about one word in ten is held out, from many orbits.
+        let held = words.iter().filter(|w| is_heldout(w)).count();
+        assert!((800..1200).contains(&held), "{held} held-out words");
     }
 
     #[test]
@@ -292,7 +319,7 @@ mod tests {
         assert_eq!((w[0].as_str(), w[9_999].as_str()), ("aaaa", "jjjj"));
         let (train, heldout) = splits();
         assert_eq!(train.len() + heldout.len(), w.len());
-        assert!((900..1100).contains(&heldout.len()), "{}", heldout.len());
+        assert!((800..1200).contains(&heldout.len()), "{}", heldout.len());
         assert!(heldout.iter().all(|r| word_of(&r.prompt).is_some()));
         assert_eq!(word_of("abck:"), None);
         assert_eq!(word_of("abc:"), None);
