@@ -229,6 +229,15 @@ def load_config(path):
     return c
 
 
+def recorded(c):
+    """The settings as run.json records them: what warp's schema declares (`warp rl --resume`
+    reads them back and refuses unknown fields), plus LoRA settings given to a warp whose schema
+    lacks them."""
+    schema = rl_schema()
+    return {k: v for k, v in c.items()
+            if k in schema or (k in LORA_DEFAULTS and v != LORA_DEFAULTS[k])}
+
+
 def check_lora(c, bad):
     """The LoRA settings' types and ranges (src/rl/settings.rs check_lora, for a schema that
     lacks them)."""
@@ -1032,7 +1041,7 @@ def save_folders(trainer, cfg, dest, step, init_dir, with_ema):
 
 def model_card(cfg, which, step):
     recipe = json.dumps({"method": "warp-rl", "backend": "trl", "which": which, "step": step,
-                         "config": cfg})
+                         "config": recorded(cfg)})
     what = "the exponential moving average of the policy (TRL's reference model)" \
         if which == "ema" else "the trained policy"
     return (f"---\nbase_model: {json.dumps(cfg['model'])}\ntags:\n- warp\n- rl\n- trl\n"
@@ -1249,7 +1258,7 @@ def train(a):
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", {
             "backend": "trl",
-            "config": cfg,
+            "config": recorded(cfg),
             "trl_args": trl_opts,
             "versions": versions(),
             "world_size": state.num_processes,
