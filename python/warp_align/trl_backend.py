@@ -229,7 +229,7 @@ def load_config(path):
     return c
 
 
-def recorded(c):
+def settings_record(c):
     """The settings as run.json records them: what warp's schema declares (`warp rl --resume`
     reads them back and refuses unknown fields), plus LoRA settings given to a warp whose schema
     lacks them."""
@@ -1041,7 +1041,7 @@ def save_folders(trainer, cfg, dest, step, init_dir, with_ema):
 
 def model_card(cfg, which, step):
     recipe = json.dumps({"method": "warp-rl", "backend": "trl", "which": which, "step": step,
-                         "config": recorded(cfg)})
+                         "config": settings_record(cfg)})
     what = "the exponential moving average of the policy (TRL's reference model)" \
         if which == "ema" else "the trained policy"
     return (f"---\nbase_model: {json.dumps(cfg['model'])}\ntags:\n- warp\n- rl\n- trl\n"
@@ -1258,7 +1258,7 @@ def train(a):
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", {
             "backend": "trl",
-            "config": recorded(cfg),
+            "config": settings_record(cfg),
             "trl_args": trl_opts,
             "versions": versions(),
             "world_size": state.num_processes,
