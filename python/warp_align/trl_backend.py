@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""warp's RL stage (WARP stage 1) on TRL's RLOOTrainer, for models beyond one device.
+"""warp's RL stage (WARP stage 1) on TRL's RLOOTrainer or GRPOTrainer, for models beyond one device.
 
     accelerate launch [--config_file python/accelerate/fsdp.yaml] python/warp_align/trl_backend.py \\
         train CONFIG.json -o OUT [--threads N] [--trl-args JSON] [--callback FILE.py] [-q]
@@ -9,14 +9,19 @@
 CONFIG.json holds warp's RL settings, the object `warp-rl` records under "config" in run.json
 (a whole run.json is accepted too): model, prompts, reward, steps, batch, n, beta, mu, temperature,
 max_new_tokens, lr, warmup, grad_clip, baseline, anchor, length_penalty, seed, save_every, dtype,
-device, reward_timeout. Same meaning as in `warp-rl` (docs/RL.md); docs/SCALE.md says what maps
-to what in TRL. WARP's EMA anchor is TRL's reference model with sync_ref_model=True,
+device, reward_timeout, updates_per_batch, clip_eps. Same meaning as in `warp-rl` (docs/RL.md);
+docs/SCALE.md says what maps to what in TRL: baseline rloo runs RLOOTrainer, grpo and dr-grpo
+GRPOTrainer (algorithm_args); updates_per_batch K and clip_eps are TRL's num_iterations and
+epsilon. WARP's EMA anchor is TRL's reference model with sync_ref_model=True,
 ref_model_sync_steps=1, ref_model_mixup_alpha=mu: after every optimizer step
-ref <- (1 - mu) * ref + mu * policy.
+ref <- (1 - mu) * ref + mu * policy (trl.trainer.callbacks.SyncRefModelCallback). With lora R
+(lora_alpha, lora_targets, rslora) the policy is a PEFT LoRA adapter on the frozen init and the EMA
+of its A and B is TRL's "ref" adapter, the reference log-probabilities' (see lora_policy).
 
 OUT gets warp's run layout: run.json, metrics.jsonl, step-NNNNNN/{policy,ema,trainer}/ every
-save_every steps and at the end, final/{policy,ema}/ (HF folders in f32; `ema` is TRL's reference
-model; `trainer` is TRL's own checkpoint, kept for the newest step only). Every folder is written
+save_every steps and at the end, final/{policy,ema}/ (HF folders in f32, PEFT adapter folders
+with lora; `ema` is TRL's reference model; `trainer` is TRL's own checkpoint, kept for the newest
+step only). Every folder is written
 under a hidden temporary name and renamed into place when complete.
 
 Exit status: 0 done, 2 bad settings or input, 1 any other failure; one line on stderr says why.
@@ -60,6 +65,9 @@ class UsageError(WarpError):
 REQUIRED = ("model", "prompts")
 # Accepted as a JSON object as well as its text.
 OBJECT_OR_TEXT = ("trl_args",)
+# LoRA (`warp rl --lora R --lora-alpha A --lora-targets NAMES --rslora`): declared in Rust with the
+# rest; a warp whose schema predates them gets these defaults (LoRA off).
+LORA_DEFAULTS = {"lora": None, "lora_alpha": None, "lora_targets": "all-linear", "rslora": False}
 _SCHEMA = None
 
 
@@ -118,7 +126,10 @@ _TYPE_WORDS = {"integer": "an integer", "number": "a finite number", "boolean": 
                "string": "a string"}
 
 
-# RLOOConfig fields that define WARP's algorithm: --trl-args may not change them.
+# warp's baseline -> the TRL trainer that computes it.
+TRAINERS = {"rloo": "RLOO", "grpo": "GRPO", "dr-grpo": "GRPO"}
+
+# RLOOConfig / GRPOConfig fields that define WARP's algorithm: --trl-args may not change them.
 FIXED_TRL_ARGS = (
     "beta", "num_generations", "sync_ref_model", "ref_model_sync_steps", "ref_model_mixup_alpha",
     "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length",
@@ -126,7 +137,10 @@ FIXED_TRL_ARGS = (
     "reward_weights", "max_grad_norm", "save_steps", "save_strategy", "logging_steps",
     "logging_strategy", "per_device_train_batch_size", "generation_batch_size",
     "steps_per_generation", "lr_scheduler_type", "warmup_steps", "weight_decay",
-    "mask_truncated_completions", "reward_clip_range",
+    "mask_truncated_completions", "reward_clip_range", "epsilon", "epsilon_high", "delta",
+    "loss_type", "scale_rewards", "importance_sampling_level", "top_entropy_quantile",
+    "use_bias_correction_kl", "off_policy_mask_threshold", "entropy_coef", "use_adaptive_entropy",
+    "multi_objective_aggregation", "adam_epsilon",
 )
 
 
@@ -144,13 +158,14 @@ def load_config(path):
     if not isinstance(v, dict):
         raise UsageError(f"{path}: not a JSON object")
     schema = rl_schema()
+    known = set(schema) | set(LORA_DEFAULTS)
     for k in v:
-        if k not in schema:
-            raise UsageError(f"{path}: unknown field '{k}' (known: {', '.join(sorted(schema))})")
+        if k not in known:
+            raise UsageError(f"{path}: unknown field '{k}' (known: {', '.join(sorted(known))})")
     for k in REQUIRED:
         if k not in v:
             raise UsageError(f"{path}: missing field '{k}'")
-    c = defaults()
+    c = {**LORA_DEFAULTS, **defaults()}
     # This entry point is the trl backend, whatever warp's default trainer is.
     c["backend"] = "trl"
     c.update(v)
@@ -184,17 +199,20 @@ def load_config(path):
         raise bad("temperature", "must be > 0")
     if c["reward_timeout"] <= 0:
         raise bad("reward_timeout", "must be > 0 seconds")
-    if c["baseline"] != "rloo":
-        raise bad("baseline", "must be 'rloo' with the trl backend (RLOOTrainer always uses the "
-                  "leave-one-out baseline; 'none', plain REINFORCE, needs warp's own trainer)")
+    if c["baseline"] not in TRAINERS:
+        raise bad("baseline", "must be rloo (RLOOTrainer), grpo or dr-grpo (GRPOTrainer) with the "
+                  "trl backend ('none', plain REINFORCE, needs warp's own trainer)")
     if c["n"] < 2:
-        raise bad("n", "must be >= 2 (the leave-one-out baseline needs 2 completions per prompt)")
-    if c["updates_per_batch"] != 1:
-        raise bad("updates_per_batch", "must be 1 with the trl backend (one RLOOTrainer update "
-                  "per batch; several, with the clipped ratio, need warp's own trainer)")
+        raise bad("n", f"must be >= 2 (the {c['baseline']} baseline needs 2 completions per "
+                  "prompt)")
+    if not 1 <= c["updates_per_batch"] <= 64:
+        raise bad("updates_per_batch", "must be in 1..=64")
+    if not 0 < c["clip_eps"] < 1:
+        raise bad("clip_eps", "must be in (0, 1)")
     if c["anchor"] == "ema" and c["beta"] == 0:
         raise bad("beta", "must be > 0 with anchor 'ema' (TRL builds no reference model, hence no "
                   "EMA, when beta is 0)")
+    check_lora(c, bad)
     if c["chat_template"] == "":
         raise bad("chat_template", "must be auto, none or a Jinja file")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c["device"]):
@@ -209,6 +227,41 @@ def load_config(path):
     elif isinstance(t, dict):
         parse_trl_args(json.dumps(t), f"{path}: field 'trl_args'")
     return c
+
+
+def settings_record(c):
+    """The settings as run.json records them: what warp's schema declares (`warp rl --resume`
+    reads them back and refuses unknown fields), plus LoRA settings given to a warp whose schema
+    lacks them."""
+    schema = rl_schema()
+    return {k: v for k, v in c.items()
+            if k in schema or (k in LORA_DEFAULTS and v != LORA_DEFAULTS[k])}
+
+
+def check_lora(c, bad):
+    """The LoRA settings' types and ranges (src/rl/settings.rs check_lora, for a schema that
+    lacks them)."""
+    r = c["lora"]
+    if r is None:
+        for k, off in (("lora_alpha", None), ("rslora", False), ("lora_targets", "all-linear")):
+            if c[k] is not off and c[k] != off:
+                raise bad(k, "applies to LoRA runs only (lora R)")
+        return
+    if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 65536):
+        raise bad("lora", "must be a rank in 1..=65536")
+    a = c["lora_alpha"]
+    if a is not None and not (_type_ok({"type": "number", "nullable": False}, a) and a > 0):
+        raise bad("lora_alpha", "must be a finite number > 0")
+    if not isinstance(c["rslora"], bool):
+        raise bad("rslora", "is not true or false")
+    if not isinstance(c["lora_targets"], str) or not lora_targets(c):
+        raise bad("lora_targets", "must name modules (e.g. q_proj,v_proj) or be all-linear")
+
+
+def lora_targets(c):
+    """PEFT's target_modules: "all-linear" as itself, else the comma-separated names."""
+    names = [x.strip() for x in c["lora_targets"].split(",") if x.strip()]
+    return "all-linear" if names == ["all-linear"] else names
 
 
 def read_prompts(path, with_lines=False):
@@ -611,7 +664,7 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
     from torch.optim.lr_scheduler import LambdaLR
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
-    from trl import RLOOConfig, RLOOTrainer
+    import trl
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -644,6 +697,7 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
     world = accel_state.num_processes
     accum = opts.get("gradient_accumulation_steps", 1)
     total = cfg["batch"] * cfg["n"]
+    k = cfg["updates_per_batch"]
     if total % (world * accum) != 0:
         raise UsageError(f"batch x n = {total} completions per step is not divisible by "
                          f"{world} processes x {accum} accumulation steps")
@@ -665,7 +719,9 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
         per_device_train_batch_size=total // (world * accum),
         gradient_accumulation_steps=accum,
         num_generations=cfg["n"],
-        max_steps=cfg["steps"],
+        # warp's --steps counts batches, each making K = updates_per_batch optimizer steps; TRL's
+        # steps are optimizer steps (it reuses a generation batch num_iterations times).
+        max_steps=cfg["steps"] * k,
         max_completion_length=cfg["max_new_tokens"],
         temperature=cfg["temperature"],
         top_p=1.0,
@@ -679,8 +735,8 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
         adam_beta2=0.999,
         adam_epsilon=1e-8,
         max_grad_norm=cfg["grad_clip"],
-        num_iterations=1,
-        normalize_advantages=False,
+        num_iterations=k,
+        epsilon=cfg["clip_eps"],
         disable_dropout=True,
         sync_ref_model=cfg["anchor"] == "ema",
         ref_model_sync_steps=1,
@@ -688,7 +744,7 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
         logging_strategy="steps",
         logging_steps=1,
         save_strategy="steps",
-        save_steps=cfg["save_every"],
+        save_steps=cfg["save_every"] * k,
         report_to="none",
         disable_tqdm=True,
         log_completions=False,
@@ -696,9 +752,17 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
         seed=cfg["seed"],
         data_seed=cfg["seed"],
     )
+    args.update(algorithm_args(cfg))
     args.update(opts)
+    model = model_path
+    if cfg["lora"]:
+        model = lora_policy(cfg, model_path, args.pop("model_init_kwargs", None), accel_state)
+        # TRL's own sync refuses PEFT models: the EMA of the adapter is EmaAdapter's.
+        args["sync_ref_model"] = False
+    kind = TRAINERS[cfg["baseline"]]
+    Config, Trainer = getattr(trl, f"{kind}Config"), getattr(trl, f"{kind}Trainer")
     try:
-        rloo_args = RLOOConfig(**args)
+        trl_args = Config(**args)
     except (TypeError, ValueError) as e:
         raise UsageError(f"TRL settings: {one_line(e)}") from None
 
@@ -717,7 +781,7 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
 
         funcs.append(length_penalty)
 
-    class WarpRLOOTrainer(RLOOTrainer):
+    class WarpTrainer(Trainer):
         def create_scheduler(self, num_training_steps, optimizer=None):
             if self.lr_scheduler is None:
                 w = cfg["warmup"]
@@ -726,11 +790,179 @@ def build_trainer(cfg, out, model_path, opts, accel_state):
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
-    trainer = WarpRLOOTrainer(model=model_path, reward_funcs=funcs, args=rloo_args,
-                              train_dataset=dataset, processing_class=tok)
+    trainer = WarpTrainer(model=model, reward_funcs=funcs, args=trl_args,
+                          train_dataset=dataset, processing_class=tok)
     # Our metrics line replaces the log dict the printer would put on stdout.
     trainer.remove_callback(PrinterCallback)
+    if cfg["lora"]:
+        ref_adapter_pairs(trainer)  # fails clearly if TRL made no "ref" adapter
+        if cfg["anchor"] == "ema":
+            # Before the checkpoint callbacks (train() adds them): step N's EMA is saved.
+            trainer.add_callback(ema_adapter_callback(TrainerCallback, trainer, cfg["mu"]))
     return trainer, reward, TrainerCallback
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA: TRL with a PEFT model. Given a PeftModel (not a peft_config), RLOOTrainer and GRPOTrainer
+# copy its "default" adapter into a second adapter named "ref" and compute the reference
+# log-probabilities with that adapter active (trl 1.16.0: GRPOTrainer.__init__ "model.add_adapter(
+# 'ref', default_config)", _generate_and_score_completions "use_adapter(model, adapter_name='ref'
+# if 'ref' in model.peft_config else None)"). With B = 0 at the start, "ref" is the init; after
+# every optimizer step EmaAdapter sets ref <- (1 - mu) ref + mu default for every A and B: WARP's
+# EMA anchor over the adapter parameters, as warp-rl --lora keeps it (the EMA of A and B, not of
+# B.A: docs/RL.md). TRL's SyncRefModelCallback refuses PEFT models (sync_ref_model=False here).
+
+def lora_policy(cfg, model_path, init_kwargs, accel_state):
+    """The init with fresh LoRA adapters (PEFT's initialisation: A Kaiming-uniform, B = 0),
+    seeded as TRL seeds it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, set_seed
+
+    sharded = str(getattr(accel_state.distributed_type, "value", accel_state.distributed_type))
+    if sharded.upper() in ("FSDP", "DEEPSPEED"):
+        raise UsageError(f"lora: the trl backend keeps the EMA adapter beside the policy's in one "
+                         f"process or data-parallel processes only, not under {sharded} (use one "
+                         f"GPU, several with DDP, or full fine-tuning)")
+    kwargs = dict(init_kwargs or {})
+    try:
+        base = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise UsageError(f"model {model_path}: cannot load: {one_line(e)}") from None
+    r = cfg["lora"]
+    config = LoraConfig(
+        r=r, lora_alpha=cfg["lora_alpha"] if cfg["lora_alpha"] is not None else r,
+        use_rslora=cfg["rslora"], target_modules=lora_targets(cfg), lora_dropout=0.0,
+        bias="none", task_type="CAUSAL_LM")
+    set_seed(cfg["seed"])
+    try:
+        return get_peft_model(base, config)
+    except ValueError as e:
+        raise UsageError(f"lora_targets {cfg['lora_targets']}: {one_line(e)}") from None
+
+
+def ref_adapter_pairs(trainer):
+    """(ema, policy) parameter pairs: TRL's "ref" adapter and the trained "default" one."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" not in getattr(model, "peft_config", {}):
+        raise WarpError("TRL made no \"ref\" adapter for the PEFT policy (its reference would "
+                        "be the base model, not the EMA): this TRL/PEFT pair is not supported")
+    params = dict(model.named_parameters())
+    pairs = [(params[n.replace(".default.", ".ref.")], p) for n, p in params.items()
+             if ".default." in n]
+    if not pairs:
+        raise WarpError("the PEFT policy has no \"default\" adapter parameters")
+    return pairs
+
+
+def ema_adapter_callback(TrainerCallback, trainer, mu):
+    pairs = ref_adapter_pairs(trainer)
+
+    class EmaAdapter(TrainerCallback):
+        """ref <- (1 - mu) ref + mu default after every optimizer step (SyncRefModelCallback's
+        update, on the adapter)."""
+
+        def on_step_end(self, args, state, control, **kw):
+            import torch
+
+            with torch.no_grad():
+                for ema, p in pairs:
+                    ema.mul_(1.0 - mu).add_(p.detach(), alpha=mu)
+            return control
+
+    return EmaAdapter()
+
+
+def adapter_state(trainer, name):
+    """The adapter `name` ("default": the policy, "ref": the EMA) in PEFT's file format (keys
+    without the adapter name), f32 on the CPU."""
+    from peft import get_peft_model_state_dict
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    sd = get_peft_model_state_dict(model, adapter_name=name)
+    return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+
+
+def load_ema_adapter(trainer, folder):
+    """Resume: the saved EMA adapter back into TRL's "ref" adapter."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    f = folder / "adapter_model.safetensors"
+    if not f.is_file():
+        raise WarpError(f"{f}: no such file (the EMA adapter to resume from)")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        res = set_peft_model_state_dict(model, load_file(str(f)), adapter_name="ref")
+    missing = [k for k in getattr(res, "missing_keys", []) if ".ref." in k]
+    if missing:
+        raise WarpError(f"{f}: tensor for {missing[0]} is missing")
+
+
+def save_adapters(trainer, cfg, tmp, parts, step):
+    """tmp/{policy,ema} as PEFT adapter folders: adapter_config.json (base_model_name_or_path =
+    the init) and adapter_model.safetensors in f32, the tokenizer, a model card."""
+    from safetensors.torch import save_file
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for which in parts:
+        d = tmp / which
+        d.mkdir()
+        sd = adapter_state(trainer, "default" if which == "policy" else "ref")
+        save_file(sd, str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = model.peft_config["default"]
+        config.save_pretrained(str(d))
+        cj = d / "adapter_config.json"
+        c = json.loads(cj.read_text(encoding="utf-8"))
+        c["base_model_name_or_path"] = cfg["model"]
+        c["inference_mode"] = True
+        if isinstance(c.get("target_modules"), list):
+            c["target_modules"] = sorted(c["target_modules"])  # PEFT keeps a set: stable bytes
+        cj.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        trainer.processing_class.save_pretrained(d)
+        (d / "README.md").write_text(model_card(cfg, which, step), encoding="utf-8")
+
+
+def algorithm_args(cfg):
+    """The settings of the chosen TRL trainer that make it compute warp's baseline.
+
+    rloo: RLOOTrainer, the leave-one-out baseline, advantages not normalised, the KL to the
+    reference (the EMA) subtracted from the reward as in warp-rl.
+
+    grpo / dr-grpo: GRPOTrainer, the group mean (and, for grpo, the group's unbiased standard
+    deviation + 1e-4: scale_rewards "group"; dr-grpo: "none") as in warp-rl, the token-level
+    clipped ratio with epsilon = clip_eps. Its loss_type "dr_grpo" sums over tokens (no length
+    normalisation, as warp-rl) but divides by B * max_completion_length where warp divides by B:
+    a constant factor L = max_new_tokens, so the clip threshold and Adam's epsilon are divided by
+    L too, which makes the Adam step the one of warp's normalisation (clip(g/L, c/L) = clip(g, c)/L
+    and m/(sqrt(v) + eps) is unchanged when g, m, sqrt(v) and eps all scale by 1/L). Where TRL's
+    GRPO differs from warp-rl's, and cannot be told otherwise: the KL to the reference is a loss
+    term (beta times TRL's k3 estimator exp(r) - r - 1, r = log pi_ref - log pi, per token), not a
+    part of the reward before the group normalisation (docs/SCALE.md)."""
+    if TRAINERS[cfg["baseline"]] == "RLOO":
+        return {"normalize_advantages": False}
+    length = cfg["max_new_tokens"]
+    return {
+        "loss_type": "dr_grpo",
+        "scale_rewards": "group" if cfg["baseline"] == "grpo" else "none",
+        "max_grad_norm": cfg["grad_clip"] / length,
+        "adam_epsilon": 1e-8 / length,
+        "importance_sampling_level": "token",
+        "epsilon_high": None,
+        "delta": None,
+        "top_entropy_quantile": 1.0,
+        "use_bias_correction_kl": False,
+        "off_policy_mask_threshold": None,
+        "entropy_coef": 0.0,
+        "use_adaptive_entropy": False,
+        "mask_truncated_completions": False,
+        "multi_objective_aggregation": "sum_then_normalize",
+    }
+
+
+def loss_scale(cfg):
+    """The factor from TRL's logged loss and gradient norm to warp's (algorithm_args)."""
+    return 1.0 if TRAINERS[cfg["baseline"]] == "RLOO" else float(cfg["max_new_tokens"])
 
 
 def check_reference_f32(trainer):
@@ -743,9 +975,15 @@ def check_reference_f32(trainer):
     import torch
 
     ref = getattr(trainer, "ref_model", None)
-    if ref is None:
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if ref is not None:
+        named = list(ref.named_parameters())
+    elif "ref" in (getattr(policy, "peft_config", None) or {}):
+        # LoRA: the EMA is TRL's "ref" adapter (ref_adapter_pairs); the frozen base is not.
+        named = [(n, p) for n, p in policy.named_parameters() if ".ref." in n]
+    else:
         return
-    for name, p in ref.named_parameters():
+    for name, p in named:
         held = getattr(p, "ds_tensor", None)
         dtype = (held if held is not None else p).dtype
         if dtype != torch.float32:
@@ -767,6 +1005,13 @@ def save_folders(trainer, cfg, dest, step, init_dir, with_ema):
     """dest/{policy,ema} as HF folders (f32 safetensors, the init's companion files, a model
     card), staged and renamed: all ranks call it, rank 0 writes."""
     acc = trainer.accelerator
+    if cfg["lora"]:
+        if acc.is_main_process:
+            tmp = staging(dest)
+            save_adapters(trainer, cfg, tmp, ["policy"] + (["ema"] if with_ema else []), step)
+            commit(tmp, dest)
+        acc.wait_for_everyone()
+        return
     parts = [("policy",)] + ([("ema",)] if with_ema else [])
     states = [(w[0],) + full_state_dict(trainer, w[0]) for w in parts]
     if acc.is_main_process:
@@ -796,27 +1041,33 @@ def save_folders(trainer, cfg, dest, step, init_dir, with_ema):
 
 def model_card(cfg, which, step):
     recipe = json.dumps({"method": "warp-rl", "backend": "trl", "which": which, "step": step,
-                         "config": cfg})
+                         "config": settings_record(cfg)})
     what = "the exponential moving average of the policy (TRL's reference model)" \
         if which == "ema" else "the trained policy"
     return (f"---\nbase_model: {json.dumps(cfg['model'])}\ntags:\n- warp\n- rl\n- trl\n"
             f"warp_recipe: {recipe}\n---\n# warp rl (trl backend) {which} at step {step}\n\n"
-            f"RL fine-tuning with TRL's RLOOTrainer (leave-one-out baseline) and a KL penalty "
+            f"RL fine-tuning with TRL's {TRAINERS[cfg['baseline']]}Trainer ({cfg['baseline']} "
+            f"baseline, {cfg['updates_per_batch']} update(s) per batch) and a KL penalty "
             f"beta = {cfg['beta']} towards the {cfg['anchor']} anchor; EMA rate mu = {cfg['mu']}. "
             f"`{which}` is {what}.\n")
 
 
 def make_callbacks(TrainerCallback, trainer, cfg, out, init_dir, quiet):
     total = cfg["batch"] * cfg["n"]
+    # TRL counts optimizer steps, warp batches: K = updates_per_batch optimizer steps per batch.
+    k = cfg["updates_per_batch"]
     acc = trainer.accelerator
 
     class Checkpoints(TrainerCallback):
-        """step-N/{policy,ema} after the reference sync of step N, and TRL's checkpoint-N moved
-        into step-N/trainer once complete. Registered after TRL's SyncRefModelCallback, so the
-        EMA saved at step N includes step N's update."""
+        """step-N/{policy,ema} after the reference sync of batch N's last update, and TRL's
+        checkpoint (optimizer step N*K) moved into step-N/trainer once complete. Registered after
+        the reference's sync callback, so the EMA saved at step N includes step N's updates."""
 
         def on_step_end(self, args, state, control, **kw):
-            s = state.global_step
+            g = state.global_step
+            if g % k:
+                return control
+            s = g // k
             if s % cfg["save_every"] == 0 or s == cfg["steps"]:
                 save_folders(trainer, cfg, out / step_name(s), s, init_dir, cfg["anchor"] == "ema")
                 control.should_save = True
@@ -824,9 +1075,9 @@ def make_callbacks(TrainerCallback, trainer, cfg, out, init_dir, quiet):
 
         def on_save(self, args, state, control, **kw):
             acc.wait_for_everyone()
-            if acc.is_main_process:
-                s = state.global_step
-                src = out / ".trl" / f"checkpoint-{s}"
+            if acc.is_main_process and state.global_step % k == 0:
+                s = state.global_step // k
+                src = out / ".trl" / f"checkpoint-{state.global_step}"
                 dest = out / step_name(s) / "trainer"
                 if src.is_dir() and (out / step_name(s)).is_dir() and not dest.exists():
                     os.replace(src, dest)
@@ -840,42 +1091,60 @@ def make_callbacks(TrainerCallback, trainer, cfg, out, init_dir, quiet):
             return control
 
     class Metrics(TrainerCallback):
-        """One metrics.jsonl line per step with warp's names (docs/SCALE.md has the mapping)."""
+        """One metrics.jsonl line per batch with warp's names (docs/SCALE.md has the mapping):
+        the rewards, loss, gradient norm, KL and entropy of the batch's first (on-policy)
+        update, as warp-rl reports them; clip_frac over the later ones when K > 1."""
 
         def __init__(self):
             self.last = None
+            self.batch = []
 
         def on_train_begin(self, args, state, control, **kw):
             self.last = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
-            self.elapsed = now - (self.last if self.last is not None else now)
-            self.last = now
-
         def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or "reward" not in logs or not acc.is_main_process:
+            if not logs or "loss" not in logs or not acc.is_main_process:
                 return
-            s = state.global_step
-            length = logs.get("completions/mean_length", float("nan"))
-            std = logs.get("rewards/warp_reward/std", float("nan"))
+            g = state.global_step
+            self.batch.append(dict(logs))
+            if g % k:
+                return
+            first, later = self.batch[0], self.batch[1:]
+            self.batch = []
+            now = time.perf_counter()
+            elapsed = now - (self.last if self.last is not None else now)
+            self.last = now
+            s = g // k
+            scale = loss_scale(cfg)
+            length = first.get("completions/mean_length", float("nan"))
+            std = first.get("rewards/warp_reward/std")
+
+            def scaled(key):
+                x = first.get(key)
+                return x * scale if x is not None else None
+
             m = {
                 "step": s,
-                "reward_mean": logs.get("rewards/warp_reward/mean"),
+                "reward_mean": first.get("rewards/warp_reward/mean"),
                 # TRL logs the sample standard deviation; warp the population one.
                 "reward_std": std * math.sqrt((total - 1) / total) if std is not None else None,
                 "completion_len": length,
-                "lr": cfg["lr"] * lr_factor(s, cfg["warmup"]),
-                "grad_norm": logs.get("grad_norm"),
-                "loss": logs.get("loss"),
-                "entropy": logs.get("entropy"),
-                "samples_per_s": total / self.elapsed if getattr(self, "elapsed", 0) > 0 else None,
+                "lr": cfg["lr"] * lr_factor((s - 1) * k + 1, cfg["warmup"]),
+                "grad_norm": scaled("grad_norm"),
+                "loss": scaled("loss"),
+                "entropy": first.get("entropy"),
+                "samples_per_s": total / elapsed if elapsed > 0 else None,
             }
-            if "kl" in logs and logs["kl"] is not None:
-                # TRL's kl: mean over completion tokens of log pi/pi_ref at the sampled tokens
-                # (what enters the reward). Times the mean length: the per-sequence sum.
-                m["kl_anchor"] = logs["kl"] * length
-            m["trl"] = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+            if first.get("kl") is not None:
+                # TRL's kl: mean over completion tokens of its estimate of KL(pi || pi_ref) per
+                # token (RLOO: log pi/pi_ref at the sampled tokens, what enters the reward; GRPO:
+                # its k3 estimator, what enters the loss). Times the mean length: per sequence.
+                m["kl_anchor"] = first["kl"] * length
+            if k > 1:
+                fracs = [x["clip_ratio/region_mean"] for x in later
+                         if x.get("clip_ratio/region_mean") is not None]
+                m["clip_frac"] = sum(fracs) / len(fracs) if fracs else None
+            m["trl"] = {key: v for key, v in first.items() if isinstance(v, (int, float))}
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(m) + "\n")
             if not quiet:
@@ -977,16 +1246,19 @@ def train(a):
 
     # The reference model is built from the model the trainer is given; on resume with an EMA
     # anchor that is the saved EMA (the policy then comes from TRL's checkpoint).
+    # (LoRA: the init is the base, the saved EMA adapter goes into TRL's "ref" adapter.)
     model_path = model_src
-    if resume_from is not None and cfg["anchor"] == "ema":
+    if resume_from is not None and cfg["anchor"] == "ema" and not cfg["lora"]:
         model_path = str(resume_from.parent / "ema")
     trainer, _, TrainerCallback = build_trainer(cfg, out, model_path, trl_opts, state)
+    if resume_from is not None and cfg["anchor"] == "ema" and cfg["lora"]:
+        load_ema_adapter(trainer, resume_from.parent / "ema")
     check_reference_f32(trainer)
     if state.is_main_process and a.command == "train":
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", {
             "backend": "trl",
-            "config": cfg,
+            "config": settings_record(cfg),
             "trl_args": trl_opts,
             "versions": versions(),
             "world_size": state.num_processes,
@@ -1080,7 +1352,7 @@ def main(argv=None):
             p.add_argument("run", help="run folder to continue from its last complete checkpoint")
             p.add_argument("--steps", type=int, help="extend the run to this many steps")
         p.add_argument("--threads", type=int, help="torch intra-op threads per process")
-        p.add_argument("--trl-args", help="JSON object of further RLOOConfig settings "
+        p.add_argument("--trl-args", help="JSON object of further RLOOConfig / GRPOConfig settings "
                        "(e.g. gradient_checkpointing, gradient_accumulation_steps)")
         p.add_argument("--callback", action="append", default=[],
                        help="Python file defining callback(trainer) -> TrainerCallback")

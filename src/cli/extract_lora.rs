@@ -91,12 +91,13 @@ pub fn run(a: &Args, _: &Ctx) -> Result<()> {
     let hub = crate::hub::HubOptions::from_env();
     let open = |spec: &str, flag: &str| -> Result<crate::io::Checkpoint> {
         let local = crate::builtin::resolve_spec(spec)?;
-        if crate::io::lora::is_adapter(Path::new(&local)) {
+        let local = crate::hub::resolve_checkpoint(&local, &hub, &progress)?;
+        if crate::io::lora::is_adapter(&local) {
             return Err(Error::Usage(format!(
                 "{flag} {spec}: is a LoRA adapter; extract-lora reads full checkpoints"
             )));
         }
-        crate::hub::open_checkpoint(&local, &hub, &progress)
+        crate::io::Checkpoint::open(local)
     };
     let (model, base) = (open(&a.model, "MODEL")?, open(&a.init, "--init")?);
     let paths = [model.path.as_path(), base.path.as_path()];

@@ -50,8 +50,10 @@ pub fn run_merge_as(
     if kind == OutputKind::Full {
         return run_merge(method, inputs, out, eng, report);
     }
-    // Decided from the paths first: a merge of full checkpoints opens nothing twice.
-    if let Some(spec) = not_an_adapter(&inputs) {
+    // Decided from the paths first (hub ids: from their downloaded snapshots): a merge of full
+    // checkpoints opens nothing twice.
+    let progress = Progress::new(eng.quiet);
+    if let Some(spec) = not_an_adapter(&inputs, &progress) {
         if kind == OutputKind::Adapter {
             return Err(Error::Usage(format!(
                 "--as adapter: {spec} is not a PEFT LoRA adapter; a merge is written as an \
@@ -67,7 +69,6 @@ pub fn run_merge_as(
             check_new_file("--report", r)?;
         }
     }
-    let progress = Progress::new(eng.quiet);
     let opened = job::open_inputs(inputs.clone(), &progress)?;
     if let Some(why) = why_not_rank_space(&opened) {
         if kind == OutputKind::Adapter {
@@ -82,11 +83,11 @@ pub fn run_merge_as(
     finish(outcome, out, eng, &progress)
 }
 
-/// The first input (besides a full init) that is not a local PEFT adapter folder, if any.
-fn not_an_adapter(inputs: &[(String, &str)]) -> Option<String> {
-    let adapter = |spec: &str| {
-        crate::builtin::resolve_spec(spec).is_ok_and(|l| crate::io::lora::is_adapter(Path::new(&l)))
-    };
+/// The first input (besides a full init) that is not a PEFT adapter (a local folder, or a hub
+/// repo holding one), if any.
+fn not_an_adapter(inputs: &[(String, &str)], reporter: &dyn Reporter) -> Option<String> {
+    let hub = crate::hub::HubOptions::from_env();
+    let adapter = |spec: &str| crate::engine::is_adapter_spec(spec, &hub, reporter);
     inputs
         .iter()
         .filter(|(spec, role)| *role != "init" || adapter(spec))

@@ -40,6 +40,21 @@ impl Source<'_> {
     }
 }
 
+/// Whether `spec` (a local path, `builtin:…` or a hub id) names a PEFT adapter folder; a hub id
+/// is resolved (downloaded, or found in the cache offline) to tell. Unreadable specs are not
+/// adapters here: opening them reports why.
+pub fn is_adapter_spec(spec: &str, hub: &HubOptions, reporter: &dyn Reporter) -> bool {
+    let Ok(local) = crate::builtin::resolve_spec(spec) else {
+        return false;
+    };
+    let path = Path::new(&local);
+    if std::fs::symlink_metadata(path).is_ok() {
+        return is_adapter(path);
+    }
+    crate::hub::HubId::parse(&local).is_some()
+        && crate::hub::resolve_checkpoint(&local, hub, reporter).is_ok_and(|p| is_adapter(&p))
+}
+
 impl Input {
     /// A checkpoint input (no adapter).
     pub fn new(spec: String, role: &str, ckpt: Checkpoint) -> Input {
@@ -62,15 +77,13 @@ impl Input {
         reporter: &dyn Reporter,
     ) -> Result<Input> {
         let local = crate::builtin::resolve_spec(&spec)?;
-        if !is_adapter(Path::new(&local)) {
-            let ckpt = crate::hub::open_checkpoint(&local, hub, reporter)?;
-            return Ok(Input::new(spec, role, ckpt));
+        // A hub id is downloaded first: its repo may hold a model or a PEFT adapter.
+        let local = crate::hub::resolve_checkpoint(&local, hub, reporter)?;
+        if !is_adapter(&local) {
+            return Ok(Input::new(spec, role, Checkpoint::open(local)?));
         }
-        let adapter = Adapter::open(Path::new(&local))?;
-        let init = init.filter(|i| {
-            role != "init"
-                && crate::builtin::resolve_spec(i).is_ok_and(|l| !is_adapter(Path::new(&l)))
-        });
+        let adapter = Adapter::open(&local)?;
+        let init = init.filter(|i| role != "init" && !is_adapter_spec(i, hub, reporter));
         let base_spec = match (init, adapter.base_spec()) {
             (Some(i), _) => i.to_string(),
             (None, Some(b)) => b.to_string(),

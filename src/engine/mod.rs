@@ -33,7 +33,7 @@ use std::path::PathBuf;
 
 pub use crate::device::Device;
 pub use backend::{backend_for, Backend, NonFinite, GRAM_BLOCK};
-pub use input::{Input, Source};
+pub use input::{is_adapter_spec, Input, Source};
 pub use plan::{Plan, PlannedTensor, PROGRAM_BYTES};
 
 use crate::error::{Error, Result};

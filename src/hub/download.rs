@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::io::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::io::reader::{INDEX_FILE as INDEX, SINGLE_FILE as SINGLE};
 
 /// Files fetched along with the weights when the repo has them: the same config and tokenizer
@@ -19,8 +20,10 @@ use crate::io::reader::{INDEX_FILE as INDEX, SINGLE_FILE as SINGLE};
 pub const CHECKPOINT_FILES: &[&str] = crate::io::companion::COMPANION_FILES;
 
 /// A checkpoint argument as a local path: an existing path is returned as is; a hub id
-/// `org/name[@revision]` is fetched (weights: the index and its shards, or `model.safetensors`;
-/// plus [`CHECKPOINT_FILES`] present in the repo) and its snapshot folder returned.
+/// `org/name[@revision]` is fetched (weights: the index and its shards, or `model.safetensors`,
+/// or for a repo holding a PEFT adapter and no model weights `adapter_config.json` and
+/// `adapter_model.safetensors`; plus [`CHECKPOINT_FILES`] present in the repo) and its snapshot
+/// folder returned (an adapter's snapshot is then read as a local adapter folder).
 /// Anything else is a usage error naming `spec`.
 pub fn resolve_checkpoint(
     spec: &str,
@@ -103,9 +106,12 @@ fn offline_snapshot(id: &HubId, opts: &HubOptions) -> Result<PathBuf> {
         w
     } else if snap.join(SINGLE).is_file() {
         vec![SINGLE.to_string()]
+    } else if snap.join(ADAPTER_CONFIG).is_file() {
+        vec![ADAPTER_CONFIG.to_string(), ADAPTER_WEIGHTS.to_string()]
     } else {
         return Err(HubError::not_cached(format!(
-            "{off}: {id}: neither {INDEX} nor {SINGLE} is in the cache ({})",
+            "{off}: {id}: neither {INDEX} nor {SINGLE} (nor a PEFT adapter's {ADAPTER_CONFIG}) is \
+             in the cache ({})",
             snap.display()
         ))
         .into());
@@ -223,7 +229,8 @@ fn download(id: &HubId, opts: &HubOptions, reporter: &dyn Reporter) -> Result<Pa
 }
 
 /// What a merge needs from a repo listing `present`: the weights (the index, fetched with
-/// `fetch` to learn its shards, or the single file) and the config and tokenizer files there.
+/// `fetch` to learn its shards, or the single file, or a PEFT adapter's config and weights when
+/// the repo has no model weights) and the config and tokenizer files there.
 fn files_to_fetch(
     id: &HubId,
     present: &BTreeSet<&str>,
@@ -242,10 +249,20 @@ fn files_to_fetch(
         files.extend(shards);
     } else if present.contains(SINGLE) {
         files.push(SINGLE.to_string());
+    } else if present.contains(ADAPTER_CONFIG) {
+        // A PEFT adapter: without its weights the folder would read as a broken adapter.
+        if !present.contains(ADAPTER_WEIGHTS) {
+            return Err(HubError::protocol(format!(
+                "{id}: the repo holds a PEFT adapter's {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}"
+            ))
+            .into());
+        }
+        files.extend([ADAPTER_CONFIG.to_string(), ADAPTER_WEIGHTS.to_string()]);
     } else {
         let some: Vec<&str> = present.iter().take(8).copied().collect();
         return Err(HubError::protocol(format!(
-            "{id}: no {SINGLE} or {INDEX} in the repo (it has: {})",
+            "{id}: no {SINGLE} or {INDEX} (nor a PEFT adapter's {ADAPTER_CONFIG}) in the repo \
+             (it has: {})",
             some.join(", ")
         ))
         .into());

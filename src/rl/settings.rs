@@ -86,8 +86,8 @@ pub enum SaveDtype {
 pub enum Trainer {
     /// warp's own trainer (libtorch, one device).
     Warp,
-    /// TRL's RLOOTrainer under `accelerate launch` (FSDP / DeepSpeed across GPUs and nodes;
-    /// docs/SCALE.md), same run layout.
+    /// TRL's RLOOTrainer or GRPOTrainer under `accelerate launch` (FSDP / DeepSpeed across GPUs
+    /// and nodes; docs/SCALE.md), same run layout.
     Trl,
 }
 
@@ -204,16 +204,16 @@ pub struct RlConfig {
     /// Seconds a cmd: reward may take per call before it is killed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub reward_timeout: f64,
-    /// The trainer: warp (libtorch, one device) or trl (TRL's RLOOTrainer under `accelerate
-    /// launch`, for models beyond one device; needs `source scripts/setup-trl.sh`, or
-    /// WARP_TRL_PYTHON; see docs/SCALE.md).
+    /// The trainer: warp (libtorch, one device) or trl (TRL's RLOOTrainer, or GRPOTrainer for
+    /// --baseline grpo|dr-grpo, under `accelerate launch`, for models beyond one device; needs
+    /// `source scripts/setup-trl.sh`, or WARP_TRL_PYTHON; see docs/SCALE.md).
     #[arg(long, value_enum, default_value_t = Trainer::Warp)]
     pub backend: Trainer,
     /// trl backend: the accelerate config file (e.g. python/accelerate/fsdp.yaml); without one,
     /// a single process.
     #[arg(long, value_name = "FILE")]
     pub accelerate_config: Option<PathBuf>,
-    /// trl backend: further RLOOConfig settings, a JSON object (e.g.
+    /// trl backend: further RLOOConfig / GRPOConfig settings, a JSON object (e.g.
     /// '{"gradient_checkpointing": true, "gradient_accumulation_steps": 4}').
     #[arg(long, value_name = "JSON")]
     pub trl_args: Option<String>,
@@ -418,15 +418,11 @@ impl RlConfig {
             }
             return Ok(());
         }
-        positive("baseline", self.baseline == Baseline::Rloo, || {
-            "the trl backend has the leave-one-out baseline only (RLOOTrainer)".into()
-        })?;
-        // Until the trl backend trains adapters (issue 25), it would train every weight.
-        positive("lora", self.lora.is_none(), || {
-            "the trl backend does not train LoRA adapters yet (use the warp backend)".into()
-        })?;
-        positive("updates_per_batch", self.updates_per_batch == 1, || {
-            "the trl backend makes one update per batch (RLOOTrainer)".into()
+        // rloo: RLOOTrainer; grpo, dr-grpo: GRPOTrainer (K and ε: TRL's num_iterations, epsilon).
+        positive("baseline", self.baseline != Baseline::None, || {
+            "the trl backend has the rloo, grpo and dr-grpo baselines (RLOOTrainer, GRPOTrainer); \
+             none (plain REINFORCE) needs the warp backend"
+                .into()
         })?;
         positive(
             "beta",
@@ -680,7 +676,7 @@ mod tests {
         bad(
             |c| {
                 c.backend = Trainer::Trl;
-                c.updates_per_batch = 2;
+                c.updates_per_batch = 65;
             },
             "updates_per_batch",
         );
@@ -711,6 +707,16 @@ mod tests {
             },
             "trl_args",
         );
+        // GRPOTrainer: grpo and dr-grpo, K updates per batch (num_iterations).
+        for baseline in [Baseline::Grpo, Baseline::DrGrpo, Baseline::Rloo] {
+            let c = RlConfig {
+                backend: Trainer::Trl,
+                baseline,
+                updates_per_batch: 3,
+                ..RlConfig::default()
+            };
+            c.check().unwrap();
+        }
         let c = RlConfig {
             backend: Trainer::Trl,
             anchor: Anchor::Init,

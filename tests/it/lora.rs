@@ -394,7 +394,7 @@ fn bad_cases<'a>(
 
 /// base + two adapters of it without full tensors (rank 4, and rank 2 with rsLoRA, on partly
 /// different modules): mergeable in rank space.
-fn setup_low_rank(w: &Path) -> (PathBuf, Vec<PathBuf>) {
+pub(crate) fn setup_low_rank(w: &Path) -> (PathBuf, Vec<PathBuf>) {
     let (base, _) = setup(w, "f32");
     let ck = Checkpoint::open(&base).unwrap();
     let mods: [&[&str]; 2] = [&MODULES, &MODULES[1..]];

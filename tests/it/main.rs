@@ -10,6 +10,7 @@ mod coverage;
 mod dtypes;
 mod hostile;
 mod hub_cli;
+mod hub_lora;
 mod hub_merge;
 mod hub_parts;
 mod hub_push;

@@ -504,10 +504,6 @@ fn bad_lora_settings_fail_clearly() {
             vec!["--lora", "4", "--save-dtype", "same"],
             vec!["--save-dtype", "LoRA"],
         ),
-        (
-            vec!["--lora", "4", "--backend", "trl"],
-            vec!["--lora", "trl backend"],
-        ),
     ] {
         let mut a = vec!["rl", "-o", o, "--steps", "1", "-q"];
         a.extend(args.iter().copied());

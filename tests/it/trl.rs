@@ -568,11 +568,14 @@ fn bad_settings_and_failing_rewards_fail_clearly() {
             "field 'mu' must be in (0, 1]",
         ),
         (serde_json::json!({"baseline": "none"}), "field 'baseline'"),
-        (serde_json::json!({"baseline": "grpo"}), "field 'baseline'"),
         (
-            serde_json::json!({"updates_per_batch": 2}),
+            serde_json::json!({"updates_per_batch": 65}),
             "field 'updates_per_batch'",
         ),
+        (serde_json::json!({"clip_eps": 1.0}), "field 'clip_eps'"),
+        (serde_json::json!({"lora": 0}), "field 'lora'"),
+        (serde_json::json!({"lora_alpha": 0.0}), "field 'lora_alpha'"),
+        (serde_json::json!({"baseline": "grpo", "n": 1}), "field 'n'"),
         (serde_json::json!({"n": 1}), "field 'n'"),
         (
             serde_json::json!({"steps": "ten"}),
@@ -951,29 +954,36 @@ fn a_reference_model_not_in_f32_is_refused_at_start() {
         &tmp.path().join("c"),
         serde_json::json!({"steps": 1, "save_every": 1}),
     );
-    let bf16 = tmp.path().join("bf16");
-    let o = python(
-        &[
-            "train",
-            s(&cfg),
-            "-o",
-            s(&bf16),
-            "--threads",
-            "1",
-            "-q",
-            "--trl-args",
-            r#"{"model_init_kwargs": {"dtype": "bfloat16"}}"#,
-        ],
-        "",
+    // RLOOTrainer and GRPOTrainer build their reference alike: both are checked.
+    let grpo = config(
+        &tmp.path().join("c-grpo"),
+        serde_json::json!({"steps": 1, "save_every": 1, "baseline": "grpo"}),
     );
-    let err = text(&o).1;
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("reference model (the EMA)") && err.contains("torch.bfloat16"),
-        "{err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
-    assert!(!bf16.join("run.json").exists());
+    for (name, cfg) in [("rloo", &cfg), ("grpo", &grpo)] {
+        let bf16 = tmp.path().join(format!("bf16-{name}"));
+        let o = python(
+            &[
+                "train",
+                s(cfg),
+                "-o",
+                s(&bf16),
+                "--threads",
+                "1",
+                "-q",
+                "--trl-args",
+                r#"{"model_init_kwargs": {"dtype": "bfloat16"}}"#,
+            ],
+            "",
+        );
+        let err = text(&o).1;
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("reference model (the EMA)") && err.contains("torch.bfloat16"),
+            "{name}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        assert!(!bf16.join("run.json").exists());
+    }
     let f32 = tmp.path().join("f32");
     let o = python(
         &[
@@ -991,4 +1001,418 @@ fn a_reference_model_not_in_f32_is_refused_at_start() {
     );
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(f32.join("final/ema/model.safetensors").is_file());
+}
+
+/// GRPOTrainer (`baseline` grpo, K = 2 updates per batch): TRL's reference model is still WARP's
+/// EMA, updated after every optimizer step (K per batch); the step folders and metrics count
+/// batches as warp-rl does; a run killed in the middle of a batch and resumed ends bit for bit as
+/// the uninterrupted one.
+#[test]
+// long fn: one GRPO run checked for its layout, its EMA and its resume in turn.
+fn grpo_keeps_the_ema_anchor_per_update_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = 2usize;
+    let cfg = config(
+        tmp.path(),
+        serde_json::json!({"baseline": "grpo", "updates_per_batch": k, "clip_eps": 0.2,
+                           "steps": 3, "save_every": 2}),
+    );
+    let out = tmp.path().join("run");
+    let steps_dir = tmp.path().join("iterates");
+    let callback = repo_root().join("tests/ref/trl_policy_steps.py");
+    let train = |out: &Path, env: &[(&str, &str)]| {
+        launch(
+            &[
+                "train",
+                s(&cfg),
+                "-o",
+                s(out),
+                "--threads",
+                "1",
+                "-q",
+                "--callback",
+                s(&callback),
+            ],
+            env,
+        )
+    };
+    let o = train(&out, &[("WARP_TRL_POLICY_STEPS", s(&steps_dir))]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // The same artefacts as the RLOO path (ema_anchor_layout_loading_and_resume), per batch.
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["baseline"], "grpo");
+    let mut names = common::entries(&out);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "final",
+            "metrics.jsonl",
+            "run.json",
+            "step-000002",
+            "step-000003"
+        ]
+    );
+    assert_eq!(
+        common::entries(&out.join("step-000003")),
+        ["ema", "policy", "trainer"]
+    );
+    let card = std::fs::read_to_string(out.join("final/policy/README.md")).unwrap();
+    assert!(card.contains("GRPOTrainer"), "{card}");
+    let m = metrics(&out);
+    assert_eq!(m.len(), 3);
+    for (i, row) in m.iter().enumerate() {
+        assert_eq!(row["step"], i as u64 + 1);
+        for key in [
+            "reward_mean",
+            "reward_std",
+            "kl_anchor",
+            "entropy",
+            "completion_len",
+            "lr",
+            "clip_frac",
+            "grad_norm",
+        ] {
+            assert!(
+                row[key].as_f64().is_some_and(f64::is_finite),
+                "{key} in {row}"
+            );
+        }
+        // warp's warm-up counts optimizer updates: batch s starts with update (s − 1)·K + 1.
+        let update = (i * k + 1) as f64;
+        assert_eq!(row["lr"], 1e-3 * (update / 2.0).min(1.0), "{row}");
+        // TRL's dr_grpo loss is warp's divided by max_new_tokens (8): the logged norm is
+        // scaled back.
+        let trl = row["trl"]["grad_norm"].as_f64().unwrap();
+        assert!((row["grad_norm"].as_f64().unwrap() - 8.0 * trl).abs() < 1e-9 * (1.0 + trl));
+    }
+
+    // The iterates after every optimizer step (3 batches × K updates).
+    let it: Vec<_> = (0..=3 * k)
+        .map(|t| tensors(&steps_dir.join(format!("policy-{t}.safetensors"))))
+        .collect();
+    assert_eq!(
+        max_diff(&it[0], &tensors(&fixture("arith").join("model"))),
+        0.0
+    );
+    for t in 1..=3 * k {
+        let moved = max_diff(&it[t], &it[t - 1]);
+        assert!(
+            moved > 1e-4,
+            "update {t} left the policy unchanged ({moved})"
+        );
+    }
+    let mu = 0.3;
+    let mut worst = 0.0f64;
+    for (batch, dir) in [(2, "step-000002"), (3, "step-000003"), (3, "final")] {
+        let want = ema_of(&it[..=batch * k], mu);
+        let d = max_diff(&tensors(&out.join(dir).join("ema")), &want);
+        eprintln!("grpo {dir}/ema: max |TRL − EMA of every update, f64| = {d:.2e}");
+        assert!(
+            d < 1e-6,
+            "{dir}/ema is not the EMA of the policy iterates: {d}"
+        );
+        worst = worst.max(d);
+        assert_eq!(
+            max_diff(&tensors(&out.join(dir).join("policy")), &it[batch * k]),
+            0.0
+        );
+    }
+    // Negative control: the EMA of the batch-end policies only (one EMA update per batch) is
+    // far from it.
+    let per_batch: Vec<_> = (0..=3).map(|b| it[b * k].clone()).collect();
+    let other = max_diff(&tensors(&out.join("final/ema")), &ema_of(&per_batch, mu));
+    eprintln!("grpo final/ema vs one EMA update per batch: {other:.2e}");
+    assert!(other > 100.0 * worst.max(1e-8), "{other}");
+
+    // Killed in batch 3 (at its first update, after the checkpoint of batch 2), resumed.
+    let out2 = tmp.path().join("run2");
+    let o = train(&out2, &[("WARP_TRL_SIGTERM_AT_STEP", "5")]);
+    assert!(!o.status.success(), "the run should have been killed");
+    assert!(out2
+        .join("step-000002/trainer/trainer_state.json")
+        .is_file());
+    assert!(!out2.join("final").exists());
+    let o = launch(&["resume", s(&out2), "--threads", "1", "-q"], &[]);
+    assert!(o.status.success(), "resume failed:\n{}", text(&o).1);
+    for which in ["policy", "ema"] {
+        common::assert_same_tensors(
+            &out.join("final").join(which),
+            &out2.join("final").join(which),
+        );
+    }
+    assert_eq!(metrics(&out2).len(), 3);
+}
+
+/// `warp rl --backend trl --baseline dr-grpo` writes the artefacts of the RLOO path (same
+/// folders, same tensor names), and `warp run` with `trainer = "trl"` and `baseline = "grpo"`
+/// completes, every RL run of it on GRPOTrainer.
+#[test]
+// long fn: one `warp rl` and one `warp run`, sharing the TRL environment setup.
+fn warp_rl_and_warp_run_on_grpotrainer() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(
+        std::env::var_os("WARP_TRL_PYTHON").is_some(),
+        "source scripts/setup-trl.sh"
+    );
+    let rl = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "rl",
+            "--backend",
+            "trl",
+            "-o",
+            s(out),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "-n",
+            "2",
+            "--save-every",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        ok("warp", &args, tmp.path())
+    };
+    let rloo = tmp.path().join("rloo");
+    let grpo = tmp.path().join("grpo");
+    rl(&rloo, &[]);
+    let stdout = rl(
+        &grpo,
+        &["--baseline", "dr-grpo", "--updates-per-batch", "2"],
+    );
+    assert_eq!(stdout.trim(), s(&grpo.join("final")));
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grpo.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["baseline"], "dr-grpo");
+    assert_eq!(run["config"]["updates_per_batch"], 2);
+    assert_eq!(common::entries(&grpo), common::entries(&rloo));
+    for dir in ["step-000001", "step-000002", "final"] {
+        assert_eq!(
+            common::entries(&grpo.join(dir)),
+            common::entries(&rloo.join(dir)),
+            "{dir}"
+        );
+        for which in ["policy", "ema"] {
+            let names = |root: &Path| -> Vec<String> {
+                tensors(&root.join(dir).join(which))
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect()
+            };
+            // (Their values may coincide here: with 2 prompts × 2 samples every group often has
+            // one reward, so neither trainer moves; grpo_keeps_… checks that GRPO trains.)
+            assert_eq!(names(&grpo), names(&rloo), "{dir}/{which}");
+        }
+    }
+    assert_eq!(metrics(&grpo).len(), 2);
+    assert!(metrics(&grpo).iter().all(|m| m["clip_frac"].is_f64()));
+
+    // The pipeline with trainer = "trl" and GRPO, two updates per batch.
+    let cfg = tmp.path().join("trl-grpo.toml");
+    std::fs::write(
+        &cfg,
+        common::tiny_pipeline(
+            &[
+                ("trainer", r#""trl""#),
+                ("iterations", "1"),
+                ("devices", r#"["cpu"]"#),
+                ("jobs", "2"),
+            ],
+            "[rl]\nbaseline = \"grpo\"\nupdates_per_batch = 2\n",
+        ),
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("pipeline");
+    let table = ok("warp", &["run", s(&cfg), "-o", s(&run_dir)], tmp.path());
+    assert!(table.contains("liti it1"), "{table}");
+    for run in ["iter-1/run-1", "iter-1/run-2", "init-anchor/run-1"] {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run_dir.join(run).join("run.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["backend"], "trl", "{run}");
+        assert_eq!(v["config"]["baseline"], "grpo", "{run}");
+        let card =
+            std::fs::read_to_string(run_dir.join(run).join("final/policy/README.md")).unwrap();
+        assert!(card.contains("GRPOTrainer"), "{run}: {card}");
+    }
+    assert!(run_dir.join("eval.csv").is_file());
+    assert!(run_dir.join("front.svg").is_file());
+}
+
+/// The LoRA factors of adapter `name` ("default": the policy, "ref": TRL's reference) in a full
+/// PEFT state dict, under PEFT's file names (the adapter name dropped), sorted.
+fn adapter_of(state: &[(String, Vec<f64>)], name: &str) -> Vec<(String, Vec<f64>)> {
+    let tag = format!(".{name}.");
+    let mut v: Vec<_> = state
+        .iter()
+        .filter(|(n, _)| n.contains(&tag))
+        .map(|(n, x)| (n.replace(&tag, "."), x.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// TRL with a PEFT policy (`lora` 4): TRL's "ref" adapter is WARP's EMA of the adapter
+/// parameters. Checked: the run writes PEFT adapters; the base stays frozen; the ema adapters
+/// equal the EMA of the policy adapter's trajectory recomputed in f64; TRL's reference
+/// log-probabilities equal those of the base with the saved EMA adapter folded in by hand
+/// (tests/ref/lora_ref_logps.py, no PEFT) and not those of the policy adapter; a run killed and
+/// resumed ends bit for bit as the uninterrupted one.
+#[test]
+// long fn: one LoRA run checked for its adapters, its EMA, its reference and its resume in turn.
+fn lora_keeps_the_ema_adapter_as_trls_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        serde_json::json!({"baseline": "grpo", "lora": 4, "lora_alpha": 8.0, "steps": 3,
+                           "save_every": 1, "lr": 1e-2}),
+    );
+    let out = tmp.path().join("run");
+    let steps_dir = tmp.path().join("iterates");
+    let ref_dir = tmp.path().join("ref-logps");
+    let callback = repo_root().join("tests/ref/trl_policy_steps.py");
+    let train = |out: &Path, env: &[(&str, &str)]| {
+        launch(
+            &[
+                "train",
+                s(&cfg),
+                "-o",
+                s(out),
+                "--threads",
+                "1",
+                "-q",
+                "--callback",
+                s(&callback),
+            ],
+            env,
+        )
+    };
+    let o = train(
+        &out,
+        &[
+            ("WARP_TRL_POLICY_STEPS", s(&steps_dir)),
+            ("WARP_TRL_REF_LOGPS", s(&ref_dir)),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    for dir in ["step-000001", "step-000003", "final"] {
+        for which in ["policy", "ema"] {
+            let d = out.join(dir).join(which);
+            let c: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(d.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                (c["peft_type"].as_str(), c["r"].as_u64()),
+                (Some("LORA"), Some(4))
+            );
+            assert_eq!(c["lora_alpha"], 8.0);
+            assert_eq!(c["base_model_name_or_path"], cfg_model());
+            assert!(d.join("adapter_model.safetensors").is_file());
+            assert!(!d.join("model.safetensors").exists());
+        }
+    }
+    let it: Vec<_> = (0..=3)
+        .map(|t| tensors(&steps_dir.join(format!("policy-{t}.safetensors"))))
+        .collect();
+    // The base is frozen: every non-adapter tensor of the last iterate is the first one's.
+    let base = |st: &[(String, Vec<f64>)]| -> Vec<(String, Vec<f64>)> {
+        st.iter()
+            .filter(|(n, _)| !n.contains("lora_"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(max_diff(&base(&it[3]), &base(&it[0])), 0.0);
+    let adapters: Vec<_> = it.iter().map(|st| adapter_of(st, "default")).collect();
+    assert_eq!(
+        adapters[0].len(),
+        4 * 7 * 2,
+        "4 layers × 7 projections × (A, B)"
+    );
+    for t in 1..=3 {
+        assert!(max_diff(&adapters[t], &adapters[t - 1]) > 1e-4, "step {t}");
+    }
+    let file = |dir: &str, which: &str| {
+        let mut v = tensors(&out.join(dir).join(which).join("adapter_model.safetensors"));
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mu = 0.3;
+    let mut worst = 0.0f64;
+    for (t, dir) in [(1, "step-000001"), (2, "step-000002"), (3, "final")] {
+        let d = max_diff(&file(dir, "ema"), &ema_of(&adapters[..=t], mu));
+        eprintln!("lora {dir}/ema: max |TRL ref adapter − EMA of the adapters, f64| = {d:.2e}");
+        assert!(d < 1e-6, "{dir}: {d}");
+        worst = worst.max(d);
+        assert_eq!(max_diff(&file(dir, "policy"), &adapters[t]), 0.0, "{dir}");
+    }
+    let ema = file("final", "ema");
+    let (vs_policy, vs_init) = (max_diff(&ema, &adapters[3]), max_diff(&ema, &adapters[0]));
+    eprintln!("lora final/ema vs policy {vs_policy:.2e}, vs init adapter {vs_init:.2e}");
+    assert!(vs_policy > 100.0 * worst.max(1e-8) && vs_init > 100.0 * worst.max(1e-8));
+
+    // TRL's reference log-probs at the generation of step t + 1 are those of the EMA after t
+    // updates (folded in by hand), not of the policy adapter.
+    let model = fixture("arith").join("model");
+    for t in [1, 2] {
+        let record = ref_dir.join(format!("ref-{t}.safetensors"));
+        let dist = |which: &str| -> (f64, usize) {
+            let adapter = out.join(format!("step-{t:06}")).join(which);
+            let v = common::torch_ref(
+                "lora_ref_logps.py",
+                &[&model, &adapter, &record],
+                &serde_json::json!({"temperature": 0.9}),
+            );
+            let rows = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
+            let (ours, trl, mask) = (rows("ours"), rows("trl"), rows("mask"));
+            let mut d = (0.0f64, 0usize);
+            for ((o, r), m) in ours.iter().zip(&trl).zip(&mask) {
+                for ((a, b), keep) in o.iter().zip(r).zip(m) {
+                    if *keep > 0.5 {
+                        d = (d.0.max((a - b).abs()), d.1 + 1);
+                    }
+                }
+            }
+            d
+        };
+        let (d_ema, n) = dist("ema");
+        let (d_policy, _) = dist("policy");
+        eprintln!(
+            "ref log-probs at step {}: max |TRL − base+EMA adapter| = {d_ema:.2e} over {n} \
+             tokens; vs base+policy adapter {d_policy:.2e}",
+            t + 1
+        );
+        assert!(n > 0 && d_ema < 1e-4, "{d_ema}");
+        assert!(d_policy > 100.0 * d_ema.max(1e-7), "{d_policy}");
+    }
+
+    // Killed after step 2 (its checkpoint written), resumed: the same adapters, bit for bit.
+    let out2 = tmp.path().join("run2");
+    let o = train(&out2, &[("WARP_TRL_SIGTERM_AT_STEP", "2")]);
+    assert!(!o.status.success(), "the run should have been killed");
+    let o = launch(&["resume", s(&out2), "--threads", "1", "-q"], &[]);
+    assert!(o.status.success(), "resume failed:\n{}", text(&o).1);
+    for which in ["policy", "ema"] {
+        let f = |root: &Path| {
+            std::fs::read(
+                root.join("final")
+                    .join(which)
+                    .join("adapter_model.safetensors"),
+            )
+            .unwrap()
+        };
+        assert!(f(&out) == f(&out2), "final/{which} differs after resume");
+    }
+}
+
+fn cfg_model() -> String {
+    s(&fixture("arith").join("model")).to_string()
 }
