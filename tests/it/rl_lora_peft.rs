@@ -20,6 +20,7 @@ const SCORER: &str = "#!/usr/bin/env python3\nimport json, sys\nfor line in sys.
 
 /// Llama with bf16 weights (trained with `--dtype bf16`: bf16 base, f32 factors) and Qwen2 with
 /// q/k/v biases and a tied head (f32, rsLoRA on q_proj,v_proj,down_proj).
+// long fn: two families, each trained, loaded by PEFT and compared, written out in sequence.
 #[test]
 fn peft_loads_rl_adapters_with_the_logits_of_warps_materialised_policy() {
     let tmp = tempfile::tempdir().unwrap();

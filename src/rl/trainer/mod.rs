@@ -230,6 +230,8 @@ impl Trainer {
         Ok(t)
     }
 
+    // long fn: the trainer's parts (model views, adapters, optimizer, EMA, plan) in the order
+    // each needs the previous; LoRA's branch sits beside the full-weight one it mirrors.
     fn build(
         cfg: RlConfig,
         out: &Path,
