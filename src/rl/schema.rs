@@ -50,19 +50,24 @@ pub fn rl_schema() -> serde_json::Value {
         let Some(default) = defaults.get(name) else {
             continue;
         };
-        let choices: Vec<String> = a
-            .get_possible_values()
-            .iter()
-            .filter(|p| !p.is_hide_set())
-            .map(|p| p.get_name().to_string())
-            .collect();
+        let ty = type_name(a, default);
+        // A boolean flag's parser lists "true"/"false" as strings; its JSON form is a boolean.
+        let choices: Vec<String> = if ty == "boolean" {
+            Vec::new()
+        } else {
+            a.get_possible_values()
+                .iter()
+                .filter(|p| !p.is_hide_set())
+                .map(|p| p.get_name().to_string())
+                .collect()
+        };
         let flag = match a.get_long() {
             Some(l) => format!("--{l}"),
             None => format!("<{}>", name.to_uppercase()),
         };
         fields.push(serde_json::json!({
             "name": name,
-            "type": type_name(a, default),
+            "type": ty,
             "default": default,
             "nullable": default.is_null(),
             "choices": choices,
@@ -110,6 +115,9 @@ mod tests {
         assert_eq!(field("mu")["type"], "number");
         assert_eq!(field("mu")["default"], 0.05);
         assert_eq!(field("model")["flag"], "<MODEL>");
+        // A boolean is checked by its type; "true"/"false" strings as choices would refuse it.
+        assert_eq!(field("rslora")["type"], "boolean");
+        assert_eq!(field("rslora")["choices"], serde_json::json!([]));
         assert_eq!(field("max_memory")["nullable"], true);
         assert_eq!(field("max_memory")["type"], "string");
         assert_eq!(field("device")["type"], "string");
