@@ -170,10 +170,8 @@ fn finish_check_interval(device: Device) -> usize {
     }
 }
 
-/// Samples up to `max_new_tokens` for each prompt (token ids, BOS included if wanted), all in
-/// one batch with a KV cache. Runs without gradients.
-pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], o: &GenerateOptions) -> Result<Generation> {
-    let width = check_prompts(model, prompts, o.max_new_tokens)?;
+/// Checks the sampling settings (errors name the setting).
+fn check_options(o: &GenerateOptions) -> Result<()> {
     if !(o.top_p > 0.0 && o.top_p <= 1.0) {
         return Err(Error::setting(
             "top_p",
@@ -186,45 +184,181 @@ pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], o: &GenerateOptions) -> 
             format!("must be ≥ 0, got {}", o.temperature),
         ));
     }
-    let every = finish_check_interval(model.device);
-    tch::no_grad(|| Decoder::start(model, prompts, width, o)?.run(every))
+    Ok(())
 }
 
-/// The state of one [`generate`] call: buffers preallocated for every step, so a step appends
-/// nothing; the only values read back on the host are the "all finished" flag (see
-/// [`finish_check_interval`]) and the results.
+/// Samples up to `max_new_tokens` for each prompt (token ids, BOS included if wanted), all in
+/// one batch with a KV cache. Runs without gradients. Sequence i draws from its own stream,
+/// `SplitMix64::stream(seed, i)`, one uniform per step, so [`generate_batched`] with the same
+/// seed gives the same tokens whatever its batching.
+pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], o: &GenerateOptions) -> Result<Generation> {
+    let width = check_prompts(model, prompts, o.max_new_tokens)?;
+    check_options(o)?;
+    let every = finish_check_interval(model.device);
+    let plain = Batching {
+        batch: 0,
+        share_prompts: false,
+        compact: false,
+    };
+    tch::no_grad(|| Decoder::start(model, prompts, 0, width, o, plain)?.run(every)).map(|(g, _)| g)
+}
+
+/// How [`generate_batched`] splits and shrinks its work. No choice changes the sampled tokens
+/// (each sequence has its own random stream); the recorded logits agree to rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Sequences decoded together, in order (0: all of them).
+    pub batch: usize,
+    /// Prefill each distinct prompt of a batch once and copy its KV cache to every sequence
+    /// that starts with it (a prompt's n samples).
+    pub share_prompts: bool,
+    /// Drop the sequences that ended from the batch (their KV cache rows included) once a
+    /// quarter of its rows have ended, so that late steps decode live rows only.
+    pub compact: bool,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            batch: 0,
+            share_prompts: true,
+            compact: true,
+        }
+    }
+}
+
+/// What a [`generate_batched`] call did, beside its samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Prompt rows run through the model (prefill), over every batch.
+    pub prefill_rows: usize,
+    /// Rows decoded, summed over the decoding steps (one token each).
+    pub decoded_rows: usize,
+    /// Times ended rows were dropped from a batch.
+    pub compactions: usize,
+    /// Bytes of the largest decoding KV cache, and of the largest prompt-only cache (the
+    /// distinct prompts' prefill when prompts are shared; 0 when none was).
+    pub cache_bytes: u64,
+    pub prompt_cache_bytes: u64,
+}
+
+impl DecodeStats {
+    fn add(&mut self, o: &DecodeStats) {
+        self.prefill_rows += o.prefill_rows;
+        self.decoded_rows += o.decoded_rows;
+        self.compactions += o.compactions;
+        self.cache_bytes = self.cache_bytes.max(o.cache_bytes);
+        self.prompt_cache_bytes = self.prompt_cache_bytes.max(o.prompt_cache_bytes);
+    }
+}
+
+/// The samples of [`generate_batched`], in the order of its prompts.
+pub struct Samples {
+    /// The sampled tokens of each sequence, up to and including its EOS when it emitted one.
+    pub completions: Vec<Vec<i64>>,
+    /// Whether each sequence ended with an EOS (else it hit `max_new_tokens`).
+    pub finished: Vec<bool>,
+    /// With `record_logits`: per sequence, `[completion length, vocab]` raw f32 logits that its
+    /// tokens were drawn from.
+    pub logits: Option<Vec<Tensor>>,
+    pub stats: DecodeStats,
+}
+
+/// Samples up to `max_new_tokens` for each of `prompts` as [`generate`] does (same seed, same
+/// tokens), `how.batch` sequences at a time, with the prompt sharing and compaction `how` asks
+/// for. The prompts of a GRPO/RLOO step repeat each prompt n times: sharing prefills it once.
+pub fn generate_batched(
+    model: &CausalLm,
+    prompts: &[Vec<i64>],
+    o: &GenerateOptions,
+    how: &Batching,
+) -> Result<Samples> {
+    check_prompts(model, prompts, o.max_new_tokens)?;
+    check_options(o)?;
+    let every = finish_check_interval(model.device);
+    let size = match how.batch {
+        0 => prompts.len(),
+        b => b.min(prompts.len()),
+    };
+    let mut out = Samples {
+        completions: Vec::with_capacity(prompts.len()),
+        finished: Vec::with_capacity(prompts.len()),
+        logits: o.record_logits.then(Vec::new),
+        stats: DecodeStats::default(),
+    };
+    for (i, chunk) in prompts.chunks(size).enumerate() {
+        let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
+        let first = (i * size) as u64;
+        let (g, stats) =
+            tch::no_grad(|| Decoder::start(model, chunk, first, width, o, *how)?.run(every))?;
+        if let (Some(all), Some(l)) = (out.logits.as_mut(), g.logits.as_ref()) {
+            for (r, c) in g.completions.iter().enumerate() {
+                let row = l
+                    .f_get(r as i64)
+                    .and_then(|t| t.f_narrow(0, 0, c.len() as i64))
+                    .map_err(|e| Error::compute("recorded logits", e))?;
+                all.push(row);
+            }
+        }
+        out.completions.extend(g.completions);
+        out.finished.extend(g.finished);
+        out.stats.add(&stats);
+    }
+    Ok(out)
+}
+
+/// The state of one batch of a [`generate`] call: buffers preallocated for every step, so a
+/// step appends nothing; the only values read back on the host are the finished flags (see
+/// [`finish_check_interval`]) and the results. After a compaction the batch holds fewer rows
+/// than it started with: `rows` maps each current row to its row of the batch.
 struct Decoder<'a> {
     model: &'a CausalLm,
     o: &'a GenerateOptions,
+    how: Batching,
     width: i64,
     batch: i64,
+    prompts: &'a [Vec<i64>],
+    /// `[batch, width]` left-padded prompts and their mask.
     prompt_ids: Tensor,
-    /// `[batch, width + max_new_tokens]`: the prompt mask, then ones (every decoded position
+    prompt_mask: Tensor,
+    /// `[rows, width + max_new_tokens]`: the prompt mask, then ones (every decoded position
     /// is attended to; finished rows are ignored).
     mask: Tensor,
     cache: super::model::KvCache,
-    /// `[max_new_tokens, batch]` uniforms of the sampling stream (none when greedy).
+    /// `[rows, max_new_tokens]` uniforms of each row's own stream (none when greedy).
     uniforms: Option<Tensor>,
+    /// `[rows]` (int64): the batch row of each current row.
+    rows: Tensor,
     /// `[batch, max_new_tokens]` sampled tokens (pad after the end) and their liveness.
     tokens: Tensor,
     live: Tensor,
-    recorded: Vec<Tensor>,
+    /// With `record_logits`: each step's rows and their logits.
+    recorded: Vec<(Tensor, Tensor)>,
+    stats: DecodeStats,
 }
 
 impl<'a> Decoder<'a> {
+    /// A batch of `prompts`, the first of them sequence `first` of the call (its random
+    /// stream's index).
     fn start(
         model: &'a CausalLm,
-        prompts: &[Vec<i64>],
+        prompts: &'a [Vec<i64>],
+        first: u64,
         width: usize,
         o: &'a GenerateOptions,
+        how: Batching,
     ) -> Result<Decoder<'a>> {
         let dev = model.device;
         let b = prompts.len() as i64;
         let (w, n) = (width as i64, o.max_new_tokens as i64);
-        let mut rng = SplitMix64(o.seed);
-        // The same stream, in the same order, as one draw per row and step.
+        // Row i draws from the stream of sequence first + i, one uniform per step.
         let draws: Vec<f64> = match o.temperature > 0.0 {
-            true => (0..n * b).map(|_| rng.next_open01()).collect(),
+            true => (0..b as u64)
+                .flat_map(|i| {
+                    let mut rng = SplitMix64::stream(o.seed, first + i);
+                    (0..n).map(move |_| rng.next_open01())
+                })
+                .collect(),
             false => Vec::new(),
         };
         let setup = || -> Result<_, TchError> {
@@ -235,28 +369,39 @@ impl<'a> Decoder<'a> {
                 true => None,
                 false => Some(
                     Tensor::f_from_slice(&draws)?
-                        .f_view([n, b])?
+                        .f_view([b, n])?
                         .f_to_device(dev)?,
                 ),
             };
             let tokens = Tensor::f_full([b, n], o.pad_id, (Kind::Int64, dev))?;
             let live = Tensor::f_zeros([b, n], (Kind::Int64, dev))?;
-            Ok((ids, mask, uniforms, tokens, live))
+            let rows = Tensor::f_arange(b, (Kind::Int64, dev))?;
+            Ok((ids, pmask, mask, uniforms, tokens, live, rows))
         };
-        let (prompt_ids, mask, uniforms, tokens, live) = setup()
+        let (prompt_ids, prompt_mask, mask, uniforms, tokens, live, rows) = setup()
             .map_err(|e| Error::compute(format!("model {}: generation", model.name()), e))?;
+        let cache = model.new_cache(b, w + n)?;
+        let stats = DecodeStats {
+            cache_bytes: cache.bytes(),
+            ..DecodeStats::default()
+        };
         Ok(Decoder {
             model,
             o,
+            how,
             width: w,
             batch: b,
+            prompts,
             prompt_ids,
+            prompt_mask,
             mask,
-            cache: model.new_cache(b, w + n)?,
+            cache,
             uniforms,
+            rows,
             tokens,
             live,
             recorded: Vec::new(),
+            stats,
         })
     }
 
@@ -264,50 +409,125 @@ impl<'a> Decoder<'a> {
         move |e| Error::compute(format!("model {}: generation", self.model.name()), e)
     }
 
-    /// Decodes, checking whether every sequence ended every `every` steps.
-    fn run(mut self, every: usize) -> Result<Generation> {
-        let (b, w, n) = (self.batch, self.width, self.o.max_new_tokens as i64);
+    /// Runs the prompts into the cache; returns the last prompt position's logits
+    /// `[batch, vocab]`. With `share_prompts`, each distinct prompt runs once, into a cache of
+    /// the prompt block only, whose rows are then copied to each sequence that starts with it.
+    fn prefill(&mut self, pos: &Tensor) -> Result<Tensor> {
+        let mut distinct: Vec<&Vec<i64>> = Vec::new();
+        let mut seen = std::collections::HashMap::new();
+        let map: Vec<i64> = self
+            .prompts
+            .iter()
+            .map(|p| {
+                *seen.entry(p.as_slice()).or_insert_with(|| {
+                    distinct.push(p);
+                    distinct.len() as i64 - 1
+                })
+            })
+            .collect();
+        if !self.how.share_prompts || distinct.len() as i64 == self.batch {
+            self.stats.prefill_rows += self.batch as usize;
+            let (ids, mask) = (
+                self.prompt_ids.shallow_clone(),
+                self.prompt_mask.shallow_clone(),
+            );
+            return self.next_logits(&ids, &mask, pos);
+        }
         let dev = self.model.device;
-        let prompt_mask = self.mask.f_narrow(1, 0, w).map_err(self.backend())?;
-        let pos = f_position_ids(&prompt_mask).map_err(self.backend())?;
-        let ids = self.prompt_ids.shallow_clone();
-        let first = self.next_logits(&ids, &prompt_mask, &pos)?;
+        let owned: Vec<Vec<i64>> = distinct.iter().map(|p| (*p).clone()).collect();
+        let inputs = || -> Result<_, TchError> {
+            let (ids, mask) = left_pad(&owned, self.width as usize, self.o.pad_id, dev)?;
+            let pos = f_position_ids(&mask)?;
+            let map = Tensor::f_from_slice(&map)?.f_to_device(dev)?;
+            Ok((ids, mask, pos, map))
+        };
+        let (ids, mask, upos, map) = inputs().map_err(self.backend())?;
+        let mut shared = self.model.new_cache(owned.len() as i64, self.width)?;
+        let hidden = self
+            .model
+            .hidden_states_cached(&ids, &mask, &upos, &mut shared)?;
+        let last = hidden.f_select(1, -1).map_err(self.backend())?;
+        let logits = self.model.logits_from_hidden(&last)?;
+        self.cache
+            .fill_from(&shared, &map)
+            .map_err(self.backend())?;
+        self.stats.prefill_rows += owned.len();
+        self.stats.prompt_cache_bytes = shared.bytes();
+        logits.f_index_select(0, &map).map_err(self.backend())
+    }
+
+    /// Decodes, checking whether every sequence ended (and compacting) every `every` steps.
+    fn run(mut self, every: usize) -> Result<(Generation, DecodeStats)> {
+        let (w, n) = (self.width, self.o.max_new_tokens as i64);
+        let dev = self.model.device;
+        let pos = f_position_ids(&self.prompt_mask).map_err(self.backend())?;
+        let first = self.prefill(&pos)?;
         let init = || -> Result<_, TchError> {
             let eos = Tensor::f_from_slice(&self.o.eos_ids)?.f_to_device(dev)?;
             let pad = Tensor::from(self.o.pad_id).f_to_device(dev)?;
-            let finished = Tensor::f_zeros([b], (Kind::Bool, dev))?;
-            Ok((
-                first,
-                pos.f_select(1, -1)?.f_add_scalar(1)?,
-                eos,
-                pad,
-                finished,
-            ))
+            let finished = Tensor::f_zeros([self.batch], (Kind::Bool, dev))?;
+            Ok((pos.f_select(1, -1)?.f_add_scalar(1)?, eos, pad, finished))
         };
-        let (mut last, mut next_pos, eos, pad, mut finished) = init().map_err(self.backend())?;
+        let (mut next_pos, eos, pad, mut finished) = init().map_err(self.backend())?;
+        let mut last = first;
         let recompute_at = self.model.config.cache_recompute_at().map(|n| n as i64);
         for step in 0..n {
-            let tok = self.step(step, &last, &pad, &eos, &mut finished)?;
-            let all_done = || -> Result<bool, TchError> {
-                Ok(bool::try_from(finished.f_all()?).unwrap_or(false))
-            };
-            if step + 1 == n
-                || ((step + 1) as usize % every == 0 && all_done().map_err(self.backend())?)
-            {
+            let mut tok = self.step(step, &last, &pad, &eos, &mut finished)?;
+            if step + 1 == n {
                 break;
+            }
+            if (step + 1) as usize % every == 0 {
+                let ended = finished
+                    .f_to_device(Device::Cpu)
+                    .and_then(|t| Vec::<bool>::try_from(&t))
+                    .map_err(self.backend())?;
+                let done = ended.iter().filter(|&&e| e).count();
+                if done == ended.len() {
+                    break;
+                }
+                if self.how.compact && done > 0 && 4 * done >= ended.len() {
+                    let keep: Vec<i64> = (0..ended.len() as i64)
+                        .filter(|&i| !ended[i as usize])
+                        .collect();
+                    self.compact(&keep, &mut [&mut tok, &mut next_pos, &mut finished])?;
+                }
             }
             let total = w + step + 1;
             let mask = self.mask.f_narrow(1, 0, total).map_err(self.backend())?;
             last = if recompute_at == Some(self.cache.len()) {
                 self.recompute(step, &mask)?
             } else {
-                let ids = tok.f_view([b, 1]).map_err(self.backend())?;
-                let p = next_pos.f_view([b, 1]).map_err(self.backend())?;
+                let m = self.cache.batch();
+                let ids = tok.f_view([m, 1]).map_err(self.backend())?;
+                let p = next_pos.f_view([m, 1]).map_err(self.backend())?;
                 self.next_logits(&ids, &mask, &p)?
             };
             next_pos = next_pos.f_add_scalar(1).map_err(self.backend())?;
         }
-        self.finish(prompt_mask)
+        self.finish()
+    }
+
+    /// Keeps only the current rows `keep` (the live ones) in the cache, the masks, the random
+    /// streams and the per-row `state` tensors.
+    fn compact(&mut self, keep: &[i64], state: &mut [&mut Tensor]) -> Result<()> {
+        let dev = self.model.device;
+        let mut run = |d: &mut Self| -> Result<(), TchError> {
+            let idx = Tensor::f_from_slice(keep)?.f_to_device(dev)?;
+            d.cache.select_rows(&idx)?;
+            d.mask = d.mask.f_index_select(0, &idx)?;
+            d.rows = d.rows.f_index_select(0, &idx)?;
+            if let Some(u) = &d.uniforms {
+                d.uniforms = Some(u.f_index_select(0, &idx)?);
+            }
+            for t in state.iter_mut() {
+                **t = t.f_index_select(0, &idx)?;
+            }
+            Ok(())
+        };
+        let r = run(self);
+        r.map_err(self.backend())?;
+        self.stats.compactions += 1;
+        Ok(())
     }
 
     /// Runs the whole sequence so far (prompts and the tokens of steps 0..=`step`) again into an
@@ -315,7 +535,13 @@ impl<'a> Decoder<'a> {
     fn recompute(&mut self, step: i64, mask: &Tensor) -> Result<Tensor> {
         let inputs = || -> Result<_, TchError> {
             let ids = Tensor::f_cat(
-                &[&self.prompt_ids, &self.tokens.f_narrow(1, 0, step + 1)?],
+                &[
+                    &self.prompt_ids.f_index_select(0, &self.rows)?,
+                    &self
+                        .tokens
+                        .f_narrow(1, 0, step + 1)?
+                        .f_index_select(0, &self.rows)?,
+                ],
                 1,
             )?;
             Ok((ids, f_position_ids(mask)?))
@@ -325,7 +551,7 @@ impl<'a> Decoder<'a> {
         self.next_logits(&ids, mask, &pos)
     }
 
-    /// Runs `ids` through the model into the cache; the logits `[batch, vocab]` of the last
+    /// Runs `ids` through the model into the cache; the logits `[rows, vocab]` of the last
     /// position (the LM head only there: a prompt's other positions need no logits).
     fn next_logits(&mut self, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Result<Tensor> {
         let hidden = self
@@ -335,7 +561,8 @@ impl<'a> Decoder<'a> {
         self.model.logits_from_hidden(&last)
     }
 
-    /// Samples step `step` from `last` and records it; returns the tokens `[batch]`.
+    /// Samples step `step` from `last` for the current rows and records it; returns their
+    /// tokens `[rows]`.
     fn step(
         &mut self,
         step: i64,
@@ -345,20 +572,30 @@ impl<'a> Decoder<'a> {
         finished: &mut Tensor,
     ) -> Result<Tensor> {
         if self.o.record_logits {
-            self.recorded.push(last.shallow_clone());
+            self.recorded
+                .push((self.rows.shallow_clone(), last.shallow_clone()));
         }
-        let b = self.batch;
+        let m = self.cache.batch();
+        self.stats.decoded_rows += m as usize;
         let mut run = |d: &mut Self| -> Result<Tensor, TchError> {
-            let u = d.uniforms.as_ref().map(|u| u.f_get(step)).transpose()?;
+            let u = d
+                .uniforms
+                .as_ref()
+                .map(|u| u.f_select(1, step))
+                .transpose()?;
             let tok = sample(last, d.o, u.as_ref())?;
             let live = finished.f_logical_not()?;
             let tok = tok.f_where_self(&live, pad)?;
-            d.tokens
-                .f_narrow(1, step, 1)?
-                .f_copy_(&tok.f_view([b, 1])?)?;
-            d.live
-                .f_narrow(1, step, 1)?
-                .f_copy_(&live.f_to_kind(Kind::Int64)?.f_view([b, 1])?)?;
+            // In place, into the step's column of the rows' batch rows.
+            let _ =
+                d.tokens
+                    .f_narrow(1, step, 1)?
+                    .f_index_copy_(0, &d.rows, &tok.f_view([m, 1])?)?;
+            let _ = d.live.f_narrow(1, step, 1)?.f_index_copy_(
+                0,
+                &d.rows,
+                &live.f_to_kind(Kind::Int64)?.f_view([m, 1])?,
+            )?;
             if !d.o.eos_ids.is_empty() {
                 *finished = finished.f_logical_or(&Tensor::f_isin(&tok, eos, false, false)?)?;
             }
@@ -369,8 +606,9 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads the results back; drops trailing steps in which every sequence had already ended
-    /// (decoded only because the end is checked every few steps).
-    fn finish(self, prompt_mask: Tensor) -> Result<Generation> {
+    /// (decoded only because the end is checked every few steps). Recorded logits of rows that
+    /// a compaction had dropped are 0.
+    fn finish(self) -> Result<(Generation, DecodeStats)> {
         let (b, n) = (self.batch as usize, self.o.max_new_tokens);
         let host = |t: &Tensor| -> Result<Vec<i64>, TchError> {
             Vec::<i64>::try_from(t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
@@ -390,22 +628,32 @@ impl<'a> Decoder<'a> {
         let used = completions.iter().map(Vec::len).max().unwrap_or(0) as i64;
         let assemble = || -> Result<_, TchError> {
             let tokens = Tensor::f_cat(&[&self.prompt_ids, &self.tokens.f_narrow(1, 0, used)?], 1)?;
-            let mask = Tensor::f_cat(&[&prompt_mask, &self.live.f_narrow(1, 0, used)?], 1)?;
-            let logits = match self.o.record_logits && used > 0 {
-                true => Some(Tensor::f_stack(&self.recorded, 1)?.f_narrow(1, 0, used)?),
-                false => None,
+            let mask = Tensor::f_cat(&[&self.prompt_mask, &self.live.f_narrow(1, 0, used)?], 1)?;
+            let logits = match (self.o.record_logits && used > 0, self.recorded.first()) {
+                (true, Some((_, l0))) => {
+                    let vocab = l0.size()[1];
+                    let all = Tensor::f_zeros([self.batch, used, vocab], (l0.kind(), l0.device()))?;
+                    for (s, (rows, l)) in self.recorded.iter().take(used as usize).enumerate() {
+                        let _ = all.f_select(1, s as i64)?.f_index_copy_(0, rows, l)?;
+                    }
+                    Some(all)
+                }
+                _ => None,
             };
             Ok((tokens, mask, logits))
         };
         let (tokens, attention_mask, logits) = assemble().map_err(self.backend())?;
-        Ok(Generation {
-            prompt_len: self.width,
-            tokens,
-            attention_mask,
-            completions,
-            finished: done,
-            logits,
-        })
+        Ok((
+            Generation {
+                prompt_len: self.width,
+                tokens,
+                attention_mask,
+                completions,
+                finished: done,
+                logits,
+            },
+            self.stats,
+        ))
     }
 }
 
@@ -505,6 +753,147 @@ pub fn score_at(
 mod tests {
     use super::*;
 
+    fn arith() -> (std::path::PathBuf, CausalLm, crate::rl::Tokenizer) {
+        // The built-in task's model (f32) answers in a few tokens, then EOS.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/model");
+        let model = CausalLm::load(&dir, Device::Cpu).unwrap();
+        let tok = crate::rl::Tokenizer::from_dir(&dir).unwrap();
+        (dir, model, tok)
+    }
+
+    /// Each prompt repeated `n` times, as a training step lays out its samples.
+    fn grouped(tok: &crate::rl::Tokenizer, texts: &[&str], n: usize) -> Vec<Vec<i64>> {
+        texts
+            .iter()
+            .flat_map(|p| std::iter::repeat(tok.encode(p).unwrap()).take(n))
+            .collect()
+    }
+
+    /// Generation batches of 1, 3 and all, with prompt sharing and compaction, sample exactly
+    /// the tokens of the plain path (one batch, every prompt prefilled, no row dropped); the
+    /// logits each token was drawn from agree within 1e-4 (they differ by the rounding of other
+    /// batch shapes only).
+    #[test]
+    fn batching_prompt_sharing_and_compaction_keep_the_samples() {
+        let (_, model, tok) = arith();
+        let n = 4;
+        let texts = ["37+58=", "1+2=", "99+99=", "5+5=", "12+345="];
+        let prompts = grouped(&tok, &texts, n);
+        for temperature in [1.0, 0.0] {
+            let o = GenerateOptions {
+                max_new_tokens: 12,
+                temperature,
+                seed: 11,
+                eos_ids: tok.eos_ids.clone(),
+                pad_id: tok.pad_id,
+                record_logits: true,
+                ..GenerateOptions::default()
+            };
+            let plain = generate(&model, &prompts, &o).unwrap();
+            let plain_logits = plain.logits.as_ref().unwrap();
+            let lens: Vec<usize> = plain.completions.iter().map(Vec::len).collect();
+            let longest = *lens.iter().max().unwrap();
+            // What makes the comparison bite: sequences end at different steps.
+            assert!(
+                *lens.iter().min().unwrap() < longest,
+                "temperature {temperature}: every sequence has {longest} tokens"
+            );
+            if temperature > 0.0 {
+                // A prompt's samples draw from their own streams.
+                assert!(
+                    (0..texts.len())
+                        .any(|g| plain.completions[g * n] != plain.completions[g * n + 1]),
+                    "samples of a prompt all equal"
+                );
+            }
+            for batch in [1, 3, 0] {
+                for (share_prompts, compact) in [(true, true), (false, true), (true, false)] {
+                    let how = Batching {
+                        batch,
+                        share_prompts,
+                        compact,
+                    };
+                    let s = generate_batched(&model, &prompts, &o, &how).unwrap();
+                    assert_eq!(s.completions, plain.completions, "{how:?} t {temperature}");
+                    assert_eq!(s.finished, plain.finished, "{how:?}");
+                    let mut worst = 0f64;
+                    for (i, l) in s.logits.as_ref().unwrap().iter().enumerate() {
+                        let want = plain_logits.get(i as i64).narrow(0, 0, lens[i] as i64);
+                        let d = (l - &want).abs().max().double_value(&[]);
+                        worst = worst.max(d);
+                    }
+                    eprintln!("{how:?} temperature {temperature}: max |Δ logit| {worst:.3e}");
+                    assert!(worst <= 1e-4, "{how:?}: logits differ by {worst}");
+                    let st = s.stats;
+                    // Each live token is decoded once; fewer rows than the plain path's.
+                    let live: usize = lens.iter().sum();
+                    assert!(st.decoded_rows >= live, "{st:?}");
+                    if batch == 0 && share_prompts {
+                        assert_eq!(st.prefill_rows, texts.len(), "{st:?}");
+                    }
+                    if !share_prompts {
+                        assert_eq!(st.prefill_rows, prompts.len(), "{st:?}");
+                    }
+                    if batch == 0 && compact {
+                        assert!(st.compactions > 0, "{st:?}");
+                        assert!(st.decoded_rows < prompts.len() * longest, "{st:?}");
+                    }
+                    if !compact {
+                        assert_eq!(st.compactions, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The memory plan's generation caches are what a generation batch allocates: its KV cache
+    /// (`[batch, kv heads, prompt + new tokens, head dim]` per layer, keys and values) and the
+    /// shared prompts' cache.
+    #[test]
+    fn the_memory_plan_counts_the_generation_caches_exactly() {
+        use crate::rl::memory::{plan, ModelShape, PlanInput, Precision, Target};
+        let (dir, model, tok) = arith();
+        // 3 prompts × 4 samples in generation batches of 8: the first holds 2 prompts (the
+        // longest among them), the second 1.
+        let prompts = grouped(&tok, &["99+99=", "1+2=", "5+5="], 4);
+        let width = prompts.iter().map(Vec::len).max().unwrap() as u64;
+        let o = GenerateOptions {
+            max_new_tokens: 12,
+            seed: 3,
+            eos_ids: tok.eos_ids.clone(),
+            pad_id: tok.pad_id,
+            ..GenerateOptions::default()
+        };
+        let how = Batching {
+            batch: 8,
+            ..Batching::default()
+        };
+        let s = generate_batched(&model, &prompts, &o, &how).unwrap();
+        let p = plan(&PlanInput {
+            model: ModelShape::from_path(&dir).unwrap(),
+            target: Target::Cpu,
+            precision: Precision::F32,
+            prompts: 3,
+            n: 4,
+            prompt_tokens: width,
+            max_new_tokens: 12,
+            micro_batch: 4,
+            gen_batch: 8,
+            init: false,
+            ema_anchor: true,
+            reward_model: None,
+            chunk_bytes: 1 << 20,
+            lora: None,
+        });
+        let item = |what: &str| p.items.iter().find(|i| i.what == what).map(|i| i.bytes);
+        assert!(s.stats.cache_bytes > 0 && s.stats.prompt_cache_bytes > 0);
+        assert_eq!(item("KV cache"), Some(s.stats.cache_bytes));
+        assert_eq!(
+            item("shared prompts' KV cache"),
+            Some(s.stats.prompt_cache_bytes)
+        );
+    }
+
     /// Checking the end every 8 steps (CUDA's interval) decodes past the end but returns what
     /// checking every step returns, here on the CPU.
     #[test]
@@ -529,7 +918,14 @@ mod tests {
             };
             let width = check_prompts(&model, &prompts, o.max_new_tokens).unwrap();
             let run = |every| {
-                tch::no_grad(|| Decoder::start(&model, &prompts, width, &o)?.run(every)).unwrap()
+                let plain = Batching {
+                    batch: 0,
+                    share_prompts: false,
+                    compact: false,
+                };
+                tch::no_grad(|| Decoder::start(&model, &prompts, 0, width, &o, plain)?.run(every))
+                    .unwrap()
+                    .0
             };
             let (a, b) = (run(1), run(8));
             assert!(

@@ -10,8 +10,12 @@
 //!   micro-batches; Adam moments 8P; EMA 4P (f32) and, in bf16, a bf16 copy 2P that the anchor
 //!   forward uses; the frozen init P·e (scored for `kl_init`, or the anchor with `--anchor init`);
 //!   a reward model R·e_r;
-//! - **generation of one micro-batch** (no graph): the preallocated KV cache
-//!   2·L·K·kv_heads·T·head_dim·e, and the prefill's largest layer temporaries;
+//! - **generation of one generation batch** (G sequences, `--gen-batch`, independent of K; no
+//!   graph): the preallocated KV cache 2·L·G·kv_heads·T·head_dim·e; when a batch's U distinct
+//!   prompts are fewer than its sequences, the cache of their prefill, 2·L·U·kv_heads·W·head_dim·e
+//!   (W = longest prompt), copied to each prompt's samples; the prefill's largest layer
+//!   temporaries for U prompts; one step's f32 logits and the sampler's temporaries
+//!   (G·V·28 B: logits, tempered logits, probabilities, the f64 CDF, a comparison, slack);
 //! - **training on one micro-batch**: the activations the backward pass needs, an explicit model
 //!   below; the no-graph hidden states of the anchor and init forwards (K·T·H·e each); the LM-head
 //!   chunks of `super::chunked` (a few `[chunk, vocab]` f32 tensors).
@@ -138,8 +142,10 @@ pub struct PlanInput {
     /// Longest prompt, in tokens.
     pub prompt_tokens: u64,
     pub max_new_tokens: u64,
-    /// Sequences per micro-batch (generation, scoring and backward).
+    /// Sequences per micro-batch (scoring and backward).
     pub micro_batch: u64,
+    /// Sequences per generation batch (0 counts as 1).
+    pub gen_batch: u64,
     /// Whether the frozen init is held (the `--anchor init` anchor, or the `kl_init` metric).
     pub init: bool,
     /// Whether the anchor is the EMA (else the init).
@@ -201,7 +207,7 @@ pub struct Item {
 pub enum Phase {
     /// The whole run.
     Resident,
-    /// While a micro-batch is generated.
+    /// While a generation batch is sampled.
     Generation,
     /// While a micro-batch is scored and back-propagated.
     Training,
@@ -214,6 +220,7 @@ pub enum Phase {
 pub struct Plan {
     pub items: Vec<Item>,
     pub micro_batch: u64,
+    pub gen_batch: u64,
 }
 
 /// The runtime's own footprint, outside the tensors: libtorch and the process on the CPU (a
@@ -251,6 +258,7 @@ pub fn plan(input: &PlanInput) -> Plan {
     Plan {
         items: items.0,
         micro_batch: s.k,
+        gen_batch: s.g,
     }
 }
 
@@ -279,6 +287,9 @@ struct Sizes {
     /// Sequences per micro-batch, and micro-batches per step.
     k: u64,
     micro_batches: u64,
+    /// Sequences per generation batch, and the most distinct prompts one of them holds.
+    g: u64,
+    u: u64,
     /// Positions of a sequence (prompt and completion).
     t: u64,
 }
@@ -286,6 +297,8 @@ struct Sizes {
 impl Sizes {
     fn of(input: &PlanInput) -> Sizes {
         let k = input.micro_batch.max(1);
+        let total = (input.prompts * input.n).max(1);
+        let g = input.gen_batch.clamp(1, total);
         let bf16 = input.precision == Precision::Bf16;
         Sizes {
             e: input.precision.bytes(),
@@ -294,6 +307,8 @@ impl Sizes {
             p: input.model.parameters,
             k,
             micro_batches: (input.prompts * input.n).div_ceil(k).max(1),
+            g,
+            u: prompt_groups_per_batch(total, input.n.max(1), g),
             t: input.prompt_tokens + input.max_new_tokens,
         }
     }
@@ -410,28 +425,56 @@ fn reward_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
     );
 }
 
-/// A micro-batch's generation: its KV cache and the prefill's temporaries.
+/// The most prompt groups (runs of n sequences) that one of the batches of `g` consecutive
+/// sequences out of `total` touches: the distinct prompts it prefills when the step's prompts
+/// are distinct (`generate_batched` shares equal prompts).
+fn prompt_groups_per_batch(total: u64, n: u64, g: u64) -> u64 {
+    (0..total)
+        .step_by(g.max(1) as usize)
+        .map(|a| ((a + g).min(total) - 1) / n - a / n + 1)
+        .max()
+        .unwrap_or(1)
+}
+
+/// A generation batch: its KV cache, the shared prompts' cache, the prefill's temporaries and
+/// one step's logits with the sampler's temporaries.
 fn generation_items(input: &PlanInput, s: &Sizes, items: &mut Items) {
     let m = &input.model;
-    let (k, t, e) = (s.k, s.t, s.e);
-    let kv = 2 * m.layers * k * m.kv_heads * t * m.head_dim * e;
+    let (g, u, t, e, w) = (s.g, s.u, s.t, s.e, input.prompt_tokens);
+    let kv = 2 * m.layers * g * m.kv_heads * t * m.head_dim * e;
+    use Phase::Generation;
     items.add(
         "KV cache",
         kv,
         format!(
-            "2 × {} layers × {k} seqs × {} kv heads × {t} positions × {} × {e} B",
+            "2 × {} layers × {g} seqs × {} kv heads × {t} positions × {} × {e} B",
             m.layers, m.kv_heads, m.head_dim
         ),
-        Phase::Generation,
+        Generation,
     );
+    if u < g {
+        items.add(
+            "shared prompts' KV cache",
+            2 * m.layers * u * m.kv_heads * w * m.head_dim * e,
+            format!("{u} distinct prompts × {w} positions, prefilled once for their samples"),
+            Generation,
+        );
+    }
+    let rows = u.min(g);
     items.add(
         "prefill temporaries",
-        k * input.prompt_tokens * m.transient_bytes_per_token(e) + 4 * k * m.vocab,
+        rows * w * m.transient_bytes_per_token(e) + 4 * rows * m.vocab,
+        format!("{rows} prompts × {w} tokens, one layer at a time"),
+        Generation,
+    );
+    items.add(
+        "step logits and sampling",
+        28 * g * m.vocab,
         format!(
-            "{k} seqs × {} prompt tokens, one layer at a time",
-            input.prompt_tokens
+            "[{g}, {}] × 28 B (logits, tempered, softmax, f64 CDF, comparison, allocator slack)",
+            m.vocab
         ),
-        Phase::Generation,
+        Generation,
     );
 }
 
@@ -538,7 +581,7 @@ impl Plan {
         section(Phase::Resident, "resident", &mut s);
         section(
             Phase::Generation,
-            &format!("generation, per micro-batch of {}", self.micro_batch),
+            &format!("generation, per generation batch of {}", self.gen_batch),
             &mut s,
         );
         section(
@@ -560,14 +603,16 @@ pub fn check_fits(input: &PlanInput, limit: u64) -> Result<Plan> {
     if p.peak() <= limit {
         return Ok(p);
     }
-    let fits = |k: u64| {
+    // A smaller micro-batch with a generation batch no larger (what `--gen-batch 0` resolves
+    // to at that micro-batch takes no more than training it or generating it).
+    let at = |k: u64| {
         plan(&PlanInput {
             micro_batch: k,
+            gen_batch: input.gen_batch.min(k),
             ..input.clone()
         })
-        .peak()
-            <= limit
     };
+    let fits = |k: u64| at(k).peak() <= limit;
     let ks: Vec<u64> = (1..input.micro_batch.max(1)).rev().collect();
     let best = ks
         .iter()
@@ -577,15 +622,11 @@ pub fn check_fits(input: &PlanInput, limit: u64) -> Result<Plan> {
     let msg = match best {
         Some(k) => format!(
             "the run needs about {} at micro-batch {} (see the plan), more than the {} allowed; \
-             micro-batch {k} would fit (about {})",
+             micro-batch {k} would fit (about {}, with --gen-batch 0 or at most {k})",
             gib(p.peak()),
             p.micro_batch,
             gib(limit),
-            gib(plan(&PlanInput {
-                micro_batch: k,
-                ..input.clone()
-            })
-            .peak())
+            gib(at(k).peak())
         ),
         None => format!(
             "the run needs about {} at micro-batch {}, more than the {} allowed, and no \
@@ -636,6 +677,36 @@ pub fn auto_micro_batch(input: &PlanInput) -> u64 {
         .unwrap_or(1)
 }
 
+/// The generation batch `--gen-batch 0` stands for, at `input`'s micro-batch: the largest
+/// multiple of n (up to the whole batch) whose generation part of the plan takes no more than
+/// the larger of training one micro-batch and generating it (so the plan's peak does not grow),
+/// and at most [`auto_activation_budget`]; if not even n sequences fit, the largest smaller
+/// batch that does (at least 1).
+pub fn auto_gen_batch(input: &PlanInput) -> u64 {
+    let total = (input.prompts * input.n).max(1);
+    let at = |g: u64| {
+        plan(&PlanInput {
+            gen_batch: g,
+            ..input.clone()
+        })
+    };
+    let k = at(input.micro_batch.max(1).min(total));
+    let limit = k
+        .sum(Phase::Training)
+        .max(k.sum(Phase::Generation))
+        .min(auto_activation_budget(input.target));
+    let fits = |g: u64| at(g).sum(Phase::Generation) <= limit;
+    let n = input.n.max(1);
+    let mut g = total - total % n;
+    while g >= n {
+        if fits(g) {
+            return g;
+        }
+        g -= n;
+    }
+    (1..n.min(total)).rev().find(|&g| fits(g)).unwrap_or(1)
+}
+
 /// What a run's settings come to before anything is loaded: the plan, and the device, dtype and
 /// micro-batch that `auto` / 0 resolve to.
 pub struct RunPlan {
@@ -644,6 +715,7 @@ pub struct RunPlan {
     pub device: tch::Device,
     pub dtype: super::settings::TrainDtype,
     pub micro_batch: usize,
+    pub gen_batch: usize,
 }
 
 impl RunPlan {
@@ -653,7 +725,7 @@ impl RunPlan {
         format!(
             "model: {} parameters, {} layers, hidden {}, vocab {}\n\
              device: {}, dtype: {}, micro-batch: {} of {} sequences ({} prompts × {}), \
-             {} prompt + {} new tokens\n{}{}",
+             generation batch: {}, {} prompt + {} new tokens\n{}{}",
             i.model.parameters,
             i.model.layers,
             i.model.hidden,
@@ -670,6 +742,7 @@ impl RunPlan {
             i.prompts * i.n,
             i.prompts,
             i.n,
+            self.gen_batch,
             i.prompt_tokens,
             i.max_new_tokens,
             match &i.lora {
@@ -737,6 +810,7 @@ pub fn for_run(
         prompt_tokens,
         max_new_tokens: cfg.max_new_tokens as u64,
         micro_batch: cfg.micro_batch as u64,
+        gen_batch: cfg.gen_batch as u64,
         init: cfg.anchor == Anchor::Init || cfg.metrics_every > 0,
         ema_anchor: cfg.anchor == Anchor::Ema,
         reward_model,
@@ -754,9 +828,14 @@ pub fn for_run(
         input.micro_batch = auto_micro_batch(&input);
     }
     input.micro_batch = input.micro_batch.min(input.prompts * input.n).max(1);
+    if input.gen_batch == 0 {
+        input.gen_batch = auto_gen_batch(&input);
+    }
+    input.gen_batch = input.gen_batch.min(input.prompts * input.n).max(1);
     Ok(RunPlan {
         plan: plan(&input),
         micro_batch: input.micro_batch as usize,
+        gen_batch: input.gen_batch as usize,
         input,
         device,
         dtype,
@@ -791,6 +870,7 @@ mod tests {
             prompt_tokens: 10,
             max_new_tokens: 6,
             micro_batch: k,
+            gen_batch: k,
             init: true,
             ema_anchor: true,
             reward_model: None,
@@ -858,6 +938,72 @@ mod tests {
         // 2 × 4 layers × 8 seqs × 2 kv heads × 16 positions × 32 × 4 B.
         let p = plan(&input(8, Precision::F32));
         assert_eq!(item(&p, "KV cache"), Some(2 * 4 * 8 * 2 * 16 * 32 * 4));
+    }
+
+    #[test]
+    fn generation_has_its_own_batch_and_shares_prompts() {
+        // Generation items follow the generation batch, not the micro-batch.
+        let at = |k, g| {
+            plan(&PlanInput {
+                gen_batch: g,
+                ..input(k, Precision::F32)
+            })
+        };
+        assert_eq!(item(&at(8, 32), "KV cache"), item(&at(64, 32), "KV cache"));
+        assert_eq!(
+            item(&at(8, 32), "KV cache"),
+            Some(2 * 4 * 32 * 2 * 16 * 32 * 4)
+        );
+        // 32 sequences = 8 prompts × 4 samples: 8 prompts of 10 tokens prefilled once.
+        assert_eq!(
+            item(&at(8, 32), "shared prompts' KV cache"),
+            Some(2 * 4 * 8 * 2 * 10 * 32 * 4)
+        );
+        // One sample per prompt: nothing shared.
+        let single = plan(&PlanInput {
+            n: 1,
+            ..input(8, Precision::F32)
+        });
+        assert_eq!(item(&single, "shared prompts' KV cache"), None);
+        // Distinct prompts a batch of g consecutive sequences touches (groups of n = 4).
+        assert_eq!(prompt_groups_per_batch(20, 4, 3), 2);
+        assert_eq!(prompt_groups_per_batch(8, 4, 8), 2);
+        assert_eq!(prompt_groups_per_batch(12, 4, 10), 3);
+        assert_eq!(prompt_groups_per_batch(16, 4, 5), 2);
+        assert_eq!(prompt_groups_per_batch(5, 1, 5), 5);
+        // Auto: the largest multiple of n whose generation takes at most the larger of training
+        // and generating one micro-batch; here (a tiny model) the whole batch.
+        let mut auto = input(8, Precision::F32);
+        auto.gen_batch = 0;
+        let g = auto_gen_batch(&auto);
+        assert_eq!(g, 64);
+        let limit = {
+            let p = at(8, 8);
+            p.sum(Phase::Training).max(p.sum(Phase::Generation))
+        };
+        assert!(at(8, g).sum(Phase::Generation) <= limit);
+        // A vocabulary large enough that the step logits dominate: fewer sequences, still a
+        // multiple of n, and the next multiple would not fit.
+        auto.model.vocab = 4_000_000;
+        let g = auto_gen_batch(&auto);
+        let gen = |g| {
+            plan(&PlanInput {
+                gen_batch: g,
+                ..auto.clone()
+            })
+            .sum(Phase::Generation)
+        };
+        let lim = {
+            let p = plan(&PlanInput {
+                gen_batch: 8,
+                ..auto.clone()
+            });
+            p.sum(Phase::Training)
+                .max(p.sum(Phase::Generation))
+                .min(512 << 20)
+        };
+        assert!(g < 64 && g % 4 == 0, "{g}");
+        assert!(gen(g) <= lim && gen(g + 4) > lim, "{g}");
     }
 
     #[test]
@@ -1013,6 +1159,7 @@ pub fn eval_plan(input: &EvalPlanInput) -> Plan {
     Plan {
         items: items.0,
         micro_batch: b,
+        gen_batch: b,
     }
 }
 

@@ -52,7 +52,10 @@ pub mod trl;
 #[cfg(feature = "rl")]
 pub use config::{Family, ModelConfig, Rope, RopeScaling};
 #[cfg(feature = "rl")]
-pub use generate::{generate, score, score_at, GenerateOptions, Generation, Scores};
+pub use generate::{
+    generate, generate_batched, score, score_at, Batching, DecodeStats, GenerateOptions,
+    Generation, Samples, Scores,
+};
 #[cfg(feature = "rl")]
 pub use model::{CausalLm, Head, KvCache, ParamSpec};
 pub use settings::{Anchor, Baseline, RlConfig, SaveDtype, SftConfig, TrainDtype};

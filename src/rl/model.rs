@@ -54,6 +54,47 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+    /// Sequences the cache holds.
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+    /// Bytes of the cache's buffers (what it allocated, not what is filled).
+    pub fn bytes(&self) -> u64 {
+        self.k
+            .iter()
+            .chain(&self.v)
+            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+    /// Keeps only the sequences `rows` (int64 indices, in that order; repeats allowed): a
+    /// generation drops the sequences that ended. Each layer's buffer is replaced in turn, so the
+    /// extra memory is one layer's new buffer.
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<(), TchError> {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.f_index_select(0, rows)?;
+        }
+        self.batch = rows.size().first().copied().unwrap_or(0);
+        Ok(())
+    }
+    /// Fills this (empty) cache's sequence i with the cached positions of `from`'s sequence
+    /// `rows[i]`: a prompt prefilled once serves each of its samples.
+    pub fn fill_from(&mut self, from: &KvCache, rows: &Tensor) -> Result<(), TchError> {
+        let n = from.len;
+        if n > self.capacity || rows.size().first() != Some(&self.batch) {
+            return Err(TchError::Shape(format!(
+                "KV cache of {} × {} cannot take {:?} rows of {n} positions",
+                self.batch,
+                self.capacity,
+                rows.size()
+            )));
+        }
+        for (dst, src) in self.k.iter().zip(&from.k).chain(self.v.iter().zip(&from.v)) {
+            dst.f_narrow(2, 0, n)?
+                .f_copy_(&src.f_narrow(2, 0, n)?.f_index_select(0, rows)?)?;
+        }
+        self.len = n;
+        Ok(())
+    }
 }
 
 /// The output projection to the vocabulary.

@@ -187,9 +187,18 @@ pub struct RlConfig {
     /// plan (`--dry-run` shows it); a run records the value it used.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub micro_batch: usize,
+    /// Sequences sampled together, independent of the micro-batch (generation holds a KV cache
+    /// and one step's logits, far less than training): each distinct prompt is prefilled once
+    /// for its n samples and ended sequences leave the batch. 0: the largest multiple of n
+    /// (up to the whole batch) whose generation takes no more memory than training one
+    /// micro-batch, and at most 512 MiB (CPU) or 16 GiB (GPU), by the memory plan. The samples
+    /// do not depend on it (each has its own random stream); a run records the value it used.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub gen_batch: usize,
     /// Score the frozen init for the kl_init metric every N steps (an extra forward pass; 0:
-    /// never). With --anchor init it is the anchor, scored every step anyway.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// never; other steps record kl_init as null). With --anchor init it is the anchor, scored
+    /// every step anyway.
+    #[arg(long, value_name = "N", default_value_t = 10)]
     pub metrics_every: u64,
     /// Sequences per forward pass of a model: reward.
     #[arg(long, value_name = "N", default_value_t = 32)]
@@ -297,6 +306,7 @@ impl RlConfig {
             ("max_new_tokens", self.max_new_tokens),
             ("reward_batch", self.reward_batch),
             ("micro_batch", self.micro_batch),
+            ("gen_batch", self.gen_batch),
             ("batch × n", self.batch.saturating_mul(self.n)),
         ] {
             positive(field, v <= max, || {
@@ -607,8 +617,8 @@ mod tests {
         assert_eq!((c.baseline, c.anchor), (Baseline::Rloo, Anchor::Ema));
         assert_eq!((c.dtype, c.device), (TrainDtype::Auto, Device::Auto));
         assert_eq!(
-            (c.save_dtype, c.micro_batch, c.metrics_every),
-            (SaveDtype::F32, 0, 1)
+            (c.save_dtype, c.micro_batch, c.gen_batch, c.metrics_every),
+            (SaveDtype::F32, 0, 0, 10)
         );
         c.check().unwrap();
         let s = SftConfig::default();

@@ -17,8 +17,10 @@
 //! with like. Every step's randomness (prompts, samples) derives from (seed, step) only, which is
 //! what makes a resumed run equal an uninterrupted one.
 //!
-//! Scale (issue 16). A step works on micro-batches of `micro_batch` sequences: each is generated
-//! with its own KV cache, then scored and back-propagated with gradient accumulation, so the
+//! Scale (issue 16). A step samples `gen_batch` sequences at a time (each distinct prompt
+//! prefilled once for its n samples, ended sequences leaving the batch; `super::generate`), then
+//! works on micro-batches of `micro_batch` sequences: each is scored and back-propagated with
+//! gradient accumulation, so the
 //! activations held are those of one micro-batch; log-probabilities, KL and entropy are computed
 //! at completion positions only, a chunk of positions at a time (`super::chunked`), so no
 //! `[batch, length, vocab]` tensor exists. When a micro-batch holds whole prompt groups (or the
@@ -54,7 +56,7 @@ use super::chunked::{
     DEFAULT_CHUNK_BYTES,
 };
 use super::data::{read_prompt_lines, Prompt};
-use super::generate::{generate, GenerateOptions};
+use super::generate::{generate_batched, Batching, GenerateOptions};
 use super::model::{read_tensor, CausalLm};
 use super::optim::{Adam, AdamConfig};
 use super::reward::{self, Reward};
@@ -162,6 +164,7 @@ impl Trainer {
         let cfg = RlConfig {
             dtype: plan.dtype,
             micro_batch: plan.micro_batch,
+            gen_batch: plan.gen_batch,
             ..cfg
         };
         check_memory(&cfg, &plan)?;
@@ -194,10 +197,11 @@ impl Trainer {
         }
         cfg.check()?;
         // A run recorded before these settings existed: resolve them as a new run would.
-        if cfg.dtype == TrainDtype::Auto || cfg.micro_batch == 0 {
+        if cfg.dtype == TrainDtype::Auto || cfg.micro_batch == 0 || cfg.gen_batch == 0 {
             let plan = super::memory::for_run(&cfg, reporter)?;
             cfg.dtype = plan.dtype;
             cfg.micro_batch = plan.micro_batch;
+            cfg.gen_batch = plan.gen_batch;
         }
         // Staging folders of checkpoints a killed run was writing: never complete, never used;
         // removed by the crate's one rule (only those whose owner is dead).

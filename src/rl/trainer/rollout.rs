@@ -45,34 +45,31 @@ pub(super) fn check_rewards(rewards: &[f64], expected: usize, name: &str) -> Res
     Ok(())
 }
 impl Trainer {
-    /// Completions of `prompts`, `micro_batch` sequences per generation call, each call drawing
-    /// from its own stream (derived from `seed` and the call's index).
+    /// Completions of `prompts` (each prompt repeated for its samples), `gen_batch` sequences
+    /// at a time (0: all), each distinct prompt of a batch prefilled once and ended sequences
+    /// dropped; sequence i draws from its own stream of `seed`, so the samples do not depend on
+    /// the generation batch.
     pub(super) fn sample(
         &self,
         model: &CausalLm,
         prompts: &[Vec<i64>],
         seed: u64,
     ) -> Result<Vec<Vec<i64>>> {
-        let mut out = Vec::with_capacity(prompts.len());
-        let k = self.cfg.micro_batch.max(1);
-        for (i, chunk) in prompts.chunks(k).enumerate() {
-            let o = GenerateOptions {
-                max_new_tokens: self.cfg.max_new_tokens,
-                temperature: self.cfg.temperature,
-                top_k: 0,
-                top_p: 1.0,
-                seed: if i == 0 {
-                    seed
-                } else {
-                    SplitMix64::stream(seed, i as u64).next_u64()
-                },
-                eos_ids: self.tok.eos_ids.clone(),
-                pad_id: self.tok.pad_id,
-                record_logits: false,
-            };
-            out.extend(generate(model, chunk, &o)?.completions);
-        }
-        Ok(out)
+        let o = GenerateOptions {
+            max_new_tokens: self.cfg.max_new_tokens,
+            temperature: self.cfg.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            seed,
+            eos_ids: self.tok.eos_ids.clone(),
+            pad_id: self.tok.pad_id,
+            record_logits: false,
+        };
+        let how = Batching {
+            batch: self.cfg.gen_batch,
+            ..Batching::default()
+        };
+        Ok(generate_batched(model, prompts, &o, &how)?.completions)
     }
 
     /// The (prompt, completion) pairs of a micro-batch laid out for scoring by `model`.
