@@ -979,6 +979,10 @@ fn dry_run_prints_the_plan_and_max_memory_refuses_before_loading() {
         "activations",
         "estimated peak",
         "micro-batch: 16",
+        // Generation has its own batch (the whole 64 sequences of the tiny built-in model).
+        "generation batch: 64",
+        "generation, per generation batch of 64",
+        "shared prompts' KV cache",
     ] {
         assert!(plan.contains(want), "{want} not in:\n{plan}");
     }
