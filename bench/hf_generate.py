@@ -2,8 +2,10 @@
 `examples/gen_bench.rs`, with the same prompts, settings and output format. `bench/generate.sh`
 runs both interleaved.
 
-    python bench/hf_generate.py MODEL_DIR [--batch 1] [--prompt-len 16] [--new-tokens 64] \
+    python bench/hf_generate.py MODEL_DIR [--batch 1] [--n 1] [--prompt-len 16] [--new-tokens 64] \
         [--reps 5] [--threads N] [--seed 0] [--attn sdpa|eager]
+
+`--n N`: N samples of each prompt (`num_return_sequences`, as TRL's trainers sample).
 
 Pure sampling (temperature 1, top-k off, top-p 1) with EOS stopping switched off, so every row
 yields exactly --new-tokens tokens, as ours with `eos_ids` empty. One untimed warm-up call, then
@@ -28,6 +30,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--n", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
@@ -63,14 +66,16 @@ def main():
                 min_new_tokens=n,
                 use_cache=True,
                 pad_token_id=pad,
+                num_return_sequences=a.n,
             )
-        if out.shape != (a.batch, a.prompt_len + n):
-            raise SystemExit(f"expected {a.batch}x{a.prompt_len + n} tokens, got {tuple(out.shape)}")
+        if out.shape != (a.batch * a.n, a.prompt_len + n):
+            raise SystemExit(f"expected {a.batch * a.n}x{a.prompt_len + n} tokens, got {tuple(out.shape)}")
 
     header = {
         "impl": "transformers",
         "model": a.model,
         "batch": a.batch,
+        "n": a.n,
         "prompt_len": a.prompt_len,
         "new_tokens": n,
         "threads": torch.get_num_threads(),
@@ -82,7 +87,7 @@ def main():
         start = time.perf_counter()
         run()
         secs = time.perf_counter() - start
-        rates.append(a.batch * n / secs)
+        rates.append(a.batch * a.n * n / secs)
         print(json.dumps({**header, "rep": rep, "seconds": round(secs, 6), "tokens_per_s": round(rates[-1], 2)}))
     print(json.dumps({**header, "reps": a.reps, "median_tokens_per_s": round(statistics.median(rates), 2)}))
 

@@ -26,7 +26,19 @@
 #       tokens, lr 1e-5 (full) / 1e-3 (LoRA), micro-batch MICRO, f32, CPU. Peak RSS, the plan's
 #       estimate and samples/s per run, and the median step time by phase.
 #
-# Environment: ROUNDS (default 1 for mem49, 3 for vs-trl), STEPS (3), SKIP (1), THREADS
+#   bench/rl_scale.sh gen
+#       Generation on the ~120M model above (issue 24): generated tokens/s of warp's sampler as
+#       the trainer calls it (examples/gen_bench.rs --n: `generate_batched`, each prompt
+#       prefilled once, one generation batch of all 32 sequences) against transformers'
+#       `generate` with num_return_sequences (bench/hf_generate.py --n), 8 prompts of 24 tokens
+#       × 4 samples × 32 new tokens, temperature 1, no EOS stop, f32, at 1 and 2 threads
+#       (THREADS_LIST), ROUNDS rounds interleaved (warp then transformers per thread count),
+#       REPS timed calls per process after one warm-up. With BEFORE_BIN (a warp-rl built before
+#       the change) also the rollout: STEPS warp-rl steps before / after, alternating, vs-trl's
+#       settings (micro-batch MICRO, --metrics-every 0), the median `generate_s` and
+#       `gen_tokens_per_s` of the steps after the first SKIP.
+#
+# Environment: ROUNDS (default 1 for mem49, 3 for vs-trl and gen), STEPS (3), SKIP (1), THREADS
 # (libtorch's default), MICRO (16), BENCH_DIR (default target/bench). Arguments after `--` go to
 # warp-rl (e.g. --micro-batch 8).
 set -euo pipefail
@@ -36,7 +48,7 @@ mode="${1:-}"
 shift || true
 [ "${1:-}" = "--" ] && shift
 extra=("$@")
-rounds="${ROUNDS:-$([ "$mode" = vs-trl ] && echo 3 || echo 1)}"
+rounds="${ROUNDS:-$([ "$mode" = vs-trl ] || [ "$mode" = gen ] && echo 3 || echo 1)}"
 micro="${MICRO:-16}"
 steps="${STEPS:-3}"
 skip="${SKIP:-1}"
@@ -98,12 +110,14 @@ rows = [json.loads(line) for line in open(sys.argv[1])]
 kept = rows[int(sys.argv[4]):]
 phase = {k: statistics.median(r[k] for r in kept) for k in ("generate_s", "reward_s", "train_s")
          if kept and k in kept[0]}
+gen_rate = statistics.median(r["gen_tokens_per_s"] for r in kept) if kept else 0
 print(json.dumps({"run": sys.argv[2], "round": int(sys.argv[3]), "args": sys.argv[9],
                   "samples_per_s": [r["samples_per_s"] for r in kept],
                   "completion_len": sum(r["completion_len"] for r in rows) / len(rows),
                   "peak_rss_kb": int(sys.argv[5]), "wall_s": float(sys.argv[6]),
                   "own_cores": float(sys.argv[7]), "others_cores": float(sys.argv[8]),
-                  "plan_bytes": int(sys.argv[10]), "phase_s": phase}))
+                  "plan_bytes": int(sys.argv[10]), "phase_s": phase,
+                  "gen_tokens_per_s": gen_rate}))
 EOF
   rm -rf "$out"
 }
@@ -211,8 +225,55 @@ case "$mode" in
     done
     report
     ;;
+  gen)
+    model m120 --hidden 768 --layers 12 --heads 12 --kv-heads 2 --intermediate 2048 --vocab 32000
+    cargo build --release --quiet --features rl --example gen_bench
+    : > "$W/results.jsonl"
+    gres="$W/gen.jsonl"
+    : > "$gres"
+    reps="${REPS:-3}"
+    gargs=("$W/m120/model" --batch 8 --n 4 --prompt-len 24 --new-tokens 32 --reps "$reps")
+    echo "rl_scale gen: threads ${THREADS_LIST:-1 2}, rounds $rounds x reps $reps" >&2
+    for r in $(seq "$rounds"); do
+      for t in ${THREADS_LIST:-1 2}; do
+        echo "  round $r, $t thread(s): warp, then transformers" >&2
+        "$target/release/examples/gen_bench" "${gargs[@]}" --threads "$t" --seed "$r" |
+          grep '"rep":' >> "$gres"
+        "$tpy" bench/hf_generate.py "${gargs[@]}" --threads "$t" --seed "$r" 2> "$W/hf.err" |
+          grep '"rep":' >> "$gres" || { cat "$W/hf.err" >&2; exit 1; }
+      done
+      if [ -n "${BEFORE_BIN:-}" ]; then
+        common=(--batch 8 -n 4 --max-new-tokens 32 --lr 1e-5 --micro-batch "$micro" --device cpu
+                --metrics-every 0)
+        echo "  round $r: rollout before, then after" >&2
+        warp_run "rollout before" "$BEFORE_BIN" "$W/m120" "$r" "${common[@]}"
+        warp_run "rollout after" "$target/release/warp-rl" "$W/m120" "$r" "${common[@]}" \
+          "${extra[@]}"
+      fi
+    done
+    "$tpy" - "$gres" "$W/results.jsonl" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print("| threads | warp tokens/s (median) | transformers tokens/s (median) | warp / transformers |")
+print("|---|---|---|---|")
+for t in sorted({r["threads"] for r in rows}):
+    med = {i: statistics.median(r["tokens_per_s"] for r in rows
+                                if r["threads"] == t and r["impl"] == i)
+           for i in ("warp", "transformers")}
+    print(f"| {t} | {med['warp']:.1f} | {med['transformers']:.1f} | "
+          f"{med['warp'] / med['transformers']:.2f}x |")
+runs = [json.loads(line) for line in open(sys.argv[2])]
+if runs:
+    print("\n| rollout | generate_s per step (median) | gen tokens/s (median) | rounds |")
+    print("|---|---|---|---|")
+    for n in dict.fromkeys(r["run"] for r in runs):
+        mine = [r for r in runs if r["run"] == n]
+        print(f"| {n} | {statistics.median(r['phase_s']['generate_s'] for r in mine):.2f} | "
+              f"{statistics.median(r['gen_tokens_per_s'] for r in mine):.1f} | {len(mine)} |")
+EOF
+    ;;
   *)
-    echo "usage: bench/rl_scale.sh mem49|vs-trl|lora [-- WARP-RL ARGS…]" >&2
+    echo "usage: bench/rl_scale.sh mem49|vs-trl|lora|gen [-- WARP-RL ARGS…]" >&2
     exit 2
     ;;
 esac
