@@ -53,11 +53,11 @@ fn grpo_and_dr_grpo_advantages_match_closed_form() {
 }
 
 /// (prompt ids, completion ids) pairs.
-type Pairs = Vec<(Vec<i64>, Vec<i64>)>;
+pub(crate) type Pairs = Vec<(Vec<i64>, Vec<i64>)>;
 
 /// Pairs of the built-in vocabulary (prompts of 2–6 tokens after BOS, completions of 0–6) and
 /// rewards 0/1 with some all-equal groups' worth of ties, in groups of 4 per prompt.
-fn fixed_samples() -> (Pairs, Vec<f64>) {
+pub(crate) fn fixed_samples() -> (Pairs, Vec<f64>) {
     let mut rng = SplitMix64::stream(24, 5);
     let mut pairs = Vec::new();
     for g in 0..4 {
@@ -81,7 +81,7 @@ fn fixed_samples() -> (Pairs, Vec<f64>) {
 }
 
 /// Adds N(0, 0.05²) noise from a seeded stream to every weight of `m`, in name order.
-fn perturb(m: &CausalLm, seed: u64) {
+pub(crate) fn perturb(m: &CausalLm, seed: u64) {
     let mut rng = SplitMix64::stream(seed, 6);
     let mut vars: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -95,7 +95,7 @@ fn perturb(m: &CausalLm, seed: u64) {
     });
 }
 
-fn save(m: &CausalLm, dest: &Path) {
+pub(crate) fn save(m: &CausalLm, dest: &Path) {
     m.save(
         dest,
         Some(&fixture("arith/model")),
@@ -105,7 +105,7 @@ fn save(m: &CausalLm, dest: &Path) {
     .unwrap();
 }
 
-fn read_grads(path: &Path) -> HashMap<String, Tensor> {
+pub(crate) fn read_grads(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path)
         .unwrap()
         .into_iter()
@@ -113,7 +113,7 @@ fn read_grads(path: &Path) -> HashMap<String, Tensor> {
 }
 
 /// max |a − b| over every parameter, and max |b|.
-fn worst(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, f64) {
+pub(crate) fn worst(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, f64) {
     assert_eq!(a.len(), b.len());
     let mut d: f64 = 0.0;
     let mut scale: f64 = 0.0;
