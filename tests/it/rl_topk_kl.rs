@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::common::{fixture, ok, torch_ref};
-use crate::rl_grpo::{fixed_samples, perturb, read_grads, save, worst, Pairs};
+use crate::common::{mean_field, ok, read_metrics, torch_ref};
+use crate::rl_grpo::{fixed_samples, read_grads, two_update_config, two_updates, worst, Pairs};
 use serde_json::json;
 use tch::Tensor;
-use warp::rl::trainer::{Baseline, KlEstimator, RlConfig, TrainDtype, Trainer};
+use warp::rl::trainer::{Baseline, KlEstimator, RlConfig};
 
 struct Case {
     name: String,
@@ -20,58 +20,21 @@ struct Case {
     later: HashMap<String, Tensor>,
 }
 
-fn copies(t: &Trainer) -> HashMap<String, Tensor> {
-    t.gradients()
-        .unwrap()
-        .into_iter()
-        .map(|(n, g)| (n, g.copy()))
-        .collect()
-}
-
-/// K = 2 updates of one batch with the top-k estimator; saves the policy and the anchor each
-/// update saw (the EMA anchor moves after the first update).
+/// K = 2 updates of one batch with the top-k estimator (β 0.5), GRPO.
 fn run_case(dir: &Path, micro_batch: usize, k: usize, pairs: &Pairs, r: &[f64]) -> Case {
     let name = format!("k{k}-mb{micro_batch}");
     let cfg = RlConfig {
-        model: fixture("arith/model").display().to_string(),
-        batch: 4,
-        n: 4,
-        micro_batch,
-        dtype: TrainDtype::F32,
-        baseline: Baseline::Grpo,
-        updates_per_batch: 2,
-        clip_eps: 0.2,
-        lr: 1e-4,
-        warmup: 0,
-        grad_clip: 0.0,
-        metrics_every: 0,
         beta: 0.5,
         kl_estimator: KlEstimator::Topk,
         kl_topk: k,
-        device: warp::device::Device::Cpu,
-        ..RlConfig::default()
+        ..two_update_config(Baseline::Grpo, micro_batch)
     };
-    let mut t = Trainer::new(
-        cfg,
-        &dir.join(format!("run-{name}")),
-        &warp::progress::Silent,
-    )
-    .unwrap();
-    perturb(&t.ema, 9);
-    save(&t.policy, &dir.join(format!("old-{name}")));
-    save(&t.ema, &dir.join(format!("anchor-old-{name}")));
-    let sums = t.accumulate_gradient(pairs, r, false).unwrap();
-    assert!(sums.kl_anchor > 0.0);
-    let first = copies(&t);
-    t.update(sums.grad_norm).unwrap();
-    save(&t.policy, &dir.join(format!("new-{name}")));
-    save(&t.ema, &dir.join(format!("anchor-new-{name}")));
-    t.accumulate_update(pairs).unwrap();
+    let (first, later, _) = two_updates(dir, &name, cfg, pairs, r);
     Case {
         name,
         k,
         first,
-        later: copies(&t),
+        later,
     }
 }
 
@@ -183,19 +146,12 @@ fn a_topk_kl_run_raises_the_builtin_reward() {
         ],
         tmp.path(),
     );
-    let m: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let m = read_metrics(&out);
     assert_eq!(m.len(), 40);
-    let mean = |rows: &[serde_json::Value]| {
-        rows.iter()
-            .map(|r| r["reward_mean"].as_f64().unwrap())
-            .sum::<f64>()
-            / rows.len() as f64
-    };
-    let (first, last) = (mean(&m[..8]), mean(&m[32..]));
+    let (first, last) = (
+        mean_field(&m[..8], "reward_mean"),
+        mean_field(&m[32..], "reward_mean"),
+    );
     eprintln!("topk KL run: reward of steps 1–8 {first:.3}, of steps 33–40 {last:.3}");
     assert!(last > first + 0.05, "{first} → {last}");
     let run: serde_json::Value =
