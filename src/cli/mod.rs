@@ -62,6 +62,9 @@ pub struct Cli {
 }
 
 /// Every command. The doc comments of the argument structs are their help.
+// One value per process, parsed once: the size of the largest variant (the RL settings) costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     Slerp(slerp::Args),
