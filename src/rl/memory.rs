@@ -935,6 +935,9 @@ pub struct EvalPlanInput {
     pub chunk_bytes: u64,
     /// Bytes of tokenizer.json (the tokenizer's maps in memory are counted as 16 times that).
     pub tokenizer_bytes: u64,
+    /// The largest PEFT adapter evaluated (on its base: the base takes the evaluated model's
+    /// place), if any.
+    pub adapter: Option<crate::rl::eval_lora::AdapterSize>,
 }
 
 /// The plan of an evaluation (f32 models): the reference (SFT) model and the checkpoint being
@@ -1002,6 +1005,9 @@ pub fn eval_plan(input: &EvalPlanInput) -> Plan {
         format!("8 × {} ([chunk, vocab] f32, both models)", gib(chunk)),
         Phase::Training,
     );
+    if let Some(a) = input.adapter {
+        eval_adapter_items(&mut items, m, a, b, input.prompt_tokens, t);
+    }
     if input.target == Target::Cpu {
         items.add(
             "checkpoint mapping",
@@ -1014,6 +1020,39 @@ pub fn eval_plan(input: &EvalPlanInput) -> Plan {
         items: items.0,
         micro_batch: b,
     }
+}
+
+/// An evaluated PEFT adapter: its f32 factors, resident with its base (counted as the evaluated
+/// model), and the forward's extra temporaries in the widest adapted module, one module at a
+/// time: A·x `[seqs, tokens, r]` and s·B·(A·x) and the sum `[seqs, tokens, out]`, f32.
+fn eval_adapter_items(
+    items: &mut Items,
+    m: &ModelShape,
+    a: crate::rl::eval_lora::AdapterSize,
+    b: u64,
+    prompt_tokens: u64,
+    t: u64,
+) {
+    items.add(
+        "adapter factors",
+        4 * a.parameters,
+        format!("{} LoRA parameters × 4 B (rank {})", a.parameters, a.rank),
+        Phase::Resident,
+    );
+    let out = m.intermediate.max(m.hidden).max(m.heads * m.head_dim);
+    let per_token = 4 * (a.rank + 2 * out);
+    items.add(
+        "LoRA temporaries (sampling)",
+        b * prompt_tokens * per_token,
+        format!("{b} seqs × {prompt_tokens} prompt tokens × (r + 2·{out}) × 4 B"),
+        Phase::Generation,
+    );
+    items.add(
+        "LoRA temporaries (scoring)",
+        b * t * per_token,
+        format!("{b} seqs × {t} tokens × (r + 2·{out}) × 4 B"),
+        Phase::Training,
+    );
 }
 
 /// The evaluation batch: the largest up to `max_batch` whose per-batch part of [`eval_plan`]

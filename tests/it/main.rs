@@ -34,6 +34,8 @@ mod lora_peft;
 #[cfg(feature = "rl")]
 mod pipeline;
 #[cfg(feature = "rl")]
+mod pipeline_lora;
+#[cfg(feature = "rl")]
 mod rl_chat;
 #[cfg(feature = "rl")]
 mod rl_cli;
