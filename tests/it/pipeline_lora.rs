@@ -168,9 +168,11 @@ fn warp_run_with_lora_merges_adapters_and_folds_the_next_init() {
         "next init vs reference: worst relative {rel:.2e}; max |Δ| {err:.2e} against a merged \
          task vector of max {size:.2e}"
     );
-    // The LoRA runs moved the weights (else the check below would be empty).
-    assert!(size > 1e-3, "the merged task vector is only {size:e}");
-    assert!(err <= 1e-5 * size, "max |Δ| {err:e}, task vector {size:e}");
+    // The LoRA runs moved the weights well beyond the f32 rounding of the stored init (about
+    // 6e-8 of a weight), and the merged task vector is right to 0.1 % of its size (a wrong η,
+    // or LERP for SLERP, is off by tens of percent).
+    assert!(size > 1e-4, "the merged task vector is only {size:e}");
+    assert!(err <= 1e-3 * size, "max |Δ| {err:e}, task vector {size:e}");
 
     // Iteration 2's front: SFT + η·(SLERP of iteration 2 − SFT), the SLERP on iteration 2's
     // init (its full form, iter-2/slerp-full, is what the front reads).
