@@ -1089,3 +1089,57 @@ pub fn eval_batch(input: &EvalPlanInput, max_batch: u64, limit: Option<u64>) -> 
         b = (b * 3 / 4).max(1).min(b - 1);
     }
 }
+
+#[cfg(test)]
+mod eval_lora_tests {
+    use super::*;
+    use crate::rl::eval_lora::AdapterSize;
+
+    /// An adapter among the evaluated points adds its f32 factors to the resident part and, per
+    /// sequence and token, (r + 2·widest output) × 4 B to sampling and scoring: closed forms.
+    #[test]
+    fn an_evaluated_adapter_adds_its_factors_and_temporaries() {
+        let m = ModelShape {
+            parameters: 1_000_000,
+            checkpoint_bytes: 4_000_000,
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+            intermediate: 352,
+            vocab: 32,
+        };
+        let full = EvalPlanInput {
+            model: m,
+            target: Target::Cpu,
+            prompt_tokens: 10,
+            max_new_tokens: 6,
+            batch: 8,
+            chunk_bytes: 1 << 20,
+            tokenizer_bytes: 0,
+            adapter: None,
+        };
+        let a = AdapterSize {
+            parameters: 40_000,
+            rank: 16,
+        };
+        let (p0, p1) = (
+            eval_plan(&full),
+            eval_plan(&EvalPlanInput {
+                adapter: Some(a),
+                ..full.clone()
+            }),
+        );
+        assert_eq!(p1.resident() - p0.resident(), 4 * 40_000);
+        let per_token = 4 * (16 + 2 * 352);
+        assert_eq!(
+            p1.sum(Phase::Generation) - p0.sum(Phase::Generation),
+            8 * 10 * per_token
+        );
+        assert_eq!(
+            p1.sum(Phase::Training) - p0.sum(Phase::Training),
+            8 * 16 * per_token
+        );
+    }
+}
