@@ -18,6 +18,7 @@ mod hub_python;
 mod io_errors;
 mod lora;
 mod merge_recipe;
+mod merge_recipe_lora;
 mod merge_reference;
 mod plot;
 mod roundtrip;
