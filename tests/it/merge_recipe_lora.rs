@@ -100,7 +100,11 @@ fn recipes_read_base_plus_adapter_as_the_materialised_model() {
             "linear",
             "is itself an adapter",
         ),
-        (format!("{}+", s(&base)), "linear", "BASE+ADAPTER, both non-empty"),
+        (
+            format!("{}+", s(&base)),
+            "linear",
+            "BASE+ADAPTER, both non-empty",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -132,5 +136,9 @@ fn recipes_read_base_plus_adapter_as_the_materialised_model() {
     .unwrap();
     let r = run("warp", &["merge", s(&file), "-o", s(&w.join("slerp"))], w);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("warp_slerp takes no BASE+ADAPTER"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warp_slerp takes no BASE+ADAPTER"),
+        "{}",
+        r.stderr
+    );
 }

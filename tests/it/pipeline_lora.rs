@@ -283,3 +283,71 @@ fn warp_run_with_lora_merges_adapters_and_folds_the_next_init() {
     let (ka, kb) = (num(a, 6), num(b, 6));
     assert!(ka > 0.0 && (ka - kb).abs() <= 1e-4 * ka, "{text}");
 }
+
+/// `warp run` with `trainer = "trl"` and `lora = R` (needs the venv of scripts/setup-trl.sh): the
+/// TRL backend's runs write PEFT adapters (naming their init as given), the rest of the loop is
+/// the same — rank-space merges, the next init folded in, the front and the evaluation.
+#[test]
+fn warp_run_with_lora_on_the_trl_backend() {
+    assert!(
+        std::env::var_os("WARP_TRL_PYTHON").is_some(),
+        "source scripts/setup-trl.sh"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let cfg = w.join("trl.toml");
+    let rl_args =
+        r#"["--batch", "4", "-n", "2", "--lora", "4", "--lora-alpha", "8", "--lr", "3e-3"]"#;
+    std::fs::write(
+        &cfg,
+        common::tiny_pipeline(
+            &[
+                ("trainer", r#""trl""#),
+                ("init_anchor_runs", "false"),
+                ("devices", r#"["cpu"]"#),
+                ("jobs", "2"),
+                ("rl_args", rl_args),
+            ],
+            "",
+        ),
+    )
+    .unwrap();
+    let out = w.join("run");
+    let table = ok("warp", &["run", s(&cfg), "-o", s(&out)], w);
+    assert!(table.contains("liti it2"), "{table}");
+    let init2 = out.join("iter-1/init");
+    for i in 1..=2 {
+        for m in 1..=2 {
+            let run = out.join(format!("iter-{i}/run-{m}"));
+            assert_eq!(json(&run.join("run.json"))["config"]["backend"], "trl");
+            for which in ["policy", "ema"] {
+                let d = run.join("final").join(which);
+                assert!(is_adapter(&d), "{} is not an adapter", d.display());
+                assert_eq!(json(&d.join("adapter_config.json"))["r"], 4);
+            }
+        }
+        let slerp = out.join(format!("iter-{i}/slerp/eta-0.50"));
+        assert!(is_adapter(&slerp));
+        assert_eq!(json(&slerp.join("adapter_config.json"))["r"], 8);
+    }
+    assert!(!is_adapter(&init2) && init2.join("config.json").is_file());
+    assert_eq!(
+        json(&out.join("iter-2/run-1/run.json"))["config"]["model"],
+        s(&init2)
+    );
+    let csv = std::fs::read_to_string(out.join("eval.csv")).unwrap();
+    let kinds: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    assert_eq!(
+        ["sft", "policy", "ema", "slerp", "liti", "lerp", "front"].map(count),
+        [1, 4, 4, 2, 6, 2, 3],
+        "{csv}"
+    );
+    assert!(std::fs::read_to_string(out.join("front.svg"))
+        .unwrap()
+        .contains("<svg"));
+}
