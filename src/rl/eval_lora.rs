@@ -56,7 +56,7 @@ pub fn largest_adapter<'a>(
             let (sa, sb, _) = a.factor_shapes(w)?;
             size.parameters += (sa[0] * sa[1] + sb[0] * sb[1]) as u64;
         }
-        if most.is_none_or(|m| size.parameters > m.parameters) {
+        if most.map_or(true, |m| size.parameters > m.parameters) {
             most = Some(size);
         }
     }
@@ -158,7 +158,7 @@ impl PointLoader {
         let base = if dir == self.sft {
             reference
         } else {
-            if self.base.as_ref().is_none_or(|(d, _)| *d != dir) {
+            if self.base.as_ref().map_or(true, |(d, _)| *d != dir) {
                 // The previous base first: two bases are never resident together.
                 self.base = None;
                 self.base = Some((dir.clone(), CausalLm::load(&dir, self.device)?));
