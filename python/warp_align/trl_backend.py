@@ -209,6 +209,8 @@ def load_config(path):
         raise bad("updates_per_batch", "must be in 1..=64")
     if not 0 < c["clip_eps"] < 1:
         raise bad("clip_eps", "must be in (0, 1)")
+    if c.get("kl_estimator", "sampled") != "sampled":
+        raise bad("kl_estimator", "topk needs warp's own trainer (TRL computes its own sampled KL)")
     if c["anchor"] == "ema" and c["beta"] == 0:
         raise bad("beta", "must be > 0 with anchor 'ema' (TRL builds no reference model, hence no "
                   "EMA, when beta is 0)")

@@ -338,6 +338,85 @@ pub fn token_stats(
     })
 }
 
+/// The token-level KL penalty of [`backward_weighted`] estimated by top-k KL (EMA-PG, Zhang & Ba,
+/// arXiv 2602.04417): at each completion position t, with π the policy's tempered distribution,
+/// q the anchor's, S_t the k tokens of largest π and y_t the sampled token,
+///
+///   KL̂_t = Σ_{v ∈ S_t} π(v)·(log π(v) − log q(v)) + 1[y_t ∉ S_t]·w_t·d_t,   d_t = log π(y_t) − log q(y_t),
+///
+/// w_t = π(y_t)/π_old(y_t) (the importance weight of a later update; 1 on-policy). Its value is
+/// unbiased: E_y[1[y ∉ S]·d(y)] is the KL's sum over the tokens outside S. Its gradient is
+/// unbiased too: the surrogate's tail term is 1[y_t ∉ S_t]·w_t·((d_t + 1)·log π(y_t) + …) with
+/// d_t and w_t held constant, whose expectation Σ_{v ∉ S} ∇π(v)·(d(v) + 1) is the tail's share of
+/// ∇KL = Σ_v ∇π(v)·(d(v) + 1). (The EMA-PG code's tail term has d_t alone, without the + 1; its
+/// gradient then misses Σ_{v ∉ S} ∇π(v) = −∇π(S), biased unless k covers the vocabulary.) With k
+/// at least the vocabulary size the estimate is the exact KL and its exact gradient; the sum of
+/// KL̂_t over a completion's positions is weighted by `scale` (β / batch size).
+pub struct TopKl<'a> {
+    /// The anchor's hidden states at the same completion positions `[N, hidden]` (no graph).
+    pub anchor: Reference<'a>,
+    pub k: i64,
+    pub scale: f64,
+    /// The tokens' log-probabilities when they were sampled `[N]` (a later update); `None`:
+    /// on-policy.
+    pub old: Option<&'a Tensor>,
+}
+
+impl TopKl<'_> {
+    /// The chunk's surrogate (a 0-dim tensor with the graph of `lsm` and `lp`): its value is
+    /// `scale`·Σ_t KL̂_t, its gradient `scale`·Σ_t ∇KL̂_t (see [`TopKl`]). `lsm` `[len, vocab]` is
+    /// the policy's log-softmax, `lp` `[len]` its log-probabilities of `targets`.
+    fn chunk_surrogate(
+        &self,
+        lsm: &Tensor,
+        lp: &Tensor,
+        targets: &Tensor,
+        start: i64,
+        len: i64,
+        temperature: f64,
+    ) -> Result<Tensor> {
+        let rows = |t: &Tensor| t.f_narrow(0, start, len).map_err(|e| be("chunk", e));
+        let lq = tch::no_grad(|| -> Result<Tensor> {
+            let zq = scaled_logits(self.anchor.head, &rows(self.anchor.hidden)?, temperature)?;
+            zq.f_log_softmax(-1, Kind::Float)
+                .map_err(|e| be("anchor log-softmax", e))
+        })?;
+        let vocab = lsm.size().last().copied().unwrap_or(0);
+        let k = self.k.clamp(1, vocab.max(1));
+        let old = match self.old {
+            Some(o) => Some(rows(o)?),
+            None => None,
+        };
+        (|| -> Result<Tensor, tch::TchError> {
+            let (_, idx) = lsm.f_detach()?.f_topk(k, -1, true, false)?;
+            let lp_k = lsm.f_gather(-1, &idx, false)?;
+            let lq_k = lq.f_gather(-1, &idx, false)?;
+            let head = lp_k
+                .f_exp()?
+                .f_mul(&lp_k.f_sub(&lq_k)?)?
+                .f_sum_dim_intlist(-1, false, Kind::Float)?;
+            let y = targets.f_unsqueeze(-1)?;
+            let tail = idx
+                .f_eq_tensor(&y)?
+                .f_any_dim(-1, false)?
+                .f_logical_not()?
+                .f_to_kind(Kind::Float)?;
+            let lp0 = lp.f_detach()?;
+            let d = lp0.f_sub(&lq.f_gather(-1, &y, false)?.f_squeeze_dim(-1)?)?;
+            let w = match &old {
+                Some(o) => tail.f_mul(&lp0.f_sub(o)?.f_exp()?)?,
+                None => tail,
+            };
+            // (d + 1)·(lp − lp₀) has value 0 and gradient (d + 1)·∇lp; + d gives the value.
+            let t = d.f_add_scalar(1.0)?.f_mul(&lp.f_sub(&lp0)?)?.f_add(&d)?;
+            head.f_add(&w.f_mul(&t)?)?
+                .f_sum(Kind::Float)?
+                .f_mul_scalar(self.scale)
+        })()
+        .map_err(|e| be("top-k KL", e))
+    }
+}
+
 /// The weight of each token's log-probability in [`backward_weighted`]'s objective.
 pub enum Weights<'a> {
     /// Constants `[N]` (no graph).
@@ -363,28 +442,30 @@ pub fn backward_logprobs(
         head,
         targets,
         Weights::Fixed(weights),
-        temperature,
-        chunk,
+        None,
+        (temperature, chunk),
         &mut || Ok(()),
     )
 }
 
 /// Adds ∇ Σ_t weights_t · log π(targets_t) to the gradients of everything `h` and `head` depend
 /// on, with `h` `[N, hidden]` the completion-position hidden states (carrying the decoder's
-/// graph) — in bounded memory: the head is recomputed and back-propagated one chunk at a time
+/// graph), at the sampling temperature, `chunk` positions at a time — in bounded memory: the head is recomputed and back-propagated one chunk at a time
 /// (only that chunk's `[chunk, vocab]` tensors are alive), the hidden-state gradients are
 /// collected (`[N, hidden]`), and the decoder is back-propagated once. `after_chunk` runs after
 /// each chunk's backward pass (the trainer folds the head's bf16 gradients into f32 there, so
 /// they are not summed in bf16 across chunks). Returns Σ_t weights_t · log π(targets_t), the
 /// objective's value, as a 0-dim f32 tensor on the device (reading it is left to the caller: no
 /// host sync here).
+// long fn: one chunk loop holds the weights, the optional top-k KL term and the backward pass
+// together, so that only one chunk's [chunk, vocab] tensors are ever alive.
 pub fn backward_weighted(
     h: &Tensor,
     head: Head,
     targets: &Tensor,
     mut weights: Weights,
-    temperature: f64,
-    chunk: i64,
+    kl: Option<&TopKl>,
+    (temperature, chunk): (f64, i64),
     after_chunk: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Tensor> {
     if !(temperature.is_finite() && temperature > 0.0) {
@@ -432,7 +513,8 @@ pub fn backward_weighted(
                 .f_narrow(0, start, len)
                 .map_err(|e| be("chunk", e))?;
             let z = scaled_logits(head, &x, temperature)?;
-            let (_, lp) = log_softmax_at(&z, &tc)?;
+            let (lsm, lp) = log_softmax_at(&z, &tc)?;
+            drop(z);
             let wc = match (&fixed, &mut weights) {
                 (Some(w), _) => w.f_narrow(0, start, len).map_err(|e| be("chunk", e))?,
                 (None, Weights::Fixed(_)) => {
@@ -451,10 +533,15 @@ pub fn backward_weighted(
                         .map_err(|e| be("loss weights", e))?
                 }
             };
-            let obj = lp
+            let mut obj = lp
                 .f_mul(&wc)
                 .and_then(|x| x.f_sum(Kind::Float))
                 .map_err(|e| be("weighted log-probabilities", e))?;
+            if let Some(kl) = kl {
+                let term = kl.chunk_surrogate(&lsm, &lp, &tc, start, len, temperature)?;
+                obj = obj.f_add(&term).map_err(|e| be("top-k KL", e))?;
+            }
+            drop(lsm);
             obj.f_backward()
                 .map_err(|e| be("backward through the LM head", e))?;
             after_chunk()?;

@@ -48,6 +48,19 @@ pub enum Anchor {
     Init,
 }
 
+/// How the KL penalty to the anchor enters the objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimator {
+    /// β·log(π/π_anchor) of each sampled completion subtracted from its reward (the paper's
+    /// KL-regularised reward: a sequence-level estimate inside the advantages).
+    Sampled,
+    /// A token-level loss β·Σ_t KL(π ‖ π_anchor) at each completion position, summed exactly
+    /// over the policy's --kl-topk most likely tokens with a sampled correction for the rest
+    /// (unbiased in value and gradient; EMA-PG's "top-k KL", arXiv 2602.04417).
+    Topk,
+}
+
 /// Compute dtype of the policy while it trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -162,6 +175,14 @@ pub struct RlConfig {
     /// Anchor of the KL penalty.
     #[arg(long, value_enum, default_value_t = Anchor::Ema)]
     pub anchor: Anchor,
+    /// Estimator of the KL penalty: sampled (in the reward, the paper's) or topk (a token-level
+    /// loss, exact over the top --kl-topk tokens; docs/RL.md).
+    #[arg(long, value_enum, default_value_t = KlEstimator::Sampled)]
+    pub kl_estimator: KlEstimator,
+    /// Tokens summed exactly at each position by --kl-estimator topk (the vocabulary size or more:
+    /// the exact KL).
+    #[arg(long, value_name = "K", default_value_t = 32)]
+    pub kl_topk: usize,
     /// Reward minus this times the completion length in tokens (paper App. E: 0.0005).
     #[arg(long, default_value_t = 0.0)]
     pub length_penalty: f64,
@@ -321,6 +342,9 @@ impl RlConfig {
                 )
             },
         )?;
+        positive("kl_topk", (1..=1 << 24).contains(&self.kl_topk), || {
+            format!("must be in 1..=16777216, got {}", self.kl_topk)
+        })?;
         positive(
             "clip_eps",
             self.clip_eps.is_finite() && self.clip_eps > 0.0 && self.clip_eps < 1.0,
@@ -418,6 +442,11 @@ impl RlConfig {
             }
             return Ok(());
         }
+        positive(
+            "kl_estimator",
+            self.kl_estimator == KlEstimator::Sampled,
+            || "topk needs the warp backend (TRL computes its own sampled KL)".into(),
+        )?;
         // rloo: RLOOTrainer; grpo, dr-grpo: GRPOTrainer (K and ε: TRL's num_iterations, epsilon).
         positive("baseline", self.baseline != Baseline::None, || {
             "the trl backend has the rloo, grpo and dr-grpo baselines (RLOOTrainer, GRPOTrainer); \

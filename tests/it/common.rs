@@ -237,3 +237,17 @@ pub fn coverage_sims(default: usize) -> usize {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// The rows of an RL run's metrics.jsonl.
+pub fn read_metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The mean of a numeric field over metrics rows.
+pub fn mean_field(rows: &[serde_json::Value], field: &str) -> f64 {
+    rows.iter().map(|r| r[field].as_f64().unwrap()).sum::<f64>() / rows.len() as f64
+}

@@ -59,6 +59,8 @@ mod rl_reward;
 #[cfg(feature = "rl")]
 mod rl_scale;
 #[cfg(feature = "rl")]
+mod rl_topk_kl;
+#[cfg(feature = "rl")]
 mod rl_train;
 #[cfg(feature = "rl")]
 mod trl;

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::common::{fixture, ok, torch_ref};
+use crate::common::{fixture, mean_field, ok, read_metrics, torch_ref};
 use serde_json::json;
 use tch::Tensor;
 use warp::io::writer::WriterOptions;
@@ -53,11 +53,11 @@ fn grpo_and_dr_grpo_advantages_match_closed_form() {
 }
 
 /// (prompt ids, completion ids) pairs.
-type Pairs = Vec<(Vec<i64>, Vec<i64>)>;
+pub(crate) type Pairs = Vec<(Vec<i64>, Vec<i64>)>;
 
 /// Pairs of the built-in vocabulary (prompts of 2–6 tokens after BOS, completions of 0–6) and
 /// rewards 0/1 with some all-equal groups' worth of ties, in groups of 4 per prompt.
-fn fixed_samples() -> (Pairs, Vec<f64>) {
+pub(crate) fn fixed_samples() -> (Pairs, Vec<f64>) {
     let mut rng = SplitMix64::stream(24, 5);
     let mut pairs = Vec::new();
     for g in 0..4 {
@@ -81,7 +81,7 @@ fn fixed_samples() -> (Pairs, Vec<f64>) {
 }
 
 /// Adds N(0, 0.05²) noise from a seeded stream to every weight of `m`, in name order.
-fn perturb(m: &CausalLm, seed: u64) {
+pub(crate) fn perturb(m: &CausalLm, seed: u64) {
     let mut rng = SplitMix64::stream(seed, 6);
     let mut vars: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -95,7 +95,7 @@ fn perturb(m: &CausalLm, seed: u64) {
     });
 }
 
-fn save(m: &CausalLm, dest: &Path) {
+pub(crate) fn save(m: &CausalLm, dest: &Path) {
     m.save(
         dest,
         Some(&fixture("arith/model")),
@@ -105,7 +105,7 @@ fn save(m: &CausalLm, dest: &Path) {
     .unwrap();
 }
 
-fn read_grads(path: &Path) -> HashMap<String, Tensor> {
+pub(crate) fn read_grads(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path)
         .unwrap()
         .into_iter()
@@ -113,7 +113,7 @@ fn read_grads(path: &Path) -> HashMap<String, Tensor> {
 }
 
 /// max |a − b| over every parameter, and max |b|.
-fn worst(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, f64) {
+pub(crate) fn worst(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, f64) {
     assert_eq!(a.len(), b.len());
     let mut d: f64 = 0.0;
     let mut scale: f64 = 0.0;
@@ -135,9 +135,10 @@ struct Case {
     clip_frac: f64,
 }
 
-fn run_case(dir: &Path, baseline: Baseline, micro_batch: usize, pairs: &Pairs, r: &[f64]) -> Case {
-    let name = format!("{baseline:?}-k{micro_batch}");
-    let cfg = RlConfig {
+/// A GRPO-family config on the built-in model for two updates of one batch (K = 2, lr 1e-4, no
+/// warm-up or clipping of the gradient norm), f32 on the CPU.
+pub(crate) fn two_update_config(baseline: Baseline, micro_batch: usize) -> RlConfig {
+    RlConfig {
         model: fixture("arith/model").display().to_string(),
         batch: 4,
         n: 4,
@@ -152,17 +153,29 @@ fn run_case(dir: &Path, baseline: Baseline, micro_batch: usize, pairs: &Pairs, r
         metrics_every: 0,
         device: warp::device::Device::Cpu,
         ..RlConfig::default()
-    };
+    }
+}
+
+/// The two updates of one batch under `cfg` with an anchor away from the policy (so that the KL
+/// term is not zero): the policy and the anchor each update saw saved as `old-NAME`,
+/// `anchor-old-NAME`, `new-NAME` and `anchor-new-NAME` (the EMA anchor moves after the first
+/// update), and the two updates' gradients and the later one's clipped share.
+pub(crate) fn two_updates(
+    dir: &Path,
+    name: &str,
+    cfg: RlConfig,
+    pairs: &Pairs,
+    r: &[f64],
+) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, f64) {
     let mut t = Trainer::new(
         cfg,
         &dir.join(format!("run-{name}")),
         &warp::progress::Silent,
     )
     .unwrap();
-    // An anchor away from the policy, so that the KL term of r_β is not zero.
     perturb(&t.ema, 9);
     save(&t.policy, &dir.join(format!("old-{name}")));
-    save(&t.ema, &dir.join(format!("anchor-{name}")));
+    save(&t.ema, &dir.join(format!("anchor-old-{name}")));
     let sums = t.accumulate_gradient(pairs, r, false).unwrap();
     assert!(sums.kl_anchor > 0.0);
     // Copies: the gradients returned alias the parameters' (zeroed by the next update).
@@ -176,8 +189,15 @@ fn run_case(dir: &Path, baseline: Baseline, micro_batch: usize, pairs: &Pairs, r
     let first = copies(&t);
     t.update(sums.grad_norm).unwrap();
     save(&t.policy, &dir.join(format!("new-{name}")));
+    save(&t.ema, &dir.join(format!("anchor-new-{name}")));
     let u = t.accumulate_update(pairs).unwrap();
-    let later = copies(&t);
+    (first, copies(&t), u.clip_frac)
+}
+
+fn run_case(dir: &Path, baseline: Baseline, micro_batch: usize, pairs: &Pairs, r: &[f64]) -> Case {
+    let name = format!("{baseline:?}-k{micro_batch}");
+    let cfg = two_update_config(baseline, micro_batch);
+    let (first, later, clip_frac) = two_updates(dir, &name, cfg, pairs, r);
     let baseline = match baseline {
         Baseline::Grpo => "grpo",
         Baseline::DrGrpo => "dr-grpo",
@@ -189,7 +209,7 @@ fn run_case(dir: &Path, baseline: Baseline, micro_batch: usize, pairs: &Pairs, r
         baseline,
         first,
         later,
-        clip_frac: u.clip_frac,
+        clip_frac,
     }
 }
 
@@ -217,7 +237,7 @@ fn grpo_gradients_match_the_torch_reference_with_clipping_and_micro_batches() {
             jobs.push(json!({
                 "policy": d.join(format!("{policy}-{}", c.name)),
                 "old": d.join(format!("old-{}", c.name)),
-                "anchor": d.join(format!("anchor-{}", c.name)),
+                "anchor": d.join(format!("anchor-old-{}", c.name)),
                 "out": d.join(format!("ref-{which}-{}.safetensors", c.name)),
                 "pairs": pairs, "rewards": rewards, "n": 4, "baseline": c.baseline,
                 "beta": 0.1, "temperature": 0.9, "length_penalty": 0.0, "clip_eps": 0.2,
@@ -303,11 +323,7 @@ fn grpo_with_the_ema_anchor_raises_the_builtin_reward() {
         ],
         tmp.path(),
     );
-    let m: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let m = read_metrics(&out);
     assert_eq!(m.len(), 40);
     assert!(m.iter().all(|r| r["clip_frac"].as_f64().is_some()));
     let measured = ok(
@@ -323,16 +339,8 @@ fn grpo_with_the_ema_anchor_raises_the_builtin_reward() {
     );
     let v: serde_json::Value = serde_json::from_str(&measured).unwrap();
     let acc = v["sampled_accuracy"].as_f64().unwrap();
-    let first: f64 = m[..5]
-        .iter()
-        .map(|r| r["reward_mean"].as_f64().unwrap())
-        .sum::<f64>()
-        / 5.0;
-    let last: f64 = m[35..]
-        .iter()
-        .map(|r| r["reward_mean"].as_f64().unwrap())
-        .sum::<f64>()
-        / 5.0;
+    let first = mean_field(&m[..5], "reward_mean");
+    let last = mean_field(&m[35..], "reward_mean");
     eprintln!("GRPO: held-out sampled accuracy {acc:.3} (SFT 0.647); reward steps 1–5 {first:.3}, 36–40 {last:.3}");
     assert!(acc >= 0.75, "held-out accuracy {acc}");
     assert!(last > first, "{first} → {last}");

@@ -50,8 +50,8 @@ use tch::{Device, Kind, Tensor};
 use std::collections::HashMap;
 
 use super::chunked::{
-    backward_weighted, chunk_positions, token_stats, Completions, Reference, StatsOptions, Weights,
-    DEFAULT_CHUNK_BYTES,
+    backward_weighted, chunk_positions, token_stats, Completions, Reference, StatsOptions, TopKl,
+    Weights, DEFAULT_CHUNK_BYTES,
 };
 use super::data::{read_prompt_lines, Prompt};
 use super::generate::{generate, GenerateOptions};
@@ -68,7 +68,7 @@ use crate::layout::{RlRunLayout, TRAINER_STATE};
 use crate::progress::Reporter;
 use crate::rng::SplitMix64;
 
-pub use super::settings::{Anchor, Baseline, RlConfig, SaveDtype, TrainDtype};
+pub use super::settings::{Anchor, Baseline, KlEstimator, RlConfig, SaveDtype, TrainDtype};
 
 mod checkpoint;
 mod lora;

@@ -24,6 +24,9 @@ pub(super) struct Scored {
     pub(super) kl_init: Option<Tensor>,
     /// Summed over the micro-batch's tokens.
     pub(super) entropy_sum: Tensor,
+    /// The anchor's hidden states at the completion positions (no graph), kept for the top-k KL
+    /// term of the backward pass (`--kl-estimator topk`).
+    pub(super) anchor_hidden: Option<Tensor>,
 }
 
 pub(super) fn check_rewards(rewards: &[f64], expected: usize, name: &str) -> Result<()> {
@@ -110,10 +113,15 @@ impl Trainer {
         } else {
             tch::no_grad(|| hidden_of(&self.policy))?
         };
+        let keep_anchor = grad && self.cfg.kl_estimator == KlEstimator::Topk;
+        let mut anchor_hidden = None;
         let (token_logprob, anchor_logprob, kl_anchor, kl_init, entropy_sum) = tch::no_grad(
             || -> Result<(Tensor, Tensor, Tensor, Option<Tensor>, Tensor)> {
                 let anchor = self.anchor_model()?;
                 let ha = hidden_of(anchor)?;
+                if keep_anchor {
+                    anchor_hidden = Some(ha.shallow_clone());
+                }
                 let init = match (&self.init, init_metrics, self.cfg.anchor) {
                     (Some(m), true, Anchor::Ema) => Some((m, hidden_of(m)?)),
                     _ => None,
@@ -175,6 +183,7 @@ impl Trainer {
             kl_init,
             entropy_sum,
             hidden: grad.then_some(hidden),
+            anchor_hidden,
             comp,
         })
     }
@@ -213,6 +222,16 @@ impl Trainer {
             Tensor::f_zeros([0], (Kind::Float, self.policy.device))
                 .map_err(|e| Error::compute("scoring", e))
         };
+        // The top-k KL term needs the anchor at the same positions (the current anchor: an EMA
+        // anchor moves after every update).
+        let anchor_hidden = match self.cfg.kl_estimator {
+            KlEstimator::Topk => Some(tch::no_grad(|| -> Result<Tensor> {
+                let a = self.anchor_model()?;
+                let h = a.hidden_states(&comp.ids, &comp.attention_mask, &comp.position_ids)?;
+                comp.gather(&h)
+            })?),
+            KlEstimator::Sampled => None,
+        };
         Ok(Scored {
             comp,
             hidden: Some(hidden),
@@ -222,6 +241,7 @@ impl Trainer {
             kl_anchor: zero()?,
             kl_init: None,
             entropy_sum: zero()?,
+            anchor_hidden,
         })
     }
 }

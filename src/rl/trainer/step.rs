@@ -192,21 +192,54 @@ impl Trainer {
 
     /// Back-propagates Σ_t w_t · log π(y_t) of one micro-batch, w_t the weight of its sequence:
     /// `weights` `[sequences]` (constants). Returns the objective on the device.
-    pub(super) fn backward(&mut self, s: &Scored, weights: &Tensor) -> Result<Tensor> {
+    pub(super) fn backward(
+        &mut self,
+        s: &Scored,
+        weights: &Tensor,
+        total: usize,
+    ) -> Result<Tensor> {
         let w = weights
             .f_index_select(0, &s.comp.seq)
             .map_err(|e| Error::compute("loss weights", e))?;
-        self.backward_tokens(s, Weights::Fixed(&w))
+        self.backward_tokens(s, Weights::Fixed(&w), None, total)
     }
 
-    /// Back-propagates Σ_t w_t · log π(y_t) of one micro-batch with per-token weights, folding
-    /// the head's bf16 gradient into f32 after every chunk.
-    pub(super) fn backward_tokens(&mut self, s: &Scored, weights: Weights) -> Result<Tensor> {
+    /// Back-propagates Σ_t w_t · log π(y_t) of one micro-batch with per-token weights (plus the
+    /// top-k KL term with `--kl-estimator topk`: β/`total` per token, `old` the log-probabilities
+    /// the tokens were sampled with in a later update), folding the head's bf16 gradient into f32
+    /// after every chunk.
+    pub(super) fn backward_tokens(
+        &mut self,
+        s: &Scored,
+        weights: Weights,
+        old: Option<&Tensor>,
+        total: usize,
+    ) -> Result<Tensor> {
         let h = s
             .hidden
             .as_ref()
             .ok_or_else(|| Error::Internal("scored without the graph".into()))?;
         let head = head_of(&self.policy)?;
+        // The anchor by its fields (not `anchor_model`, which borrows all of self: the optimizer
+        // is borrowed mutably below).
+        let anchor = match self.cfg.anchor {
+            Anchor::Ema => Some(self.ema_compute.as_ref().unwrap_or(&self.ema)),
+            Anchor::Init => self.init.as_ref(),
+        };
+        let anchor_head = match (&s.anchor_hidden, anchor) {
+            (Some(_), Some(a)) => Some(head_of(a)?),
+            (Some(_), None) => return Err(Error::Internal("the init anchor is not loaded".into())),
+            (None, _) => None,
+        };
+        let kl = match (&s.anchor_hidden, &anchor_head) {
+            (Some(hidden), Some(head)) => Some(TopKl {
+                anchor: Reference { hidden, head },
+                k: self.cfg.kl_topk.min(i64::MAX as usize) as i64,
+                scale: self.cfg.beta / total as f64,
+                old,
+            }),
+            _ => None,
+        };
         let (opt, slots) = (&mut self.opt, &self.head_slots);
         let mut fold = || {
             if slots.is_empty() {
@@ -220,8 +253,8 @@ impl Trainer {
             &head,
             &s.comp.targets,
             weights,
-            self.cfg.temperature,
-            self.chunk,
+            kl.as_ref(),
+            (self.cfg.temperature, self.chunk),
             &mut fold,
         )
     }
@@ -238,9 +271,14 @@ impl Trainer {
     ) -> Result<Tensor> {
         let c = &self.cfg;
         tch::no_grad(|| {
+            // With the top-k estimator the KL is a loss term of its own (backward_tokens).
+            let beta = match c.kl_estimator {
+                KlEstimator::Sampled => c.beta,
+                KlEstimator::Topk => 0.0,
+            };
             let log_ratio = s_lp.f_sub(a_lp)?;
             let r_beta = r
-                .f_sub(&log_ratio.f_mul_scalar(c.beta)?)?
+                .f_sub(&log_ratio.f_mul_scalar(beta)?)?
                 .f_sub(&lens.f_mul_scalar(c.length_penalty)?)?;
             advantages(&r_beta, c.n, c.baseline).f_mul_scalar(-1.0 / total as f64)
         })
@@ -375,7 +413,7 @@ impl Trainer {
                 let (a, b, r, l) = rows(i)?;
                 let s = self.score(&pairs[a..b], true, init_metrics)?;
                 let w = self.loss_weights(&r, &s.seq_logprob, &s.anchor_logprob, &l, total)?;
-                sums.objective.push(self.backward(&s, &w)?);
+                sums.objective.push(self.backward(&s, &w, total)?);
                 sums.add(&s);
                 if record {
                     old.push(s.token_logprob.shallow_clone());
@@ -410,7 +448,7 @@ impl Trainer {
                 let w = w_all
                     .f_narrow(0, a as i64, (b - a) as i64)
                     .map_err(|e| Error::compute("micro-batch", e))?;
-                sums.objective.push(self.backward(&s, &w)?);
+                sums.objective.push(self.backward(&s, &w, total)?);
                 if accumulate {
                     self.opt.accumulate()?;
                 }
@@ -482,7 +520,7 @@ impl Trainer {
                 Ok(w)
             };
             // The surrogate's value is not the objective: not reported.
-            let _ = self.backward_tokens(&s, Weights::Of(&mut weigh))?;
+            let _ = self.backward_tokens(&s, Weights::Of(&mut weigh), Some(old), total)?;
             if accumulate {
                 self.opt.accumulate()?;
             }
