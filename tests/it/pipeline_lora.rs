@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{self, ok, py, repo_root};
+use crate::common::{self, ok, py, repo_root, run};
 use crate::merge_reference::{compare, values};
 use warp::io::Checkpoint;
 
@@ -282,6 +282,30 @@ fn warp_run_with_lora_merges_adapters_and_folds_the_next_init() {
     assert_eq!(num(a, 8), num(b, 8), "{text}");
     let (ka, kb) = (num(a, 6), num(b, 6));
     assert!(ka > 0.0 && (ka - kb).abs() <= 1e-4 * ka, "{text}");
+
+    // An adapter whose config names no base cannot be evaluated: exit 2, one line naming it,
+    // no CSV.
+    let bad = w.join("no-base");
+    std::fs::create_dir_all(&bad).unwrap();
+    let policy = out.join("iter-1/run-1/final/policy");
+    std::fs::copy(
+        policy.join("adapter_model.safetensors"),
+        bad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut c = json(&policy.join("adapter_config.json"));
+    c.as_object_mut().unwrap().remove("base_model_name_or_path");
+    std::fs::write(bad.join("adapter_config.json"), c.to_string()).unwrap();
+    let csv = w.join("bad.csv");
+    let r = run("warp", &["eval", s(&bad), "-o", s(&csv), "-q"], w);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no-base") && r.stderr.contains("names no base model"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    assert!(!csv.exists());
 }
 
 /// `warp run` with `trainer = "trl"` and `lora = R` (needs the venv of scripts/setup-trl.sh): the
