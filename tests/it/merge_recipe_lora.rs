@@ -24,6 +24,7 @@ fn merge(w: &Path, name: &str, recipe: &str) -> std::path::PathBuf {
 }
 
 #[test]
+// long fn: two base dtypes through the same two recipes, then the refusals, in sequence.
 fn recipes_read_base_plus_adapter_as_the_materialised_model() {
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path();
