@@ -38,7 +38,8 @@
 #       settings (micro-batch MICRO, --metrics-every 0), the median `generate_s` and
 #       `gen_tokens_per_s` of the steps after the first SKIP.
 #
-# Environment: ROUNDS (default 1 for mem49, 3 for vs-trl and gen), STEPS (3), SKIP (1), THREADS
+# Environment: ROUNDS (default 1 for mem49, 3 for vs-trl and gen), STEPS (3), SKIP (1), MODELS
+# (lora: the models to run, default "m49 m120"), THREADS
 # (libtorch's default), MICRO (16), BENCH_DIR (default target/bench). Arguments after `--` go to
 # warp-rl (e.g. --micro-batch 8).
 set -euo pipefail
@@ -214,7 +215,7 @@ case "$mode" in
     : > "$W/results.jsonl"
     echo "rl_scale lora: threads $threads, rounds $rounds, steps $steps (first $skip left out)" >&2
     for r in $(seq "$rounds"); do
-      for m in m49 m120; do
+      for m in ${MODELS:-m49 m120}; do
         echo "  round $r: $m full, then LoRA" >&2
         common=(--batch 8 -n 4 --max-new-tokens 32 --micro-batch "$micro" --device cpu)
         warp_run "full $m" "$target/release/warp-rl" "$W/$m" "$r" "${common[@]}" --lr 1e-5 \

@@ -11,6 +11,10 @@
 //!   iter-i/slerp/eta-X.XX/          SLERP with fused LITI, one folder per η
 //!   iter-i/slerp-angles.json        angles between the task vectors
 //!   iter-i/lerp/                    LERP of the same policies
+//!   iter-i/init/                    LoRA runs (`lora = R`), i < I: the LITI point at `eta`
+//!                                   (an adapter) folded into its base, the next init
+//!   iter-i/slerp-full/              LoRA runs, i ≥ 2: the SLERP (η = 1) as a full checkpoint,
+//!                                   what the front interpolates toward the SFT
 //!   iter-i/front/eta-X.XX/          iteration i's SLERP toward the SFT (i ≥ 2): the paper's
 //!                                   output front {(1 − η)·θ_sft + η·θ_slerp^i}
 //!   eval.csv, front.svg             the evaluation and its plot
@@ -121,6 +125,19 @@ impl RunLayout {
     /// SLERP interpolated toward the SFT, one sub-folder per η.
     pub fn front(&self, i: u32) -> (String, PathBuf) {
         (format!("iter-{i}/front"), self.iteration(i).join("front"))
+    }
+    /// Step id and folder of the next init after iteration `i` in a LoRA pipeline: the LITI
+    /// point (an adapter) as a full checkpoint.
+    pub fn next_init(&self, i: u32) -> (String, PathBuf) {
+        (format!("iter-{i}/init"), self.iteration(i).join("init"))
+    }
+    /// Step id and folder of iteration `i`'s SLERP (η = 1) as a full checkpoint, in a LoRA
+    /// pipeline (the adapter's base is the iteration's init, not the SFT model).
+    pub fn slerp_full(&self, i: u32) -> (String, PathBuf) {
+        (
+            format!("iter-{i}/slerp-full"),
+            self.iteration(i).join("slerp-full"),
+        )
     }
     /// Step id and folder of iteration `i`'s LERP.
     pub fn lerp(&self, i: u32) -> (String, PathBuf) {

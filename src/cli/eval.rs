@@ -14,6 +14,10 @@ use crate::device::Device;
 /// (OUT.csv → OUT-samples.csv, OUT.json) every sample's reward, KL, length and text, and the
 /// evaluation's settings, which `warp report` resamples.
 ///
+/// A checkpoint may be a PEFT LoRA adapter folder (as `warp rl --lora` and the merges of adapters
+/// write): it is measured as its base (`base_model_name_or_path`, loaded once for all its
+/// adapters in a row) with the adapter on.
+///
 /// Every checkpoint sees the same prompts and the same random stream, so differences between
 /// checkpoints are paired: not blurred by sampling noise more than necessary. Needs the `rl`
 /// feature.
@@ -144,7 +148,7 @@ pub fn run(a: &Args, _: &Ctx) -> crate::Result<()> {
     let reporter = super::Progress::new(a.quiet);
     let sft = resolve_path(&a.sft)?;
     if a.dry_run {
-        return dry_run(a, &sft, &prompts_path, &prompts, &o, max_memory);
+        return dry_run(a, &sft, &prompts_path, &prompts, &o, max_memory, &points);
     }
     let (rows, samples) = evaluate_points(
         &points,
@@ -196,12 +200,22 @@ fn dry_run(
     prompts: &[crate::rl::data::PromptLine],
     o: &crate::rl::eval::SampleOptions,
     max_memory: Option<u64>,
+    points: &[crate::pipeline::Point],
 ) -> crate::Result<()> {
     let mut tok = crate::rl::tokenizer::Tokenizer::from_dir(sft)?;
     tok.set_chat_template(&a.chat_template)?;
     let device = crate::rl::tch_device(a.device)?;
-    let plan =
-        crate::rl::eval::eval_memory_plan(sft, &tok, prompts_path, prompts, o, device, max_memory)?;
+    let adapter = crate::rl::eval_lora::largest_adapter(points.iter().map(|p| p.path.as_path()))?;
+    let plan = crate::rl::eval::eval_memory_plan(
+        sft,
+        &tok,
+        prompts_path,
+        prompts,
+        o,
+        device,
+        max_memory,
+        adapter,
+    )?;
     super::common::out_line(&format!(
         "evaluation batch: {} sequences\n{}",
         plan.micro_batch,

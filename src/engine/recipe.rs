@@ -74,11 +74,15 @@ pub struct PlannedOp {
     pub passes: usize,
 }
 
-fn info<'a>(job: &'a RecipeJob, m: usize, name: &str) -> Result<&'a TensorInfo> {
+/// Where input `m` reads tensor `name` (its base's file, or an adapter's for a full tensor).
+fn source<'a>(job: &'a RecipeJob, m: usize, name: &str) -> Result<super::Source<'a>> {
     job.inputs[m]
-        .ckpt
-        .get(name)
+        .source(name)
         .ok_or_else(|| Error::Internal(format!("tensor {name} vanished from input {m}")))
+}
+
+fn info<'a>(job: &'a RecipeJob, m: usize, name: &str) -> Result<&'a TensorInfo> {
+    source(job, m, name).map(|s| s.info)
 }
 
 fn passes(op: &TensorOp) -> usize {
@@ -185,12 +189,17 @@ impl RecipePlan {
     }
 }
 
-/// One tensor's inputs, read front to back.
+/// One tensor's inputs, read front to back. An input that is a PEFT adapter's low-rank delta of
+/// the tensor is read as base + s·B·A, computed chunk by chunk in f32 ([`Ins::load`]).
 struct Ins<'a> {
     infos: Vec<&'a TensorInfo>,
     sweeps: Vec<Sweep<'a>>,
     ckpts: Vec<&'a crate::io::Checkpoint>,
     specs: Vec<&'a str>,
+    /// Per input: the adapter's factors of this tensor and the f32 chunk computed from them.
+    deltas: Vec<Option<(crate::io::lora::Factors, Vec<u8>)>>,
+    /// Per input: the adapter file, when the input is an adapter (checked unchanged too).
+    adapters: Vec<Option<&'a crate::io::Checkpoint>>,
 }
 
 impl<'a> Ins<'a> {
@@ -200,27 +209,78 @@ impl<'a> Ins<'a> {
             sweeps: Vec::new(),
             ckpts: Vec::new(),
             specs: Vec::new(),
+            deltas: Vec::new(),
+            adapters: Vec::new(),
         };
         for (m, name) in &op.inputs {
-            let t = info(job, *m, name)?;
-            let ck = &job.inputs[*m].ckpt;
-            ins.infos.push(t);
-            ins.sweeps.push(Sweep::new(ck, t));
-            ins.ckpts.push(ck);
-            ins.specs.push(&job.inputs[*m].spec);
+            let input = &job.inputs[*m];
+            let s = source(job, *m, name)?;
+            ins.infos.push(s.info);
+            ins.sweeps.push(Sweep::new(s.ckpt, s.info));
+            ins.ckpts.push(s.ckpt);
+            ins.specs.push(&input.spec);
+            ins.deltas.push(match (&input.adapter, s.low_rank) {
+                (Some(a), true) => Some((a.factors(name)?, Vec::new())),
+                _ => None,
+            });
+            ins.adapters.push(input.adapter.as_ref().map(|a| &a.file));
         }
         Ok(ins)
     }
 
-    /// The byte ranges of element range `r` in every input.
-    fn slices(&mut self, r: &Range<u64>, next: u64) -> Vec<&'a [u8]> {
-        let mut out = Vec::with_capacity(self.infos.len());
-        for (s, t) in self.sweeps.iter_mut().zip(&self.infos) {
+    /// Keeps input 0 only.
+    fn first_only(&mut self) {
+        self.infos.truncate(1);
+        self.sweeps.truncate(1);
+        self.ckpts.truncate(1);
+        self.specs.truncate(1);
+        self.deltas.truncate(1);
+        self.adapters.truncate(1);
+    }
+
+    /// The dtype input `n` is read in: f32 where a low-rank delta is added.
+    fn dtype(&self, n: usize) -> DType {
+        if self.deltas[n].is_some() {
+            DType::F32
+        } else {
+            self.infos[n].dtype
+        }
+    }
+
+    /// Prepares element range `r` of every input (the next `next` elements prefetched): the
+    /// low-rank inputs' f32 values computed, for [`Ins::slices`].
+    fn load(&mut self, r: &Range<u64>, next: u64) {
+        for ((s, t), d) in self
+            .sweeps
+            .iter_mut()
+            .zip(&self.infos)
+            .zip(&mut self.deltas)
+        {
             let es = t.dtype.size() as u64;
             s.prefetch(r.end * es..(r.end + next) * es);
-            out.push(s.bytes(r.start * es..r.end * es));
+            if let Some((f, buf)) = d {
+                buf.resize(((r.end - r.start) * 4) as usize, 0);
+                f.apply(t.dtype, s.bytes(r.start * es..r.end * es), r.start, buf);
+            }
         }
-        out
+    }
+
+    /// The bytes of element range `r` in every input (after [`Ins::load`] of `r`), in the dtype
+    /// of [`Ins::dtype`].
+    fn slices(&self, r: &Range<u64>) -> Vec<&[u8]> {
+        let len = (r.end - r.start) as usize;
+        self.sweeps
+            .iter()
+            .zip(&self.infos)
+            .zip(&self.deltas)
+            .map(|((s, t), d)| match d {
+                Some((_, buf)) => &buf[..len * 4],
+                None => {
+                    let es = t.dtype.size() as u64;
+                    s.bytes(r.start * es..r.end * es)
+                }
+            })
+            .collect()
     }
 
     fn done(&mut self, upto: u64) {
@@ -234,11 +294,20 @@ impl<'a> Ins<'a> {
             s.finish();
             ck.shards[t.shard].check_unchanged()?;
         }
+        for a in self.adapters.iter().flatten() {
+            for sh in &a.shards {
+                sh.check_unchanged()?;
+            }
+        }
         Ok(())
     }
 
+    /// The file input `n` reads the tensor from (the adapter's, for a low-rank delta).
     fn path(&self, n: usize) -> &std::path::Path {
-        &self.ckpts[n].shards[self.infos[n].shard].path
+        match (&self.deltas[n], self.adapters[n]) {
+            (Some(_), Some(a)) => &a.path,
+            _ => &self.ckpts[n].shards[self.infos[n].shard].path,
+        }
     }
 }
 
@@ -304,9 +373,10 @@ fn decode(
     xs: &mut [Vec<f32>],
     check: bool,
 ) -> std::result::Result<(), NonFinite> {
-    for (n, (x, t)) in xs.iter_mut().zip(&ins.infos).enumerate() {
-        let es = t.dtype.size();
-        decode_f32(t.dtype, &slices[n][lo * es..(lo + len) * es], &mut x[..len]);
+    for (n, x) in xs.iter_mut().enumerate().take(ins.infos.len()) {
+        let dt = ins.dtype(n);
+        let es = dt.size();
+        decode_f32(dt, &slices[n][lo * es..(lo + len) * es], &mut x[..len]);
         if check && x[..len].iter().any(|v| !v.is_finite()) {
             let i = x[..len].iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(NonFinite {
@@ -507,7 +577,8 @@ impl Passes<'_> {
         let mut ins = Ins::new(self.job, self.op)?;
         for r in chunks(self.numel, 1, self.step) {
             crate::interrupt::check()?;
-            let slices = ins.slices(&r, self.step);
+            ins.load(&r, self.step);
+            let slices = ins.slices(&r);
             let res = sums_chunk(&ins, &slices, &r, self, sels, &mut ties, check);
             self.guard.check()?;
             let partial = res.map_err(|nf| nonfinite(&ins, self.op, nf))?;
@@ -545,7 +616,8 @@ impl Passes<'_> {
         let mut buf = Vec::new();
         for r in chunks(self.numel, 1, self.step) {
             crate::interrupt::check()?;
-            let slices = ins.slices(&r, self.step);
+            ins.load(&r, self.step);
+            let slices = ins.slices(&r);
             let len = (r.end - r.start) as usize;
             buf.resize(len * oes, 0u8);
             let counts = tie_counts(&ins, &slices, len, r.start, self, sels, &mut ties);
@@ -641,7 +713,8 @@ impl Passes<'_> {
         let mut ins = Ins::new(self.job, op)?;
         for r in chunks(self.numel, 1, step) {
             crate::interrupt::check()?;
-            let slices = ins.slices(&r, step);
+            ins.load(&r, step);
+            let slices = ins.slices(&r);
             let len = (r.end - r.start) as usize;
             // One histogram per thread (at most): pieces of at least blocks/threads blocks.
             let blocks = len.div_ceil(bl);
@@ -915,19 +988,18 @@ fn copy(
     reporter: &dyn Reporter,
 ) -> Result<()> {
     let mut ins = Ins::new(job, op)?;
-    ins.infos.truncate(1);
-    ins.sweeps.truncate(1);
-    ins.ckpts.truncate(1);
-    let t = ins.infos[0];
+    ins.first_only();
+    let dt = ins.dtype(0);
     let mut buf = Vec::new();
     for r in chunks(numel, 1, step) {
         crate::interrupt::check()?;
-        let slices = ins.slices(&r, step);
+        ins.load(&r, step);
+        let slices = ins.slices(&r);
         let len = (r.end - r.start) as usize;
-        if t.dtype == out_dtype {
+        if dt == out_dtype {
             guard.check()?;
-            if t.dtype.is_float() && !job.allow_nonfinite {
-                if let Some(i) = crate::io::dtype::first_nonfinite_par(t.dtype, slices[0]) {
+            if dt.is_float() && !job.allow_nonfinite {
+                if let Some(i) = crate::io::dtype::first_nonfinite_par(dt, slices[0]) {
                     return Err(nonfinite(
                         &ins,
                         op,
@@ -941,7 +1013,7 @@ fn copy(
             w.write(slices[0])?;
         } else {
             let mut x = vec![0f32; len];
-            decode_f32(t.dtype, slices[0], &mut x);
+            decode_f32(dt, slices[0], &mut x);
             guard.check()?;
             if !job.allow_nonfinite {
                 if let Some(i) = x.iter().position(|v| !v.is_finite()) {
@@ -960,7 +1032,7 @@ fn copy(
             w.write(&buf)?;
         }
         ins.done(r.end);
-        reporter.advance((r.end - r.start) * t.dtype.size() as u64);
+        reporter.advance((r.end - r.start) * ins.infos[0].dtype.size() as u64);
     }
     ins.finish()
 }

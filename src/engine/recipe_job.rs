@@ -14,7 +14,7 @@ use crate::merge::recipe::program::{self, Program};
 use crate::merge::recipe::{Recipe, Scalar, Setting};
 use crate::progress::Reporter;
 
-use super::job::{check_new_dir, open_inputs, with_threads, Options, Outcome};
+use super::job::{check_new_dir, with_threads, Options, Outcome};
 use super::recipe::{run, ExtraFile, RecipeJob, RecipePlan};
 use super::{Input, Summary};
 
@@ -47,13 +47,48 @@ pub fn merge_recipe(
         check_new_dir(o.names, o.names.out, &o.out, o.force)?;
     }
     with_threads(o.threads, || {
-        let names = recipe.models();
-        let opened = open_inputs(
-            names.iter().map(|m| (m.clone(), "model")).collect(),
-            reporter,
-        )?;
+        let opened = open_models(&recipe.models(), file, reporter)?;
         merge_opened(&recipe, file, seed, &opened, o, reporter)
     })
+}
+
+/// Opens the recipe's models: checkpoints, PEFT adapter folders (on the base their config
+/// names) and mergekit's `BASE+ADAPTER` (that adapter on that base); every one streamed as a
+/// checkpoint, an adapter's tensors as base + s·B·A chunk by chunk.
+fn open_models(names: &[String], file: &str, reporter: &dyn Reporter) -> Result<Vec<Input>> {
+    let hub = crate::hub::HubOptions::from_env();
+    let mut opened = Vec::with_capacity(names.len());
+    for spec in names {
+        let mut input = match crate::merge::recipe::split_lora(spec) {
+            Some((base, adapter)) => {
+                let refuse = |what: &str| {
+                    Error::setting(
+                        format!("{file}: {spec}"),
+                        format!("in BASE+ADAPTER, {what}"),
+                    )
+                };
+                if !crate::engine::is_adapter_spec(adapter, &hub, reporter) {
+                    return Err(refuse(&format!(
+                        "'{adapter}' is not a PEFT LoRA adapter (adapter_config.json and \
+                         adapter_model.safetensors)"
+                    )));
+                }
+                if crate::engine::is_adapter_spec(base, &hub, reporter) {
+                    return Err(refuse(&format!(
+                        "the base '{base}' is itself an adapter (give a full model)"
+                    )));
+                }
+                Input::open(adapter.to_string(), "model", Some(base), &hub, reporter)?
+            }
+            None => Input::open(spec.clone(), "model", None, &hub, reporter)?,
+        };
+        input.spec = spec.clone();
+        for w in &input.ckpt.warnings {
+            reporter.message(&format!("warning: {w}"));
+        }
+        opened.push(input);
+    }
+    Ok(opened)
 }
 
 fn merge_opened(
@@ -64,7 +99,12 @@ fn merge_opened(
     o: &Options,
     reporter: &dyn Reporter,
 ) -> Result<Outcome> {
-    let paths: Vec<&std::path::Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
+    let mut paths: Vec<&std::path::Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
+    paths.extend(
+        opened
+            .iter()
+            .filter_map(|i| Some(i.adapter.as_ref()?.dir.as_path())),
+    );
     check_destination(&o.out, &paths)?;
     let models: Vec<(String, &crate::io::Checkpoint)> =
         opened.iter().map(|i| (i.spec.clone(), &i.ckpt)).collect();
@@ -271,6 +311,17 @@ fn warp_slerp(r: &Recipe, file: &str, o: &Options, reporter: &dyn Reporter) -> R
         .map(|s| s.model.clone())
         .filter(|m| *m != base)
         .collect();
+    if let Some(m) = models
+        .iter()
+        .chain([&base])
+        .find(|m| crate::merge::recipe::split_lora(m).is_some())
+    {
+        return Err(Error::setting(
+            format!("{file}: {m}"),
+            "warp_slerp takes no BASE+ADAPTER references: give the adapter folders themselves \
+             (merged in rank space on base_model)",
+        ));
+    }
     let method = Slerp::new(models.len(), etas, angle, threshold)?;
     let mut inputs = vec![(base, "init")];
     inputs.extend(models.into_iter().map(|m| (m, "model")));

@@ -105,16 +105,6 @@ pub(super) fn rl_base(c: &PipelineConfig) -> Result<RlConfig> {
     let origin = Path::new("pipeline config `rl`");
     let mut base = RlConfig::default().layered(&c.rl, &flags, &m, origin)?;
     base.backend = c.trainer;
-    if base.lora.is_some() {
-        // The evaluation and the next iteration's init read full checkpoints only (issue 25's
-        // `warp run` with LoRA is not built yet): refused rather than failing mid-run.
-        return Err(Error::setting(
-            "rl.lora",
-            "LoRA runs are not supported in `warp run` yet (its evaluation and next init need \
-             full checkpoints); run `warp rl --lora` and merge the adapters with `warp slerp` \
-             / `warp liti` (docs/PIPELINE.md)",
-        ));
-    }
     Ok(base)
 }
 
@@ -134,6 +124,8 @@ struct Builder<'a> {
     /// `--threads N` for every command, when set.
     threads: Vec<String>,
     base: RlConfig,
+    /// The RL runs train LoRA adapters (`lora = R`): their policies and merges are adapters.
+    lora: bool,
     plan: Plan,
     /// RL runs so far (they take the devices in turn).
     runs: usize,
@@ -227,7 +219,9 @@ impl Builder<'_> {
     }
 
     /// SLERP with fused LITI over the η grid, and LERP, of iteration `i`'s policies, written in
-    /// `dtype`; returns the SLERP's step id.
+    /// `dtype`; returns the SLERP's step id. With LoRA the policies are PEFT adapters of `init`
+    /// and the merges are computed in rank space and written as adapters (`--as adapter`), their
+    /// factors in f32 whatever `dtype` (the full checkpoints made from them are in `dtype`).
     fn merge_steps(
         &mut self,
         i: u32,
@@ -240,7 +234,12 @@ impl Builder<'_> {
         let (slerp_id, slerp_dir) = self.layout.slerp(i);
         let mut args = policies.to_vec();
         args.extend(["--init".into(), init.into(), "-o".into(), s(&slerp_dir)]);
-        let dtype_args = ["--dtype".to_string(), dtype.name().to_ascii_lowercase()];
+        let mut dtype_args = vec!["--dtype".to_string(), dtype.name().to_ascii_lowercase()];
+        if self.lora {
+            dtype_args = ["--dtype", "f32", "--as", "adapter"]
+                .map(String::from)
+                .to_vec();
+        }
         args.extend(dtype_args.iter().cloned());
         for e in c.eta_grid() {
             args.extend(["--eta".into(), e.to_string()]);
@@ -292,14 +291,16 @@ impl Builder<'_> {
     /// Iteration `i`'s SLERP interpolated toward the SFT model over the η grid (`warp liti`):
     /// the paper's output front when `i` is the last iteration, and what iterations are
     /// compared on.
-    fn front_step(&mut self, i: u32, slerp_id: &str, dtype: DType) {
+    /// With LoRA the SLERP is an adapter of the iteration's init, not of the SFT model: the
+    /// front interpolates toward its full checkpoint (`merged`, made by [`Self::convert_step`]).
+    fn front_step(&mut self, i: u32, merged: &Path, after: &str, dtype: DType) {
         let c = self.c;
         let (id, dir) = self.layout.front(i);
         let mut args = vec![
             "--init".into(),
             c.model.clone(),
             "--merged".into(),
-            s(&self.layout.slerp_eta(i, 1.0)),
+            s(merged),
             "-o".into(),
             s(&dir),
         ];
@@ -313,8 +314,40 @@ impl Builder<'_> {
         ]);
         self.plan.steps.push(Step {
             log: self.layout.log(&id),
-            after: vec![slerp_id.to_string()],
+            after: vec![after.to_string()],
             argv: self.argv("liti", args),
+            resume_argv: None,
+            done: dir,
+            started: None,
+            device: None,
+            config: None,
+            kind: StepKind::Merge,
+            array: None,
+            id,
+        });
+    }
+
+    /// `warp convert ADAPTER -o DIR --dtype DTYPE`: a PEFT adapter folded into its base (the one
+    /// its adapter_config.json names), streamed, as the full checkpoint `DIR`.
+    fn convert_step(
+        &mut self,
+        (id, dir): (String, PathBuf),
+        adapter: &Path,
+        after: &str,
+        dtype: DType,
+    ) {
+        let args = vec![
+            s(adapter),
+            "-o".into(),
+            s(&dir),
+            "--dtype".into(),
+            dtype.name().to_ascii_lowercase(),
+            "-q".into(),
+        ];
+        self.plan.steps.push(Step {
+            log: self.layout.log(&id),
+            after: vec![after.to_string()],
+            argv: self.argv("convert", args),
             resume_argv: None,
             done: dir,
             started: None,
@@ -406,6 +439,7 @@ impl Builder<'_> {
 /// The plan of a pipeline whose steps run the warp executable `exe`.
 pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
     c.check()?;
+    let base = rl_base(c)?;
     let mut b = Builder {
         c,
         layout: c.layout(),
@@ -415,7 +449,8 @@ pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
         } else {
             Vec::new()
         },
-        base: rl_base(c)?,
+        base: base.clone(),
+        lora: base.lora.is_some(),
         plan: Plan {
             steps: Vec::new(),
             rl_configs: Vec::new(),
@@ -432,11 +467,30 @@ pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
     for i in 1..=c.iterations {
         let (ids, policies) = b.rl_steps(i, &init, &after);
         let slerp_id = b.merge_steps(i, &init, &policies, &ids, target);
-        if i > 1 {
-            b.front_step(i, &slerp_id, target);
+        if !b.lora {
+            if i > 1 {
+                b.front_step(i, &b.layout.slerp_eta(i, 1.0), &slerp_id, target);
+            }
+            init = s(&b.layout.slerp_eta(i, c.eta));
+            after = vec![slerp_id];
+            continue;
         }
-        init = s(&b.layout.slerp_eta(i, c.eta));
-        after = vec![slerp_id];
+        // LoRA: the merges are adapters of this iteration's init. The front needs the SLERP as
+        // a full checkpoint (`warp liti` would read an adapter as a delta on its --init, the
+        // SFT model); the next iteration trains on the LITI point folded into its base.
+        if i > 1 {
+            let (full_id, full) = b.layout.slerp_full(i);
+            let slerp = b.layout.slerp_eta(i, 1.0);
+            b.convert_step((full_id.clone(), full.clone()), &slerp, &slerp_id, target);
+            b.front_step(i, &full, &full_id, target);
+        }
+        if i < c.iterations {
+            let (init_id, dir) = b.layout.next_init(i);
+            let liti = b.layout.slerp_eta(i, c.eta);
+            b.convert_step((init_id.clone(), dir.clone()), &liti, &slerp_id, target);
+            init = s(&dir);
+            after = vec![init_id];
+        }
     }
     b.eval_steps();
     Ok(b.plan)
@@ -483,9 +537,6 @@ mod tests {
         c.rl_args = vec!["--steps".into(), "5".into()];
         let e = plan(&c, Path::new("w")).unwrap_err().to_string();
         assert!(e.contains("rl_args") && e.contains("--steps"), "{e}");
-        c.rl_args = vec!["--lora".into(), "4".into()];
-        let e = rl_base(&c).unwrap_err().to_string();
-        assert!(e.contains("rl.lora") && e.contains("not supported"), "{e}");
         c.rl_args = vec!["--batchh".into(), "5".into()];
         let e = plan(&c, Path::new("w")).unwrap_err().to_string();
         assert!(e.contains("rl_args") && e.contains("--batchh"), "{e}");
@@ -497,5 +548,83 @@ mod tests {
         c.rl.insert("bacth".into(), 1.into());
         let e = plan(&c, Path::new("w")).unwrap_err().to_string();
         assert!(e.contains("bacth"), "{e}");
+    }
+
+    /// The steps of a 2-iteration LoRA pipeline: the merges are adapters (`--as adapter`,
+    /// factors in f32), iteration 1's LITI point at `eta` is folded into its base
+    /// (`iter-1/init`, the SFT dtype) and iteration 2 trains on it, the front reads iteration 2's
+    /// SLERP as a full checkpoint, and nothing is made after the last SLERP that no step reads.
+    #[test]
+    fn a_lora_pipeline_merges_adapters_and_folds_the_next_init() {
+        let mut c = PipelineConfig {
+            output: "/o".into(),
+            iterations: 2,
+            init_anchor_runs: false,
+            sft_dtype: Some(DType::BF16),
+            ..PipelineConfig::default()
+        };
+        c.rl.insert("lora".into(), 4.into());
+        let p = plan(&c, Path::new("w")).unwrap();
+        let ids: Vec<&str> = p.steps.iter().map(|st| st.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "iter-1/run-1",
+                "iter-1/run-2",
+                "iter-1/slerp",
+                "iter-1/lerp",
+                "iter-1/init",
+                "iter-2/run-1",
+                "iter-2/run-2",
+                "iter-2/slerp",
+                "iter-2/lerp",
+                "iter-2/slerp-full",
+                "iter-2/front",
+                "eval",
+                "plot"
+            ]
+        );
+        let step = |id: &str| p.steps.iter().find(|st| st.id == id).unwrap();
+        let argv = |id: &str| step(id).argv[1..].join(" ");
+        assert!(p.rl_configs.iter().all(|(_, cfg)| cfg.lora == Some(4)));
+        for id in ["iter-1/slerp", "iter-1/lerp"] {
+            let a = argv(id);
+            assert!(
+                a.starts_with(&format!(
+                    "{} /o/iter-1/run-1/final/policy /o/iter-1/run-2/final/policy --init \
+                     builtin:arith/model",
+                    &id[7..]
+                )) && a.contains("--dtype f32 --as adapter"),
+                "{a}"
+            );
+        }
+        assert_eq!(
+            argv("iter-1/init"),
+            "convert /o/iter-1/slerp/eta-0.50 -o /o/iter-1/init --dtype bf16 -q"
+        );
+        assert_eq!(step("iter-1/init").after, ["iter-1/slerp"]);
+        assert_eq!(step("iter-2/run-1").after, ["iter-1/init"]);
+        let it2 = p
+            .rl_configs
+            .iter()
+            .find(|(p, _)| p.ends_with("iter-2-run-1.json"))
+            .unwrap();
+        assert_eq!(it2.1.model, "/o/iter-1/init");
+        assert!(argv("iter-2/slerp").contains("--init /o/iter-1/init"));
+        assert_eq!(
+            argv("iter-2/slerp-full"),
+            "convert /o/iter-2/slerp/eta-1.00 -o /o/iter-2/slerp-full --dtype bf16 -q"
+        );
+        let front = argv("iter-2/front");
+        assert!(
+            front.starts_with("liti --init builtin:arith/model --merged /o/iter-2/slerp-full"),
+            "{front}"
+        );
+        assert_eq!(step("iter-2/front").after, ["iter-2/slerp-full"]);
+        // Without LoRA: no conversions, the next init is the LITI point itself.
+        c.rl.clear();
+        let p = plan(&c, Path::new("w")).unwrap();
+        assert!(p.steps.iter().all(|st| st.argv[1] != "convert"));
+        assert!(p.steps.iter().all(|st| !st.argv.contains(&"--as".into())));
     }
 }

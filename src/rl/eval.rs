@@ -272,6 +272,9 @@ impl EvalResult {
 
 /// The memory plan of [`evaluate_points`] (its batch: the largest up to `o.batch` that the plan
 /// allows), from config.json, the checkpoint headers and the encoded prompts; nothing is loaded.
+/// `adapter`: the largest PEFT adapter among the evaluated points, if any
+/// ([`super::eval_lora::largest_adapter`]).
+#[allow(clippy::too_many_arguments)]
 pub fn eval_memory_plan(
     sft: &Path,
     tok: &Tokenizer,
@@ -280,6 +283,7 @@ pub fn eval_memory_plan(
     o: &SampleOptions,
     device: tch::Device,
     max_memory: Option<u64>,
+    adapter: Option<super::eval_lora::AdapterSize>,
 ) -> Result<super::memory::Plan> {
     use super::memory::{eval_batch, EvalPlanInput, ModelShape, Target};
     let ids = tok.encode_prompt_lines(prompts_path, prompts)?;
@@ -297,6 +301,7 @@ pub fn eval_memory_plan(
             batch: most,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             tokenizer_bytes: std::fs::metadata(sft.join("tokenizer.json")).map_or(0, |m| m.len()),
+            adapter,
         },
         most,
         max_memory,
@@ -332,12 +337,25 @@ pub fn evaluate_points(
     let mut tok = Tokenizer::from_dir(sft)?;
     tok.set_chat_template(chat)?;
     tok.encode_prompt_lines(prompts_path, prompts)?;
-    let plan = eval_memory_plan(sft, &tok, prompts_path, prompts, o, device, max_memory)?;
+    // PEFT adapters are measured on their base (`super::eval_lora`): the plan adds the largest
+    // one's factors and temporaries.
+    let adapter = super::eval_lora::largest_adapter(points.iter().map(|p| p.path.as_path()))?;
+    let plan = eval_memory_plan(
+        sft,
+        &tok,
+        prompts_path,
+        prompts,
+        o,
+        device,
+        max_memory,
+        adapter,
+    )?;
     let o = &SampleOptions {
         batch: plan.micro_batch as usize,
         ..o.clone()
     };
     let reference = CausalLm::load(sft, device)?;
+    let mut loader = super::eval_lora::PointLoader::new(sft, device);
     let prompts: Vec<Prompt> = prompts.iter().map(|l| l.prompt.clone()).collect();
     let prompts = prompts.as_slice();
     let mut first = Point::new(PointKind::Sft, sft);
@@ -353,7 +371,7 @@ pub fn evaluate_points(
         let r = if p.kind == PointKind::Sft {
             evaluate(&reference, &tok, prompts, reward, Some(&reference), o)?
         } else {
-            let m = CausalLm::load(&p.path, device)?;
+            let m = loader.load(&p.path, &reference, reporter)?;
             if m.config.vocab_size != reference.config.vocab_size {
                 return Err(Error::format(
                     &p.path,

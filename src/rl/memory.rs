@@ -1081,6 +1081,9 @@ pub struct EvalPlanInput {
     pub chunk_bytes: u64,
     /// Bytes of tokenizer.json (the tokenizer's maps in memory are counted as 16 times that).
     pub tokenizer_bytes: u64,
+    /// The largest PEFT adapter evaluated (on its base: the base takes the evaluated model's
+    /// place), if any.
+    pub adapter: Option<crate::rl::eval_lora::AdapterSize>,
 }
 
 /// The plan of an evaluation (f32 models): the reference (SFT) model and the checkpoint being
@@ -1148,6 +1151,9 @@ pub fn eval_plan(input: &EvalPlanInput) -> Plan {
         format!("8 × {} ([chunk, vocab] f32, both models)", gib(chunk)),
         Phase::Training,
     );
+    if let Some(a) = input.adapter {
+        eval_adapter_items(&mut items, m, a, b, input.prompt_tokens, t);
+    }
     if input.target == Target::Cpu {
         items.add(
             "checkpoint mapping",
@@ -1161,6 +1167,39 @@ pub fn eval_plan(input: &EvalPlanInput) -> Plan {
         micro_batch: b,
         gen_batch: b,
     }
+}
+
+/// An evaluated PEFT adapter: its f32 factors, resident with its base (counted as the evaluated
+/// model), and the forward's extra temporaries in the widest adapted module, one module at a
+/// time: A·x `[seqs, tokens, r]` and s·B·(A·x) and the sum `[seqs, tokens, out]`, f32.
+fn eval_adapter_items(
+    items: &mut Items,
+    m: &ModelShape,
+    a: crate::rl::eval_lora::AdapterSize,
+    b: u64,
+    prompt_tokens: u64,
+    t: u64,
+) {
+    items.add(
+        "adapter factors",
+        4 * a.parameters,
+        format!("{} LoRA parameters × 4 B (rank {})", a.parameters, a.rank),
+        Phase::Resident,
+    );
+    let out = m.intermediate.max(m.hidden).max(m.heads * m.head_dim);
+    let per_token = 4 * (a.rank + 2 * out);
+    items.add(
+        "LoRA temporaries (sampling)",
+        b * prompt_tokens * per_token,
+        format!("{b} seqs × {prompt_tokens} prompt tokens × (r + 2·{out}) × 4 B"),
+        Phase::Generation,
+    );
+    items.add(
+        "LoRA temporaries (scoring)",
+        b * t * per_token,
+        format!("{b} seqs × {t} tokens × (r + 2·{out}) × 4 B"),
+        Phase::Training,
+    );
 }
 
 /// The evaluation batch: the largest up to `max_batch` whose per-batch part of [`eval_plan`]
@@ -1195,5 +1234,59 @@ pub fn eval_batch(input: &EvalPlanInput, max_batch: u64, limit: Option<u64>) -> 
             ));
         }
         b = (b * 3 / 4).max(1).min(b - 1);
+    }
+}
+
+#[cfg(test)]
+mod eval_lora_tests {
+    use super::*;
+    use crate::rl::eval_lora::AdapterSize;
+
+    /// An adapter among the evaluated points adds its f32 factors to the resident part and, per
+    /// sequence and token, (r + 2·widest output) × 4 B to sampling and scoring: closed forms.
+    #[test]
+    fn an_evaluated_adapter_adds_its_factors_and_temporaries() {
+        let m = ModelShape {
+            parameters: 1_000_000,
+            checkpoint_bytes: 4_000_000,
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+            intermediate: 352,
+            vocab: 32,
+        };
+        let full = EvalPlanInput {
+            model: m,
+            target: Target::Cpu,
+            prompt_tokens: 10,
+            max_new_tokens: 6,
+            batch: 8,
+            chunk_bytes: 1 << 20,
+            tokenizer_bytes: 0,
+            adapter: None,
+        };
+        let a = AdapterSize {
+            parameters: 40_000,
+            rank: 16,
+        };
+        let (p0, p1) = (
+            eval_plan(&full),
+            eval_plan(&EvalPlanInput {
+                adapter: Some(a),
+                ..full.clone()
+            }),
+        );
+        assert_eq!(p1.resident() - p0.resident(), 4 * 40_000);
+        let per_token = 4 * (16 + 2 * 352);
+        assert_eq!(
+            p1.sum(Phase::Generation) - p0.sum(Phase::Generation),
+            8 * 10 * per_token
+        );
+        assert_eq!(
+            p1.sum(Phase::Training) - p0.sum(Phase::Training),
+            8 * 16 * per_token
+        );
     }
 }

@@ -22,6 +22,8 @@ pub mod data;
 #[cfg(feature = "rl")]
 pub mod eval;
 #[cfg(feature = "rl")]
+pub mod eval_lora;
+#[cfg(feature = "rl")]
 pub mod f32_checkpoint;
 #[cfg(feature = "rl")]
 pub mod generate;

@@ -712,6 +712,14 @@ mod tests {
         bad(|c| c.updates_per_batch = 65, "updates_per_batch");
         bad(|c| c.clip_eps = 0.0, "clip_eps");
         bad(|c| c.clip_eps = 1.0, "clip_eps");
+        bad(|c| c.kl_topk = 0, "kl_topk");
+        bad(
+            |c| {
+                c.backend = Trainer::Trl;
+                c.kl_estimator = KlEstimator::Topk;
+            },
+            "kl_estimator",
+        );
         bad(
             |c| {
                 c.backend = Trainer::Trl;

@@ -118,7 +118,7 @@ const MODULES: [&str; 3] = [
 ];
 
 /// base + two adapters of it (ranks 4 and 2, one rsLoRA); returns (base, [a1, a2]).
-fn setup(w: &Path, dtype: &'static str) -> (PathBuf, Vec<PathBuf>) {
+pub(crate) fn setup(w: &Path, dtype: &'static str) -> (PathBuf, Vec<PathBuf>) {
     let dir = make(
         w,
         &Case {
@@ -149,7 +149,7 @@ fn setup(w: &Path, dtype: &'static str) -> (PathBuf, Vec<PathBuf>) {
 }
 
 /// base + s·B·A by the numpy reference, as a float64 single file.
-fn materialized(w: &Path, base: &Path, adapter: &Path) -> PathBuf {
+pub(crate) fn materialized(w: &Path, base: &Path, adapter: &Path) -> PathBuf {
     // Named after the whole path: outputs of several merges share their folder names.
     let rel = adapter.strip_prefix(w).unwrap_or(adapter);
     let out = w.join(format!(

@@ -18,6 +18,7 @@ mod hub_python;
 mod io_errors;
 mod lora;
 mod merge_recipe;
+mod merge_recipe_lora;
 mod merge_reference;
 mod plot;
 mod roundtrip;
@@ -33,6 +34,8 @@ mod hostile_rl;
 mod lora_peft;
 #[cfg(feature = "rl")]
 mod pipeline;
+#[cfg(feature = "rl")]
+mod pipeline_lora;
 #[cfg(feature = "rl")]
 mod rl_chat;
 #[cfg(feature = "rl")]

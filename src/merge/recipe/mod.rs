@@ -112,22 +112,28 @@ fn string(v: &Value, at: &str) -> Result<String> {
     }
 }
 
-/// A model reference: a path or hub id (`org/name`, `org/name@revision`). LoRA references
-/// (`model+lora`) and mapping forms are refused.
+/// A model reference: a path or hub id (`org/name`, `org/name@revision`), a PEFT adapter folder
+/// (read on the base its config names), or mergekit's `BASE+ADAPTER` (the base with that LoRA
+/// adapter applied: [`split_lora`]). Mapping forms are refused.
 fn model_ref(v: &Value, at: &str) -> Result<String> {
     let s = string(v, at)?;
     if s.trim().is_empty() {
         return Err(bad(at, "empty model reference"));
     }
-    if s.contains('+') {
+    if s.contains('+') && split_lora(&s).is_none() {
         return Err(bad(
             at,
-            format!(
-                "'{s}': LoRA references (model+lora) are not supported; merge the adapter first"
-            ),
+            format!("'{s}': a LoRA reference is BASE+ADAPTER, both non-empty"),
         ));
     }
     Ok(s)
+}
+
+/// mergekit's LoRA reference `BASE+ADAPTER` (split at the first '+', as mergekit does): the
+/// base model and the PEFT adapter to apply to it. None: not such a reference.
+pub fn split_lora(spec: &str) -> Option<(&str, &str)> {
+    let (base, adapter) = spec.split_once('+')?;
+    (!base.trim().is_empty() && !adapter.trim().is_empty()).then_some((base, adapter))
 }
 
 fn dtype(v: &Value, at: &str) -> Result<DType> {
