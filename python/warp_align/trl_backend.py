@@ -916,7 +916,10 @@ def save_adapters(trainer, cfg, tmp, parts, step):
         config.save_pretrained(str(d))
         cj = d / "adapter_config.json"
         c = json.loads(cj.read_text(encoding="utf-8"))
-        c["base_model_name_or_path"] = cfg["model"]
+        # A local base as an absolute path (as warp-rl writes it): the folder is then usable
+        # from anywhere, not only from the directory the run was started in.
+        base = Path(cfg["model"])
+        c["base_model_name_or_path"] = str(base.resolve()) if base.is_dir() else cfg["model"]
         c["inference_mode"] = True
         if isinstance(c.get("target_modules"), list):
             c["target_modules"] = sorted(c["target_modules"])  # PEFT keeps a set: stable bytes
