@@ -14,8 +14,11 @@ fn s(p: &Path) -> &str {
 
 /// A reward that counts the token "w7" in the completion (any reward will do: the test is about
 /// the adapters written, not what they learnt).
+// Distinct characters of the completion: a dense reward, so that every group of samples has
+// different rewards and the adapters receive a gradient whatever the samples (a sparse reward,
+// such as counting one word, can leave 3 short steps without any signal).
 const SCORER: &str = "#!/usr/bin/env python3\nimport json, sys\nfor line in sys.stdin:\n    \
-                      d = json.loads(line)\n    print(d[\"completion\"].split().count(\"w7\") / 4, \
+                      d = json.loads(line)\n    print(len(set(d[\"completion\"])) / 8, \
                       flush=True)\n";
 
 /// Llama with bf16 weights (trained with `--dtype bf16`: bf16 base, f32 factors) and Qwen2 with
