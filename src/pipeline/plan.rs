@@ -249,21 +249,9 @@ impl Builder<'_> {
             s(&self.layout.slerp_angles(i)),
             "-q".into(),
         ]);
-        let merge = |id: String, argv: Vec<String>, done: PathBuf, log: PathBuf| Step {
-            id,
-            after: after.to_vec(),
-            argv,
-            resume_argv: None,
-            done,
-            started: None,
-            log,
-            device: None,
-            config: None,
-            kind: StepKind::Merge,
-            array: None,
-        };
-        let slerp = merge(
+        let slerp = merge_step(
             slerp_id.clone(),
+            after.to_vec(),
             self.argv("slerp", args),
             slerp_dir,
             self.layout.log(&slerp_id),
@@ -278,8 +266,9 @@ impl Builder<'_> {
             "-q".into(),
         ]);
         args.extend(dtype_args);
-        let lerp = merge(
+        let lerp = merge_step(
             lerp_id.clone(),
+            after.to_vec(),
             self.argv("lerp", args),
             lerp_dir,
             self.layout.log(&lerp_id),
@@ -312,19 +301,10 @@ impl Builder<'_> {
             dtype.name().to_ascii_lowercase(),
             "-q".into(),
         ]);
-        self.plan.steps.push(Step {
-            log: self.layout.log(&id),
-            after: vec![after.to_string()],
-            argv: self.argv("liti", args),
-            resume_argv: None,
-            done: dir,
-            started: None,
-            device: None,
-            config: None,
-            kind: StepKind::Merge,
-            array: None,
-            id,
-        });
+        let log = self.layout.log(&id);
+        let argv = self.argv("liti", args);
+        let step = merge_step(id, vec![after.to_string()], argv, dir, log);
+        self.plan.steps.push(step);
     }
 
     /// `warp convert ADAPTER -o DIR --dtype DTYPE`: a PEFT adapter folded into its base (the one
@@ -344,19 +324,10 @@ impl Builder<'_> {
             dtype.name().to_ascii_lowercase(),
             "-q".into(),
         ];
-        self.plan.steps.push(Step {
-            log: self.layout.log(&id),
-            after: vec![after.to_string()],
-            argv: self.argv("convert", args),
-            resume_argv: None,
-            done: dir,
-            started: None,
-            device: None,
-            config: None,
-            kind: StepKind::Merge,
-            array: None,
-            id,
-        });
+        let log = self.layout.log(&id);
+        let argv = self.argv("convert", args);
+        let step = merge_step(id, vec![after.to_string()], argv, dir, log);
+        self.plan.steps.push(step);
     }
 
     /// `warp eval` of the whole folder after every other step, then `warp plot`.
@@ -494,6 +465,30 @@ pub fn plan(c: &PipelineConfig, exe: &Path) -> Result<Plan> {
     }
     b.eval_steps();
     Ok(b.plan)
+}
+
+/// A merge-kind step (SLERP, LERP, LITI, convert): runs `argv` after `after`, done when `done`
+/// exists, logged to `log`; no resume command, device or config of its own.
+fn merge_step(
+    id: String,
+    after: Vec<String>,
+    argv: Vec<String>,
+    done: PathBuf,
+    log: PathBuf,
+) -> Step {
+    Step {
+        id,
+        after,
+        argv,
+        resume_argv: None,
+        done,
+        started: None,
+        log,
+        device: None,
+        config: None,
+        kind: StepKind::Merge,
+        array: None,
+    }
 }
 
 #[cfg(test)]
