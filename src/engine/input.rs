@@ -147,3 +147,31 @@ impl Input {
         }
     }
 }
+
+/// An input's f32 chunk of base + s·B·A for one tensor, when the input is a PEFT adapter that
+/// changes it (`None` otherwise): the factors and the buffer the chunk is computed into.
+pub(crate) type Delta = Option<(crate::io::lora::Factors, Vec<u8>)>;
+
+/// The bytes of element range `r` in every input: an input with a low-rank delta gives its
+/// computed f32 chunk (the delta's buffer, filled for `r` beforehand), any other its stored
+/// bytes. Shared by the streaming engine and the recipe engine.
+pub(crate) fn range_bytes<'a>(
+    sweeps: &'a [crate::io::Sweep],
+    infos: &[&TensorInfo],
+    deltas: &'a [Delta],
+    r: &std::ops::Range<u64>,
+) -> Vec<&'a [u8]> {
+    let len = (r.end - r.start) as usize;
+    sweeps
+        .iter()
+        .zip(infos)
+        .zip(deltas)
+        .map(|((s, t), d)| match d {
+            Some((_, buf)) => &buf[..len * 4],
+            None => {
+                let es = t.dtype.size() as u64;
+                s.bytes(r.start * es..r.end * es)
+            }
+        })
+        .collect()
+}

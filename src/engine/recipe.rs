@@ -268,19 +268,7 @@ impl<'a> Ins<'a> {
     /// The bytes of element range `r` in every input (after [`Ins::load`] of `r`), in the dtype
     /// of [`Ins::dtype`].
     fn slices(&self, r: &Range<u64>) -> Vec<&[u8]> {
-        let len = (r.end - r.start) as usize;
-        self.sweeps
-            .iter()
-            .zip(&self.infos)
-            .zip(&self.deltas)
-            .map(|((s, t), d)| match d {
-                Some((_, buf)) => &buf[..len * 4],
-                None => {
-                    let es = t.dtype.size() as u64;
-                    s.bytes(r.start * es..r.end * es)
-                }
-            })
-            .collect()
+        super::input::range_bytes(&self.sweeps, &self.infos, &self.deltas, r)
     }
 
     fn done(&mut self, upto: u64) {

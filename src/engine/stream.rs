@@ -184,19 +184,7 @@ impl<'a> TensorInputs<'a> {
     /// The elements `range` of every input, as bytes of the dtype the kernels read
     /// (`load(range)` first when there are low-rank deltas).
     fn slices(&self, range: &Range<u64>) -> Vec<&[u8]> {
-        let len = (range.end - range.start) as usize;
-        self.sweeps
-            .iter()
-            .zip(&self.infos)
-            .zip(&self.deltas)
-            .map(|((s, t), d)| match d {
-                Some((_, buf)) => &buf[..len * 4],
-                None => {
-                    let es = t.dtype.size() as u64;
-                    s.bytes(range.start * es..range.end * es)
-                }
-            })
-            .collect()
+        super::input::range_bytes(&self.sweeps, &self.infos, &self.deltas, range)
     }
 
     /// Starts reading the `step` elements after `range` in every input, to overlap disk reads
