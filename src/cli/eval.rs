@@ -205,7 +205,6 @@ fn dry_run(
     let mut tok = crate::rl::tokenizer::Tokenizer::from_dir(sft)?;
     tok.set_chat_template(&a.chat_template)?;
     let device = crate::rl::tch_device(a.device)?;
-    let adapter = crate::rl::eval_lora::largest_adapter(points.iter().map(|p| p.path.as_path()))?;
     let plan = crate::rl::eval::eval_memory_plan(
         sft,
         &tok,
@@ -214,7 +213,7 @@ fn dry_run(
         o,
         device,
         max_memory,
-        adapter,
+        points,
     )?;
     super::common::out_line(&format!(
         "evaluation batch: {} sequences\n{}",

@@ -272,7 +272,8 @@ impl EvalResult {
 
 /// The memory plan of [`evaluate_points`] (its batch: the largest up to `o.batch` that the plan
 /// allows), from config.json, the checkpoint headers and the encoded prompts; nothing is loaded.
-/// `adapter`: the largest PEFT adapter among the evaluated points, if any
+/// `points`: the evaluated checkpoints' folders; PEFT adapters among them are measured on their
+/// base, the plan adding the largest one's factors and temporaries
 /// ([`super::eval_lora::largest_adapter`]).
 #[allow(clippy::too_many_arguments)]
 pub fn eval_memory_plan(
@@ -283,9 +284,10 @@ pub fn eval_memory_plan(
     o: &SampleOptions,
     device: tch::Device,
     max_memory: Option<u64>,
-    adapter: Option<super::eval_lora::AdapterSize>,
+    points: &[crate::pipeline::Point],
 ) -> Result<super::memory::Plan> {
     use super::memory::{eval_batch, EvalPlanInput, ModelShape, Target};
+    let adapter = super::eval_lora::largest_adapter(points.iter().map(|p| p.path.as_path()))?;
     let ids = tok.encode_prompt_lines(prompts_path, prompts)?;
     let most = o.batch.min(prompts.len() * o.samples).max(1) as u64;
     eval_batch(
@@ -336,10 +338,6 @@ pub fn evaluate_points(
     }
     let mut tok = Tokenizer::from_dir(sft)?;
     tok.set_chat_template(chat)?;
-    tok.encode_prompt_lines(prompts_path, prompts)?;
-    // PEFT adapters are measured on their base (`super::eval_lora`): the plan adds the largest
-    // one's factors and temporaries.
-    let adapter = super::eval_lora::largest_adapter(points.iter().map(|p| p.path.as_path()))?;
     let plan = eval_memory_plan(
         sft,
         &tok,
@@ -348,7 +346,7 @@ pub fn evaluate_points(
         o,
         device,
         max_memory,
-        adapter,
+        points,
     )?;
     let o = &SampleOptions {
         batch: plan.micro_batch as usize,
