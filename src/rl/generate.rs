@@ -898,14 +898,8 @@ mod tests {
     /// checking every step returns, here on the CPU.
     #[test]
     fn sparse_end_checks_give_the_same_result() {
-        // The built-in task's model answers in a few tokens, then EOS.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/arith/model");
-        let model = CausalLm::load(&dir, Device::Cpu).unwrap();
-        let tok = crate::rl::Tokenizer::from_dir(&dir).unwrap();
-        let prompts: Vec<Vec<i64>> = ["37+58=", "1+2=", "99+99="]
-            .iter()
-            .map(|p| tok.encode(p).unwrap())
-            .collect();
+        let (_, model, tok) = arith();
+        let prompts = grouped(&tok, &["37+58=", "1+2=", "99+99="], 1);
         for temperature in [0.0, 1.0] {
             let o = GenerateOptions {
                 max_new_tokens: 20,
