@@ -10,7 +10,7 @@ use super::chunked::{
     chunk_positions, token_stats, Completions, Reference, StatsOptions, DEFAULT_CHUNK_BYTES,
 };
 use super::data::{Prompt, PromptLine};
-use super::generate::{generate, GenerateOptions};
+use super::generate::{generate_batched, Batching, GenerateOptions};
 use super::model::CausalLm;
 use super::reward::Reward;
 use super::tokenizer::Tokenizer;
@@ -53,8 +53,10 @@ pub struct Sample {
     pub text: String,
 }
 
-/// `samples` completions for every prompt, in prompt order, in batches; deterministic given the
-/// seed (each batch draws from its own stream).
+/// `samples` completions for every prompt, in prompt order, `batch` sequences at a time;
+/// deterministic given the seed, whatever the batch (each sequence draws from its own stream).
+/// Each prompt is prefilled once for its samples and ended sequences leave the batch, as in the
+/// trainer's rollout ([`generate_batched`]).
 pub fn sample(
     model: &CausalLm,
     tok: &Tokenizer,
@@ -68,31 +70,33 @@ pub fn sample(
             jobs.push((i, ids.clone()));
         }
     }
+    let ids: Vec<Vec<i64>> = jobs.iter().map(|(_, p)| p.clone()).collect();
+    let g = generate_batched(
+        model,
+        &ids,
+        &GenerateOptions {
+            max_new_tokens: o.max_new_tokens,
+            temperature: o.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            seed: o.seed,
+            eos_ids: tok.eos_ids.clone(),
+            pad_id: tok.pad_id,
+            record_logits: false,
+        },
+        &Batching {
+            batch: o.batch.max(1),
+            ..Batching::default()
+        },
+    )?;
     let mut out = Vec::with_capacity(jobs.len());
-    for (k, chunk) in jobs.chunks(o.batch.max(1)).enumerate() {
-        let ids: Vec<Vec<i64>> = chunk.iter().map(|(_, p)| p.clone()).collect();
-        let g = generate(
-            model,
-            &ids,
-            &GenerateOptions {
-                max_new_tokens: o.max_new_tokens,
-                temperature: o.temperature,
-                top_k: 0,
-                top_p: 1.0,
-                seed: o.seed.wrapping_mul(0x9E37_79B9).wrapping_add(k as u64),
-                eos_ids: tok.eos_ids.clone(),
-                pad_id: tok.pad_id,
-                record_logits: false,
-            },
-        )?;
-        for ((i, p), c) in chunk.iter().zip(g.completions) {
-            out.push(Sample {
-                prompt: *i,
-                prompt_ids: p.clone(),
-                text: tok.decode(&c)?,
-                ids: c,
-            });
-        }
+    for ((i, p), c) in jobs.into_iter().zip(g.completions) {
+        out.push(Sample {
+            prompt: i,
+            text: tok.decode(&c)?,
+            prompt_ids: p,
+            ids: c,
+        });
     }
     Ok(out)
 }
@@ -301,6 +305,7 @@ pub fn eval_memory_plan(
             prompt_tokens: ids.iter().map(|p| p.len() as u64).max().unwrap_or(0),
             max_new_tokens: o.max_new_tokens as u64,
             batch: most,
+            samples: o.samples as u64,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             tokenizer_bytes: std::fs::metadata(sft.join("tokenizer.json")).map_or(0, |m| m.len()),
             adapter,

@@ -1077,6 +1077,8 @@ pub struct EvalPlanInput {
     pub max_new_tokens: u64,
     /// Sequences sampled and scored at a time.
     pub batch: u64,
+    /// Samples per prompt (consecutive: a batch's rows share their prompts' prefill).
+    pub samples: u64,
     /// Bytes of one LM-head chunk of the KL scoring.
     pub chunk_bytes: u64,
     /// Bytes of tokenizer.json (the tokenizer's maps in memory are counted as 16 times that).
@@ -1126,12 +1128,25 @@ pub fn eval_plan(input: &EvalPlanInput) -> Plan {
         format!("{b} seqs × {t} positions"),
         Phase::Generation,
     );
+    // A batch of b consecutive rows spans at most ⌈(b − 1)/n⌉ + 1 prompts, each prefilled once
+    // and its cache copied to its samples (`generate_batched`).
+    let w = input.prompt_tokens;
+    let n = input.samples.max(1);
+    let u = b.min((b - 1).div_ceil(n) + 1);
+    if u < b {
+        items.add(
+            "shared prompts' KV cache",
+            2 * m.layers * u * m.kv_heads * w * m.head_dim * e,
+            format!("{u} distinct prompts × {w} positions, prefilled once for their samples"),
+            Phase::Generation,
+        );
+    }
     items.add(
         "sampling temporaries",
-        b * input.prompt_tokens * m.transient_bytes_per_token(e) + 28 * b * m.vocab,
+        u * w * m.transient_bytes_per_token(e) + 28 * b * m.vocab,
         format!(
-            "the prefill, one layer at a time; [{b}, {}] × 28 B (logits, tempered, softmax, \
-             f64 CDF, comparison, allocator slack)",
+            "the prefill of {u} prompts, one layer at a time; [{b}, {}] × 28 B (logits, \
+             tempered, softmax, f64 CDF, comparison, allocator slack)",
             m.vocab
         ),
         Phase::Generation,
@@ -1263,6 +1278,7 @@ mod eval_lora_tests {
             prompt_tokens: 10,
             max_new_tokens: 6,
             batch: 8,
+            samples: 1,
             chunk_bytes: 1 << 20,
             tokenizer_bytes: 0,
             adapter: None,

@@ -123,6 +123,7 @@ fn warp_eval_with_a_151936_token_vocabulary_stays_within_its_memory_plan() {
         v.extend(extra.iter().map(|x| x.to_string()));
         v
     };
+    let mut batches = Vec::new();
     for (out, extra) in [
         ("default.csv", &[][..]),
         ("limited.csv", &["--max-memory", "720MiB"][..]),
@@ -132,6 +133,7 @@ fn warp_eval_with_a_151936_token_vocabulary_stays_within_its_memory_plan() {
         dry.push("--dry-run");
         let plan = ok("warp", &dry, d);
         let (estimate, batch) = (plan_peak(&plan), batch_of(&plan));
+        batches.push(batch);
         let run: Vec<&str> = a.iter().map(String::as_str).collect();
         let peak = peak_rss(&run, d);
         eprintln!(
@@ -164,6 +166,31 @@ fn warp_eval_with_a_151936_token_vocabulary_stays_within_its_memory_plan() {
         assert_eq!(rows[0][6].parse::<f64>().unwrap(), 0.0, "{csv}");
         assert!(rows[1][6].parse::<f64>().unwrap() > 0.0, "{csv}");
     }
+    // Each sequence draws from its own stream: the two batch sizes sample the same completions
+    // (the old per-batch streams did not), so the KL and length columns agree too.
+    assert_ne!(batches[0], batches[1], "the limit should shrink the batch");
+    let columns = |f: &str| -> Vec<Vec<String>> {
+        std::fs::read_to_string(d.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Vec<&str> = l.splitn(7, ',').collect();
+                vec![
+                    v[0].into(),
+                    v[1].into(),
+                    v[2].into(),
+                    v[5].into(),
+                    v[6].into(),
+                ]
+            })
+            .collect()
+    };
+    let (a, b) = (
+        columns("default-samples.csv"),
+        columns("limited-samples.csv"),
+    );
+    assert_eq!(a.len(), 1 + 2 * 64 * 2);
+    assert_eq!(a, b, "completions differ between evaluation batches");
     // A limit below the two models: refused before loading, naming the flag.
     let a = args("none.csv", &["--max-memory", "300MiB"]);
     let v: Vec<&str> = a.iter().map(String::as_str).collect();
