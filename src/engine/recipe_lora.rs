@@ -260,7 +260,9 @@ mod tests {
                 seed: 3,
             };
             let has_base = method != "linear";
-            let k = kernel(&s, cx, has_base, &shared, &per, "t").unwrap().unwrap();
+            let k = kernel(&s, cx, has_base, &shared, &per, "t")
+                .unwrap()
+                .unwrap();
             let Some(c) = k.affine() else {
                 assert_eq!(sum, None, "{method}");
                 continue;

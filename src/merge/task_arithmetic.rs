@@ -325,11 +325,7 @@ impl Kernel for TaskArithmetic {
         } else {
             self.weights.iter().sum::<f64>()
         };
-        let models: Vec<f64> = self
-            .weights
-            .iter()
-            .map(|w| self.lambda * w / div)
-            .collect();
+        let models: Vec<f64> = self.weights.iter().map(|w| self.lambda * w / div).collect();
         let mut c = vec![1.0 - models.iter().sum::<f64>()];
         c.extend(models);
         Some(c)

@@ -86,7 +86,12 @@ fn delta_error(ours: &Path, want: &Path, base: &Path) -> (f64, usize) {
         if rms <= 1e-12 * scale {
             // Unchanged by the recipe (the reference's f64 rounding aside): the output is the
             // base, to f32 rounding (the full merge rounds Σ w·base / Σ w to f32).
-            assert!(err <= 1e-6 * scale, "{}: {} changed", ours.display(), t.name);
+            assert!(
+                err <= 1e-6 * scale,
+                "{}: {} changed",
+                ours.display(),
+                t.name
+            );
             continue;
         }
         changed += 1;
@@ -134,7 +139,10 @@ fn check_adapter(
     let recipe: serde_json::Value =
         serde_json::from_str(meta["warp_recipe"].as_str().unwrap()).unwrap();
     assert_eq!(recipe["as"], "adapter");
-    assert!(recipe["mergekit_recipe"]["merge_method"].is_string(), "{recipe}");
+    assert!(
+        recipe["mergekit_recipe"]["merge_method"].is_string(),
+        "{recipe}"
+    );
     // Materialised by warp (convert) and by numpy: the reference and warp's full output.
     let tag = ad.file_name().unwrap().to_string_lossy().into_owned();
     let conv = w.join(format!("conv-{tag}"));
@@ -273,7 +281,15 @@ fn affine_recipes_over_adapters_write_exact_adapters() {
     let f32_out = w.join("bf16-as-f32");
     ok(
         "warp",
-        &["merge", &p(&file), "-o", &p(&f32_out), "--dtype", "float32", "-q"],
+        &[
+            "merge",
+            &p(&file),
+            "-o",
+            &p(&f32_out),
+            "--dtype",
+            "float32",
+            "-q",
+        ],
         w,
     );
     assert!(dtypes(&f32_out).iter().all(|d| *d == DType::F32));
@@ -303,10 +319,22 @@ fn recipes_without_an_adapter_form_are_refused_or_written_full() {
         )
     };
     let cases = [
-        (gta("ties", 1.0), vec!["'ties' is not affine", "elects a sign"]),
-        (gta("dare_linear", 0.5), vec!["'dare_linear'", "drops elements"]),
         (
-            two(&a1, "[0.5, 1.0]", &a2, "0.5", "parameters: {normalize: false}\n"),
+            gta("ties", 1.0),
+            vec!["'ties' is not affine", "elects a sign"],
+        ),
+        (
+            gta("dare_linear", 0.5),
+            vec!["'dare_linear'", "drops elements"],
+        ),
+        (
+            two(
+                &a1,
+                "[0.5, 1.0]",
+                &a2,
+                "0.5",
+                "parameters: {normalize: false}\n",
+            ),
             vec!["model.layers.1.", "sum to 1.5", "normalize: false"],
         ),
         (
@@ -323,7 +351,10 @@ fn recipes_without_an_adapter_form_are_refused_or_written_full() {
                  - model: {a2}\n        layer_range: [0, 1]\nmerge_method: linear\nparameters: \
                  {{weight: 0.5}}\n"
             ),
-            vec!["lack the base's tensor 'model.layers.1.", "leave out layers"],
+            vec![
+                "lack the base's tensor 'model.layers.1.",
+                "leave out layers",
+            ],
         ),
     ];
     for (i, (recipe, want)) in cases.iter().enumerate() {
@@ -350,7 +381,9 @@ fn recipes_without_an_adapter_form_are_refused_or_written_full() {
             "{}",
             r.stderr
         );
-        assert!(out.join("model.safetensors").is_file() && !out.join("adapter_config.json").exists());
+        assert!(
+            out.join("model.safetensors").is_file() && !out.join("adapter_config.json").exists()
+        );
     }
     // No adapter at all: `auto` is silent, `adapter` refuses.
     let file = w.join("plain.yaml");
@@ -360,10 +393,21 @@ fn recipes_without_an_adapter_form_are_refused_or_written_full() {
     assert!(!r.stderr.contains("note:"), "{}", r.stderr);
     let r = run(
         "warp",
-        &["merge", &p(&file), "-o", &p(&w.join("plain2")), "--as", "adapter"],
+        &[
+            "merge",
+            &p(&file),
+            "-o",
+            &p(&w.join("plain2")),
+            "--as",
+            "adapter",
+        ],
         w,
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("no input is a PEFT LoRA adapter"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no input is a PEFT LoRA adapter"),
+        "{}",
+        r.stderr
+    );
     assert!(!w.join("plain2").exists());
 }
