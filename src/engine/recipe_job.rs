@@ -45,7 +45,7 @@ pub fn merge_recipe_as(
 ) -> Result<Outcome> {
     let recipe = Recipe::parse(text, file)?;
     if recipe.merge_method == "warp_slerp" {
-        return warp_slerp(&recipe, file, o, reporter);
+        return warp_slerp(&recipe, file, form, o, reporter);
     }
     if let Device::Cuda(_) = o.device {
         let n = o.names;
@@ -339,7 +339,14 @@ fn config_for(bytes: &[u8], prog: &Program, opened: &[Input], out_dtype: OutDTyp
 
 /// WARP's SLERP of M task vectors (with LITI points) from a recipe: models, base_model (the
 /// init), parameters `etas` (a list), `angle` (tensor, layer, global), `lerp_threshold`.
-fn warp_slerp(r: &Recipe, file: &str, o: &Options, reporter: &dyn Reporter) -> Result<Outcome> {
+/// Adapters of base_model are merged in rank space as `form` says (as `warp slerp --as`).
+fn warp_slerp(
+    r: &Recipe,
+    file: &str,
+    form: OutputForm,
+    o: &Options,
+    reporter: &dyn Reporter,
+) -> Result<Outcome> {
     use crate::merge::{slerp::Slerp, Grouping};
     let bad = |k: &str, m: &str| Error::setting(format!("{file}: parameters.{k}"), m);
     if !r.models_form {
@@ -400,5 +407,29 @@ fn warp_slerp(r: &Recipe, file: &str, o: &Options, reporter: &dyn Reporter) -> R
     let method = Slerp::new(models.len(), etas, angle, threshold)?;
     let mut inputs = vec![(base, "init")];
     inputs.extend(models.into_iter().map(|m| (m, "model")));
+    if form != OutputForm::Full {
+        if !o.dry_run {
+            check_new_dir(o.names, o.names.out, &o.out, o.force)?;
+        }
+        let done = with_threads(o.threads, || {
+            let opened = super::job::open_inputs(inputs.clone(), reporter)?;
+            let Some(why) = super::lora::why_not_rank_space(&opened) else {
+                return super::lora::merge_opened(&method, &opened, o, reporter).map(Some);
+            };
+            if form == OutputForm::Adapter {
+                return Err(Error::setting(
+                    "--as adapter",
+                    format!("{file}: {why} (use --as full)"),
+                ));
+            }
+            if opened.iter().any(|i| i.adapter.is_some()) {
+                reporter.message(&format!("note: writing full checkpoints: {why}"));
+            }
+            Ok(None)
+        })?;
+        if let Some(done) = done {
+            return Ok(done);
+        }
+    }
     super::job::merge(&method, inputs, o, reporter)
 }

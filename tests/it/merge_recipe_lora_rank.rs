@@ -411,3 +411,45 @@ fn recipes_without_an_adapter_form_are_refused_or_written_full() {
     );
     assert!(!w.join("plain2").exists());
 }
+
+/// `merge_method: warp_slerp` over adapter folders merges in rank space like `warp slerp`: the
+/// default `auto` writes, for every η, the factors `warp slerp --as adapter` writes.
+#[test]
+fn warp_slerp_recipes_over_adapters_write_the_adapters_of_warp_slerp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let (base, ads) = setup_low_rank(w);
+    let (b, a1, a2) = (p(&base), p(&ads[0]), p(&ads[1]));
+    let text = format!(
+        "models:\n  - model: {a1}\n  - model: {a2}\nbase_model: {b}\nmerge_method: warp_slerp\n\
+         parameters: {{etas: [0.5, 1.0], angle: layer}}\n"
+    );
+    let ours = merge_as(w, "wslerp", &text, "auto");
+    let args = [
+        a1.as_str(),
+        &a2,
+        "--init",
+        &b,
+        "--eta",
+        "0.5",
+        "--eta",
+        "1",
+        "--angle",
+        "layer",
+        "--as",
+        "adapter",
+        "-q",
+        "-o",
+        "slerp",
+    ];
+    ok("warp-slerp", &args, w);
+    for eta in ["eta-0.50", "eta-1.00"] {
+        let f = |d: &Path| Checkpoint::open(d.join(eta).join("adapter_model.safetensors")).unwrap();
+        let (x, y) = (f(&ours), f(&w.join("slerp")));
+        assert_eq!(x.tensors().len(), 6, "{eta}");
+        for t in x.tensors() {
+            assert_eq!(values(&x, &t.name), values(&y, &t.name), "{eta} {}", t.name);
+        }
+        assert_eq!(adapter_config(&ours.join(eta))["r"], 6);
+    }
+}
