@@ -166,10 +166,14 @@ pub fn affine_method(
         let size: f64 = row.iter().map(|c| c.abs()).sum();
         // The rank-space engine's own test of a delta of the base, with the same tolerance.
         if (sum - 1.0).abs() > 1e-9 * size.max(1.0) {
+            let hint = match r.merge_method.as_str() {
+                "linear" => " (with normalize: false the weights must sum to 1)",
+                "passthrough" => " (a scale other than 1)",
+                _ => "",
+            };
             return Err(format!(
                 "at tensor '{}' the models' coefficients sum to {sum} (not 1), which scales the \
-                 base's own weight: not the base plus a low-rank delta (with normalize: false \
-                 the weights must sum to 1)",
+                 base's own weight: not the base plus a low-rank delta{hint}",
                 op.name
             ));
         }
