@@ -144,6 +144,8 @@ fn peft_adapters_give_the_logits_of_warps_full_weights() {
 /// adapter run by PEFT gives the logits of warp's full-weight output of the same merge
 /// (`--as full`), within 1e-5 of the largest logit (f32).
 #[test]
+// long fn: two model families through the same merges (SLERP, LITI, a recipe), then one PEFT
+// logits call per family.
 fn peft_loads_rank_space_merges_with_the_logits_of_full_merges() {
     let w = tempfile::tempdir().unwrap();
     let ids = serde_json::json!([[1, 5, 9, 2, 33, 17, 8, 60], [3, 3, 40, 12, 7, 0, 21, 5]]);

@@ -298,6 +298,8 @@ fn affine_recipes_over_adapters_write_exact_adapters() {
 /// Recipes with no adapter form: `--as adapter` exits 2 with one line naming why and writes
 /// nothing; the default `auto` writes a full checkpoint and says why on stderr.
 #[test]
+// long fn: the table of refused recipes with the words each message must hold, then the loop
+// over it (adapter refused, auto falls back).
 fn recipes_without_an_adapter_form_are_refused_or_written_full() {
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path();
