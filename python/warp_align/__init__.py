@@ -270,7 +270,8 @@ def merge(
     task arithmetic, linear, passthrough slices (depth up-scaling), ... and warp_slerp (WARP's
     SLERP of M task vectors with LITI etas), streamed tensor by tensor within the memory budget;
     mergekit's configuration language as of mergekit 0.1.5 (docs/RECIPES.md). The output is the
-    same, byte for byte, as the command line's.
+    same, byte for byte, as the command line's (a full checkpoint: `warp merge --as full` where
+    the models are LoRA adapters of one base).
 
     recipe: the recipe as
         - a path (str or os.PathLike) to the YAML file;

@@ -337,7 +337,7 @@ fn rows_of(
     } else {
         None
     };
-    let rows = method.coefficients(gram)?;
+    let rows = method.coefficients_of(w, gram)?;
     check_rows(&rows, n)?;
     for row in &rows {
         let sum: f64 = row.iter().sum();

@@ -26,6 +26,7 @@ pub mod lora;
 pub mod plan;
 pub mod recipe;
 pub mod recipe_job;
+pub mod recipe_lora;
 mod sink;
 mod stream;
 

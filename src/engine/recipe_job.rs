@@ -16,10 +16,12 @@ use crate::progress::Reporter;
 
 use super::job::{check_new_dir, with_threads, Options, Outcome};
 use super::recipe::{run, ExtraFile, RecipeJob, RecipePlan};
+use super::recipe_lora::{affine_method, OutputForm};
 use super::{Input, Summary};
 
 /// Runs the recipe `text` (`file` names it in messages: its path, or `<recipe>`); `seed` drives
 /// the random methods (dare_ties, dare_linear). `o.report` is not used (recipes have no report).
+/// Writes a full checkpoint (see [`merge_recipe_as`]).
 pub fn merge_recipe(
     text: &str,
     file: &str,
@@ -27,9 +29,23 @@ pub fn merge_recipe(
     o: &Options,
     reporter: &dyn Reporter,
 ) -> Result<Outcome> {
+    merge_recipe_as(text, file, seed, OutputForm::Full, o, reporter)
+}
+
+/// [`merge_recipe`], writing a PEFT adapter computed in rank space where `form` asks for one
+/// (or allows it and the recipe has one: an affine merge of adapters of one base; see
+/// [`super::recipe_lora`]).
+pub fn merge_recipe_as(
+    text: &str,
+    file: &str,
+    seed: u64,
+    form: OutputForm,
+    o: &Options,
+    reporter: &dyn Reporter,
+) -> Result<Outcome> {
     let recipe = Recipe::parse(text, file)?;
     if recipe.merge_method == "warp_slerp" {
-        return warp_slerp(&recipe, file, o, reporter);
+        return warp_slerp(&recipe, file, form, o, reporter);
     }
     if let Device::Cuda(_) = o.device {
         let n = o.names;
@@ -48,7 +64,77 @@ pub fn merge_recipe(
     }
     with_threads(o.threads, || {
         let opened = open_models(&recipe.models(), file, reporter)?;
+        if form != OutputForm::Full {
+            if let Some(done) = as_adapter(&recipe, file, seed, form, &opened, o, reporter)? {
+                return Ok(done);
+            }
+        }
         merge_opened(&recipe, file, seed, &opened, o, reporter)
+    })
+}
+
+/// The recipe written as an adapter in rank space, or None where `form` is `Auto` and it has
+/// no adapter form (a note on stderr says why, unless no model is an adapter at all).
+fn as_adapter(
+    recipe: &Recipe,
+    file: &str,
+    seed: u64,
+    form: OutputForm,
+    opened: &[Input],
+    o: &Options,
+    reporter: &dyn Reporter,
+) -> Result<Option<Outcome>> {
+    let no_adapter = opened.iter().all(|i| i.adapter.is_none());
+    if no_adapter && form == OutputForm::Auto {
+        return Ok(None);
+    }
+    let prog = build_program(recipe, file, seed, opened)?;
+    let method = match affine_method(recipe, &prog, opened) {
+        Ok(m) => m,
+        Err(why) if form == OutputForm::Adapter => {
+            return Err(Error::setting(
+                "--as adapter",
+                format!("{file}: {why} (use --as full)"),
+            ))
+        }
+        Err(why) => {
+            reporter.message(&format!("note: writing a full checkpoint: {why}"));
+            return Ok(None);
+        }
+    };
+    check_destination(&o.out, &input_paths(opened))?;
+    // The factors' dtype: --dtype, else the recipe's out_dtype or dtype (else f32).
+    let dtype = match (o.dtype, recipe.out_dtype.or(recipe.dtype)) {
+        (OutDType::Same, Some(d)) => OutDType::To(d),
+        (d, _) => d,
+    };
+    let o = Options {
+        out: o.out.clone(),
+        report: None,
+        dtype,
+        ..*o
+    };
+    super::lora::merge_opened(&method, opened, &o, reporter).map(Some)
+}
+
+/// The paths a destination must not overlap: the models' files and the adapters' folders.
+fn input_paths(opened: &[Input]) -> Vec<&std::path::Path> {
+    let mut paths: Vec<&std::path::Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
+    paths.extend(
+        opened
+            .iter()
+            .filter_map(|i| Some(i.adapter.as_ref()?.dir.as_path())),
+    );
+    paths
+}
+
+/// The recipe's program over the opened models (a parameter error names the recipe file).
+fn build_program(recipe: &Recipe, file: &str, seed: u64, opened: &[Input]) -> Result<Program> {
+    let models: Vec<(String, &crate::io::Checkpoint)> =
+        opened.iter().map(|i| (i.spec.clone(), &i.ckpt)).collect();
+    program::build(recipe, &models, seed).map_err(|e| match e {
+        Error::Setting { field, msg } => Error::setting(format!("{file}: {field}"), msg),
+        e => e,
     })
 }
 
@@ -99,19 +185,8 @@ fn merge_opened(
     o: &Options,
     reporter: &dyn Reporter,
 ) -> Result<Outcome> {
-    let mut paths: Vec<&std::path::Path> = opened.iter().map(|i| i.ckpt.path.as_path()).collect();
-    paths.extend(
-        opened
-            .iter()
-            .filter_map(|i| Some(i.adapter.as_ref()?.dir.as_path())),
-    );
-    check_destination(&o.out, &paths)?;
-    let models: Vec<(String, &crate::io::Checkpoint)> =
-        opened.iter().map(|i| (i.spec.clone(), &i.ckpt)).collect();
-    let prog = program::build(recipe, &models, seed).map_err(|e| match e {
-        Error::Setting { field, msg } => Error::setting(format!("{file}: {field}"), msg),
-        e => e,
-    })?;
+    check_destination(&o.out, &input_paths(opened))?;
+    let prog = build_program(recipe, file, seed, opened)?;
     let out_dtype = match (o.dtype, recipe.out_dtype.or(recipe.dtype)) {
         (OutDType::Same, Some(d)) => OutDType::To(d),
         (d, _) => d,
@@ -264,7 +339,14 @@ fn config_for(bytes: &[u8], prog: &Program, opened: &[Input], out_dtype: OutDTyp
 
 /// WARP's SLERP of M task vectors (with LITI points) from a recipe: models, base_model (the
 /// init), parameters `etas` (a list), `angle` (tensor, layer, global), `lerp_threshold`.
-fn warp_slerp(r: &Recipe, file: &str, o: &Options, reporter: &dyn Reporter) -> Result<Outcome> {
+/// Adapters of base_model are merged in rank space as `form` says (as `warp slerp --as`).
+fn warp_slerp(
+    r: &Recipe,
+    file: &str,
+    form: OutputForm,
+    o: &Options,
+    reporter: &dyn Reporter,
+) -> Result<Outcome> {
     use crate::merge::{slerp::Slerp, Grouping};
     let bad = |k: &str, m: &str| Error::setting(format!("{file}: parameters.{k}"), m);
     if !r.models_form {
@@ -325,5 +407,29 @@ fn warp_slerp(r: &Recipe, file: &str, o: &Options, reporter: &dyn Reporter) -> R
     let method = Slerp::new(models.len(), etas, angle, threshold)?;
     let mut inputs = vec![(base, "init")];
     inputs.extend(models.into_iter().map(|m| (m, "model")));
+    if form != OutputForm::Full {
+        if !o.dry_run {
+            check_new_dir(o.names, o.names.out, &o.out, o.force)?;
+        }
+        let done = with_threads(o.threads, || {
+            let opened = super::job::open_inputs(inputs.clone(), reporter)?;
+            let Some(why) = super::lora::why_not_rank_space(&opened) else {
+                return super::lora::merge_opened(&method, &opened, o, reporter).map(Some);
+            };
+            if form == OutputForm::Adapter {
+                return Err(Error::setting(
+                    "--as adapter",
+                    format!("{file}: {why} (use --as full)"),
+                ));
+            }
+            if opened.iter().any(|i| i.adapter.is_some()) {
+                reporter.message(&format!("note: writing full checkpoints: {why}"));
+            }
+            Ok(None)
+        })?;
+        if let Some(done) = done {
+            return Ok(done);
+        }
+    }
     super::job::merge(&method, inputs, o, reporter)
 }

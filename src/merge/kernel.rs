@@ -149,6 +149,14 @@ pub trait Kernel: Send + Sync {
     }
     /// The merged values of the block.
     fn combine(&self, b: &Block, out: &mut [f32]);
+    /// The c_n when the output is exactly Σ c_n·x_n over the inputs for every element, whatever
+    /// they hold (no selection, sign election or statistics of the data): such a merge of
+    /// adapters of one base is itself a low-rank delta, written as an adapter in rank space
+    /// (`warp merge --as adapter`, [`crate::engine::recipe_lora`]). One c_n per kernel input
+    /// (a shorter row: the rest are 0); None: not affine.
+    fn affine(&self) -> Option<Vec<f64>> {
+        None
+    }
 }
 
 /// A kernel whose output is Σ c_n · x_n with per-tensor coefficients made from sums

@@ -10,6 +10,13 @@ pub struct Linear {
 }
 
 impl Kernel for Linear {
+    fn affine(&self) -> Option<Vec<f64>> {
+        // Σw ≠ 0 with normalize is checked when the recipe is resolved.
+        let sum: f64 = self.weights.iter().sum();
+        let d = if self.normalize { sum } else { 1.0 };
+        Some(self.weights.iter().map(|w| w / d).collect())
+    }
+
     fn combine(&self, b: &Block, out: &mut [f32]) {
         let w: Vec<f32> = self.weights.iter().map(|&w| w as f32).collect();
         let mut sum = 0f32;

@@ -84,6 +84,12 @@ pub trait Method: Send + Sync {
     /// The K×N coefficients for a tensor (or its group) with the given Gram matrix (None when
     /// `needs_gram` is false).
     fn coefficients(&self, gram: Option<&Gram>) -> Result<Vec<Vec<f64>>>;
+    /// The coefficients of the tensor `name` (the rank-space engine asks per LoRA module): those
+    /// of [`Method::coefficients`] unless the method's parameters vary by tensor, as a recipe's
+    /// do (gradients over the layers, `filter:` conditionals).
+    fn coefficients_of(&self, _name: &str, gram: Option<&Gram>) -> Result<Vec<Vec<f64>>> {
+        self.coefficients(gram)
+    }
     /// Machine-readable description of the parameters, for model cards and metadata.
     fn recipe(&self) -> serde_json::Value;
     /// Extra notes for the model card of output `k`.

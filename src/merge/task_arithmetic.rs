@@ -307,6 +307,30 @@ impl Kernel for TaskArithmetic {
             .collect())
     }
 
+    /// Without sign consensus and with every task vector kept whole (density ≥ 1, or no
+    /// sparsifier: `task_arithmetic`, and `dare_linear`, `breadcrumbs`, `della_linear` at
+    /// density 1), out = x₀ + λ·Σ w_m (x_m − x₀) / W: the coefficients λ·w_m/W on the models
+    /// and 1 − Σ of them on the base.
+    fn affine(&self) -> Option<Vec<f64>> {
+        if self.consensus || (0..self.models()).any(|m| self.masked(m)) {
+            return None;
+        }
+        // W as `combine` has it: the f32 sum, 1 when nearly 0 (or without normalize).
+        let mut t = 0f32;
+        for &w in &self.weights {
+            t += w as f32;
+        }
+        let div = if !self.normalize || t.abs() < 1e-8 {
+            1.0
+        } else {
+            self.weights.iter().sum::<f64>()
+        };
+        let models: Vec<f64> = self.weights.iter().map(|w| self.lambda * w / div).collect();
+        let mut c = vec![1.0 - models.iter().sum::<f64>()];
+        c.extend(models);
+        Some(c)
+    }
+
     fn combine(&self, b: &Block, out: &mut [f32]) {
         let (mm, n) = (self.models(), b.len());
         let w: Vec<f32> = self.weights.iter().map(|&w| w as f32).collect();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use warp::io::{Checkpoint, DType};
 
 /// An adapter tensor: PEFT key, shape, f32 values.
-type Tensor = (String, Vec<usize>, Vec<f32>);
+pub(crate) type Tensor = (String, Vec<usize>, Vec<f32>);
 
 fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
@@ -40,7 +40,7 @@ impl Rng {
 
 /// A PEFT adapter folder: adapter_config.json (`cfg`) and adapter_model.safetensors holding
 /// `tensors` (full keys, shapes, f32 values, stored as `dtype`).
-fn write_adapter(dir: &Path, cfg: serde_json::Value, tensors: &[Tensor], dtype: DType) {
+pub(crate) fn write_adapter(dir: &Path, cfg: serde_json::Value, tensors: &[Tensor], dtype: DType) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
     let mut header = serde_json::Map::new();
@@ -68,7 +68,7 @@ fn write_adapter(dir: &Path, cfg: serde_json::Value, tensors: &[Tensor], dtype: 
 
 /// LoRA factors for `modules` of the base (A [r, in], B [out, r] from the base's weight shape)
 /// and full tensors for `full`, PEFT's key names.
-fn lora_tensors(
+pub(crate) fn lora_tensors(
     base: &Checkpoint,
     modules: &[&str],
     full: &[&str],
@@ -102,7 +102,7 @@ fn lora_tensors(
     out
 }
 
-fn config(base: &str, r: usize, alpha: f64, rslora: bool) -> serde_json::Value {
+pub(crate) fn config(base: &str, r: usize, alpha: f64, rslora: bool) -> serde_json::Value {
     serde_json::json!({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
         "use_rslora": rslora, "use_dora": false, "fan_in_fan_out": false, "lora_dropout": 0.0,
@@ -111,7 +111,7 @@ fn config(base: &str, r: usize, alpha: f64, rslora: bool) -> serde_json::Value {
     })
 }
 
-const MODULES: [&str; 3] = [
+pub(crate) const MODULES: [&str; 3] = [
     "model.layers.0.self_attn.q_proj",
     "model.layers.1.self_attn.v_proj",
     "model.layers.1.mlp.down_proj",
@@ -414,7 +414,7 @@ pub(crate) fn setup_low_rank(w: &Path) -> (PathBuf, Vec<PathBuf>) {
 }
 
 /// adapter_config.json of a written adapter.
-fn adapter_config(dir: &Path) -> serde_json::Value {
+pub(crate) fn adapter_config(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
         .unwrap()
 }

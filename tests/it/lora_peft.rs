@@ -139,10 +139,13 @@ fn peft_adapters_give_the_logits_of_warps_full_weights() {
 /// Rank-space SLERP (with fused LITI points, η > 1 included) of two PEFT-made adapters on
 /// transformers-made models — Qwen2 with LoRA on attention, MLP and the token embedding
 /// (`lora_embedding_A/B`), GPT-2 with Conv1D modules (`fan_in_fan_out`), ranks 4 and 2 (rsLoRA)
-/// — and LITI of the merged adapter: PEFT loads every adapter warp writes, and base + warp's
+/// — LITI of the merged adapter, and a task_arithmetic recipe of the adapters (`warp merge --as
+/// adapter`): PEFT loads every adapter warp writes, and base + warp's
 /// adapter run by PEFT gives the logits of warp's full-weight output of the same merge
 /// (`--as full`), within 1e-5 of the largest logit (f32).
 #[test]
+// long fn: two model families through the same merges (SLERP, LITI, a recipe), then one PEFT
+// logits call per family.
 fn peft_loads_rank_space_merges_with_the_logits_of_full_merges() {
     let w = tempfile::tempdir().unwrap();
     let ids = serde_json::json!([[1, 5, 9, 2, 33, 17, 8, 60], [3, 3, 40, 12, 7, 0, 21, 5]]);
@@ -191,8 +194,30 @@ fn peft_loads_rank_space_merges_with_the_logits_of_full_merges() {
             ];
             ok("warp-liti", &a, w.path());
         }
+        // A task_arithmetic recipe over the two adapters (a filter, λ) in rank space
+        // (`warp merge --as adapter`, issue 25) and in full.
+        let recipe = w.path().join(format!("ta-{f}.yaml"));
+        std::fs::write(
+            &recipe,
+            format!(
+                "models:\n  - model: {}\n    parameters: {{weight: [0.8, 0.3]}}\n  - model: {}\n    \
+                 parameters:\n      weight:\n        - filter: attn\n          value: -0.6\n        \
+                 - value: 0.9\nbase_model: {}\nmerge_method: task_arithmetic\nparameters: \
+                 {{lambda: 1.2}}\ndtype: float32\n",
+                p(&ads[0]),
+                p(&ads[1]),
+                p(&base)
+            ),
+        )
+        .unwrap();
+        for kind in ["adapter", "full"] {
+            let o = p(&w.path().join(format!("ta-{kind}-{f}")));
+            let a = ["merge", &p(&recipe), "--as", kind, "-o", &o, "-q"];
+            ok("warp", &a, w.path());
+        }
         let mut models = Vec::new();
         let liti = |kind: &str| w.path().join(format!("liti-{kind}-{f}"));
+        let ta = |kind: &str| w.path().join(format!("ta-{kind}-{f}"));
         let pairs = [
             (
                 out("full").join("eta-0.50"),
@@ -203,6 +228,7 @@ fn peft_loads_rank_space_merges_with_the_logits_of_full_merges() {
                 out("adapter").join("eta-1.30"),
             ),
             (liti("full"), liti("adapter")),
+            (ta("full"), ta("adapter")),
         ];
         for (full, ad) in &pairs {
             let cfg: serde_json::Value = serde_json::from_str(

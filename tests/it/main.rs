@@ -19,6 +19,7 @@ mod io_errors;
 mod lora;
 mod merge_recipe;
 mod merge_recipe_lora;
+mod merge_recipe_lora_rank;
 mod merge_reference;
 mod plot;
 mod roundtrip;

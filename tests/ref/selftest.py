@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Closed-form self-checks of the Python reference (st.py, merge_ref.py, make_ckpt.py).
+"""Closed-form self-checks of the Python reference (st.py, merge_ref.py, make_ckpt.py,
+recipe_affine_ref.py).
 Run: python3 tests/ref/selftest.py"""
+import json
 import math
 import os
 import subprocess
@@ -132,6 +134,36 @@ def main():
     st.write_file(bad, tens)
     r = run(mr, "slerp", "--init", c("orth", "init"), c("orth", "p1"), bad, "--out", c("bad-out"), ok=False)
     assert r.returncode == 1 and "model.position_ids" in r.stderr
+
+    # --- recipe_affine_ref: settings by hand (gradient over 3 layers, first matching filter),
+    # then linear and task_arithmetic on the orthogonal checkpoints against their formulas
+    import recipe_affine_ref as ra  # noqa: E402
+    assert ra.position("model.layers.1.mlp.up_proj.weight", 3) == 0.5
+    assert ra.position("lm_head.weight", 3) == 0.0
+    assert math.isclose(ra.value([0.2, 1.0], "x", 0.5), 0.6) and ra.value([1.0, 2.0, 6.0], "x", 0.75) == 4.0
+    conds = [{"filter": "attn", "value": 3.0}, {"filter": "*", "value": [0.0, 1.0]}]
+    assert ra.value(conds, "a.self_attn.q", 0.5) == 3.0 and ra.value(conds, "a.mlp.up", 0.25) == 0.25
+    orth = [c("orth", x) for x in ("init", "p1", "p2")]
+    for spec, want in [
+        ({"method": "linear", "models": [{"path": orth[1], "weight": 1.0}, {"path": orth[2], "weight": 3.0}]},
+         lambda x0, x1, x2: (x1 + 3 * x2) / 4),
+        ({"method": "linear", "normalize": False,
+          "models": [{"path": orth[1], "weight": 1.0}, {"path": orth[2], "weight": 3.0}]},
+         lambda x0, x1, x2: x1 + 3 * x2),
+        ({"method": "task_arithmetic", "base": orth[0], "lambda": 0.5,
+          "models": [{"path": orth[1], "weight": 1.0}, {"path": orth[2], "weight": -2.0}]},
+         lambda x0, x1, x2: x0 + 0.5 * ((x1 - x0) - 2 * (x2 - x0))),
+        ({"method": "task_arithmetic", "base": orth[0], "normalize": True,
+          "models": [{"path": orth[1], "weight": 1.0}, {"path": orth[2], "weight": 3.0}]},
+         lambda x0, x1, x2: x0 + ((x1 - x0) + 3 * (x2 - x0)) / 4),
+    ]:
+        spec.update(layers=2, out=c("affine.safetensors"))
+        with open(c("affine.json"), "w") as f:
+            json.dump(spec, f)
+        run(os.path.join(HERE, "recipe_affine_ref.py"), c("affine.json"))
+        got = load(c("affine.safetensors"))
+        for n in (n for n in init if init[n].dtype.kind == "f"):
+            assert np.allclose(got[n], want(init[n], p1[n], p2[n]), rtol=0, atol=1e-15), (spec, n)
     print("selftest OK")
 
 
