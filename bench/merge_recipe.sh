@@ -21,6 +21,9 @@
 #                   also run another warp binary (labelled `base`) interleaved with this one,
 #                   and compare the two outputs byte for byte (before/after an optimisation)
 #   BENCH_DIR=dir   where fixtures, outputs and results go (default target/bench)
+#   MK_TIMEOUT=s    stop a mergekit run after s seconds (recorded as "> s", no memory figure)
+#   WARP_REPS=1     warp runs per method and round (warp is cheap beside mergekit: with REPS=1
+#                   and WARP_REPS=3 each warp figure is still a median)
 #
 # Results: $BENCH_DIR/merge-recipe-SIZE/results.txt (raw) and a markdown table on stdout.
 set -euo pipefail
@@ -85,9 +88,15 @@ for size in ${sizes//,/ }; do
   mkdir -p "$W"
   res="$W/results.txt"; : > "$res"
   measure() {
-    local label="$1"; shift
+    local label="$1" rc=0; shift
     sync
-    /usr/bin/time -f "%e %M" -o "$W/time.tmp" "$@" >/dev/null 2>"$W/err.tmp" || { cat "$W/err.tmp" >&2; exit 1; }
+    /usr/bin/time -f "%e %M" -o "$W/time.tmp" "$@" >/dev/null 2>"$W/err.tmp" || rc=$?
+    if [ "$rc" = 124 ] && [ -n "${MK_TIMEOUT:-}" ]; then
+      echo "$label $MK_TIMEOUT 0 stopped" >> "$res"
+      echo "  $size $label: stopped after $MK_TIMEOUT s" >&2
+      return
+    fi
+    [ "$rc" = 0 ] || { cat "$W/err.tmp" >&2; exit 1; }
     echo "$label $(tail -n1 "$W/time.tmp")" >> "$res"
     echo "  $size $label: $(tail -n1 "$W/time.tmp") (s, KiB)" >&2
   }
@@ -108,12 +117,16 @@ for size in ${sizes//,/ }; do
     echo "floor-write $(tail -n1 "$W/time.tmp")" >> "$res"; rm -f "$W/out-dd"
     for m in "${methods[@]}"; do
       if [ "$warp_only" != 1 ] && [ "$m" != warp_slerp ]; then
-        measure "mergekit-$m" "$WARP_MERGEKIT_VENV/bin/mergekit-yaml" "$W/$m.yml" "$W/out-mk-$m" "${mk[@]}"
+        measure "mergekit-$m" ${MK_TIMEOUT:+timeout "$MK_TIMEOUT"} \
+          "$WARP_MERGEKIT_VENV/bin/mergekit-yaml" "$W/$m.yml" "$W/out-mk-$m" "${mk[@]}"
       fi
       if [ -n "$baseline" ]; then
         measure "base-$m" "$baseline" merge "$W/$m.yml" -o "$W/out-base-$m" -q
       fi
-      measure "warp-$m" $T/warp merge "$W/$m.yml" -o "$W/out-warp-$m" -q
+      for _ in $(seq "${WARP_REPS:-1}"); do
+        rm -rf "$W/out-warp-$m"
+        measure "warp-$m" $T/warp merge "$W/$m.yml" -o "$W/out-warp-$m" -q
+      done
       if [ -n "$baseline" ]; then
         for f in "$W/out-warp-$m"/*.safetensors; do
           cmp -s "$f" "$W/out-base-$m/$(basename "$f")" || { echo "$size $m: $(basename "$f") differs from the baseline's" >&2; echo "differs-$m 0 0" >> "$res"; }
@@ -127,10 +140,14 @@ for size in ${sizes//,/ }; do
   python3 - "$res" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
+stopped = set()
 for line in open(sys.argv[1]):
     p = line.split()
     if len(p) == 3:
         rows[p[0]].append((float(p[1]), int(p[2])))
+    elif len(p) == 4 and p[3] == "stopped":
+        rows[p[0]].append((float(p[1]), 0))
+        stopped.add(p[0])
 med = {k: (statistics.median(t for t, _ in v), max(m for _, m in v)) for k, v in rows.items()}
 floor = med["floor-read"][0] + med["floor-write"][0]
 print(f"I/O floor: {med['floor-read'][0]:.2f} s read + {med['floor-write'][0]:.2f} s write = {floor:.2f} s "
@@ -144,8 +161,11 @@ for k in rows:
     m = k[len("warp-"):]
     (wt, wm), (mt, mm), (bt, bm) = med[k], med.get("mergekit-" + m, nan), med.get("base-" + m, nan)
     vs = f"{mt/wt:.1f}× faster, {mm/max(wm,1):.0f}× less memory" if mm else "—"
-    same = "" if "differs-" + m not in rows else " **outputs differ**"
     mk = f"{mt:.1f}, {mm/1024:.0f}" if mm else "—"
+    if "mergekit-" + m in stopped:
+        # A run that was stopped: its time is a lower bound (median over the rounds).
+        mk, vs = f"> {mt:.0f} (stopped), —", f"> {mt/wt:.1f}× faster"
+    same = "" if "differs-" + m not in rows else " **outputs differ**"
     bw = f"{bt:.2f}, {bm/1024:.0f}" if bm else "—"
     ratio = f"{wt/bt:.2f}×{same}" if bm else "—"
     print(f"| {m} | {mk} | {bw} | {wt:.2f}, {wm/1024:.0f} | {vs} | {ratio} | {wt/floor:.2f}× |")
