@@ -119,6 +119,32 @@ pub fn keep_below(stream: u64, index: u64, threshold: u64) -> bool {
     (u >> 11) < threshold
 }
 
+/// [`keep_below`] for elements `start..start + out.len()` of a stream, written into `out`. The
+/// same decisions; with AVX2 (detected at run time) the 64-bit hash runs four lanes at a time
+/// (integer arithmetic: bit-identical).
+pub fn keep_mask(stream: u64, start: u64, threshold: u64, out: &mut [bool]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { keep_mask_avx2(stream, start, threshold, out) };
+        return;
+    }
+    keep_mask_scalar(stream, start, threshold, out);
+}
+
+#[inline(always)]
+fn keep_mask_scalar(stream: u64, start: u64, threshold: u64, out: &mut [bool]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = keep_below(stream, start + j as u64, threshold);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn keep_mask_avx2(stream: u64, start: u64, threshold: u64, out: &mut [bool]) {
+    keep_mask_scalar(stream, start, threshold, out);
+}
+
 /// The element-wise part of a recipe method for one tensor (its parameters already resolved).
 pub trait Kernel: Send + Sync {
     /// Elements per block: [`BLOCK`], or a whole number of rows for kernels that work row by
@@ -238,6 +264,13 @@ mod tests {
                 ((u >> 11) as f64) * (1.0 / (1u64 << 53) as f64) < p
             };
             assert!((0..20_000).all(|i| float(i) == keep_random(s, i, p)), "{p}");
+            // The batched form (vectorised where the CPU allows) makes the same decisions.
+            let mut m = vec![false; 1003];
+            keep_mask(s, 12_345, keep_threshold(p), &mut m);
+            assert!(m
+                .iter()
+                .enumerate()
+                .all(|(j, &k)| k == keep_random(s, 12_345 + j as u64, p)));
         }
         // At the boundary: x · 2^-53 < p with p exactly x · 2^-53 is false, just above true.
         let x = 123_456_789u64;

@@ -33,7 +33,7 @@
 // Index loops follow the formulas (several arrays indexed by the same model/element).
 #![allow(clippy::needless_range_loop)]
 
-use super::kernel::{keep_below, keep_threshold, Block, Kernel, RankWindow, TensorCx};
+use super::kernel::{keep_below, keep_mask, keep_threshold, Block, Kernel, RankWindow, TensorCx};
 use crate::error::Result;
 
 /// How task vectors are sparsified before they are combined.
@@ -190,7 +190,8 @@ impl TaskArithmetic {
             Sparsify::Random => {
                 let (st, t, start) = (self.streams[m], keep_threshold(self.densities[m]), b.start);
                 scratch.clear();
-                scratch.extend((0..b.len() as u64).map(|j| keep_below(st, start + j, t)));
+                scratch.resize(b.len(), false);
+                keep_mask(st, start, t, scratch);
                 Some(&scratch[..])
             }
             Sparsify::Magnitude | Sparsify::Outliers => Some(&b.selected[m][..b.len()]),
