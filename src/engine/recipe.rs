@@ -902,6 +902,20 @@ fn select(
             less: 0,
             rank: u64::MAX,
         });
+        // Keys equal to a cut are rare: a first loop without the running tie counts (so it
+        // vectorises) decides every other key and notes whether the block has such a key; only
+        // then the exact loop below runs.
+        // A missing cut keeps every key, equal to its bits or not.
+        let (lo_all, hi_all) = (sel.lo.is_none(), sel.hi.is_none());
+        let mut ties = false;
+        for (m, &k) in masks[s][..blen].iter_mut().zip(&key[..blen]) {
+            let bits = key_bits(k);
+            *m = (lo_all | (bits > lo.bits)) & (hi_all | (bits < hi.bits));
+            ties |= (!lo_all & (bits == lo.bits)) | (!hi_all & (bits == hi.bits));
+        }
+        if !ties {
+            continue;
+        }
         for (m, &k) in masks[s][..blen].iter_mut().zip(&key[..blen]) {
             let bits = key_bits(k);
             let (at_lo, at_hi) = (bits == lo.bits, bits == hi.bits);
