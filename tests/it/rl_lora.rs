@@ -1,9 +1,9 @@
 //! `warp rl --lora R` (issue 25): the gradients w.r.t. the LoRA factors against an independent
 //! torch reference (tests/ref/lora_rl_ref.py: transformers' Llama with the adapters written
 //! from their definition), micro-batches and the clipped later update included; the base is
-//! never written and a fresh adapter is a no-op; a killed run resumes to the same result; bad
-//! settings exit 2 with one line; the built-in reward rises; the EMA of the factors against the
-//! EMA of the deltas (the figure docs/RL.md reports).
+//! never written and a fresh adapter is a no-op; a run stopped by SIGKILL or SIGTERM resumes to
+//! the same result; bad settings exit 2 with one line; the built-in reward rises; the EMA of the
+//! factors against the EMA of the deltas (the figure docs/RL.md reports).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -439,35 +439,49 @@ fn quick(out: &str) -> Vec<&str> {
     ]
 }
 
-/// SIGKILL after the checkpoint of step 2, `--resume`: the final adapters and the metrics equal
-/// those of an uninterrupted run.
-#[test]
-fn killed_lora_run_resumes_to_the_same_result() {
+/// Stops a run with `signal` after the checkpoint of step 2, then `--resume`s it: the final
+/// adapters and the metrics equal those of an uninterrupted run. SIGTERM (how Slurm stops a
+/// job) must end the run at a step boundary with exit 143; SIGKILL cannot be handled at all.
+fn interrupted_lora_run_resumes_to_the_same_result(signal: i32) {
     let tmp = tempfile::tempdir().unwrap();
     let full = tmp.path().join("full");
-    let killed = tmp.path().join("killed");
-    ok("warp-rl", &quick(s(&full)), tmp.path());
+    let stopped = tmp.path().join("stopped");
+    // Enough steps that a SIGTERM after step 2's checkpoint cannot meet the last step.
+    fn args(out: &str) -> Vec<&str> {
+        let mut a = quick(out);
+        let i = a.iter().position(|x| *x == "--steps").unwrap();
+        a[i + 1] = "12";
+        a
+    }
+    ok("warp-rl", &args(s(&full)), tmp.path());
     let mut child = Command::new(bin("warp-rl"))
-        .args(quick(s(&killed)))
+        .args(args(s(&stopped)))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !killed.join("step-000002/trainer/state.json").exists() {
+    while !stopped.join("step-000002/trainer/state.json").exists() {
         assert!(Instant::now() < deadline, "no checkpoint after 300 s");
         assert!(
             child.try_wait().unwrap().is_none(),
-            "finished before it could be killed"
+            "finished before it could be stopped"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!killed.join("final").exists());
+    // SAFETY: kill(2) on our child's pid (not reaped yet).
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let (code, stderr) = crate::cli::wait(child, 300);
+    if signal == libc::SIGTERM {
+        assert_eq!(code, Some(143), "{stderr}");
+        assert!(stderr.contains("--resume"), "{stderr}");
+    } else {
+        assert_eq!(code, None, "{stderr}");
+    }
+    assert!(!stopped.join("final").exists());
     let r = common::run(
         "warp-rl",
-        &["--resume", s(&killed), "--threads", "1", "-q"],
+        &["--resume", s(&stopped), "--threads", "1", "-q"],
         tmp.path(),
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -478,11 +492,21 @@ fn killed_lora_run_resumes_to_the_same_result() {
     ] {
         assert_eq!(
             std::fs::read(full.join(f)).unwrap(),
-            std::fs::read(killed.join(f)).unwrap(),
+            std::fs::read(stopped.join(f)).unwrap(),
             "{f} differs after resume"
         );
     }
-    assert_eq!(metrics(&full), metrics(&killed));
+    assert_eq!(metrics(&full), metrics(&stopped));
+}
+
+#[test]
+fn killed_lora_run_resumes_to_the_same_result() {
+    interrupted_lora_run_resumes_to_the_same_result(libc::SIGKILL);
+}
+
+#[test]
+fn sigtermed_lora_run_resumes_to_the_same_result() {
+    interrupted_lora_run_resumes_to_the_same_result(libc::SIGTERM);
 }
 
 /// Bad LoRA settings: exit 2, one line naming the setting, no run folder.
