@@ -19,7 +19,8 @@
 #   WARP_ONLY=1     skip mergekit (no venv needed): warp's medians and its ratio to the floor
 #   WARP_BASELINE=/path/to/warp
 #                   also run another warp binary (labelled `base`) interleaved with this one,
-#                   and compare the two outputs byte for byte (before/after an optimisation)
+#                   and compare the two outputs byte for byte (before/after an optimisation);
+#                   the two alternate which runs first, round by round
 #   BENCH_DIR=dir   where fixtures, outputs and results go (default target/bench)
 #   MK_TIMEOUT=s    stop a mergekit run after s seconds (recorded as "> s", no memory figure)
 #   WARP_REPS=1     warp runs per method and round (warp is cheap beside mergekit: with REPS=1
@@ -120,13 +121,19 @@ for size in ${sizes//,/ }; do
         measure "mergekit-$m" ${MK_TIMEOUT:+timeout "$MK_TIMEOUT"} \
           "$WARP_MERGEKIT_VENV/bin/mergekit-yaml" "$W/$m.yml" "$W/out-mk-$m" "${mk[@]}"
       fi
-      if [ -n "$baseline" ]; then
+      # The baseline runs first in odd rounds and last in even ones: a run right after another
+      # one was measured up to 1.3× slower (model_stock, whose code had not changed), so a fixed order biases
+      # the ratio.
+      if [ -n "$baseline" ] && [ $((r % 2)) = 1 ]; then
         measure "base-$m" "$baseline" merge "$W/$m.yml" -o "$W/out-base-$m" -q
       fi
       for _ in $(seq "${WARP_REPS:-1}"); do
         rm -rf "$W/out-warp-$m"
         measure "warp-$m" $T/warp merge "$W/$m.yml" -o "$W/out-warp-$m" -q
       done
+      if [ -n "$baseline" ] && [ $((r % 2)) = 0 ]; then
+        measure "base-$m" "$baseline" merge "$W/$m.yml" -o "$W/out-base-$m" -q
+      fi
       if [ -n "$baseline" ]; then
         for f in "$W/out-warp-$m"/*.safetensors; do
           cmp -s "$f" "$W/out-base-$m/$(basename "$f")" || { echo "$size $m: $(basename "$f") differs from the baseline's" >&2; echo "differs-$m 0 0" >> "$res"; }

@@ -145,6 +145,82 @@ unsafe fn keep_mask_avx2(stream: u64, start: u64, threshold: u64, out: &mut [boo
     keep_mask_scalar(stream, start, threshold, out);
 }
 
+/// The draws `u >> 11` behind [`keep_below`] for elements `start..start + out.len()` of a
+/// stream: element j is kept at threshold t when `out[j] < t` (vectorised where the CPU has
+/// AVX2; integer arithmetic, so the same values).
+pub fn draws(stream: u64, start: u64, out: &mut [u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { draws_avx2(stream, start, out) };
+        return;
+    }
+    draws_scalar(stream, start, out);
+}
+
+#[inline(always)]
+fn draws_scalar(stream: u64, start: u64, out: &mut [u64]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let index = start + j as u64;
+        *o = mix(stream.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15))) >> 11;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn draws_avx2(stream: u64, start: u64, out: &mut [u64]) {
+    draws_scalar(stream, start, out);
+}
+
+/// Reusable buffers of [`rank_order`].
+#[derive(Default)]
+pub struct RadixScratch {
+    keys: Vec<u32>,
+    keys_next: Vec<u32>,
+    order_next: Vec<u32>,
+}
+
+/// The indices of `keys` in ascending order of the key, equal keys in index order — the order
+/// of sorting `(key << 32) | index` — into `order`. A stable least-significant-digit radix
+/// sort (four 8-bit digits; a digit that every key shares is skipped): linear in the length,
+/// where a comparison sort of DELLA's rows cost it most of its time.
+pub fn rank_order(keys: &[u32], order: &mut Vec<u32>, s: &mut RadixScratch) {
+    let n = keys.len();
+    debug_assert!(n <= u32::MAX as usize);
+    let mut hist = [[0u32; 256]; 4];
+    for &k in keys {
+        for (d, h) in hist.iter_mut().enumerate() {
+            h[((k >> (8 * d)) & 0xff) as usize] += 1;
+        }
+    }
+    order.clear();
+    order.extend(0..n as u32);
+    s.keys.clear();
+    s.keys.extend_from_slice(keys);
+    s.keys_next.resize(n, 0);
+    s.order_next.resize(n, 0);
+    for (d, h) in hist.iter().enumerate() {
+        if h.iter().any(|&c| c as usize == n) {
+            continue;
+        }
+        let mut at = [0u32; 256];
+        let mut sum = 0;
+        for (a, &c) in at.iter_mut().zip(h) {
+            *a = sum;
+            sum += c;
+        }
+        for (&k, &i) in s.keys.iter().zip(order.iter()) {
+            let b = ((k >> (8 * d)) & 0xff) as usize;
+            let p = at[b] as usize;
+            at[b] += 1;
+            s.keys_next[p] = k;
+            s.order_next[p] = i;
+        }
+        std::mem::swap(&mut s.keys, &mut s.keys_next);
+        std::mem::swap(order, &mut s.order_next);
+    }
+}
+
 /// The element-wise part of a recipe method for one tensor (its parameters already resolved).
 pub trait Kernel: Send + Sync {
     /// Elements per block: [`BLOCK`], or a whole number of rows for kernels that work row by
@@ -277,6 +353,59 @@ mod tests {
         let p = x as f64 / (1u64 << 53) as f64;
         assert_eq!(keep_threshold(p), x);
         assert_eq!(keep_threshold(f64::from_bits(p.to_bits() + 1)), x + 1);
+    }
+
+    #[test]
+    fn rank_order_is_the_sort_of_key_and_index() {
+        let mut rng = 0x1234_5678u64;
+        let mut next = || {
+            rng = mix(rng.wrapping_add(1));
+            rng
+        };
+        let mut s = RadixScratch::default();
+        let mut order = Vec::new();
+        for n in [0usize, 1, 2, 3, 255, 256, 1000, 4096, 5003] {
+            for case in 0..4 {
+                let keys: Vec<u32> = (0..n)
+                    .map(|_| {
+                        let r = next();
+                        match case {
+                            // Magnitudes' bit patterns: any float ≥ 0 (∞ and NaN included).
+                            0 => (r as u32) & 0x7fff_ffff,
+                            // Few distinct values: many ties.
+                            1 => (r % 7) as u32 * 0x0101_0101,
+                            // One shared top digit (skipped passes).
+                            2 => 0x3c00_0000 | (r as u32 & 0x00ff_ffff),
+                            // Equal keys only.
+                            _ => 0x3f80_0000,
+                        }
+                    })
+                    .collect();
+                rank_order(&keys, &mut order, &mut s);
+                let mut want: Vec<u64> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &k)| (u64::from(k) << 32) | j as u64)
+                    .collect();
+                want.sort_unstable();
+                let want: Vec<u32> = want.iter().map(|&k| k as u32).collect();
+                assert_eq!(order, want, "n {n} case {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn draws_are_keep_belows_values() {
+        let s = 0xdead_beef_u64;
+        let mut u = vec![0u64; 777];
+        draws(s, 99, &mut u);
+        for t in [0u64, 1 << 40, 1 << 52, 1 << 53] {
+            assert!(u
+                .iter()
+                .enumerate()
+                .all(|(j, &x)| (x < t) == keep_below(s, 99 + j as u64, t)));
+        }
+        assert!(u.iter().all(|&x| x < 1 << 53));
     }
 
     #[test]

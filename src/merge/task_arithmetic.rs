@@ -33,7 +33,9 @@
 // Index loops follow the formulas (several arrays indexed by the same model/element).
 #![allow(clippy::needless_range_loop)]
 
-use super::kernel::{keep_below, keep_mask, keep_threshold, Block, Kernel, RankWindow, TensorCx};
+use super::kernel::{
+    draws, keep_mask, keep_threshold, rank_order, Block, Kernel, RadixScratch, RankWindow, TensorCx,
+};
 use crate::error::Result;
 
 /// How task vectors are sparsified before they are combined.
@@ -61,9 +63,11 @@ pub struct TaskArithmetic {
     pub lambda: f64,
     /// Per model: its random stream (DARE, DELLA).
     streams: Vec<u64>,
-    /// DELLA: per model ε, and the row length c.
+    /// DELLA: per model ε, the row length c, and per masked model the keep threshold of each
+    /// rank (the same for every row: computed once per tensor).
     epsilons: Vec<f64>,
     cols: usize,
+    rank_thresholds: Vec<Vec<u64>>,
 }
 
 impl TaskArithmetic {
@@ -93,6 +97,7 @@ impl TaskArithmetic {
             streams,
             epsilons: Vec::new(),
             cols: 1,
+            rank_thresholds: Vec::new(),
         }
     }
 
@@ -101,22 +106,14 @@ impl TaskArithmetic {
         self.epsilons = epsilons;
         // Row ranks pack the index in 32 bits; a longer row is ranked as rows of 2^32 − 1.
         self.cols = cols.clamp(1, u32::MAX as usize);
-        self
-    }
-
-    /// DELLA's masks of one block (whole rows): per model, empty when it is not masked.
-    fn ranked_masks(&self, b: &Block) -> Vec<Vec<bool>> {
         let c = self.cols;
-        let mut order: Vec<u64> = Vec::with_capacity(c);
-        (0..self.models())
+        self.rank_thresholds = (0..self.models())
             .map(|m| {
-                if !self.masked(m) {
+                if self.sparsify != Sparsify::MagPrune || !self.masked(m) {
                     return Vec::new();
                 }
                 let (rho, eps) = (self.densities[m], self.epsilons[m]);
-                let mut keep = vec![false; b.len()];
-                // The keep threshold of each rank (the same for every row).
-                let thr: Vec<u64> = (0..c)
+                (0..c)
                     .map(|r| {
                         let rn = if c > 1 {
                             r as f64 / (c - 1) as f64
@@ -125,23 +122,37 @@ impl TaskArithmetic {
                         };
                         keep_threshold((rho - eps) + rn * 2.0 * eps)
                     })
-                    .collect();
+                    .collect()
+            })
+            .collect();
+        self
+    }
+
+    /// DELLA's masks of one block (whole rows): per model, empty when it is not masked.
+    fn ranked_masks(&self, b: &Block) -> Vec<Vec<bool>> {
+        let c = self.cols;
+        let (mut mags, mut order, mut u) = (Vec::with_capacity(c), Vec::new(), vec![0u64; c]);
+        let mut scratch = RadixScratch::default();
+        (0..self.models())
+            .map(|m| {
+                if !self.masked(m) {
+                    return Vec::new();
+                }
+                let mut keep = vec![false; b.len()];
+                let thr = &self.rank_thresholds[m];
                 for row in 0..b.len() / c {
                     let lo = row * c;
                     // Magnitudes are ≥ 0 (sign bit clear, NaN above ∞): their bit patterns
-                    // order as `total_cmp` does; the index (low half) breaks ties in index
-                    // order, so an unstable sort of these distinct keys gives the stable
-                    // sort's order. (Rows are far shorter than 2^32: `c` is checked.)
-                    order.clear();
-                    order.extend((0..c).map(|j| {
-                        let mag = (b.xs[m + 1][lo + j] - b.xs[0][lo + j]).abs();
-                        (u64::from(mag.to_bits()) << 32) | j as u64
-                    }));
-                    order.sort_unstable();
-                    for (r, &k) in order.iter().enumerate() {
-                        let j = (k & 0xffff_ffff) as usize;
-                        keep[lo + j] =
-                            keep_below(self.streams[m], b.start + (lo + j) as u64, thr[r]);
+                    // order as `total_cmp` does; equal ones rank in index order (stable).
+                    mags.clear();
+                    mags.extend(
+                        (0..c).map(|j| (b.xs[m + 1][lo + j] - b.xs[0][lo + j]).abs().to_bits()),
+                    );
+                    rank_order(&mags, &mut order, &mut scratch);
+                    draws(self.streams[m], b.start + lo as u64, &mut u);
+                    for (&j, &t) in order.iter().zip(thr) {
+                        let j = j as usize;
+                        keep[lo + j] = u[j] < t;
                     }
                 }
                 keep
