@@ -122,8 +122,8 @@ for size in ${sizes//,/ }; do
           "$WARP_MERGEKIT_VENV/bin/mergekit-yaml" "$W/$m.yml" "$W/out-mk-$m" "${mk[@]}"
       fi
       # The baseline runs first in odd rounds and last in even ones: a run right after another
-      # one was measured up to 1.3× slower (model_stock, whose code had not changed), so a fixed order biases
-      # the ratio.
+      # one was measured up to 1.3× slower (model_stock, whose code had not changed), so a
+      # fixed order biases the ratio.
       if [ -n "$baseline" ] && [ $((r % 2)) = 1 ]; then
         measure "base-$m" "$baseline" merge "$W/$m.yml" -o "$W/out-base-$m" -q
       fi
