@@ -177,7 +177,8 @@ pub fn merge(
     })
 }
 
-fn merge_opened(
+/// [`merge`] of inputs already opened (the caller has checked the destination is new).
+pub(crate) fn merge_opened(
     method: &dyn Method,
     opened: Vec<Input>,
     o: &Options,

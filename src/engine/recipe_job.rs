@@ -14,7 +14,7 @@ use crate::merge::recipe::program::{self, Program};
 use crate::merge::recipe::{Recipe, Scalar, Setting};
 use crate::progress::Reporter;
 
-use super::job::{check_new_dir, with_threads, Options, Outcome};
+use super::job::{check_new_dir, check_new_file, with_threads, Options, Outcome};
 use super::recipe::{run, ExtraFile, RecipeJob, RecipePlan};
 use super::recipe_lora::{affine_method, OutputForm};
 use super::{Input, Summary};
@@ -407,29 +407,31 @@ fn warp_slerp(
     let method = Slerp::new(models.len(), etas, angle, threshold)?;
     let mut inputs = vec![(base, "init")];
     inputs.extend(models.into_iter().map(|m| (m, "model")));
-    if form != OutputForm::Full {
-        if !o.dry_run {
-            check_new_dir(o.names, o.names.out, &o.out, o.force)?;
-        }
-        let done = with_threads(o.threads, || {
-            let opened = super::job::open_inputs(inputs.clone(), reporter)?;
-            let Some(why) = super::lora::why_not_rank_space(&opened) else {
-                return super::lora::merge_opened(&method, &opened, o, reporter).map(Some);
-            };
-            if form == OutputForm::Adapter {
-                return Err(Error::setting(
-                    "--as adapter",
-                    format!("{file}: {why} (use --as full)"),
-                ));
-            }
-            if opened.iter().any(|i| i.adapter.is_some()) {
-                reporter.message(&format!("note: writing full checkpoints: {why}"));
-            }
-            Ok(None)
-        })?;
-        if let Some(done) = done {
-            return Ok(done);
+    if form == OutputForm::Full {
+        return super::job::merge(&method, inputs, o, reporter);
+    }
+    if !o.dry_run {
+        check_new_dir(o.names, o.names.out, &o.out, o.force)?;
+        if let Some(r) = &o.report {
+            check_new_file(o.names, o.names.report, r)?;
         }
     }
-    super::job::merge(&method, inputs, o, reporter)
+    // Opened once: in rank space when the inputs allow it, else the full merge of the same
+    // opened inputs.
+    with_threads(o.threads, || {
+        let opened = super::job::open_inputs(inputs, reporter)?;
+        match super::lora::why_not_rank_space(&opened) {
+            None => super::lora::merge_opened(&method, &opened, o, reporter),
+            Some(why) if form == OutputForm::Adapter => Err(Error::setting(
+                "--as adapter",
+                format!("{file}: {why} (use --as full)"),
+            )),
+            Some(why) => {
+                if opened.iter().any(|i| i.adapter.is_some()) {
+                    reporter.message(&format!("note: writing full checkpoints: {why}"));
+                }
+                super::job::merge_opened(&method, opened, o, reporter)
+            }
+        }
+    })
 }
